@@ -1,0 +1,214 @@
+//! The broker: the set of topics under one data directory, their creation,
+//! deletion and recovery, and the consumer-group store.
+//!
+//! Layout under `data_dir`:
+//! ```text
+//! .lock                       held while a server owns the directory
+//! topics/<topic>/topic.json   name, partition count, effective config
+//! topics/<topic>/<p>/         {base_offset:020}.log / .index / .timeindex
+//! groups/<group>.json         committed consumer offsets
+//! staging/, trash/            topics being created or deleted
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{validate_name, BrokerConfig, TopicConfigOverrides, MAX_PARTITIONS};
+use crate::durable::{sync_dir, write_atomic};
+use crate::error::{BrokerError, IoContext, Result};
+use crate::groups::GroupStore;
+use crate::topic::{Topic, TopicMeta};
+
+/// The broker of one data directory.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    admin: Mutex<()>,
+    groups: GroupStore,
+    _lock: File,
+}
+
+impl Broker {
+    /// Opens the data directory (creating it when missing), takes its lock,
+    /// and recovers every topic.
+    pub fn open(config: BrokerConfig) -> Result<Self> {
+        let root = config.data_dir.clone();
+        for dir in ["topics", "groups", "staging", "trash"] {
+            fs::create_dir_all(root.join(dir)).context(|| format!("creating {}", root.join(dir).display()))?;
+        }
+        let lock = take_lock(&root)?;
+        for dir in ["staging", "trash"] {
+            // Half-created topics were never visible; half-deleted ones were already gone.
+            remove_children(&root.join(dir))?;
+        }
+        let mut topics = BTreeMap::new();
+        for entry in fs::read_dir(root.join("topics")).context(|| "listing topics".to_string())? {
+            let dir = entry.context(|| "listing topics".to_string())?.path();
+            let meta = read_meta(&dir)?;
+            let topic = Topic::open(&dir, meta, config.index_interval_bytes)?;
+            topics.insert(topic.name().to_string(), Arc::new(topic));
+        }
+        tracing::info!(data_dir = %root.display(), topics = topics.len(), "recovered data directory");
+        Ok(Self {
+            groups: GroupStore::open(&root.join("groups"))?,
+            config,
+            topics: RwLock::new(topics),
+            admin: Mutex::new(()),
+            _lock: lock,
+        })
+    }
+
+    /// The configuration the broker runs with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The consumer-group store.
+    pub fn groups(&self) -> &GroupStore {
+        &self.groups
+    }
+
+    /// Creates a topic. It appears whole or not at all, also across a crash:
+    /// it is built under `staging/` and renamed into `topics/`.
+    pub fn create_topic(&self, name: &str, partitions: Option<u32>, overrides: &TopicConfigOverrides) -> Result<Arc<Topic>> {
+        validate_name(name)?;
+        let partitions = partitions.unwrap_or(self.config.default_partitions);
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
+            )));
+        }
+        let config = overrides.apply(&self.config.topic_defaults)?;
+        let _admin = self.admin.lock();
+        if self.topics.read().contains_key(name) {
+            return Err(BrokerError::TopicExists(name.to_string()));
+        }
+        let meta = TopicMeta {
+            name: name.to_string(),
+            partitions,
+            config,
+        };
+        let staged = self.config.data_dir.join("staging").join(name);
+        let _ = fs::remove_dir_all(&staged);
+        fs::create_dir_all(&staged).context(|| format!("creating {}", staged.display()))?;
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        write_atomic(&staged.join("topic.json"), &bytes)?;
+        let final_dir = self.topics_dir().join(name);
+        fs::rename(&staged, &final_dir).context(|| format!("moving topic {name} into place"))?;
+        sync_dir(&self.topics_dir())?;
+        let topic = Arc::new(Topic::open(&final_dir, meta, self.config.index_interval_bytes)?);
+        self.topics.write().insert(name.to_string(), topic.clone());
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its local data. Readers holding it finish their reads.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let _admin = self.admin.lock();
+        let topic = self
+            .topics
+            .write()
+            .remove(name)
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        for p in topic.partitions() {
+            let _ = p.close();
+        }
+        let trash = self.config.data_dir.join("trash").join(format!("{name}.{}", crate::timestamp::now_ms()));
+        fs::rename(topic.dir(), &trash).context(|| format!("moving topic {name} to the trash"))?;
+        sync_dir(&self.topics_dir())?;
+        fs::remove_dir_all(&trash).context(|| format!("removing {}", trash.display()))?;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// A topic by name: `InvalidTopicName` or `TopicNotFound` otherwise.
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        validate_name(name)?;
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.read().values().cloned().collect()
+    }
+
+    /// Seals active segments older than their topic's `segment_ms`.
+    pub fn roll_due_segments(&self, now_ms: i64) {
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                if let Err(e) = p.roll_if_due(now_ms) {
+                    tracing::error!(topic = topic.name(), partition = p.id(), error = %e, "time-based roll failed");
+                }
+            }
+        }
+    }
+
+    /// Fsyncs every partition and refuses further appends (graceful shutdown).
+    pub fn close(&self) -> Result<()> {
+        let mut first_error = None;
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                if let Err(e) = p.close() {
+                    tracing::error!(topic = topic.name(), partition = p.id(), error = %e, "close failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn topics_dir(&self) -> PathBuf {
+        self.config.data_dir.join("topics")
+    }
+}
+
+fn take_lock(root: &Path) -> Result<File> {
+    let path = root.join(".lock");
+    let file = File::create(&path).context(|| format!("creating {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(BrokerError::Unavailable {
+            message: format!("{} is in use by another strata server", root.display()),
+            retry_after_secs: 1,
+        }),
+        Err(fs::TryLockError::Error(source)) => Err(BrokerError::Io {
+            context: format!("locking {}", path.display()),
+            source,
+        }),
+    }
+}
+
+fn remove_children(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).context(|| format!("listing {}", dir.display()))? {
+        let path = entry.context(|| format!("listing {}", dir.display()))?.path();
+        fs::remove_dir_all(&path).context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn read_meta(dir: &Path) -> Result<TopicMeta> {
+    let path = dir.join("topic.json");
+    let bytes = fs::read(&path).context(|| format!("reading {}", path.display()))?;
+    let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| BrokerError::Corrupt {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    validate_name(&meta.name)?;
+    if dir.file_name().is_none_or(|n| n != meta.name.as_str()) {
+        return Err(BrokerError::Corrupt {
+            path: path.display().to_string(),
+            message: format!("names topic {:?} but lives in another directory", meta.name),
+        });
+    }
+    Ok(meta)
+}

@@ -1,0 +1,202 @@
+//! Broker and per-topic configuration with working defaults.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BrokerError, Result};
+
+/// Where a record's timestamp comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampType {
+    /// The producer's timestamp, or the broker's time when the record has none.
+    #[default]
+    CreateTime,
+    /// Always the broker's time at append.
+    LogAppendTime,
+}
+
+/// The effective configuration of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Roll the active segment before it grows past this many bytes.
+    pub segment_bytes: u64,
+    /// Roll the active segment once its first batch is this old.
+    pub segment_ms: i64,
+    /// Local (hot) bytes kept per partition once offloaded; -1 = no limit.
+    pub local_retention_bytes: i64,
+    /// Local (hot) age kept once offloaded; -1 = no limit.
+    pub local_retention_ms: i64,
+    /// Total retention across both tiers; -1 = forever.
+    pub retention_ms: i64,
+    pub timestamp_type: TimestampType,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 128 * 1024 * 1024,
+            segment_ms: 600_000,
+            local_retention_bytes: 1024 * 1024 * 1024,
+            local_retention_ms: 3_600_000,
+            retention_ms: -1,
+            timestamp_type: TimestampType::CreateTime,
+        }
+    }
+}
+
+/// Smallest accepted `segment_bytes`.
+pub const MIN_SEGMENT_BYTES: u64 = 1024;
+/// Largest accepted `segment_bytes` (index positions are 32-bit).
+pub const MAX_SEGMENT_BYTES: u64 = 2 * 1024 * 1024 * 1024 - 1;
+
+/// Topic settings given at creation; absent keys keep the server's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfigOverrides {
+    pub segment_bytes: Option<u64>,
+    pub segment_ms: Option<i64>,
+    pub local_retention_bytes: Option<i64>,
+    pub local_retention_ms: Option<i64>,
+    pub retention_ms: Option<i64>,
+    pub timestamp_type: Option<TimestampType>,
+}
+
+impl TopicConfigOverrides {
+    /// `defaults` with these overrides applied, validated.
+    pub fn apply(&self, defaults: &TopicConfig) -> Result<TopicConfig> {
+        let config = TopicConfig {
+            segment_bytes: self.segment_bytes.unwrap_or(defaults.segment_bytes),
+            segment_ms: self.segment_ms.unwrap_or(defaults.segment_ms),
+            local_retention_bytes: self.local_retention_bytes.unwrap_or(defaults.local_retention_bytes),
+            local_retention_ms: self.local_retention_ms.unwrap_or(defaults.local_retention_ms),
+            retention_ms: self.retention_ms.unwrap_or(defaults.retention_ms),
+            timestamp_type: self.timestamp_type.unwrap_or(defaults.timestamp_type),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl TopicConfig {
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(BrokerError::InvalidRequest(msg));
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return bad(format!(
+                "segment_bytes must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}, got {}",
+                self.segment_bytes
+            ));
+        }
+        if self.segment_ms < 1 {
+            return bad(format!("segment_ms must be at least 1, got {}", self.segment_ms));
+        }
+        for (name, value) in [
+            ("local_retention_bytes", self.local_retention_bytes),
+            ("local_retention_ms", self.local_retention_ms),
+            ("retention_ms", self.retention_ms),
+        ] {
+            if value < -1 {
+                return bad(format!("{name} must be -1 (unlimited) or a non-negative number, got {value}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Server-wide broker settings. Every field has a working default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Root of all local data (`topics/`, `groups/`).
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest accepted record (its JSON text), in bytes.
+    pub max_record_bytes: usize,
+    /// Bytes of log between two sparse index entries.
+    pub index_interval_bytes: u32,
+    /// Partitions of a topic created without `partitions`.
+    pub default_partitions: u32,
+    /// Longest accepted `wait_ms` of a long-polling consume.
+    pub max_wait_ms: u64,
+    /// Defaults of every topic's configuration.
+    pub topic_defaults: TopicConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            max_request_bytes: 64 * 1024 * 1024,
+            max_record_bytes: 1024 * 1024,
+            index_interval_bytes: 4096,
+            default_partitions: 1,
+            max_wait_ms: 60_000,
+            topic_defaults: TopicConfig::default(),
+        }
+    }
+}
+
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 10_000;
+
+/// Checks a topic or group name: `[A-Za-z0-9._-]{1,249}`, not `.` or `..`.
+/// A valid name is always a safe single path component.
+pub fn validate_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > 249 {
+        Some("must be at most 249 characters")
+    } else if name == "." || name == ".." {
+        Some("must not be \".\" or \"..\"")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        Some("may only contain ASCII letters, digits, '.', '_' and '-'")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(BrokerError::InvalidTopicName {
+            name: name.chars().take(300).collect(),
+            reason,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kafkas_rule() {
+        for ok in ["clicks", "a.b_c-D9", ".x", "..x", &"a".repeat(249)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "a b", "ü", &"a".repeat(250), "a\0b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn overrides_are_validated() {
+        let defaults = TopicConfig::default();
+        let config = TopicConfigOverrides {
+            segment_bytes: Some(4096),
+            ..Default::default()
+        }
+        .apply(&defaults)
+        .unwrap();
+        assert_eq!(config.segment_bytes, 4096);
+        assert_eq!(config.segment_ms, defaults.segment_ms);
+        for bad in [
+            TopicConfigOverrides { segment_bytes: Some(10), ..Default::default() },
+            TopicConfigOverrides { segment_ms: Some(0), ..Default::default() },
+            TopicConfigOverrides { retention_ms: Some(-2), ..Default::default() },
+        ] {
+            assert!(bad.apply(&defaults).is_err(), "{bad:?}");
+        }
+    }
+}

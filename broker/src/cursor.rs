@@ -1,0 +1,144 @@
+//! Reading a partition's log in offset order, without blocking its writer.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use crate::batch::{peek_batch, BatchView, Peek, BATCH_HEADER_LEN};
+use crate::batch::RecordView;
+use crate::error::{BrokerError, Result};
+use crate::segment::{BlockReader, Segment};
+
+/// Iterates batches of a partition from an offset up to the end offset that
+/// was visible when the cursor was made (a snapshot: later appends are not
+/// seen). Holds its segments open, so segments deleted underneath it by
+/// retention stay readable until the cursor is dropped.
+#[derive(Debug)]
+pub struct LogCursor {
+    segments: Vec<Arc<Segment>>,
+    seg: usize,
+    pos: u64,
+    limit: u64,
+    from: u64,
+    end_offset: u64,
+    reader: BlockReader,
+}
+
+impl LogCursor {
+    /// A cursor over `segments` (ordered, the first one holding `from`).
+    pub(crate) fn new(segments: Vec<Arc<Segment>>, from: u64, end_offset: u64) -> Self {
+        let (pos, limit) = segments
+            .first()
+            .map_or((0, 0), |s| (s.position_for(from), s.visible_len()));
+        Self {
+            segments,
+            seg: 0,
+            pos,
+            limit,
+            from,
+            end_offset,
+            reader: BlockReader::default(),
+        }
+    }
+
+    /// One past the last offset this cursor will return.
+    pub fn end_offset(&self) -> u64 {
+        self.end_offset
+    }
+
+    /// The next batch holding records in `[from, end_offset)`, CRC-verified.
+    /// Its first records may lie before `from`; callers skip them.
+    pub fn next_batch(&mut self) -> Result<Option<BatchView<'_>>> {
+        let Some((pos, len)) = self.advance()? else {
+            return Ok(None);
+        };
+        let seg = &self.segments[self.seg];
+        let bytes = self
+            .reader
+            .read(seg.file(), pos, len, pos + len as u64)
+            .map_err(|source| read_error(seg, source))?;
+        match peek_batch(bytes) {
+            Ok(Peek::Batch(view)) => Ok(Some(view)),
+            _ => Err(corrupt(seg, pos, "batch changed while reading")),
+        }
+    }
+
+    /// Calls `visit` with each record from `from` on, in offset order, until
+    /// the end or until `visit` breaks; a record it breaks on is not
+    /// consumed. Returns the offset to continue from. The cursor is spent
+    /// after a break.
+    pub fn for_each_record(&mut self, mut visit: impl FnMut(&RecordView<'_>) -> ControlFlow<()>) -> Result<u64> {
+        let mut next = self.from;
+        let end = self.end_offset;
+        while let Some(batch) = self.next_batch()? {
+            for record in batch.records() {
+                let record = record.map_err(|e| BrokerError::Corrupt {
+                    path: "log".into(),
+                    message: e.to_string(),
+                })?;
+                if record.offset < next {
+                    continue;
+                }
+                if record.offset >= end || visit(&record).is_break() {
+                    return Ok(next);
+                }
+                next = record.offset + 1;
+            }
+        }
+        Ok(next.max(self.from))
+    }
+
+    /// Finds where the next wanted batch starts and how long it is.
+    fn advance(&mut self) -> Result<Option<(u64, usize)>> {
+        let mut need = BATCH_HEADER_LEN;
+        loop {
+            let Some(seg) = self.segments.get(self.seg) else {
+                return Ok(None);
+            };
+            if self.pos >= self.limit {
+                self.seg += 1;
+                self.pos = 0;
+                self.limit = self.segments.get(self.seg).map_or(0, |s| s.visible_len());
+                continue;
+            }
+            let bytes = self
+                .reader
+                .read(seg.file(), self.pos, need, self.limit)
+                .map_err(|source| read_error(seg, source))?;
+            let view = match peek_batch(bytes) {
+                Ok(Peek::Batch(view)) => view,
+                Ok(Peek::NeedBytes(n)) if self.pos + n as u64 <= self.limit => {
+                    need = n;
+                    continue;
+                }
+                Ok(Peek::NeedBytes(_)) => return Err(corrupt(seg, self.pos, "batch runs past the end")),
+                Err(e) => return Err(corrupt(seg, self.pos, &e.to_string())),
+            };
+            need = BATCH_HEADER_LEN;
+            if view.base_offset() >= self.end_offset {
+                self.seg = self.segments.len();
+                return Ok(None);
+            }
+            let (pos, len) = (self.pos, view.len());
+            self.pos += len as u64;
+            if view.next_offset() <= self.from {
+                continue;
+            }
+            view.verify().map_err(|e| corrupt(seg, pos, &e.to_string()))?;
+            return Ok(Some((pos, len)));
+        }
+    }
+}
+
+fn read_error(seg: &Segment, source: std::io::Error) -> BrokerError {
+    BrokerError::Io {
+        context: format!("reading {}", seg.path().display()),
+        source,
+    }
+}
+
+fn corrupt(seg: &Segment, pos: u64, message: &str) -> BrokerError {
+    BrokerError::Corrupt {
+        path: seg.path().display().to_string(),
+        message: format!("at byte {pos}: {message}"),
+    }
+}

@@ -1,0 +1,96 @@
+//! The one place where broker errors become HTTP statuses and API error codes.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use crate::error::BrokerError;
+
+/// An error response: `{"error": {"code", "message", ...extra}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub extra: Map<String, Value>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    /// An error without extra fields.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            extra: Map::new(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// `400 invalid_request`.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let message = e.to_string();
+        match e {
+            BrokerError::InvalidRequest(_) => Self::invalid_request(message),
+            BrokerError::InvalidRecord { index, .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_record", message).with("index", index)
+            }
+            BrokerError::InvalidTopicName { .. } => Self::new(StatusCode::BAD_REQUEST, "invalid_topic_name", message),
+            BrokerError::TopicNotFound(_) => Self::new(StatusCode::NOT_FOUND, "topic_not_found", message),
+            BrokerError::PartitionNotFound { .. } => Self::new(StatusCode::NOT_FOUND, "partition_not_found", message),
+            BrokerError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            BrokerError::TopicExists(_) => Self::new(StatusCode::CONFLICT, "topic_exists", message),
+            BrokerError::PayloadTooLarge { index, .. } => {
+                let err = Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message);
+                match index {
+                    Some(index) => err.with("index", index),
+                    None => err,
+                }
+            }
+            BrokerError::OffsetOutOfRange {
+                start_offset,
+                end_offset,
+                ..
+            } => Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range", message)
+                .with("start_offset", start_offset)
+                .with("end_offset", end_offset),
+            BrokerError::Unavailable { retry_after_secs, .. } => {
+                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+                err.retry_after_secs = Some(retry_after_secs.max(1));
+                err
+            }
+            BrokerError::Corrupt { .. } | BrokerError::Io { .. } | BrokerError::Internal(_) => {
+                tracing::error!(error = %message, "internal error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = self.extra;
+        error.insert("code".into(), json!(self.code));
+        error.insert("message".into(), json!(self.message));
+        let body = json!({ "error": error }).to_string();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

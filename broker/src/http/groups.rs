@@ -1,0 +1,74 @@
+//! `/v1/groups/{group}/offsets`: commit and fetch consumer-group offsets.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{blocking, json_response, read_body, ApiError, AppState};
+use crate::config::validate_name;
+use crate::error::BrokerError;
+use crate::groups::CommittedOffset;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Commit {
+    offsets: Vec<CommittedOffset>,
+}
+
+fn check_group(group: &str) -> Result<(), ApiError> {
+    validate_name(group).map_err(|e| match e {
+        BrokerError::InvalidTopicName { reason, .. } => {
+            ApiError::invalid_request(format!("invalid group name {group:?}: {reason}"))
+        }
+        other => other.into(),
+    })
+}
+
+pub(super) async fn commit(
+    State(app): State<AppState>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_group(&group)?;
+    let bytes = read_body(&headers, body, 1024 * 1024).await?;
+    let commit: Commit = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "expected {{\"offsets\": [{{\"topic\", \"partition\", \"offset\"}}]}}: {e}"
+        ))
+    })?;
+    for c in &commit.offsets {
+        let topic = app.broker.topic(&c.topic)?;
+        topic.partition(&c.partition.to_string())?;
+    }
+    let broker = app.broker.clone();
+    blocking(move || broker.groups().commit(&group, &commit.offsets)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn fetch(State(app): State<AppState>, Path(group): Path<String>) -> Result<Response, ApiError> {
+    check_group(&group)?;
+    let offsets = app
+        .broker
+        .groups()
+        .offsets(&group)
+        .ok_or_else(|| BrokerError::NotFound(format!("consumer group {group:?} has no committed offsets")))?;
+    let entries: Vec<_> = offsets
+        .into_iter()
+        .filter_map(|c| {
+            let topic = app.broker.topic(&c.topic).ok()?;
+            let end = topic.partitions().get(c.partition as usize)?.end_offset();
+            Some(json!({
+                "topic": c.topic,
+                "partition": c.partition,
+                "offset": c.offset,
+                "end_offset": end,
+                "lag": end.saturating_sub(c.offset),
+            }))
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, json!({ "offsets": entries }).to_string().into_bytes()))
+}

@@ -1,0 +1,157 @@
+//! Produce, consume by offset, and offset-for-timestamp.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+
+use super::render::{write_int, write_record};
+use super::{blocking, json_response, read_body, ApiError, AppState, Params};
+use crate::error::BrokerError;
+use crate::partition::Partition;
+use crate::produce::{parse_body, BodyFormat};
+use crate::timestamp::{now_ms, parse_timestamp, write_timestamp};
+use crate::topic::{Ack, Topic};
+
+/// Default and largest `max_records` of a consume.
+const DEFAULT_MAX_RECORDS: u64 = 1000;
+const MAX_MAX_RECORDS: u64 = 100_000;
+/// Default and largest `max_bytes` of a consume.
+const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
+const MAX_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+pub(super) async fn produce(
+    State(app): State<AppState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let topic = app.broker.topic(&topic)?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = BodyFormat::from_content_type(content_type);
+    let config = app.broker.config();
+    let body = read_body(&headers, body, config.max_request_bytes).await?;
+    let max_record_bytes = config.max_record_bytes;
+    let rendered = blocking(move || {
+        let records = parse_body(&body, format, max_record_bytes)?;
+        let acks = topic.produce(&records, now_ms())?;
+        Ok(render_acks(&acks))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, rendered))
+}
+
+fn render_acks(acks: &[Ack]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + acks.len() * 72);
+    out.extend_from_slice(b"{\"offsets\":[");
+    for (i, ack) in acks.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"partition\":");
+        write_int(&mut out, u64::from(ack.partition));
+        out.extend_from_slice(b",\"offset\":");
+        write_int(&mut out, ack.offset);
+        out.extend_from_slice(b",\"timestamp\":\"");
+        write_timestamp(ack.timestamp, &mut out);
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+pub(super) async fn consume(
+    State(app): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &["offset", "max_records", "max_bytes", "wait_ms"])?;
+    let offset = params.u64("offset")?;
+    let max_records = params.u64_in("max_records", DEFAULT_MAX_RECORDS, 1, MAX_MAX_RECORDS)?;
+    let max_bytes = params.u64_in("max_bytes", DEFAULT_MAX_BYTES, 1, MAX_MAX_BYTES)?;
+    let wait_ms = params.u64_in("wait_ms", 0, 0, app.broker.config().max_wait_ms)?;
+    let topic = app.broker.topic(&topic)?;
+    let partition = topic.partition(&partition)?.clone();
+    let offset = offset.unwrap_or_else(|| partition.start_offset());
+    let (start, end) = (partition.start_offset(), partition.end_offset());
+    if offset < start || offset > end {
+        return Err(BrokerError::OffsetOutOfRange {
+            offset,
+            start_offset: start,
+            end_offset: end,
+        }
+        .into());
+    }
+    if offset == end && wait_ms > 0 {
+        wait_for_data(&partition, offset, Duration::from_millis(wait_ms), app.stopping.clone()).await;
+    }
+    let body = blocking(move || read_records(&topic, &partition, offset, max_records, max_bytes)).await?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// Long poll: returns once `end_offset` passes `offset`, the wait ends, or
+/// the server begins shutting down. Woken by the partition, never polling.
+async fn wait_for_data(partition: &Partition, offset: u64, wait: Duration, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let mut end = partition.subscribe();
+    let grown = end.wait_for(|&e| e > offset);
+    tokio::select! {
+        _ = tokio::time::timeout(wait, grown) => {}
+        _ = stopping.wait_for(|&s| s) => {}
+    }
+}
+
+fn read_records(topic: &Topic, partition: &Arc<Partition>, offset: u64, max_records: u64, max_bytes: u64) -> Result<Vec<u8>, BrokerError> {
+    let mut cursor = partition.cursor(offset)?;
+    let end = cursor.end_offset();
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"records\":[");
+    let (mut count, mut bytes) = (0u64, 0u64);
+    let id = partition.id();
+    let next = cursor.for_each_record(|record| {
+        let size = (record.value.len() + record.key.map_or(0, <[u8]>::len)) as u64;
+        if count >= max_records || (count > 0 && bytes + size > max_bytes) {
+            return ControlFlow::Break(());
+        }
+        if count > 0 {
+            out.push(b',');
+        }
+        write_record(&mut out, id, record);
+        count += 1;
+        bytes += size;
+        ControlFlow::Continue(())
+    })?;
+    out.extend_from_slice(b"],\"next_offset\":");
+    write_int(&mut out, next);
+    out.extend_from_slice(b",\"end_offset\":");
+    write_int(&mut out, end);
+    out.push(b'}');
+    topic.metrics().records_out.increment(count);
+    topic.metrics().bytes_out.increment(bytes);
+    Ok(out)
+}
+
+pub(super) async fn offset_for_timestamp(
+    State(app): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &["timestamp"])?;
+    let text = params
+        .get("timestamp")
+        .ok_or_else(|| ApiError::invalid_request("the timestamp parameter is required"))?;
+    let target = parse_timestamp(text).map_err(ApiError::invalid_request)?;
+    let topic = app.broker.topic(&topic)?;
+    let partition = topic.partition(&partition)?.clone();
+    let found = blocking(move || Ok((partition.offset_for_timestamp(target)?, partition.end_offset()))).await?;
+    let body = match found {
+        (Some((offset, ts)), _) => {
+            serde_json::json!({"offset": offset, "timestamp": crate::timestamp::format_timestamp(ts)})
+        }
+        (None, end) => serde_json::json!({"offset": end, "timestamp": null}),
+    };
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}

@@ -1,0 +1,36 @@
+//! # strata-broker: the hot tier
+//!
+//! Topics split into partitions; each partition is an append-only log of
+//! segment files on local disk (`{base_offset:020}.log` with a sparse
+//! `.index` and `.timeindex`), written in CRC32C-protected batches and made
+//! durable by group commit: a produce is acknowledged only after an fsync
+//! that covers it, and one fsync covers every batch written meanwhile. On
+//! start, the tail of each partition is validated and a torn or corrupt end
+//! is truncated. Readers see only durable records and never block writers.
+//!
+//! [`http`] serves the API's topics, produce, consume and consumer-group
+//! routes; the tiering crate reads sealed segments through
+//! [`Partition::segments`] and [`Partition::cursor`].
+
+pub mod batch;
+pub mod broker;
+pub mod config;
+pub mod cursor;
+mod durable;
+pub mod error;
+pub mod groups;
+pub mod http;
+pub mod index;
+pub mod metrics;
+pub mod partition;
+pub mod partitioner;
+pub mod produce;
+pub mod segment;
+pub mod timestamp;
+pub mod topic;
+
+pub use broker::Broker;
+pub use config::{BrokerConfig, TimestampType, TopicConfig, TopicConfigOverrides};
+pub use error::{BrokerError, Result};
+pub use partition::Partition;
+pub use topic::Topic;
