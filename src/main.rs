@@ -1,1 +1,106 @@
-fn main(){}
+//! `strata`: the server and its command-line client in one binary. The
+//! logic lives in the library crates; this file only parses arguments and
+//! dispatches.
+
+mod bench;
+mod client;
+mod config;
+mod consume;
+mod produce;
+mod serve;
+mod topic;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "A streaming data lake: a durable partitioned log over HTTP")]
+struct Cli {
+    /// Server that client commands talk to.
+    #[arg(long, global = true, env = "STRATA_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce NDJSON records (one record object per line) from a file or stdin.
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic as NDJSON.
+    Consume(consume::ConsumeArgs),
+    /// Built-in load generator and timer.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Flags of `strata serve`; each overrides its `STRATA_*` variable, which
+/// overrides the config file.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "STRATA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "STRATA_LISTEN")]
+    listen: Option<String>,
+    /// Directory of all local data.
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Cold tier: file:///abs/path or s3://bucket/prefix.
+    #[arg(long, env = "STRATA_OBJECT_STORE")]
+    object_store: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Topic settings as key=value (segment_bytes, segment_ms, retention_ms, timestamp_type, ...).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+    },
+    /// List topics.
+    List,
+    /// Describe a topic.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("strata: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Topic(cmd) => topic::run(&cli.server, cmd).await,
+            Command::Produce(args) => produce::run(&cli.server, args).await,
+            Command::Consume(args) => consume::run(&cli.server, args).await,
+            Command::Bench(cmd) => bench::run(&cli.server, cmd).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -97,6 +97,7 @@ impl LogCursor {
             if self.pos >= self.limit {
                 self.seg += 1;
                 self.pos = 0;
+                self.reader.reset();
                 self.limit = self.segments.get(self.seg).map_or(0, |s| s.visible_len());
                 continue;
             }

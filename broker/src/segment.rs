@@ -271,6 +271,12 @@ pub(crate) struct BlockReader {
 }
 
 impl BlockReader {
+    /// Forgets the buffered bytes; call before reading another file.
+    pub(crate) fn reset(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+
     /// Bytes from `pos`: at least `need` of them unless `limit` comes first.
     pub(crate) fn read(&mut self, file: &File, pos: u64, need: usize, limit: u64) -> std::io::Result<&[u8]> {
         let wanted_end = (pos + need as u64).min(limit);

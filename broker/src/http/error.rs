@@ -81,9 +81,10 @@ impl From<BrokerError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = self.extra;
+        let mut error = Map::new();
         error.insert("code".into(), json!(self.code));
         error.insert("message".into(), json!(self.message));
+        error.extend(self.extra);
         let body = json!({ "error": error }).to_string();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();

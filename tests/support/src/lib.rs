@@ -1,1 +1,319 @@
-pub fn y(){}
+//! Shared fixtures for Strata's integration and end-to-end tests: a server
+//! in this process or as a child process on an ephemeral port, an HTTP
+//! client for the API, and polling with a deadline (never sleeps as
+//! synchronisation).
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use strata_broker::{Broker, BrokerConfig};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A JSON API client bound to one server.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends a request with an optional raw body; returns status and parsed
+    /// JSON (`Value::Null` for an empty body).
+    pub async fn call(&self, method: Method, path: &str, content_type: Option<&str>, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status();
+        let bytes = response.bytes().await.expect("response body");
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some("application/json"), Some(body.to_string().into_bytes()))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, None, None).await
+    }
+
+    /// Creates a topic, panicking unless the server answers 201.
+    pub async fn create_topic(&self, name: &str, partitions: u32, config: Value) -> Value {
+        let (status, body) = self
+            .post("/v1/topics", &json!({"name": name, "partitions": partitions, "config": config}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create {name}: {body}");
+        body
+    }
+
+    /// Produces `records` (the API's record objects), panicking unless 200;
+    /// returns the `offsets` entries.
+    pub async fn produce(&self, topic: &str, records: &[Value]) -> Vec<Value> {
+        let (status, body) = self
+            .post(&format!("/v1/topics/{topic}/records"), &json!({ "records": records }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "produce to {topic}: {body}");
+        body["offsets"].as_array().cloned().expect("offsets array")
+    }
+
+    /// Reads a whole partition from `offset` to its current end.
+    pub async fn consume_all(&self, topic: &str, partition: u32, mut offset: u64) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let (status, page) = self
+                .get(&format!("/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records=10000&max_bytes=16777216"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "consume {topic}/{partition}@{offset}: {page}");
+            let records = page["records"].as_array().cloned().unwrap_or_default();
+            let next = page["next_offset"].as_u64().expect("next_offset");
+            let end = page["end_offset"].as_u64().expect("end_offset");
+            out.extend(records);
+            if next >= end {
+                return out;
+            }
+            assert!(next > offset, "consume made no progress at {offset}");
+            offset = next;
+        }
+    }
+
+    /// Each partition's `end_offset`, from the topic description.
+    pub async fn end_offsets(&self, topic: &str) -> Vec<u64> {
+        let (status, body) = self.get(&format!("/v1/topics/{topic}")).await;
+        assert_eq!(status, StatusCode::OK, "describe {topic}: {body}");
+        body["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .map(|p| p["end_offset"].as_u64().expect("end_offset"))
+            .collect()
+    }
+}
+
+/// Polls `check` until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A broker config with small, test-friendly limits under `data_dir`.
+pub fn test_config(data_dir: &Path) -> BrokerConfig {
+    BrokerConfig {
+        data_dir: data_dir.to_path_buf(),
+        ..BrokerConfig::default()
+    }
+}
+
+/// The real server running inside the test process on an ephemeral port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub api: Api,
+    pub config: BrokerConfig,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    dir: Option<TempDir>,
+}
+
+impl TestServer {
+    /// A server on a fresh temporary data directory.
+    pub async fn start() -> Self {
+        let dir = TempDir::new().expect("temp dir");
+        let config = test_config(dir.path());
+        Self::start_in(config, Some(dir)).await
+    }
+
+    /// A server with `config` (its `data_dir` is used as is).
+    pub async fn start_with(config: BrokerConfig) -> Self {
+        Self::start_in(config, None).await
+    }
+
+    async fn start_in(config: BrokerConfig, dir: Option<TempDir>) -> Self {
+        let opening = config.clone();
+        let broker = tokio::task::spawn_blocking(move || Broker::open(opening))
+            .await
+            .expect("open task")
+            .expect("open broker");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(strata_broker::http::run(listener, Arc::new(broker), async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            api: Api::new(&format!("http://{addr}")),
+            config,
+            shutdown: Some(tx),
+            task: Some(task),
+            dir,
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Graceful shutdown; panics if the server did not stop cleanly.
+    pub async fn stop(mut self) -> (BrokerConfig, Option<TempDir>) {
+        self.stop_inner().await;
+        (self.config.clone(), self.dir.take())
+    }
+
+    async fn stop_inner(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("clean shutdown");
+        }
+    }
+
+    /// Stops gracefully and starts again on the same data directory.
+    pub async fn restart(self) -> Self {
+        let (config, dir) = self.stop().await;
+        Self::start_in(config, dir).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// `strata serve` as a child process (for crash tests with SIGKILL).
+pub struct ChildServer {
+    child: Child,
+    pub api: Api,
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl ChildServer {
+    /// Starts `binary serve` on port 0 over `data_dir` and waits for its
+    /// ready line, which carries the address.
+    pub fn spawn(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> Self {
+        let mut child = Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra_args)
+            .env("STRATA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn strata serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on http://") {
+                    let addr = line[at + "listening on http://".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("strata serve did not become ready; log:\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
+            }
+        };
+        Self {
+            child,
+            api: Api::new(&format!("http://{addr}")),
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// SIGKILL: the process dies at once, flushing nothing.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status (panics after 30 s).
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        assert!(sent.success(), "could not signal {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit after SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

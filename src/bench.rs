@@ -1,0 +1,268 @@
+//! `strata bench produce|consume`: a load generator and timer against a
+//! running server. It shares the machine with the server, so its figures
+//! include its own cost; `docs/benchmarks.md` says how to read them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::client::Client;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Concurrent producers posting fixed-size batches for a duration.
+    Produce(ProduceBench),
+    /// Readers consuming whole partitions from the hot tier.
+    Consume(ConsumeBench),
+}
+
+#[derive(Args)]
+pub struct ProduceBench {
+    #[arg(long, default_value = "bench-produce")]
+    topic: String,
+    /// Partitions of the topic if the bench creates it.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Concurrent producers (each waits for its ack before sending again).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Records per request.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Approximate bytes of each record's JSON.
+    #[arg(long, default_value_t = 120)]
+    record_size: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+}
+
+#[derive(Args)]
+pub struct ConsumeBench {
+    #[arg(long, default_value = "bench-consume")]
+    topic: String,
+    /// Partitions of the topic if the bench creates it.
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    /// Records to load first when the topic holds fewer.
+    #[arg(long, default_value_t = 5_000_000)]
+    records: u64,
+    /// Approximate bytes of each record's JSON.
+    #[arg(long, default_value_t = 120)]
+    record_size: usize,
+    /// Records per consume request.
+    #[arg(long, default_value_t = 10_000)]
+    max_records: u64,
+    /// Times each partition is read end to end.
+    #[arg(long, default_value_t = 1)]
+    passes: u32,
+}
+
+pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
+    let client = Client::new(server)?;
+    match command {
+        BenchCommand::Produce(args) => produce(&client, args).await,
+        BenchCommand::Consume(args) => consume(&client, args).await,
+    }
+}
+
+async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<()> {
+    let response = client
+        .request(Method::POST, "/v1/topics")
+        .json(&json!({"name": topic, "partitions": partitions}))
+        .send()
+        .await
+        .context("creating the bench topic")?;
+    match response.status() {
+        s if s.is_success() || s == StatusCode::CONFLICT => Ok(()),
+        s => bail!("creating topic {topic}: {s}: {}", response.text().await.unwrap_or_default()),
+    }
+}
+
+/// A `{"records": [...]}` body of `count` records of about `size` bytes each.
+fn batch_body(count: usize, size: usize, salt: usize) -> (Bytes, usize) {
+    let mut body = String::from("{\"records\":[");
+    let mut record_bytes = 0;
+    for i in 0..count {
+        if i > 0 {
+            body.push(',');
+        }
+        let n = salt * count + i;
+        let head = format!(r#"{{"value":{{"user":"user-{:06}","page":"/products/{:05}","n":{n},"pad":""#, n % 1_000_000, n % 100_000);
+        let pad = size.saturating_sub(head.len() + 4);
+        let record = format!("{head}{}\"}}}}", "x".repeat(pad));
+        record_bytes += record.len();
+        body.push_str(&record);
+    }
+    body.push_str("]}");
+    (Bytes::from(body), record_bytes)
+}
+
+async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
+    ensure_topic(client, &args.topic, args.partitions).await?;
+    let (body, record_bytes) = batch_body(args.batch_size, args.record_size, 0);
+    let path = format!("/v1/topics/{}/records", args.topic);
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, body, path) = (client.clone(), body.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let request = client
+                    .request(Method::POST, &path)
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                match client.send(request).await {
+                    Ok(response) => {
+                        let _ = response.bytes().await;
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let requests = latencies.len() as f64;
+    let records = requests * args.batch_size as f64;
+    let pct = |q: f64| latencies.get(((requests * q) as usize).min(latencies.len().saturating_sub(1))).map_or(0.0, |&us| us as f64 / 1000.0);
+    println!(
+        "bench produce: {} producers x {} records of ~{} B, {secs:.1} s: {:.0} records/s, {:.1} MB/s, \
+         latency p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms, {errors} errors",
+        args.concurrency,
+        args.batch_size,
+        record_bytes / args.batch_size.max(1),
+        records / secs,
+        requests * record_bytes as f64 / secs / 1e6,
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+    );
+    if errors > 0 {
+        bail!("{errors} requests failed");
+    }
+    Ok(())
+}
+
+async fn consume(client: &Client, args: ConsumeBench) -> Result<()> {
+    ensure_topic(client, &args.topic, args.partitions).await?;
+    let held = held_records(client, &args.topic).await?;
+    if held < args.records {
+        load(client, &args.topic, args.records - held, args.record_size).await?;
+    }
+    let topic = client.get_json(&format!("/v1/topics/{}", args.topic)).await?;
+    let ranges: Vec<(u64, u64, u64)> = topic["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let get = |k: &str| p[k].as_u64().unwrap_or(0);
+            (get("partition"), get("start_offset"), get("end_offset"))
+        })
+        .collect();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (partition, start, end) in ranges {
+        let client = client.clone();
+        let path = format!("/v1/topics/{}/partitions/{partition}/records", args.topic);
+        let (max_records, passes) = (args.max_records, args.passes);
+        tasks.push(tokio::spawn(async move {
+            let (mut records, mut bytes) = (0u64, 0u64);
+            for _ in 0..passes {
+                let mut offset = start;
+                while offset < end {
+                    let url = format!("{path}?offset={offset}&max_records={max_records}&max_bytes=67108864");
+                    let body = client.send(client.request(Method::GET, &url)).await?.bytes().await?;
+                    let next = next_offset(&body).context("response without next_offset")?;
+                    records += next - offset;
+                    bytes += body.len() as u64;
+                    offset = next;
+                }
+            }
+            anyhow::Ok((records, bytes))
+        }));
+    }
+    let (mut records, mut bytes) = (0u64, 0u64);
+    for task in tasks {
+        let (r, b) = task.await??;
+        records += r;
+        bytes += b;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "bench consume: {records} records in {secs:.2} s: {:.0} records/s, {:.1} MB/s of response JSON",
+        records as f64 / secs,
+        bytes as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
+async fn held_records(client: &Client, topic: &str) -> Result<u64> {
+    let t = client.get_json(&format!("/v1/topics/{topic}")).await?;
+    Ok(t["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p["end_offset"].as_u64().unwrap_or(0) - p["start_offset"].as_u64().unwrap_or(0))
+        .sum())
+}
+
+async fn load(client: &Client, topic: &str, records: u64, record_size: usize) -> Result<()> {
+    let batch = 1000usize;
+    let requests = records.div_ceil(batch as u64);
+    let path = Arc::new(format!("/v1/topics/{topic}/records"));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, path, next) = (client.clone(), path.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    return anyhow::Ok(());
+                }
+                let (body, _) = batch_body(batch, record_size, i as usize);
+                let request = client
+                    .request(Method::POST, &path)
+                    .header("content-type", "application/json")
+                    .body(body);
+                client.send(request).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    eprintln!(
+        "loaded {} records in {:.1} s",
+        requests * batch as u64,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Finds `"next_offset":N` near the end of a consume response without parsing the records.
+fn next_offset(body: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(&body[body.len().saturating_sub(128)..]);
+    let at = text.rfind("\"next_offset\":")? + "\"next_offset\":".len();
+    text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}

@@ -1,0 +1,76 @@
+//! `strata consume TOPIC`: print records as NDJSON, optionally following.
+
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::Value;
+
+use crate::client::Client;
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    topic: String,
+    /// Only this partition (default: all).
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Start at this offset.
+    #[arg(long, conflicts_with = "from_beginning")]
+    offset: Option<u64>,
+    /// Start at the first available offset (default: the end).
+    #[arg(long)]
+    from_beginning: bool,
+    /// Keep waiting for new records (long polls).
+    #[arg(long)]
+    follow: bool,
+}
+
+pub async fn run(server: &str, args: ConsumeArgs) -> Result<()> {
+    let client = Client::new(server)?;
+    let topic = client.get_json(&format!("/v1/topics/{}", args.topic)).await?;
+    let partitions: Vec<&Value> = topic["partitions"].as_array().into_iter().flatten().collect();
+    let mut tasks = Vec::new();
+    for p in partitions {
+        let id = p["partition"].as_u64().unwrap_or(0) as u32;
+        if args.partition.is_some_and(|only| only != id) {
+            continue;
+        }
+        let start = match (args.offset, args.from_beginning) {
+            (Some(offset), _) => offset,
+            (None, true) => p["start_offset"].as_u64().unwrap_or(0),
+            (None, false) => p["end_offset"].as_u64().unwrap_or(0),
+        };
+        tasks.push(tokio::spawn(follow_partition(client.clone(), args.topic.clone(), id, start, args.follow)));
+    }
+    if tasks.is_empty() {
+        bail!("topic {} has no partition {:?}", args.topic, args.partition);
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+async fn follow_partition(client: Client, topic: String, partition: u32, mut offset: u64, follow: bool) -> Result<()> {
+    let wait_ms = if follow { 30_000 } else { 0 };
+    loop {
+        let page = client
+            .get_json(&format!(
+                "/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records=10000&wait_ms={wait_ms}"
+            ))
+            .await?;
+        let records = page["records"].as_array().map(Vec::as_slice).unwrap_or_default();
+        {
+            let mut out = std::io::stdout().lock();
+            for record in records {
+                writeln!(out, "{record}")?;
+            }
+            out.flush()?;
+        }
+        offset = page["next_offset"].as_u64().unwrap_or(offset);
+        let end = page["end_offset"].as_u64().unwrap_or(offset);
+        if !follow && offset >= end {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! `strata serve`: open the data directory, listen, serve until SIGINT/SIGTERM.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use strata_broker::Broker;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::ServeConfig;
+use crate::ServeArgs;
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    init_logging();
+    let config = ServeConfig::load(&args)?;
+    let broker_config = config.broker.clone();
+    let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
+        .await?
+        .with_context(|| format!("opening data directory {}", config.broker.data_dir.display()))?;
+    let broker = Arc::new(broker);
+    if let Some(url) = &config.object_store {
+        tracing::warn!(object_store = %url, "the cold tier is not part of this build yet; data stays on local disk");
+    }
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(data_dir = %config.broker.data_dir.display(), "strata ready: listening on http://{addr}");
+    strata_broker::http::run(listener, broker, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+    }
+}
