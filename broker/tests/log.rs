@@ -1,0 +1,170 @@
+//! The partition log through its library API: rolling, indexes, recovery.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use strata_broker::batch::{BatchBuilder, EncodedBatch};
+use strata_broker::partition::{LogConfig, Partition};
+
+const CONFIG: LogConfig = LogConfig {
+    segment_bytes: 4096,
+    segment_ms: 60_000,
+    index_interval_bytes: 256,
+};
+
+fn batch(first: u64, count: u64, ts: impl Fn(u64) -> i64) -> EncodedBatch {
+    let mut builder = BatchBuilder::with_capacity(1024);
+    for i in first..first + count {
+        let value = format!("{{\"n\":{i}}}");
+        let key = format!("k{i}");
+        builder.push(ts(i), Some(key.as_bytes()), value.as_bytes(), &[("h", "v")]);
+    }
+    builder.finish(0, 0)
+}
+
+fn append(p: &Partition, first: u64, count: u64, now_ms: i64) -> u64 {
+    let base = p.append(&mut batch(first, count, |i| i as i64 * 10), now_ms).unwrap();
+    p.wait_durable(base + count).unwrap();
+    base
+}
+
+fn values(p: &Partition, from: u64) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut cursor = p.cursor(from).unwrap();
+    cursor
+        .for_each_record(|r| {
+            out.push((r.offset, String::from_utf8(r.value.to_vec()).unwrap()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    out
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn rolls_by_size_and_reads_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    for i in 0..100 {
+        assert_eq!(append(&p, i * 10, 10, 0), i * 10);
+    }
+    let segments = p.segments();
+    assert!(segments.len() > 5, "{} segments", segments.len());
+    for pair in segments.windows(2) {
+        assert_eq!(pair[0].end_offset, pair[1].base_offset);
+        assert!(pair[0].sealed && pair[0].size_bytes <= CONFIG.segment_bytes);
+    }
+    assert_eq!(segment_files(dir.path())[0], "00000000000000000000.log");
+    assert!(dir.path().join("00000000000000000000.index").exists());
+    assert!(dir.path().join("00000000000000000000.timeindex").exists());
+    for from in [0, 1, 9, 10, 57, 333, 998, 999, 1000] {
+        let got = values(&p, from);
+        let want: Vec<(u64, String)> = (from..1000).map(|i| (i, format!("{{\"n\":{i}}}"))).collect();
+        assert_eq!(got, want, "from {from}");
+    }
+    assert!(p.cursor(1001).is_err());
+}
+
+#[test]
+fn rolls_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_ms: 1000, segment_bytes: 1 << 20, ..CONFIG };
+    let p = Partition::open(0, dir.path(), config).unwrap();
+    append(&p, 0, 5, 10_000);
+    append(&p, 5, 5, 10_999);
+    assert_eq!(p.segments().len(), 1);
+    append(&p, 10, 5, 11_000);
+    assert_eq!(p.segments().len(), 2, "the first batch is 1000 ms old: roll");
+    assert!(!p.roll_if_due(11_999).unwrap());
+    assert!(p.roll_if_due(12_000).unwrap(), "idle active segment rolls in the background");
+    assert_eq!(p.segments().len(), 3);
+    assert!(!p.roll_if_due(99_000).unwrap(), "an empty active segment never rolls");
+    assert_eq!(values(&p, 0).len(), 15);
+}
+
+#[test]
+fn torn_tail_is_truncated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+        for i in 0..30 {
+            append(&p, i * 10, 10, 0);
+        }
+        p.close().unwrap();
+    }
+    let last = dir.path().join(segment_files(dir.path()).last().unwrap());
+    let good_len = std::fs::metadata(&last).unwrap().len();
+    // A half-written batch: a plausible header followed by garbage.
+    let mut torn = batch(300, 10, |_| 0).as_bytes()[..70].to_vec();
+    torn[0..8].copy_from_slice(&300u64.to_le_bytes());
+    OpenOptions::new().append(true).open(&last).unwrap().write_all(&torn).unwrap();
+
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), good_len);
+    assert_eq!(p.end_offset(), 300);
+    assert_eq!(values(&p, 0).len(), 300);
+    assert_eq!(append(&p, 300, 10, 0), 300, "appends continue where the valid log ends");
+
+    // A flipped byte inside the last batch: CRC catches it, the batch is cut.
+    p.close().unwrap();
+    drop(p);
+    let last = dir.path().join(segment_files(dir.path()).last().unwrap());
+    let mut bytes = std::fs::read(&last).unwrap();
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x40;
+    std::fs::write(&last, &bytes).unwrap();
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    assert_eq!(p.end_offset(), 300);
+}
+
+#[test]
+fn missing_or_damaged_indexes_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+        for i in 0..50 {
+            p.append(&mut batch(i * 10, 10, |n| 1_000 + ((n * 37) % 500) as i64), 0).unwrap();
+        }
+        p.wait_durable(500).unwrap();
+        p.close().unwrap();
+        let lookups: Vec<_> = [0, 1_000, 1_250, 1_499, 1_500].iter().map(|&t| p.offset_for_timestamp(t).unwrap()).collect();
+        (p.segments(), lookups)
+    };
+    std::fs::remove_file(dir.path().join("00000000000000000000.index")).unwrap();
+    let second = segment_files(dir.path())[1].replace(".log", ".timeindex");
+    std::fs::write(dir.path().join(&second), b"garbage").unwrap();
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    let lookups: Vec<_> = [0, 1_000, 1_250, 1_499, 1_500].iter().map(|&t| p.offset_for_timestamp(t).unwrap()).collect();
+    assert_eq!((p.segments(), lookups), before);
+    assert!(dir.path().join("00000000000000000000.index").exists(), "rebuilt index is written back");
+    assert_eq!(values(&p, 123).len(), 500 - 123);
+}
+
+#[test]
+fn offset_for_timestamp_scans_from_the_time_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    // Timestamps go down then up: the earliest record >= T is not the first
+    // one in a segment whose max is >= T.
+    let ts = |n: u64| if n < 200 { 10_000 - n as i64 * 10 } else { n as i64 * 100 };
+    for i in 0..40 {
+        let mut b = batch(i * 10, 10, ts);
+        p.append(&mut b, 0).unwrap();
+    }
+    p.wait_durable(400).unwrap();
+    for target in [0, 5_000, 8_005, 10_000, 10_001, 20_000, 39_900, 39_901] {
+        let want = (0..400u64).find(|&n| ts(n) >= target).map(|n| (n, ts(n)));
+        assert_eq!(p.offset_for_timestamp(target).unwrap(), want, "target {target}");
+    }
+}
