@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode};
@@ -80,7 +80,10 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<(
         .context("creating the bench topic")?;
     match response.status() {
         s if s.is_success() || s == StatusCode::CONFLICT => Ok(()),
-        s => bail!("creating topic {topic}: {s}: {}", response.text().await.unwrap_or_default()),
+        s => bail!(
+            "creating topic {topic}: {s}: {}",
+            response.text().await.unwrap_or_default()
+        ),
     }
 }
 
@@ -93,7 +96,11 @@ fn batch_body(count: usize, size: usize, salt: usize) -> (Bytes, usize) {
             body.push(',');
         }
         let n = salt * count + i;
-        let head = format!(r#"{{"value":{{"user":"user-{:06}","page":"/products/{:05}","n":{n},"pad":""#, n % 1_000_000, n % 100_000);
+        let head = format!(
+            r#"{{"value":{{"user":"user-{:06}","page":"/products/{:05}","n":{n},"pad":""#,
+            n % 1_000_000,
+            n % 100_000
+        );
         let pad = size.saturating_sub(head.len() + 4);
         let record = format!("{head}{}\"}}}}", "x".repeat(pad));
         record_bytes += record.len();
@@ -143,7 +150,11 @@ async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
     latencies.sort_unstable();
     let requests = latencies.len() as f64;
     let records = requests * args.batch_size as f64;
-    let pct = |q: f64| latencies.get(((requests * q) as usize).min(latencies.len().saturating_sub(1))).map_or(0.0, |&us| us as f64 / 1000.0);
+    let pct = |q: f64| {
+        latencies
+            .get(((requests * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |&us| us as f64 / 1000.0)
+    };
     println!(
         "bench produce: {} producers x {} records of ~{} B, {secs:.1} s: {:.0} records/s, {:.1} MB/s, \
          latency p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms, {errors} errors",
@@ -168,7 +179,9 @@ async fn consume(client: &Client, args: ConsumeBench) -> Result<()> {
     if held < args.records {
         load(client, &args.topic, args.records - held, args.record_size).await?;
     }
-    let topic = client.get_json(&format!("/v1/topics/{}", args.topic)).await?;
+    let topic = client
+        .get_json(&format!("/v1/topics/{}", args.topic))
+        .await?;
     let ranges: Vec<(u64, u64, u64)> = topic["partitions"]
         .as_array()
         .into_iter()
@@ -189,8 +202,14 @@ async fn consume(client: &Client, args: ConsumeBench) -> Result<()> {
             for _ in 0..passes {
                 let mut offset = start;
                 while offset < end {
-                    let url = format!("{path}?offset={offset}&max_records={max_records}&max_bytes=67108864");
-                    let body = client.send(client.request(Method::GET, &url)).await?.bytes().await?;
+                    let url = format!(
+                        "{path}?offset={offset}&max_records={max_records}&max_bytes=67108864"
+                    );
+                    let body = client
+                        .send(client.request(Method::GET, &url))
+                        .await?
+                        .bytes()
+                        .await?;
                     let next = next_offset(&body).context("response without next_offset")?;
                     records += next - offset;
                     bytes += body.len() as u64;
@@ -264,5 +283,9 @@ async fn load(client: &Client, topic: &str, records: u64, record_size: usize) ->
 fn next_offset(body: &[u8]) -> Option<u64> {
     let text = String::from_utf8_lossy(&body[body.len().saturating_sub(128)..]);
     let at = text.rfind("\"next_offset\":")? + "\"next_offset\":".len();
-    text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }

@@ -1,6 +1,6 @@
 //! A thin HTTP client for the command-line commands.
 
-use anyhow::{anyhow, Result};
+use anyhow::{Result, anyhow};
 use reqwest::{Method, Response};
 use serde_json::Value;
 
@@ -13,7 +13,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &str) -> Result<Self> {
-        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?;
         Ok(Self {
             http,
             base: server.trim_end_matches('/').to_string(),
@@ -55,6 +57,10 @@ impl Client {
 
     /// GET returning JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value> {
-        Ok(self.send(self.request(Method::GET, path)).await?.json().await?)
+        Ok(self
+            .send(self.request(Method::GET, path))
+            .await?
+            .json()
+            .await?)
     }
 }

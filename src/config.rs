@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use strata_broker::BrokerConfig;
 
 use crate::ServeArgs;
@@ -39,7 +39,10 @@ impl ServeConfig {
         if let Some(url) = &object_store {
             check_object_store_url(url)?;
         }
-        broker.topic_defaults.validate().context("invalid topic_defaults")?;
+        broker
+            .topic_defaults
+            .validate()
+            .context("invalid topic_defaults")?;
         Ok(Self {
             listen,
             object_store,
@@ -50,8 +53,10 @@ impl ServeConfig {
 
 /// Reads `listen` and `object_store` plus every broker setting; unknown keys are errors.
 fn read_file(path: &Path) -> Result<(Option<String>, Option<String>, BrokerConfig)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut take_string = |key: &str| -> Result<Option<String>> {
         match table.remove(key) {
             None => Ok(None),
@@ -101,6 +106,9 @@ mod tests {
         assert_eq!(config.broker.topic_defaults.segment_bytes, 4096);
 
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
-        assert!(ServeConfig::load(&args).is_err(), "unknown keys are refused");
+        assert!(
+            ServeConfig::load(&args).is_err(),
+            "unknown keys are refused"
+        );
     }
 }

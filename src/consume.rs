@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::Value;
 
@@ -27,8 +27,14 @@ pub struct ConsumeArgs {
 
 pub async fn run(server: &str, args: ConsumeArgs) -> Result<()> {
     let client = Client::new(server)?;
-    let topic = client.get_json(&format!("/v1/topics/{}", args.topic)).await?;
-    let partitions: Vec<&Value> = topic["partitions"].as_array().into_iter().flatten().collect();
+    let topic = client
+        .get_json(&format!("/v1/topics/{}", args.topic))
+        .await?;
+    let partitions: Vec<&Value> = topic["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
     let mut tasks = Vec::new();
     for p in partitions {
         let id = p["partition"].as_u64().unwrap_or(0) as u32;
@@ -40,7 +46,13 @@ pub async fn run(server: &str, args: ConsumeArgs) -> Result<()> {
             (None, true) => p["start_offset"].as_u64().unwrap_or(0),
             (None, false) => p["end_offset"].as_u64().unwrap_or(0),
         };
-        tasks.push(tokio::spawn(follow_partition(client.clone(), args.topic.clone(), id, start, args.follow)));
+        tasks.push(tokio::spawn(follow_partition(
+            client.clone(),
+            args.topic.clone(),
+            id,
+            start,
+            args.follow,
+        )));
     }
     if tasks.is_empty() {
         bail!("topic {} has no partition {:?}", args.topic, args.partition);
@@ -51,7 +63,13 @@ pub async fn run(server: &str, args: ConsumeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn follow_partition(client: Client, topic: String, partition: u32, mut offset: u64, follow: bool) -> Result<()> {
+async fn follow_partition(
+    client: Client,
+    topic: String,
+    partition: u32,
+    mut offset: u64,
+    follow: bool,
+) -> Result<()> {
     let wait_ms = if follow { 30_000 } else { 0 };
     loop {
         let page = client
@@ -59,7 +77,10 @@ async fn follow_partition(client: Client, topic: String, partition: u32, mut off
                 "/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records=10000&wait_ms={wait_ms}"
             ))
             .await?;
-        let records = page["records"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let records = page["records"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         {
             let mut out = std::io::stdout().lock();
             for record in records {

@@ -16,10 +16,19 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "A streaming data lake: a durable partitioned log over HTTP")]
+#[command(
+    name = "strata",
+    version,
+    about = "A streaming data lake: a durable partitioned log over HTTP"
+)]
 struct Cli {
     /// Server that client commands talk to.
-    #[arg(long, global = true, env = "STRATA_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     server: String,
     #[command(subcommand)]
     command: Command,
@@ -80,7 +89,10 @@ enum TopicCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("strata: cannot start the async runtime: {e}");

@@ -30,11 +30,14 @@ pub async fn run(server: &str, args: ProduceArgs) -> Result<()> {
     let client = Client::new(server)?;
     let (input, progress): (Box<dyn Read + Send>, Option<ProgressBar>) = match &args.file {
         Some(path) => {
-            let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let bar = ProgressBar::new(file.metadata()?.len());
             bar.set_style(
-                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             (Box::new(file), Some(bar))
         }

@@ -8,8 +8,8 @@ use strata_broker::Broker;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::ServeConfig;
 use crate::ServeArgs;
+use crate::config::ServeConfig;
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     init_logging();
@@ -17,7 +17,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let broker_config = config.broker.clone();
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
         .await?
-        .with_context(|| format!("opening data directory {}", config.broker.data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "opening data directory {}",
+                config.broker.data_dir.display()
+            )
+        })?;
     let broker = Arc::new(broker);
     if let Some(url) = &config.object_store {
         tracing::warn!(object_store = %url, "the cold tier is not part of this build yet; data stays on local disk");
@@ -42,7 +47,7 @@ fn init_logging() {
 
 /// Resolves on the first SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

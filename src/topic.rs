@@ -1,11 +1,11 @@
 //! `strata topic create|list|describe|delete`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use reqwest::Method;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
-use crate::client::Client;
 use crate::TopicCommand;
+use crate::client::Client;
 
 pub async fn run(server: &str, command: TopicCommand) -> Result<()> {
     let client = Client::new(server)?;
@@ -19,7 +19,9 @@ pub async fn run(server: &str, command: TopicCommand) -> Result<()> {
             if let Some(p) = partitions {
                 body["partitions"] = json!(p);
             }
-            let response = client.send(client.request(Method::POST, "/v1/topics").json(&body)).await?;
+            let response = client
+                .send(client.request(Method::POST, "/v1/topics").json(&body))
+                .await?;
             print_json(&response.json().await?)
         }
         TopicCommand::List => {
@@ -30,15 +32,25 @@ pub async fn run(server: &str, command: TopicCommand) -> Result<()> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|p| p["end_offset"].as_u64().unwrap_or(0) - p["start_offset"].as_u64().unwrap_or(0))
+                    .map(|p| {
+                        p["end_offset"].as_u64().unwrap_or(0)
+                            - p["start_offset"].as_u64().unwrap_or(0)
+                    })
                     .sum();
-                println!("{}\tpartitions={partitions}\trecords={records}", topic["name"].as_str().unwrap_or(""));
+                println!(
+                    "{}\tpartitions={partitions}\trecords={records}",
+                    topic["name"].as_str().unwrap_or("")
+                );
             }
             Ok(())
         }
-        TopicCommand::Describe { name } => print_json(&client.get_json(&format!("/v1/topics/{name}")).await?),
+        TopicCommand::Describe { name } => {
+            print_json(&client.get_json(&format!("/v1/topics/{name}")).await?)
+        }
         TopicCommand::Delete { name } => {
-            client.send(client.request(Method::DELETE, &format!("/v1/topics/{name}"))).await?;
+            client
+                .send(client.request(Method::DELETE, &format!("/v1/topics/{name}")))
+                .await?;
             println!("deleted topic {name}");
             Ok(())
         }
@@ -61,6 +73,9 @@ fn parse_config(pairs: &[String]) -> Result<Map<String, Value>> {
 }
 
 fn print_json(value: &Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value).context("printing")?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("printing")?
+    );
     Ok(())
 }

@@ -53,24 +53,35 @@ impl BatchBuilder {
     }
 
     /// Appends a record; `value` is its JSON text.
-    pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: &[u8], headers: &[Header<'_>]) {
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[Header<'_>],
+    ) {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
         self.buf.extend_from_slice(&timestamp.to_le_bytes());
         match key {
             Some(key) => {
-                self.buf.extend_from_slice(&(key.len() as i32).to_le_bytes());
+                self.buf
+                    .extend_from_slice(&(key.len() as i32).to_le_bytes());
                 self.buf.extend_from_slice(key);
             }
             None => self.buf.extend_from_slice(&(-1i32).to_le_bytes()),
         }
-        self.buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(value);
-        self.buf.extend_from_slice(&(headers.len() as u16).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(headers.len() as u16).to_le_bytes());
         for (name, value) in headers {
-            self.buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            self.buf
+                .extend_from_slice(&(name.len() as u16).to_le_bytes());
             self.buf.extend_from_slice(name.as_bytes());
-            self.buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            self.buf
+                .extend_from_slice(&(value.len() as u32).to_le_bytes());
             self.buf.extend_from_slice(value.as_bytes());
         }
         let record_len = (self.buf.len() - start - 4) as u32;
@@ -403,8 +414,10 @@ mod tests {
     fn encode(records: &[OwnedRecord], base: u64) -> EncodedBatch {
         let mut builder = BatchBuilder::with_capacity(64);
         for (ts, key, value, headers) in records {
-            let headers: Vec<Header<'_>> =
-                headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let headers: Vec<Header<'_>> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             builder.push(*ts, key.as_deref(), value, &headers);
         }
         let mut batch = builder.finish(1_000, 0);
@@ -473,13 +486,21 @@ mod tests {
     fn prefix_asks_for_more_bytes() {
         let batch = encode(&[(1, None, b"1".to_vec(), vec![])], 0);
         let bytes = batch.as_bytes();
-        assert!(matches!(peek_batch(&bytes[..10]), Ok(Peek::NeedBytes(BATCH_HEADER_LEN))));
-        assert!(matches!(peek_batch(&bytes[..bytes.len() - 1]), Ok(Peek::NeedBytes(n)) if n == bytes.len()));
+        assert!(matches!(
+            peek_batch(&bytes[..10]),
+            Ok(Peek::NeedBytes(BATCH_HEADER_LEN))
+        ));
+        assert!(
+            matches!(peek_batch(&bytes[..bytes.len() - 1]), Ok(Peek::NeedBytes(n)) if n == bytes.len())
+        );
     }
 
     #[test]
     fn crc_mismatch_is_reported() {
-        let batch = encode(&[(1, Some(b"k".to_vec()), b"{\"a\":1}".to_vec(), vec![])], 0);
+        let batch = encode(
+            &[(1, Some(b"k".to_vec()), b"{\"a\":1}".to_vec(), vec![])],
+            0,
+        );
         let mut bytes = batch.as_bytes().to_vec();
         let last = bytes.len() - 3;
         bytes[last] ^= 0xff;

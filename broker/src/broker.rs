@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::{validate_name, BrokerConfig, TopicConfigOverrides, MAX_PARTITIONS};
+use crate::config::{BrokerConfig, MAX_PARTITIONS, TopicConfigOverrides, validate_name};
 use crate::durable::{sync_dir, write_atomic};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::groups::GroupStore;
@@ -39,7 +39,8 @@ impl Broker {
     pub fn open(config: BrokerConfig) -> Result<Self> {
         let root = config.data_dir.clone();
         for dir in ["topics", "groups", "staging", "trash"] {
-            fs::create_dir_all(root.join(dir)).context(|| format!("creating {}", root.join(dir).display()))?;
+            fs::create_dir_all(root.join(dir))
+                .context(|| format!("creating {}", root.join(dir).display()))?;
         }
         let lock = take_lock(&root)?;
         for dir in ["staging", "trash"] {
@@ -75,7 +76,12 @@ impl Broker {
 
     /// Creates a topic. It appears whole or not at all, also across a crash:
     /// it is built under `staging/` and renamed into `topics/`.
-    pub fn create_topic(&self, name: &str, partitions: Option<u32>, overrides: &TopicConfigOverrides) -> Result<Arc<Topic>> {
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<u32>,
+        overrides: &TopicConfigOverrides,
+    ) -> Result<Arc<Topic>> {
         validate_name(name)?;
         let partitions = partitions.unwrap_or(self.config.default_partitions);
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
@@ -96,12 +102,17 @@ impl Broker {
         let staged = self.config.data_dir.join("staging").join(name);
         let _ = fs::remove_dir_all(&staged);
         fs::create_dir_all(&staged).context(|| format!("creating {}", staged.display()))?;
-        let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(&meta).map_err(|e| BrokerError::Internal(e.to_string()))?;
         write_atomic(&staged.join("topic.json"), &bytes)?;
         let final_dir = self.topics_dir().join(name);
         fs::rename(&staged, &final_dir).context(|| format!("moving topic {name} into place"))?;
         sync_dir(&self.topics_dir())?;
-        let topic = Arc::new(Topic::open(&final_dir, meta, self.config.index_interval_bytes)?);
+        let topic = Arc::new(Topic::open(
+            &final_dir,
+            meta,
+            self.config.index_interval_bytes,
+        )?);
         self.topics.write().insert(name.to_string(), topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
@@ -119,7 +130,11 @@ impl Broker {
         for p in topic.partitions() {
             let _ = p.close();
         }
-        let trash = self.config.data_dir.join("trash").join(format!("{name}.{}", crate::timestamp::now_ms()));
+        let trash = self
+            .config
+            .data_dir
+            .join("trash")
+            .join(format!("{name}.{}", crate::timestamp::now_ms()));
         fs::rename(topic.dir(), &trash).context(|| format!("moving topic {name} to the trash"))?;
         sync_dir(&self.topics_dir())?;
         fs::remove_dir_all(&trash).context(|| format!("removing {}", trash.display()))?;
@@ -190,7 +205,9 @@ fn take_lock(root: &Path) -> Result<File> {
 
 fn remove_children(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).context(|| format!("listing {}", dir.display()))? {
-        let path = entry.context(|| format!("listing {}", dir.display()))?.path();
+        let path = entry
+            .context(|| format!("listing {}", dir.display()))?
+            .path();
         fs::remove_dir_all(&path).context(|| format!("removing {}", path.display()))?;
     }
     Ok(())

@@ -70,8 +70,12 @@ impl TopicConfigOverrides {
         let config = TopicConfig {
             segment_bytes: self.segment_bytes.unwrap_or(defaults.segment_bytes),
             segment_ms: self.segment_ms.unwrap_or(defaults.segment_ms),
-            local_retention_bytes: self.local_retention_bytes.unwrap_or(defaults.local_retention_bytes),
-            local_retention_ms: self.local_retention_ms.unwrap_or(defaults.local_retention_ms),
+            local_retention_bytes: self
+                .local_retention_bytes
+                .unwrap_or(defaults.local_retention_bytes),
+            local_retention_ms: self
+                .local_retention_ms
+                .unwrap_or(defaults.local_retention_ms),
             retention_ms: self.retention_ms.unwrap_or(defaults.retention_ms),
             timestamp_type: self.timestamp_type.unwrap_or(defaults.timestamp_type),
         };
@@ -91,7 +95,10 @@ impl TopicConfig {
             ));
         }
         if self.segment_ms < 1 {
-            return bad(format!("segment_ms must be at least 1, got {}", self.segment_ms));
+            return bad(format!(
+                "segment_ms must be at least 1, got {}",
+                self.segment_ms
+            ));
         }
         for (name, value) in [
             ("local_retention_bytes", self.local_retention_bytes),
@@ -99,7 +106,9 @@ impl TopicConfig {
             ("retention_ms", self.retention_ms),
         ] {
             if value < -1 {
-                return bad(format!("{name} must be -1 (unlimited) or a non-negative number, got {value}"));
+                return bad(format!(
+                    "{name} must be -1 (unlimited) or a non-negative number, got {value}"
+                ));
             }
         }
         Ok(())
@@ -152,7 +161,10 @@ pub fn validate_name(name: &str) -> Result<()> {
         Some("must be at most 249 characters")
     } else if name == "." || name == ".." {
         Some("must not be \".\" or \"..\"")
-    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
         Some("may only contain ASCII letters, digits, '.', '_' and '-'")
     } else {
         None
@@ -175,7 +187,17 @@ mod tests {
         for ok in ["clicks", "a.b_c-D9", ".x", "..x", &"a".repeat(249)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "a b", "ü", &"a".repeat(250), "a\0b"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a b",
+            "ü",
+            &"a".repeat(250),
+            "a\0b",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }
@@ -192,9 +214,18 @@ mod tests {
         assert_eq!(config.segment_bytes, 4096);
         assert_eq!(config.segment_ms, defaults.segment_ms);
         for bad in [
-            TopicConfigOverrides { segment_bytes: Some(10), ..Default::default() },
-            TopicConfigOverrides { segment_ms: Some(0), ..Default::default() },
-            TopicConfigOverrides { retention_ms: Some(-2), ..Default::default() },
+            TopicConfigOverrides {
+                segment_bytes: Some(10),
+                ..Default::default()
+            },
+            TopicConfigOverrides {
+                segment_ms: Some(0),
+                ..Default::default()
+            },
+            TopicConfigOverrides {
+                retention_ms: Some(-2),
+                ..Default::default()
+            },
         ] {
             assert!(bad.apply(&defaults).is_err(), "{bad:?}");
         }

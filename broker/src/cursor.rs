@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use crate::batch::{peek_batch, BatchView, Peek, BATCH_HEADER_LEN};
 use crate::batch::RecordView;
+use crate::batch::{BATCH_HEADER_LEN, BatchView, Peek, peek_batch};
 use crate::error::{BrokerError, Result};
 use crate::segment::{BlockReader, Segment};
 
@@ -66,7 +66,10 @@ impl LogCursor {
     /// the end or until `visit` breaks; a record it breaks on is not
     /// consumed. Returns the offset to continue from. The cursor is spent
     /// after a break.
-    pub fn for_each_record(&mut self, mut visit: impl FnMut(&RecordView<'_>) -> ControlFlow<()>) -> Result<u64> {
+    pub fn for_each_record(
+        &mut self,
+        mut visit: impl FnMut(&RecordView<'_>) -> ControlFlow<()>,
+    ) -> Result<u64> {
         let mut next = self.from;
         let end = self.end_offset;
         while let Some(batch) = self.next_batch()? {
@@ -111,7 +114,9 @@ impl LogCursor {
                     need = n;
                     continue;
                 }
-                Ok(Peek::NeedBytes(_)) => return Err(corrupt(seg, self.pos, "batch runs past the end")),
+                Ok(Peek::NeedBytes(_)) => {
+                    return Err(corrupt(seg, self.pos, "batch runs past the end"));
+                }
                 Err(e) => return Err(corrupt(seg, self.pos, &e.to_string())),
             };
             need = BATCH_HEADER_LEN;
@@ -124,7 +129,8 @@ impl LogCursor {
             if view.next_offset() <= self.from {
                 continue;
             }
-            view.verify().map_err(|e| corrupt(seg, pos, &e.to_string()))?;
+            view.verify()
+                .map_err(|e| corrupt(seg, pos, &e.to_string()))?;
             return Ok(Some((pos, len)));
         }
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::durable::{write_atomic, TMP_SUFFIX};
+use crate::durable::{TMP_SUFFIX, write_atomic};
 use crate::error::{BrokerError, IoContext, Result};
 
 /// One committed position of a group.
@@ -38,19 +38,31 @@ impl GroupStore {
         fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
         let mut groups = BTreeMap::new();
         for entry in fs::read_dir(dir).context(|| format!("listing {}", dir.display()))? {
-            let path = entry.context(|| format!("listing {}", dir.display()))?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let path = entry
+                .context(|| format!("listing {}", dir.display()))?
+                .path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if name.ends_with(TMP_SUFFIX) {
                 let _ = fs::remove_file(&path);
                 continue;
             }
-            let Some(group) = name.strip_suffix(".json") else { continue };
+            let Some(group) = name.strip_suffix(".json") else {
+                continue;
+            };
             let bytes = fs::read(&path).context(|| format!("reading {}", path.display()))?;
-            let file: GroupFile = serde_json::from_slice(&bytes).map_err(|e| BrokerError::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            let offsets = file.offsets.into_iter().map(|c| ((c.topic, c.partition), c.offset)).collect();
+            let file: GroupFile =
+                serde_json::from_slice(&bytes).map_err(|e| BrokerError::Corrupt {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            let offsets = file
+                .offsets
+                .into_iter()
+                .map(|c| ((c.topic, c.partition), c.offset))
+                .collect();
             groups.insert(group.to_string(), offsets);
         }
         Ok(Self {
@@ -70,7 +82,8 @@ impl GroupStore {
         let file = GroupFile {
             offsets: to_list(&merged),
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(&file).map_err(|e| BrokerError::Internal(e.to_string()))?;
         write_atomic(&self.dir.join(format!("{group}.json")), &bytes)?;
         groups.insert(group.to_string(), merged);
         Ok(())

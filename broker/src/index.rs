@@ -29,7 +29,11 @@ pub struct OffsetIndex {
 impl OffsetIndex {
     /// Adds an entry; offsets and positions must grow.
     pub fn push(&mut self, relative_offset: u32, position: u32) {
-        debug_assert!(self.entries.last().is_none_or(|&(r, p)| r < relative_offset && p < position));
+        debug_assert!(
+            self.entries
+                .last()
+                .is_none_or(|&(r, p)| r < relative_offset && p < position)
+        );
         self.entries.push((relative_offset, position));
     }
 
@@ -67,14 +71,17 @@ impl OffsetIndex {
     /// Parses and sanity-checks a `.index` file of a segment `segment_len`
     /// bytes long; `None` means the index must be rebuilt from the log.
     pub fn decode(bytes: &[u8], segment_len: u64) -> Option<Self> {
-        if bytes.len() % OFFSET_ENTRY_LEN != 0 || bytes.is_empty() {
+        if !bytes.len().is_multiple_of(OFFSET_ENTRY_LEN) || bytes.is_empty() {
             return None;
         }
         let mut index = Self::default();
         for chunk in bytes.chunks_exact(OFFSET_ENTRY_LEN) {
             let r = u32::from_le_bytes(chunk[0..4].try_into().ok()?);
             let p = u32::from_le_bytes(chunk[4..8].try_into().ok()?);
-            let grows = index.entries.last().is_none_or(|&(lr, lp)| lr < r && lp < p);
+            let grows = index
+                .entries
+                .last()
+                .is_none_or(|&(lr, lp)| lr < r && lp < p);
             if !grows || u64::from(p) >= segment_len {
                 return None;
             }
@@ -151,7 +158,7 @@ impl TimeIndex {
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         if bytes.len() < TIME_HEADER_LEN
             || &bytes[0..4] != TIME_MAGIC
-            || (bytes.len() - TIME_HEADER_LEN) % TIME_ENTRY_LEN != 0
+            || !(bytes.len() - TIME_HEADER_LEN).is_multiple_of(TIME_ENTRY_LEN)
         {
             return None;
         }
@@ -162,7 +169,11 @@ impl TimeIndex {
         for chunk in bytes[TIME_HEADER_LEN..].chunks_exact(TIME_ENTRY_LEN) {
             let t = i64::from_le_bytes(chunk[0..8].try_into().ok()?);
             let r = u32::from_le_bytes(chunk[8..12].try_into().ok()?);
-            if index.entries.last().is_some_and(|&(lt, lr)| lt >= t || lr >= r) {
+            if index
+                .entries
+                .last()
+                .is_some_and(|&(lt, lr)| lt >= t || lr >= r)
+            {
                 return None;
             }
             index.entries.push((t, r));
@@ -207,7 +218,14 @@ impl SegmentIndex {
     }
 
     /// Accounts for a batch appended at `position`.
-    pub fn on_batch(&mut self, relative_offset: u32, position: u32, len: usize, min_ts: i64, max_ts: i64) {
+    pub fn on_batch(
+        &mut self,
+        relative_offset: u32,
+        position: u32,
+        len: usize,
+        min_ts: i64,
+        max_ts: i64,
+    ) {
         if self.offsets.is_empty() || self.bytes_since_entry >= self.interval_bytes {
             self.offsets.push(relative_offset, position);
             self.times.push(self.max_timestamp, relative_offset);
@@ -255,10 +273,16 @@ mod tests {
         index.push(10, 4096);
         let bytes = index.encode();
         assert!(OffsetIndex::decode(&bytes[..bytes.len() - 1], 10_000).is_none());
-        assert!(OffsetIndex::decode(&bytes, 4096).is_none(), "position past the end");
+        assert!(
+            OffsetIndex::decode(&bytes, 4096).is_none(),
+            "position past the end"
+        );
         let mut swapped = bytes.clone();
         swapped[8..12].copy_from_slice(&0u32.to_le_bytes());
-        assert!(OffsetIndex::decode(&swapped, 10_000).is_none(), "offsets must grow");
+        assert!(
+            OffsetIndex::decode(&swapped, 10_000).is_none(),
+            "offsets must grow"
+        );
         assert!(OffsetIndex::decode(&[], 10).is_none());
     }
 

@@ -11,7 +11,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Latency buckets (seconds) for every `*_seconds` histogram.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// The handle that renders every metric, installing the recorder on first call.
@@ -33,12 +34,38 @@ pub fn prometheus_handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("strata_produce_records_total", "Records acknowledged by produce, per topic.");
-    describe_counter!("strata_produce_bytes_total", Unit::Bytes, "Key and value bytes acknowledged, per topic.");
-    describe_counter!("strata_consume_records_total", "Records returned by consume, per topic.");
-    describe_counter!("strata_consume_bytes_total", Unit::Bytes, "Key and value bytes returned by consume, per topic.");
-    describe_histogram!("strata_fsync_seconds", Unit::Seconds, "Duration of each group-commit fsync.");
-    describe_histogram!("strata_http_request_duration_seconds", Unit::Seconds, "HTTP request latency by route.");
-    describe_gauge!("strata_local_bytes", Unit::Bytes, "Bytes of segments on local disk, per topic.");
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "strata_produce_records_total",
+        "Records acknowledged by produce, per topic."
+    );
+    describe_counter!(
+        "strata_produce_bytes_total",
+        Unit::Bytes,
+        "Key and value bytes acknowledged, per topic."
+    );
+    describe_counter!(
+        "strata_consume_records_total",
+        "Records returned by consume, per topic."
+    );
+    describe_counter!(
+        "strata_consume_bytes_total",
+        Unit::Bytes,
+        "Key and value bytes returned by consume, per topic."
+    );
+    describe_histogram!(
+        "strata_fsync_seconds",
+        Unit::Seconds,
+        "Duration of each group-commit fsync."
+    );
+    describe_histogram!(
+        "strata_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route."
+    );
+    describe_gauge!(
+        "strata_local_bytes",
+        Unit::Bytes,
+        "Bytes of segments on local disk, per topic."
+    );
 }

@@ -11,8 +11,8 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
@@ -20,9 +20,9 @@ use tokio::sync::watch;
 
 use crate::batch::EncodedBatch;
 use crate::cursor::LogCursor;
-use crate::durable::{sync_dir, TMP_SUFFIX};
+use crate::durable::{TMP_SUFFIX, sync_dir};
 use crate::error::{BrokerError, IoContext, Result};
-use crate::segment::{parse_log_file_name, Segment, SegmentInfo};
+use crate::segment::{Segment, SegmentInfo, parse_log_file_name};
 
 /// How a partition rolls and indexes its segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,19 +96,28 @@ impl Partition {
             }
             Some((&last, sealed)) => {
                 for &base in sealed {
-                    let segment = Segment::open_sealed(dir.join(crate::segment::log_file_name(base)), base, interval)?;
+                    let segment = Segment::open_sealed(
+                        dir.join(crate::segment::log_file_name(base)),
+                        base,
+                        interval,
+                    )?;
                     segments.push(Arc::new(segment));
                 }
-                let (segment, tail) = Segment::recover_active(dir.join(crate::segment::log_file_name(last)), last, interval)?;
+                let (segment, tail) = Segment::recover_active(
+                    dir.join(crate::segment::log_file_name(last)),
+                    last,
+                    interval,
+                )?;
                 (segment, Some(tail))
             }
         };
         let active = Arc::new(active);
         segments.push(active.clone());
         check_continuity(&segments)?;
-        let (position, next_offset, first_append_ms) = tail.map_or((0, active.base_offset(), None), |t| {
-            (t.position, t.next_offset, t.first_append_ms)
-        });
+        let (position, next_offset, first_append_ms) = tail
+            .map_or((0, active.base_offset(), None), |t| {
+                (t.position, t.next_offset, t.first_append_ms)
+            });
         let (end_tx, _) = watch::channel(next_offset);
         Ok(Self {
             id,
@@ -161,7 +170,10 @@ impl Partition {
             });
         }
         if let Some(reason) = &self.sync.lock().failed {
-            return Err(BrokerError::Internal(format!("partition {} is read-only: {reason}", self.id)));
+            return Err(BrokerError::Internal(format!(
+                "partition {} is read-only: {reason}",
+                self.id
+            )));
         }
         let len = batch.as_bytes().len() as u64;
         let count = u64::from(batch.view().record_count());
@@ -191,7 +203,9 @@ impl Partition {
         let mut st = self.sync.lock();
         loop {
             if let Some(reason) = &st.failed {
-                return Err(BrokerError::Internal(format!("fsync failed earlier: {reason}")));
+                return Err(BrokerError::Internal(format!(
+                    "fsync failed earlier: {reason}"
+                )));
             }
             if self.end_offset() >= target {
                 return Ok(());
@@ -246,7 +260,8 @@ impl Partition {
         }
         let relative_end = w.next_offset + count - w.active.base_offset();
         w.position + len > self.config.segment_bytes
-            || w.first_append_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms)
+            || w.first_append_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms)
             || relative_end > u64::from(u32::MAX)
     }
 
@@ -255,7 +270,8 @@ impl Partition {
     pub fn roll_if_due(&self, now_ms: i64) -> Result<bool> {
         let mut w = self.writer.lock();
         let due = w.position > 0
-            && w.first_append_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms);
+            && w.first_append_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms);
         if due && !self.closed.load(Ordering::Acquire) {
             self.roll_locked(&mut w)?;
         }
@@ -279,7 +295,11 @@ impl Partition {
             .context(|| format!("fsyncing {}", old.path().display()))?;
         self.publish(&old, w.position, w.next_offset);
         old.seal()?;
-        let new = Arc::new(Segment::create(&self.dir, w.next_offset, self.config.index_interval_bytes)?);
+        let new = Arc::new(Segment::create(
+            &self.dir,
+            w.next_offset,
+            self.config.index_interval_bytes,
+        )?);
         sync_dir(&self.dir)?;
         self.segments.write().push(new.clone());
         w.active = new;
@@ -319,7 +339,9 @@ impl Partition {
                 end_offset: end,
             });
         }
-        let first = segments.partition_point(|s| s.base_offset() <= from).saturating_sub(1);
+        let first = segments
+            .partition_point(|s| s.base_offset() <= from)
+            .saturating_sub(1);
         Ok(LogCursor::new(segments[first..].to_vec(), from, end))
     }
 
@@ -401,7 +423,9 @@ fn check_continuity(segments: &[Arc<Segment>]) -> Result<()> {
         if end != next {
             return Err(BrokerError::Corrupt {
                 path: pair[1].path().display().to_string(),
-                message: format!("offsets are not dense: previous segment ends at {end}, this one starts at {next}"),
+                message: format!(
+                    "offsets are not dense: previous segment ends at {end}, this one starts at {next}"
+                ),
             });
         }
     }

@@ -8,8 +8,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::{BrokerError, Result};
@@ -44,16 +44,23 @@ impl BodyFormat {
             .and_then(|ct| ct.split(';').next())
             .map(|ct| ct.trim().to_ascii_lowercase());
         match essence.as_deref() {
-            Some("application/x-ndjson" | "application/ndjson" | "application/jsonlines" | "application/x-jsonlines") => {
-                Self::Ndjson
-            }
+            Some(
+                "application/x-ndjson"
+                | "application/ndjson"
+                | "application/jsonlines"
+                | "application/x-jsonlines",
+            ) => Self::Ndjson,
             _ => Self::Json,
         }
     }
 }
 
 /// Parses a whole request body; records larger than `max_record_bytes` are refused.
-pub fn parse_body(body: &[u8], format: BodyFormat, max_record_bytes: usize) -> Result<Vec<ProducedRecord<'_>>> {
+pub fn parse_body(
+    body: &[u8],
+    format: BodyFormat,
+    max_record_bytes: usize,
+) -> Result<Vec<ProducedRecord<'_>>> {
     let text = std::str::from_utf8(body)
         .map_err(|e| BrokerError::InvalidRequest(format!("request body is not UTF-8: {e}")))?;
     match format {
@@ -71,9 +78,7 @@ struct JsonBody<'a> {
 
 fn parse_json(text: &str, max_record_bytes: usize) -> Result<Vec<ProducedRecord<'_>>> {
     let body: JsonBody<'_> = serde_json::from_str(text).map_err(|e| {
-        BrokerError::InvalidRequest(format!(
-            "request body must be {{\"records\": [...]}}: {e}"
-        ))
+        BrokerError::InvalidRequest(format!("request body must be {{\"records\": [...]}}: {e}"))
     })?;
     body.records
         .iter()
@@ -106,7 +111,9 @@ struct RecordIn<'a> {
 }
 
 /// Distinguishes `"value": null` (a tombstone) from a missing `value`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<&'de RawValue>, D::Error> {
+fn present<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
@@ -171,9 +178,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an object of string header values")
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> std::result::Result<Self::Value, M::Error> {
+            fn visit_map<M: MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> std::result::Result<Self::Value, M::Error> {
                 let mut out = Vec::new();
-                while let Some((name, value)) = map.next_entry::<BorrowedStr<'de>, BorrowedStr<'de>>()? {
+                while let Some((name, value)) =
+                    map.next_entry::<BorrowedStr<'de>, BorrowedStr<'de>>()?
+                {
                     if name.0.len() > usize::from(u16::MAX) {
                         return Err(de::Error::custom("header name longer than 65535 bytes"));
                     }
@@ -239,7 +251,10 @@ mod tests {
         assert_eq!(records.len(), 3);
         assert_eq!(records[0].key.as_deref(), Some("user-1"));
         assert_eq!(records[0].value, r#"{"page": "/home", "n": 1.50}"#);
-        assert_eq!(records[0].headers, vec![(Cow::from("source"), Cow::from("web"))]);
+        assert_eq!(
+            records[0].headers,
+            vec![(Cow::from("source"), Cow::from("web"))]
+        );
         assert_eq!(records[0].timestamp, Some(1_704_067_200_000));
         assert_eq!(records[0].partition, Some(2));
         assert_eq!(records[1].value, "null");
@@ -249,7 +264,9 @@ mod tests {
 
     #[test]
     fn multi_line_values_are_joined() {
-        let records = json("{\"records\": [{\"value\": {\n  \"a\": \"x y\\n\",\n  \"b\": [1,\n 2]\n}}]}").unwrap();
+        let records =
+            json("{\"records\": [{\"value\": {\n  \"a\": \"x y\\n\",\n  \"b\": [1,\n 2]\n}}]}")
+                .unwrap();
         assert_eq!(records[0].value, r#"{"a":"x y\n","b":[1,2]}"#);
     }
 
@@ -265,7 +282,9 @@ mod tests {
             (r#"{"records": [{"value": 1, "timestamp": 1.5}]}"#, 0),
         ] {
             match json(body) {
-                Err(BrokerError::InvalidRecord { index: got, .. }) => assert_eq!(got, index, "{body}"),
+                Err(BrokerError::InvalidRecord { index: got, .. }) => {
+                    assert_eq!(got, index, "{body}")
+                }
                 other => panic!("{body}: {other:?}"),
             }
         }
@@ -273,8 +292,17 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_invalid_requests() {
-        for body in [r#"{"records": [{"value": 1}"#, "[]", r#"{"record": []}"#, r#"{"records": {}}"#, ""] {
-            assert!(matches!(json(body), Err(BrokerError::InvalidRequest(_))), "{body}");
+        for body in [
+            r#"{"records": [{"value": 1}"#,
+            "[]",
+            r#"{"record": []}"#,
+            r#"{"records": {}}"#,
+            "",
+        ] {
+            assert!(
+                matches!(json(body), Err(BrokerError::InvalidRequest(_))),
+                "{body}"
+            );
         }
         assert!(matches!(
             parse_body(&[0xff, 0xfe], BodyFormat::Json, 10),
@@ -297,7 +325,10 @@ mod tests {
 
     #[test]
     fn oversized_record_is_refused() {
-        let body = format!(r#"{{"records": [{{"value": 1}}, {{"value": "{}"}}]}}"#, "x".repeat(2000));
+        let body = format!(
+            r#"{{"records": [{{"value": 1}}, {{"value": "{}"}}]}}"#,
+            "x".repeat(2000)
+        );
         assert!(matches!(
             json(&body),
             Err(BrokerError::PayloadTooLarge { index: Some(1), .. })
@@ -306,8 +337,14 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(BodyFormat::from_content_type(Some("application/x-ndjson")), BodyFormat::Ndjson);
-        assert_eq!(BodyFormat::from_content_type(Some("application/json; charset=utf-8")), BodyFormat::Json);
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/x-ndjson")),
+            BodyFormat::Ndjson
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/json; charset=utf-8")),
+            BodyFormat::Json
+        );
         assert_eq!(BodyFormat::from_content_type(None), BodyFormat::Json);
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::RwLock;
 
-use crate::batch::{peek_batch, BatchView, Peek};
+use crate::batch::{BatchView, Peek, peek_batch};
 use crate::durable::write_atomic;
 use crate::error::{BrokerError, IoContext, Result};
 use crate::index::{OffsetIndex, SegmentIndex, TimeIndex};
@@ -92,10 +92,26 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .context(|| format!("creating segment {}", path.display()))?;
-        Ok(Self::new(base_offset, path, file, SegmentIndex::new(index_interval), 0, base_offset, false))
+        Ok(Self::new(
+            base_offset,
+            path,
+            file,
+            SegmentIndex::new(index_interval),
+            0,
+            base_offset,
+            false,
+        ))
     }
 
-    fn new(base_offset: u64, path: PathBuf, file: File, index: SegmentIndex, len: u64, end: u64, sealed: bool) -> Self {
+    fn new(
+        base_offset: u64,
+        path: PathBuf,
+        file: File,
+        index: SegmentIndex,
+        len: u64,
+        end: u64,
+        sealed: bool,
+    ) -> Self {
         Self {
             base_offset,
             path,
@@ -111,15 +127,34 @@ impl Segment {
 
     /// Opens a sealed segment, loading its index files or rebuilding them
     /// from the log when they are missing or damaged.
-    pub(crate) fn open_sealed(path: PathBuf, base_offset: u64, index_interval: u32) -> Result<Self> {
+    pub(crate) fn open_sealed(
+        path: PathBuf,
+        base_offset: u64,
+        index_interval: u32,
+    ) -> Result<Self> {
         let file = File::open(&path).context(|| format!("opening {}", path.display()))?;
         let len = file_len(&file, &path)?;
         if let Some((offsets, times)) = load_indexes(&path, len) {
             let (last_rel, last_pos) = offsets.last().unwrap_or((0, 0));
-            let tail = scan(&file, len, base_offset, u64::from(last_pos), base_offset + u64::from(last_rel), None)?;
+            let tail = scan(
+                &file,
+                len,
+                base_offset,
+                u64::from(last_pos),
+                base_offset + u64::from(last_rel),
+                None,
+            )?;
             if tail.problem.is_none() {
                 let index = SegmentIndex::loaded(offsets, times, index_interval);
-                return Ok(Self::new(base_offset, path, file, index, len, tail.next_offset, true));
+                return Ok(Self::new(
+                    base_offset,
+                    path,
+                    file,
+                    index,
+                    len,
+                    tail.next_offset,
+                    true,
+                ));
             }
         }
         tracing::info!(segment = %path.display(), "rebuilding segment indexes");
@@ -128,10 +163,21 @@ impl Segment {
         if let Some(problem) = scanned.problem {
             return Err(BrokerError::Corrupt {
                 path: path.display().to_string(),
-                message: format!("sealed segment is damaged at byte {}: {problem}", scanned.valid_len),
+                message: format!(
+                    "sealed segment is damaged at byte {}: {problem}",
+                    scanned.valid_len
+                ),
             });
         }
-        let segment = Self::new(base_offset, path, file, index, len, scanned.next_offset, false);
+        let segment = Self::new(
+            base_offset,
+            path,
+            file,
+            index,
+            len,
+            scanned.next_offset,
+            false,
+        );
         segment.seal()?;
         Ok(segment)
     }
@@ -139,7 +185,11 @@ impl Segment {
     /// Opens the last segment of a partition after a stop or a crash:
     /// validates every batch by CRC and offset continuity, truncates a torn
     /// or corrupt tail, and rebuilds the in-memory indexes.
-    pub(crate) fn recover_active(path: PathBuf, base_offset: u64, index_interval: u32) -> Result<(Self, Tail)> {
+    pub(crate) fn recover_active(
+        path: PathBuf,
+        base_offset: u64,
+        index_interval: u32,
+    ) -> Result<(Self, Tail)> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -170,7 +220,15 @@ impl Segment {
             next_offset: scanned.next_offset,
             first_append_ms: scanned.first_append_ms,
         };
-        let segment = Self::new(base_offset, path, file, index, scanned.valid_len, scanned.next_offset, false);
+        let segment = Self::new(
+            base_offset,
+            path,
+            file,
+            index,
+            scanned.valid_len,
+            scanned.next_offset,
+            false,
+        );
         Ok((segment, tail))
     }
 
@@ -197,8 +255,16 @@ impl Segment {
             end_offset: st.visible_end,
             size_bytes: st.visible_len,
             sealed: st.sealed,
-            min_timestamp: if empty { None } else { st.index.times.min_timestamp() },
-            max_timestamp: if empty { None } else { st.index.max_timestamp() },
+            min_timestamp: if empty {
+                None
+            } else {
+                st.index.times.min_timestamp()
+            },
+            max_timestamp: if empty {
+                None
+            } else {
+                st.index.max_timestamp()
+            },
             path: self.path.clone(),
         }
     }
@@ -212,8 +278,13 @@ impl Segment {
     pub(crate) fn on_append(&self, batch: &BatchView<'_>, position: u64) {
         let rel = (batch.base_offset() - self.base_offset) as u32;
         let mut st = self.state.write();
-        st.index
-            .on_batch(rel, position as u32, batch.len(), batch.min_timestamp(), batch.max_timestamp());
+        st.index.on_batch(
+            rel,
+            position as u32,
+            batch.len(),
+            batch.min_timestamp(),
+            batch.max_timestamp(),
+        );
     }
 
     /// Makes the first `len` bytes (records below `end`) visible to readers;
@@ -240,9 +311,14 @@ impl Segment {
 
     /// File position of a batch at or before `offset`.
     pub(crate) fn position_for(&self, offset: u64) -> u64 {
-        let rel = offset.saturating_sub(self.base_offset).min(u64::from(u32::MAX)) as u32;
+        let rel = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
         let st = self.state.read();
-        st.index.offsets.lookup(rel).map_or(0, |(_, pos)| u64::from(pos))
+        st.index
+            .offsets
+            .lookup(rel)
+            .map_or(0, |(_, pos)| u64::from(pos))
     }
 
     /// An offset from which scanning finds the first record with `timestamp >= target`.
@@ -260,7 +336,10 @@ fn file_len(file: &File, path: &Path) -> Result<u64> {
 fn load_indexes(log_path: &Path, log_len: u64) -> Option<(OffsetIndex, TimeIndex)> {
     let offsets = fs::read(log_path.with_extension("index")).ok()?;
     let times = fs::read(log_path.with_extension("timeindex")).ok()?;
-    Some((OffsetIndex::decode(&offsets, log_len)?, TimeIndex::decode(&times)?))
+    Some((
+        OffsetIndex::decode(&offsets, log_len)?,
+        TimeIndex::decode(&times)?,
+    ))
 }
 
 /// Reads a segment file through a reusable buffer.
@@ -278,7 +357,13 @@ impl BlockReader {
     }
 
     /// Bytes from `pos`: at least `need` of them unless `limit` comes first.
-    pub(crate) fn read(&mut self, file: &File, pos: u64, need: usize, limit: u64) -> std::io::Result<&[u8]> {
+    pub(crate) fn read(
+        &mut self,
+        file: &File,
+        pos: u64,
+        need: usize,
+        limit: u64,
+    ) -> std::io::Result<&[u8]> {
         let wanted_end = (pos + need as u64).min(limit);
         let buf_end = self.start + self.buf.len() as u64;
         if pos < self.start || wanted_end > buf_end {
@@ -296,7 +381,14 @@ impl BlockReader {
 /// Walks the batches of `file` from `pos` (holding `offset`) to `len`,
 /// checking CRCs and offset continuity. Stops at the first problem, which it
 /// reports together with the length of the valid prefix.
-fn scan(file: &File, len: u64, base_offset: u64, mut pos: u64, mut offset: u64, mut index: Option<&mut SegmentIndex>) -> Result<Scan> {
+fn scan(
+    file: &File,
+    len: u64,
+    base_offset: u64,
+    mut pos: u64,
+    mut offset: u64,
+    mut index: Option<&mut SegmentIndex>,
+) -> Result<Scan> {
     let mut reader = BlockReader::default();
     let mut out = Scan {
         valid_len: pos,
@@ -342,7 +434,13 @@ fn scan(file: &File, len: u64, base_offset: u64, mut pos: u64, mut offset: u64, 
         }
         if let Some(index) = index.as_deref_mut() {
             let rel = (offset - base_offset) as u32;
-            index.on_batch(rel, pos as u32, view.len(), view.min_timestamp(), view.max_timestamp());
+            index.on_batch(
+                rel,
+                pos as u32,
+                view.len(),
+                view.min_timestamp(),
+                view.max_timestamp(),
+            );
         }
         out.first_append_ms.get_or_insert(view.append_time());
         offset = view.next_offset();

@@ -116,16 +116,28 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_timestamp(1_704_067_200_000), "2024-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_timestamp(1_704_067_200_000),
+            "2024-01-01T00:00:00.000Z"
+        );
         assert_eq!(format_timestamp(-1), "1969-12-31T23:59:59.999Z");
-        assert_eq!(format_timestamp(MIN_TIMESTAMP_MS), "0000-01-01T00:00:00.000Z");
-        assert_eq!(format_timestamp(MAX_TIMESTAMP_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            format_timestamp(MIN_TIMESTAMP_MS),
+            "0000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            format_timestamp(MAX_TIMESTAMP_MS),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]
     fn parses_both_forms() {
         assert_eq!(parse_timestamp("1704067200000"), Ok(1_704_067_200_000));
-        assert_eq!(parse_timestamp("2024-01-01T00:00:00Z"), Ok(1_704_067_200_000));
+        assert_eq!(
+            parse_timestamp("2024-01-01T00:00:00Z"),
+            Ok(1_704_067_200_000)
+        );
         assert_eq!(
             parse_timestamp("2024-01-01T01:00:00.123456789+01:00"),
             Ok(1_704_067_200_123)

@@ -2,12 +2,12 @@
 //! assigns records to partitions and appends them.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{BatchBuilder, Header, ATTR_LOG_APPEND_TIME};
+use crate::batch::{ATTR_LOG_APPEND_TIME, BatchBuilder, Header};
 use crate::config::{TimestampType, TopicConfig};
 use crate::error::{BrokerError, Result};
 use crate::partition::{LogConfig, Partition};
@@ -141,7 +141,8 @@ impl Topic {
         let mut headers: Vec<Header<'_>> = Vec::new();
         let mut bytes = 0u64;
         for (record, &p) in records.iter().zip(&assignment) {
-            let builder = builders[p as usize].get_or_insert_with(|| BatchBuilder::with_capacity(64 * 1024));
+            let builder =
+                builders[p as usize].get_or_insert_with(|| BatchBuilder::with_capacity(64 * 1024));
             slot_in_batch.push(u64::from(builder.len()));
             headers.clear();
             headers.extend(record.headers.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
@@ -181,7 +182,10 @@ impl Topic {
     /// Picks each record's partition: explicit, else Kafka's murmur2 of the
     /// key, else round-robin for null keys.
     fn assign(&self, records: &[ProducedRecord<'_>], count: u32) -> Result<Vec<u32>> {
-        let spread = records.iter().filter(|r| r.partition.is_none() && r.key.is_none()).count() as u64;
+        let spread = records
+            .iter()
+            .filter(|r| r.partition.is_none() && r.key.is_none())
+            .count() as u64;
         let mut next_spread = if spread > 0 {
             self.next_spread.fetch_add(spread, Ordering::Relaxed)
         } else {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use strata_broker::partitioner::partition_for_key;
 use strata_test_support::{Api, TestServer};
 
@@ -18,10 +18,21 @@ async fn health_and_metrics() {
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
     server.api.create_topic("m", 1, json!({})).await;
     server.api.produce("m", &[record(None, json!(1))]).await;
-    let text = reqwest::get(format!("{}/metrics", server.api.base)).await.unwrap().text().await.unwrap();
-    assert!(text.contains("strata_produce_records_total{topic=\"m\"}"), "{text}");
+    let text = reqwest::get(format!("{}/metrics", server.api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("strata_produce_records_total{topic=\"m\"}"),
+        "{text}"
+    );
     assert!(text.contains("strata_fsync_seconds_bucket"), "{text}");
-    assert!(text.contains("strata_http_request_duration_seconds"), "{text}");
+    assert!(
+        text.contains("strata_http_request_duration_seconds"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +40,11 @@ async fn topic_lifecycle() {
     let server = TestServer::start().await;
     let api = &server.api;
     let created = api
-        .create_topic("clicks", 3, json!({"segment_bytes": 4096, "timestamp_type": "log_append_time"}))
+        .create_topic(
+            "clicks",
+            3,
+            json!({"segment_bytes": 4096, "timestamp_type": "log_append_time"}),
+        )
         .await;
     assert_eq!(created["name"], "clicks");
     assert_eq!(created["config"]["segment_bytes"], 4096);
@@ -49,7 +64,12 @@ async fn topic_lifecycle() {
 
     api.create_topic("views", 1, json!({})).await;
     let (_, list) = api.get("/v1/topics").await;
-    let names: Vec<&str> = list["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["clicks", "views"]);
 
     let (status, _) = api.delete("/v1/topics/views").await;
@@ -99,26 +119,53 @@ async fn produce_and_consume_round_trip() {
         ]
     );
     // Values come back as the exact JSON text that was produced.
-    let body = br#"{"records": [{"value": {"page":"/home","n":1.5e3,"s":"\u00e9"}, "partition": 1}]}"#.to_vec();
-    let (status, _) = api.call(Method::POST, "/v1/topics/events/records", Some("application/json"), Some(body)).await;
+    let body =
+        br#"{"records": [{"value": {"page":"/home","n":1.5e3,"s":"\u00e9"}, "partition": 1}]}"#
+            .to_vec();
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/v1/topics/events/records",
+            Some("application/json"),
+            Some(body),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let raw = reqwest::get(format!("{}/v1/topics/events/partitions/1/records?offset=1&max_records=1", api.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(raw.contains(r#""value":{"page":"/home","n":1.5e3,"s":"\u00e9"}"#), "{raw}");
-    let (_, page) = api.get("/v1/topics/events/partitions/0/records?offset=1&max_records=1").await;
+    let raw = reqwest::get(format!(
+        "{}/v1/topics/events/partitions/1/records?offset=1&max_records=1",
+        api.base
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        raw.contains(r#""value":{"page":"/home","n":1.5e3,"s":"\u00e9"}"#),
+        "{raw}"
+    );
+    let (_, page) = api
+        .get("/v1/topics/events/partitions/0/records?offset=1&max_records=1")
+        .await;
     assert_eq!(page["records"].as_array().unwrap().len(), 1);
-    assert_eq!((page["next_offset"].clone(), page["end_offset"].clone()), (json!(2), json!(3)));
+    assert_eq!(
+        (page["next_offset"].clone(), page["end_offset"].clone()),
+        (json!(2), json!(3))
+    );
     // max_bytes cuts the page but always returns at least one record.
-    let (_, page) = api.get("/v1/topics/events/partitions/0/records?offset=0&max_bytes=1").await;
+    let (_, page) = api
+        .get("/v1/topics/events/partitions/0/records?offset=0&max_bytes=1")
+        .await;
     assert_eq!(page["records"].as_array().unwrap().len(), 1);
     // At the end: empty page.
-    let (status, page) = api.get("/v1/topics/events/partitions/0/records?offset=3").await;
+    let (status, page) = api
+        .get("/v1/topics/events/partitions/0/records?offset=3")
+        .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(page, json!({"records": [], "next_offset": 3, "end_offset": 3}));
+    assert_eq!(
+        page,
+        json!({"records": [], "next_offset": 3, "end_offset": 3})
+    );
 
     let (_, described) = api.get("/v1/topics/events").await;
     let p = &described["partitions"][0];
@@ -132,9 +179,16 @@ async fn ndjson_produce() {
     let server = TestServer::start().await;
     let api = &server.api;
     api.create_topic("nd", 1, json!({})).await;
-    let body = "{\"key\":\"a\",\"value\":{\"x\":1}}\n\n{\"value\":2}\n".as_bytes().to_vec();
+    let body = "{\"key\":\"a\",\"value\":{\"x\":1}}\n\n{\"value\":2}\n"
+        .as_bytes()
+        .to_vec();
     let (status, out) = api
-        .call(Method::POST, "/v1/topics/nd/records", Some("application/x-ndjson"), Some(body))
+        .call(
+            Method::POST,
+            "/v1/topics/nd/records",
+            Some("application/x-ndjson"),
+            Some(body),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["offsets"].as_array().unwrap().len(), 2);
@@ -152,14 +206,22 @@ async fn keys_land_where_kafka_puts_them_and_null_keys_spread() {
     let records: Vec<Value> = keys.iter().map(|k| record(Some(k), json!(k))).collect();
     let offsets = api.produce("keyed", &records).await;
     for (key, ack) in keys.iter().zip(&offsets) {
-        assert_eq!(ack["partition"], partition_for_key(key.as_bytes(), 5), "{key}");
+        assert_eq!(
+            ack["partition"],
+            partition_for_key(key.as_bytes(), 5),
+            "{key}"
+        );
     }
     let before = api.end_offsets("keyed").await;
     let nulls: Vec<Value> = (0..100).map(|i| record(None, json!(i))).collect();
     api.produce("keyed", &nulls).await;
     let after = api.end_offsets("keyed").await;
     for (b, a) in before.iter().zip(&after) {
-        assert_eq!(a - b, 20, "null keys spread evenly: {before:?} -> {after:?}");
+        assert_eq!(
+            a - b,
+            20,
+            "null keys spread evenly: {before:?} -> {after:?}"
+        );
     }
 }
 
@@ -167,8 +229,11 @@ async fn keys_land_where_kafka_puts_them_and_null_keys_spread() {
 async fn log_append_time_ignores_producer_timestamps() {
     let server = TestServer::start().await;
     let api = &server.api;
-    api.create_topic("lat", 1, json!({"timestamp_type": "log_append_time"})).await;
-    let offsets = api.produce("lat", &[json!({"value": 1, "timestamp": 0})]).await;
+    api.create_topic("lat", 1, json!({"timestamp_type": "log_append_time"}))
+        .await;
+    let offsets = api
+        .produce("lat", &[json!({"value": 1, "timestamp": 0})])
+        .await;
     let ts = offsets[0]["timestamp"].as_str().unwrap();
     assert!(!ts.starts_with("1970"), "{ts}");
     assert_eq!(api.consume_all("lat", 0, 0).await[0]["timestamp"], ts);
@@ -179,17 +244,32 @@ async fn offset_for_timestamp_with_out_of_order_timestamps() {
     let server = TestServer::start().await;
     let api = &server.api;
     // Small segments so the search crosses segment and index boundaries.
-    api.create_topic("t", 1, json!({"segment_bytes": 2048})).await;
-    let stamps: Vec<i64> = (0..300).map(|i| 1_000_000 + ((i * 7919) % 300) * 1000).collect();
+    api.create_topic("t", 1, json!({"segment_bytes": 2048}))
+        .await;
+    let stamps: Vec<i64> = (0..300)
+        .map(|i| 1_000_000 + ((i * 7919) % 300) * 1000)
+        .collect();
     for chunk in stamps.chunks(10) {
-        let records: Vec<Value> = chunk.iter().map(|&ts| json!({"value": ts, "timestamp": ts})).collect();
+        let records: Vec<Value> = chunk
+            .iter()
+            .map(|&ts| json!({"value": ts, "timestamp": ts}))
+            .collect();
         api.produce("t", &records).await;
     }
     let (_, d) = api.get("/v1/topics/t").await;
-    assert!(d["partitions"][0]["hot"]["segments"].as_u64().unwrap() > 3, "{d}");
-    for target in [0i64, 1_000_000, 1_000_500, 1_150_000, 1_299_000, 1_299_001, 5_000_000] {
+    assert!(
+        d["partitions"][0]["hot"]["segments"].as_u64().unwrap() > 3,
+        "{d}"
+    );
+    for target in [
+        0i64, 1_000_000, 1_000_500, 1_150_000, 1_299_000, 1_299_001, 5_000_000,
+    ] {
         let expected = stamps.iter().position(|&ts| ts >= target);
-        let (status, body) = api.get(&format!("/v1/topics/t/partitions/0/offset?timestamp={target}")).await;
+        let (status, body) = api
+            .get(&format!(
+                "/v1/topics/t/partitions/0/offset?timestamp={target}"
+            ))
+            .await;
         assert_eq!(status, StatusCode::OK);
         match expected {
             Some(offset) => {
@@ -197,11 +277,20 @@ async fn offset_for_timestamp_with_out_of_order_timestamps() {
                 let ts = strata_broker::timestamp::format_timestamp(stamps[offset]);
                 assert_eq!(body["timestamp"], ts);
             }
-            None => assert_eq!(body, json!({"offset": 300, "timestamp": null}), "target {target}"),
+            None => assert_eq!(
+                body,
+                json!({"offset": 300, "timestamp": null}),
+                "target {target}"
+            ),
         }
     }
-    let (_, body) = api.get("/v1/topics/t/partitions/0/offset?timestamp=1970-01-01T00:16:40Z").await;
-    assert_eq!(body["offset"], stamps.iter().position(|&ts| ts >= 1_000_000).unwrap());
+    let (_, body) = api
+        .get("/v1/topics/t/partitions/0/offset?timestamp=1970-01-01T00:16:40Z")
+        .await;
+    assert_eq!(
+        body["offset"],
+        stamps.iter().position(|&ts| ts >= 1_000_000).unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,21 +301,32 @@ async fn long_poll_wakes_on_new_data() {
     let started = Instant::now();
     let waiter = {
         let api = api.clone();
-        tokio::spawn(async move { api.get("/v1/topics/lp/partitions/0/records?offset=0&wait_ms=20000").await })
+        tokio::spawn(async move {
+            api.get("/v1/topics/lp/partitions/0/records?offset=0&wait_ms=20000")
+                .await
+        })
     };
     // Produce once the consumer is parked (it cannot have returned: no data).
     tokio::task::yield_now().await;
     api.produce("lp", &[record(None, json!("wake"))]).await;
     let (status, page) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert!(started.elapsed() < Duration::from_secs(15), "long poll was not woken");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "long poll was not woken"
+    );
     assert_eq!(page["records"][0]["value"], "wake");
 
     // Without data the wait ends with an empty page.
     let started = Instant::now();
-    let (_, page) = api.get("/v1/topics/lp/partitions/0/records?offset=1&wait_ms=200").await;
+    let (_, page) = api
+        .get("/v1/topics/lp/partitions/0/records?offset=1&wait_ms=200")
+        .await;
     assert!(started.elapsed() >= Duration::from_millis(200));
-    assert_eq!(page, json!({"records": [], "next_offset": 1, "end_offset": 1}));
+    assert_eq!(
+        page,
+        json!({"records": [], "next_offset": 1, "end_offset": 1})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +334,9 @@ async fn consumer_groups() {
     let server = TestServer::start().await;
     let api = &server.api;
     api.create_topic("g", 2, json!({})).await;
-    let records: Vec<Value> = (0..10).map(|i| json!({"value": i, "partition": 0})).collect();
+    let records: Vec<Value> = (0..10)
+        .map(|i| json!({"value": i, "partition": 0}))
+        .collect();
     api.produce("g", &records).await;
     let (status, body) = api.get("/v1/groups/readers/offsets").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
@@ -246,22 +348,47 @@ async fn consumer_groups() {
         {"topic": "g", "partition": 1, "offset": 0, "end_offset": 0, "lag": 0}]});
     assert_eq!(api.get("/v1/groups/readers/offsets").await.1, expected);
 
-    let (status, body) = api.post("/v1/groups/readers/offsets", &json!({"offsets": [{"topic": "nope", "partition": 0, "offset": 1}]})).await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("topic_not_found")));
-    let (status, body) = api.post("/v1/groups/readers/offsets", &json!({"offsets": [{"topic": "g", "partition": 7, "offset": 1}]})).await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("partition_not_found")));
+    let (status, body) = api
+        .post(
+            "/v1/groups/readers/offsets",
+            &json!({"offsets": [{"topic": "nope", "partition": 0, "offset": 1}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("topic_not_found"))
+    );
+    let (status, body) = api
+        .post(
+            "/v1/groups/readers/offsets",
+            &json!({"offsets": [{"topic": "g", "partition": 7, "offset": 1}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("partition_not_found"))
+    );
     let (status, body) = api.post("/v1/groups/a%2Fb/offsets", &commit).await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_request")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_request"))
+    );
 
     // Commits are durable across a restart.
     let server = server.restart().await;
-    assert_eq!(server.api.get("/v1/groups/readers/offsets").await.1, expected);
+    assert_eq!(
+        server.api.get("/v1/groups/readers/offsets").await.1,
+        expected
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_preserves_everything() {
     let server = TestServer::start().await;
-    server.api.create_topic("keep", 3, json!({"segment_bytes": 4096})).await;
+    server
+        .api
+        .create_topic("keep", 3, json!({"segment_bytes": 4096}))
+        .await;
     let mut produced = Vec::new();
     for batch in 0..20 {
         let records: Vec<Value> = (0..25)
@@ -286,7 +413,10 @@ async fn restart_preserves_everything() {
     }
     assert_eq!(total, produced.len());
     // Appends continue densely after the restart.
-    let offsets = server.api.produce("keep", &[json!({"value": "after", "partition": 0})]).await;
+    let offsets = server
+        .api
+        .produce("keep", &[json!({"value": "after", "partition": 0})])
+        .await;
     assert_eq!(offsets[0]["offset"], before[0].len());
 }
 
@@ -295,7 +425,10 @@ async fn unknown_routes_and_methods_answer_json() {
     let server = TestServer::start().await;
     let api = &server.api;
     let (status, body) = api.get("/v2/nothing").await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
     let (status, body) = api.call(Method::PUT, "/v1/topics", None, None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
 }

@@ -1,19 +1,39 @@
 //! Bad input gets the documented status and error code, and changes nothing.
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use strata_broker::BrokerConfig;
 use strata_test_support::{Api, TestServer};
 
-async fn expect_error(api: &Api, method: Method, path: &str, content_type: Option<&str>, body: Option<Vec<u8>>, status: StatusCode, code: &str) -> Value {
+async fn expect_error(
+    api: &Api,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: Option<Vec<u8>>,
+    status: StatusCode,
+    code: &str,
+) -> Value {
     let (got, body) = api.call(method, path, content_type, body).await;
     assert_eq!(got, status, "{path}: {body}");
     assert_eq!(body["error"]["code"], code, "{path}: {body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     body
 }
 
-async fn produce_raw(api: &Api, topic: &str, content_type: &str, body: &str, status: StatusCode, code: &str) -> Value {
+async fn produce_raw(
+    api: &Api,
+    topic: &str,
+    content_type: &str,
+    body: &str,
+    status: StatusCode,
+    code: &str,
+) -> Value {
     expect_error(
         api,
         Method::POST,
@@ -36,7 +56,10 @@ async fn start() -> TestServer {
     };
     let server = TestServer::start_with(config).await;
     server.api.create_topic("t", 2, json!({})).await;
-    server.api.produce("t", &[json!({"value": "seed", "partition": 0})]).await;
+    server
+        .api
+        .produce("t", &[json!({"value": "seed", "partition": 0})])
+        .await;
     server
 }
 
@@ -47,19 +70,97 @@ async fn bad_produce_requests_write_nothing() {
     let before = api.end_offsets("t").await;
     let json_ct = "application/json";
     let cases: Vec<(&str, &str, StatusCode, &str, Option<u64>)> = vec![
-        (json_ct, r#"{"records": [{"value": 1}"#, StatusCode::BAD_REQUEST, "invalid_request", None),
-        (json_ct, "not json", StatusCode::BAD_REQUEST, "invalid_request", None),
-        (json_ct, r#"{"records": {"value": 1}}"#, StatusCode::BAD_REQUEST, "invalid_request", None),
-        (json_ct, r#"{"records": [], "extra": 1}"#, StatusCode::BAD_REQUEST, "invalid_request", None),
-        (json_ct, r#"{"records": [{"value": 1}, {"key": "k"}]}"#, StatusCode::BAD_REQUEST, "invalid_record", Some(1)),
-        (json_ct, r#"{"records": [{"value": 1}, {"value": 2, "timestamp": "last tuesday"}]}"#, StatusCode::BAD_REQUEST, "invalid_record", Some(1)),
-        (json_ct, r#"{"records": [{"value": 1, "timestamp": 99999999999999999}]}"#, StatusCode::BAD_REQUEST, "invalid_record", Some(0)),
-        (json_ct, r#"{"records": [{"value": 1}, {"value": 1}, {"value": 1, "partition": 2}]}"#, StatusCode::BAD_REQUEST, "invalid_record", Some(2)),
-        (json_ct, r#"{"records": [{"value": 1, "key": 7}]}"#, StatusCode::BAD_REQUEST, "invalid_record", Some(0)),
-        (json_ct, r#"{"records": [{"value": 1, "headers": {"a": 1}}]}"#, StatusCode::BAD_REQUEST, "invalid_record", Some(0)),
-        (json_ct, r#"{"records": [{"value": 1, "colour": "red"}]}"#, StatusCode::BAD_REQUEST, "invalid_record", Some(0)),
-        ("application/x-ndjson", "{\"value\": 1}\n{\"value\": 2\n{\"value\": 3}\n", StatusCode::BAD_REQUEST, "invalid_record", Some(1)),
-        ("application/x-ndjson", "{\"value\": 1}\n{\"key\": \"no value\"}\n", StatusCode::BAD_REQUEST, "invalid_record", Some(1)),
+        (
+            json_ct,
+            r#"{"records": [{"value": 1}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            None,
+        ),
+        (
+            json_ct,
+            "not json",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            None,
+        ),
+        (
+            json_ct,
+            r#"{"records": {"value": 1}}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            None,
+        ),
+        (
+            json_ct,
+            r#"{"records": [], "extra": 1}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            None,
+        ),
+        (
+            json_ct,
+            r#"{"records": [{"value": 1}, {"key": "k"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_record",
+            Some(1),
+        ),
+        (
+            json_ct,
+            r#"{"records": [{"value": 1}, {"value": 2, "timestamp": "last tuesday"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_record",
+            Some(1),
+        ),
+        (
+            json_ct,
+            r#"{"records": [{"value": 1, "timestamp": 99999999999999999}]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_record",
+            Some(0),
+        ),
+        (
+            json_ct,
+            r#"{"records": [{"value": 1}, {"value": 1}, {"value": 1, "partition": 2}]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_record",
+            Some(2),
+        ),
+        (
+            json_ct,
+            r#"{"records": [{"value": 1, "key": 7}]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_record",
+            Some(0),
+        ),
+        (
+            json_ct,
+            r#"{"records": [{"value": 1, "headers": {"a": 1}}]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_record",
+            Some(0),
+        ),
+        (
+            json_ct,
+            r#"{"records": [{"value": 1, "colour": "red"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_record",
+            Some(0),
+        ),
+        (
+            "application/x-ndjson",
+            "{\"value\": 1}\n{\"value\": 2\n{\"value\": 3}\n",
+            StatusCode::BAD_REQUEST,
+            "invalid_record",
+            Some(1),
+        ),
+        (
+            "application/x-ndjson",
+            "{\"value\": 1}\n{\"key\": \"no value\"}\n",
+            StatusCode::BAD_REQUEST,
+            "invalid_record",
+            Some(1),
+        ),
     ];
     for (ct, body, status, code, index) in cases {
         let error = produce_raw(api, "t", ct, body, status, code).await;
@@ -68,25 +169,56 @@ async fn bad_produce_requests_write_nothing() {
         }
     }
     // A record over max_record_bytes (1 KiB here), and a body over max_request_bytes (64 KiB).
-    let big_record = format!(r#"{{"records": [{{"value": 1}}, {{"value": "{}"}}]}}"#, "x".repeat(2000));
-    let error = produce_raw(api, "t", json_ct, &big_record, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    let big_record = format!(
+        r#"{{"records": [{{"value": 1}}, {{"value": "{}"}}]}}"#,
+        "x".repeat(2000)
+    );
+    let error = produce_raw(
+        api,
+        "t",
+        json_ct,
+        &big_record,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
     assert_eq!(error["error"]["index"], 1);
-    let many: Vec<Value> = (0..1000).map(|i| json!({"value": format!("{i:0>100}")})).collect();
+    let many: Vec<Value> = (0..1000)
+        .map(|i| json!({"value": format!("{i:0>100}")}))
+        .collect();
     let big_body = json!({ "records": many }).to_string();
-    produce_raw(api, "t", json_ct, &big_body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    produce_raw(
+        api,
+        "t",
+        json_ct,
+        &big_body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
     // The same oversized body streamed without a Content-Length is cut off too.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big_body.as_bytes().chunks(4096).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big_body
+        .as_bytes()
+        .chunks(4096)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
     let response = api
         .http
         .post(format!("{}/v1/topics/t/records", api.base))
         .header("content-type", json_ct)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    assert_eq!(api.end_offsets("t").await, before, "nothing of a bad request is written");
+    assert_eq!(
+        api.end_offsets("t").await,
+        before,
+        "nothing of a bad request is written"
+    );
     assert_eq!(api.consume_all("t", 0, 0).await.len(), 1);
 }
 
@@ -96,8 +228,24 @@ async fn bad_topic_names_never_touch_the_disk() {
     let api = &server.api;
     let long = "a".repeat(250);
     // (URL clients normalise "." and ".." segments away; the create test below covers them.)
-    for name in ["..%2Fx", "a%2Fb", "a%20b", "%2E%2E%2F", long.as_str(), "%C3%BC"] {
-        expect_error(api, Method::GET, &format!("/v1/topics/{name}"), None, None, StatusCode::BAD_REQUEST, "invalid_topic_name").await;
+    for name in [
+        "..%2Fx",
+        "a%2Fb",
+        "a%20b",
+        "%2E%2E%2F",
+        long.as_str(),
+        "%C3%BC",
+    ] {
+        expect_error(
+            api,
+            Method::GET,
+            &format!("/v1/topics/{name}"),
+            None,
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_topic_name",
+        )
+        .await;
         expect_error(
             api,
             Method::POST,
@@ -130,9 +278,35 @@ async fn bad_topic_names_never_touch_the_disk() {
     entries.sort();
     assert_eq!(entries, ["t"]);
 
-    expect_error(api, Method::GET, "/v1/topics/missing", None, None, StatusCode::NOT_FOUND, "topic_not_found").await;
-    produce_raw(api, "missing", "application/json", r#"{"records": [{"value": 1}]}"#, StatusCode::NOT_FOUND, "topic_not_found").await;
-    expect_error(api, Method::DELETE, "/v1/topics/missing", None, None, StatusCode::NOT_FOUND, "topic_not_found").await;
+    expect_error(
+        api,
+        Method::GET,
+        "/v1/topics/missing",
+        None,
+        None,
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
+    produce_raw(
+        api,
+        "missing",
+        "application/json",
+        r#"{"records": [{"value": 1}]}"#,
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
+    expect_error(
+        api,
+        Method::DELETE,
+        "/v1/topics/missing",
+        None,
+        None,
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,20 +342,79 @@ async fn bad_consume_requests() {
     let api = &server.api;
     let base = "/v1/topics/t/partitions";
     for (path, status, code) in [
-        (format!("{base}/0/records?offset=abc"), StatusCode::BAD_REQUEST, "invalid_request"),
-        (format!("{base}/0/records?offset=-1"), StatusCode::BAD_REQUEST, "invalid_request"),
-        (format!("{base}/0/records?offset=0&max_records=0"), StatusCode::BAD_REQUEST, "invalid_request"),
-        (format!("{base}/0/records?offset=0&wait_ms=99999999"), StatusCode::BAD_REQUEST, "invalid_request"),
-        (format!("{base}/0/records?offset=0&bogus=1"), StatusCode::BAD_REQUEST, "invalid_request"),
-        (format!("{base}/2/records?offset=0"), StatusCode::NOT_FOUND, "partition_not_found"),
-        (format!("{base}/99999999999/records?offset=0"), StatusCode::NOT_FOUND, "partition_not_found"),
-        (format!("{base}/x/records?offset=0"), StatusCode::BAD_REQUEST, "invalid_request"),
-        (format!("{base}/0/offset"), StatusCode::BAD_REQUEST, "invalid_request"),
-        (format!("{base}/0/offset?timestamp=noon"), StatusCode::BAD_REQUEST, "invalid_request"),
-        (format!("{base}/5/offset?timestamp=0"), StatusCode::NOT_FOUND, "partition_not_found"),
+        (
+            format!("{base}/0/records?offset=abc"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            format!("{base}/0/records?offset=-1"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            format!("{base}/0/records?offset=0&max_records=0"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            format!("{base}/0/records?offset=0&wait_ms=99999999"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            format!("{base}/0/records?offset=0&bogus=1"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            format!("{base}/2/records?offset=0"),
+            StatusCode::NOT_FOUND,
+            "partition_not_found",
+        ),
+        (
+            format!("{base}/99999999999/records?offset=0"),
+            StatusCode::NOT_FOUND,
+            "partition_not_found",
+        ),
+        (
+            format!("{base}/x/records?offset=0"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            format!("{base}/0/offset"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            format!("{base}/0/offset?timestamp=noon"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            format!("{base}/5/offset?timestamp=0"),
+            StatusCode::NOT_FOUND,
+            "partition_not_found",
+        ),
     ] {
         expect_error(api, Method::GET, &path, None, None, status, code).await;
     }
-    let error = expect_error(api, Method::GET, &format!("{base}/0/records?offset=2"), None, None, StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range").await;
-    assert_eq!((error["error"]["start_offset"].clone(), error["error"]["end_offset"].clone()), (json!(0), json!(1)));
+    let error = expect_error(
+        api,
+        Method::GET,
+        &format!("{base}/0/records?offset=2"),
+        None,
+        None,
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "offset_out_of_range",
+    )
+    .await;
+    assert_eq!(
+        (
+            error["error"]["start_offset"].clone(),
+            error["error"]["end_offset"].clone()
+        ),
+        (json!(0), json!(1))
+    );
 }

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use strata_test_support::{eventually, TestServer};
+use serde_json::{Value, json};
+use strata_test_support::{TestServer, eventually};
 
 const PRODUCERS: usize = 8;
 const BATCHES: usize = 40;
@@ -17,7 +17,8 @@ async fn producers_and_consumers_share_partitions() {
     let server = TestServer::start().await;
     let api = server.api.clone();
     // Small segments: rolls happen while consumers read.
-    api.create_topic("c", PARTITIONS, json!({"segment_bytes": 16384})).await;
+    api.create_topic("c", PARTITIONS, json!({"segment_bytes": 16384}))
+        .await;
 
     let mut consumers = Vec::new();
     for c in 0..4u32 {
@@ -62,7 +63,10 @@ async fn producers_and_consumers_share_partitions() {
     let mut acked: HashMap<(u64, u64), Value> = HashMap::new();
     for producer in producers {
         for (partition, offset, value) in producer.await.unwrap() {
-            assert!(acked.insert((partition, offset), value).is_none(), "offset {partition}/{offset} given twice");
+            assert!(
+                acked.insert((partition, offset), value).is_none(),
+                "offset {partition}/{offset} given twice"
+            );
         }
     }
     assert_eq!(acked.len(), PRODUCERS * BATCHES * BATCH);
@@ -70,14 +74,24 @@ async fn producers_and_consumers_share_partitions() {
     for consumer in consumers {
         let (partition, seen) = consumer.await.unwrap();
         for (offset, value) in seen.iter().enumerate() {
-            assert_eq!(acked.get(&(u64::from(partition), offset as u64)), Some(value), "partition {partition} offset {offset}");
+            assert_eq!(
+                acked.get(&(u64::from(partition), offset as u64)),
+                Some(value),
+                "partition {partition} offset {offset}"
+            );
         }
         // Each producer's records appear in the order it sent them.
         let mut last_seq: HashMap<u64, i64> = HashMap::new();
         for value in &seen {
-            let (producer, seq) = (value["producer"].as_u64().unwrap(), value["seq"].as_i64().unwrap());
+            let (producer, seq) = (
+                value["producer"].as_u64().unwrap(),
+                value["seq"].as_i64().unwrap(),
+            );
             let last = last_seq.entry(producer).or_insert(-1);
-            assert!(seq > *last, "producer {producer} reordered in partition {partition}");
+            assert!(
+                seq > *last,
+                "producer {producer} reordered in partition {partition}"
+            );
             *last = seq;
         }
     }
@@ -86,5 +100,8 @@ async fn producers_and_consumers_share_partitions() {
         async move { Some(api.end_offsets("c").await) }
     })
     .await;
-    assert_eq!(ends.iter().sum::<u64>() as usize, PRODUCERS * BATCHES * BATCH);
+    assert_eq!(
+        ends.iter().sum::<u64>() as usize,
+        PRODUCERS * BATCHES * BATCH
+    );
 }

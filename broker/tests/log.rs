@@ -25,7 +25,9 @@ fn batch(first: u64, count: u64, ts: impl Fn(u64) -> i64) -> EncodedBatch {
 }
 
 fn append(p: &Partition, first: u64, count: u64, now_ms: i64) -> u64 {
-    let base = p.append(&mut batch(first, count, |i| i as i64 * 10), now_ms).unwrap();
+    let base = p
+        .append(&mut batch(first, count, |i| i as i64 * 10), now_ms)
+        .unwrap();
     p.wait_durable(base + count).unwrap();
     base
 }
@@ -70,7 +72,9 @@ fn rolls_by_size_and_reads_across_segments() {
     assert!(dir.path().join("00000000000000000000.timeindex").exists());
     for from in [0, 1, 9, 10, 57, 333, 998, 999, 1000] {
         let got = values(&p, from);
-        let want: Vec<(u64, String)> = (from..1000).map(|i| (i, format!("{{\"n\":{i}}}"))).collect();
+        let want: Vec<(u64, String)> = (from..1000)
+            .map(|i| (i, format!("{{\"n\":{i}}}")))
+            .collect();
         assert_eq!(got, want, "from {from}");
     }
     assert!(p.cursor(1001).is_err());
@@ -79,17 +83,31 @@ fn rolls_by_size_and_reads_across_segments() {
 #[test]
 fn rolls_by_time() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_ms: 1000, segment_bytes: 1 << 20, ..CONFIG };
+    let config = LogConfig {
+        segment_ms: 1000,
+        segment_bytes: 1 << 20,
+        ..CONFIG
+    };
     let p = Partition::open(0, dir.path(), config).unwrap();
     append(&p, 0, 5, 10_000);
     append(&p, 5, 5, 10_999);
     assert_eq!(p.segments().len(), 1);
     append(&p, 10, 5, 11_000);
-    assert_eq!(p.segments().len(), 2, "the first batch is 1000 ms old: roll");
+    assert_eq!(
+        p.segments().len(),
+        2,
+        "the first batch is 1000 ms old: roll"
+    );
     assert!(!p.roll_if_due(11_999).unwrap());
-    assert!(p.roll_if_due(12_000).unwrap(), "idle active segment rolls in the background");
+    assert!(
+        p.roll_if_due(12_000).unwrap(),
+        "idle active segment rolls in the background"
+    );
     assert_eq!(p.segments().len(), 3);
-    assert!(!p.roll_if_due(99_000).unwrap(), "an empty active segment never rolls");
+    assert!(
+        !p.roll_if_due(99_000).unwrap(),
+        "an empty active segment never rolls"
+    );
     assert_eq!(values(&p, 0).len(), 15);
 }
 
@@ -108,13 +126,22 @@ fn torn_tail_is_truncated_on_open() {
     // A half-written batch: a plausible header followed by garbage.
     let mut torn = batch(300, 10, |_| 0).as_bytes()[..70].to_vec();
     torn[0..8].copy_from_slice(&300u64.to_le_bytes());
-    OpenOptions::new().append(true).open(&last).unwrap().write_all(&torn).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap()
+        .write_all(&torn)
+        .unwrap();
 
     let p = Partition::open(0, dir.path(), CONFIG).unwrap();
     assert_eq!(std::fs::metadata(&last).unwrap().len(), good_len);
     assert_eq!(p.end_offset(), 300);
     assert_eq!(values(&p, 0).len(), 300);
-    assert_eq!(append(&p, 300, 10, 0), 300, "appends continue where the valid log ends");
+    assert_eq!(
+        append(&p, 300, 10, 0),
+        300,
+        "appends continue where the valid log ends"
+    );
 
     // A flipped byte inside the last batch: CRC catches it, the batch is cut.
     p.close().unwrap();
@@ -134,20 +161,33 @@ fn missing_or_damaged_indexes_are_rebuilt() {
     let before = {
         let p = Partition::open(0, dir.path(), CONFIG).unwrap();
         for i in 0..50 {
-            p.append(&mut batch(i * 10, 10, |n| 1_000 + ((n * 37) % 500) as i64), 0).unwrap();
+            p.append(
+                &mut batch(i * 10, 10, |n| 1_000 + ((n * 37) % 500) as i64),
+                0,
+            )
+            .unwrap();
         }
         p.wait_durable(500).unwrap();
         p.close().unwrap();
-        let lookups: Vec<_> = [0, 1_000, 1_250, 1_499, 1_500].iter().map(|&t| p.offset_for_timestamp(t).unwrap()).collect();
+        let lookups: Vec<_> = [0, 1_000, 1_250, 1_499, 1_500]
+            .iter()
+            .map(|&t| p.offset_for_timestamp(t).unwrap())
+            .collect();
         (p.segments(), lookups)
     };
     std::fs::remove_file(dir.path().join("00000000000000000000.index")).unwrap();
     let second = segment_files(dir.path())[1].replace(".log", ".timeindex");
     std::fs::write(dir.path().join(&second), b"garbage").unwrap();
     let p = Partition::open(0, dir.path(), CONFIG).unwrap();
-    let lookups: Vec<_> = [0, 1_000, 1_250, 1_499, 1_500].iter().map(|&t| p.offset_for_timestamp(t).unwrap()).collect();
+    let lookups: Vec<_> = [0, 1_000, 1_250, 1_499, 1_500]
+        .iter()
+        .map(|&t| p.offset_for_timestamp(t).unwrap())
+        .collect();
     assert_eq!((p.segments(), lookups), before);
-    assert!(dir.path().join("00000000000000000000.index").exists(), "rebuilt index is written back");
+    assert!(
+        dir.path().join("00000000000000000000.index").exists(),
+        "rebuilt index is written back"
+    );
     assert_eq!(values(&p, 123).len(), 500 - 123);
 }
 
@@ -157,7 +197,13 @@ fn offset_for_timestamp_scans_from_the_time_index() {
     let p = Partition::open(0, dir.path(), CONFIG).unwrap();
     // Timestamps go down then up: the earliest record >= T is not the first
     // one in a segment whose max is >= T.
-    let ts = |n: u64| if n < 200 { 10_000 - n as i64 * 10 } else { n as i64 * 100 };
+    let ts = |n: u64| {
+        if n < 200 {
+            10_000 - n as i64 * 10
+        } else {
+            n as i64 * 100
+        }
+    };
     for i in 0..40 {
         let mut b = batch(i * 10, 10, ts);
         p.append(&mut b, 0).unwrap();
@@ -165,6 +211,10 @@ fn offset_for_timestamp_scans_from_the_time_index() {
     p.wait_durable(400).unwrap();
     for target in [0, 5_000, 8_005, 10_000, 10_001, 20_000, 39_900, 39_901] {
         let want = (0..400u64).find(|&n| ts(n) >= target).map(|n| (n, ts(n)));
-        assert_eq!(p.offset_for_timestamp(target).unwrap(), want, "target {target}");
+        assert_eq!(
+            p.offset_for_timestamp(target).unwrap(),
+            want,
+            "target {target}"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The one place where broker errors become HTTP statuses and API error codes.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::error::BrokerError;
 
@@ -12,7 +12,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub extra: Map<String, Value>,
+    pub extra: Vec<(&'static str, Value)>,
     pub retry_after_secs: Option<u64>,
 }
 
@@ -23,7 +23,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            extra: Map::new(),
+            extra: Vec::new(),
             retry_after_secs: None,
         }
     }
@@ -33,8 +33,8 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
-    fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.extra.insert(key.to_string(), value.into());
+    fn with(mut self, key: &'static str, value: impl Into<Value>) -> Self {
+        self.extra.push((key, value.into()));
         self
     }
 }
@@ -47,9 +47,15 @@ impl From<BrokerError> for ApiError {
             BrokerError::InvalidRecord { index, .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_record", message).with("index", index)
             }
-            BrokerError::InvalidTopicName { .. } => Self::new(StatusCode::BAD_REQUEST, "invalid_topic_name", message),
-            BrokerError::TopicNotFound(_) => Self::new(StatusCode::NOT_FOUND, "topic_not_found", message),
-            BrokerError::PartitionNotFound { .. } => Self::new(StatusCode::NOT_FOUND, "partition_not_found", message),
+            BrokerError::InvalidTopicName { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_topic_name", message)
+            }
+            BrokerError::TopicNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "topic_not_found", message)
+            }
+            BrokerError::PartitionNotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "partition_not_found", message)
+            }
             BrokerError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
             BrokerError::TopicExists(_) => Self::new(StatusCode::CONFLICT, "topic_exists", message),
             BrokerError::PayloadTooLarge { index, .. } => {
@@ -63,10 +69,16 @@ impl From<BrokerError> for ApiError {
                 start_offset,
                 end_offset,
                 ..
-            } => Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range", message)
-                .with("start_offset", start_offset)
-                .with("end_offset", end_offset),
-            BrokerError::Unavailable { retry_after_secs, .. } => {
+            } => Self::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "offset_out_of_range",
+                message,
+            )
+            .with("start_offset", start_offset)
+            .with("end_offset", end_offset),
+            BrokerError::Unavailable {
+                retry_after_secs, ..
+            } => {
                 let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
                 err.retry_after_secs = Some(retry_after_secs.max(1));
                 err
@@ -84,11 +96,14 @@ impl IntoResponse for ApiError {
         let mut error = Map::new();
         error.insert("code".into(), json!(self.code));
         error.insert("message".into(), json!(self.message));
-        error.extend(self.extra);
+        error.extend(self.extra.into_iter().map(|(k, v)| (k.to_string(), v)));
         let body = json!({ "error": error }).to_string();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{blocking, json_response, read_body, ApiError, AppState};
+use super::{ApiError, AppState, blocking, json_response, read_body};
 use crate::config::validate_name;
 use crate::error::BrokerError;
 use crate::groups::CommittedOffset;
@@ -49,13 +49,14 @@ pub(super) async fn commit(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub(super) async fn fetch(State(app): State<AppState>, Path(group): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn fetch(
+    State(app): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Response, ApiError> {
     check_group(&group)?;
-    let offsets = app
-        .broker
-        .groups()
-        .offsets(&group)
-        .ok_or_else(|| BrokerError::NotFound(format!("consumer group {group:?} has no committed offsets")))?;
+    let offsets = app.broker.groups().offsets(&group).ok_or_else(|| {
+        BrokerError::NotFound(format!("consumer group {group:?} has no committed offsets"))
+    })?;
     let entries: Vec<_> = offsets
         .into_iter()
         .filter_map(|c| {
@@ -70,5 +71,8 @@ pub(super) async fn fetch(State(app): State<AppState>, Path(group): Path<String>
             }))
         })
         .collect();
-    Ok(json_response(StatusCode::OK, json!({ "offsets": entries }).to_string().into_bytes()))
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "offsets": entries }).to_string().into_bytes(),
+    ))
 }

@@ -12,13 +12,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -46,11 +46,26 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/v1/topics", get(topics::list).post(topics::create))
-        .route("/v1/topics/{topic}", get(topics::describe).delete(topics::delete))
-        .route("/v1/topics/{topic}/records", axum::routing::post(records::produce))
-        .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::consume))
-        .route("/v1/topics/{topic}/partitions/{partition}/offset", get(records::offset_for_timestamp))
-        .route("/v1/groups/{group}/offsets", get(groups::fetch).post(groups::commit))
+        .route(
+            "/v1/topics/{topic}",
+            get(topics::describe).delete(topics::delete),
+        )
+        .route(
+            "/v1/topics/{topic}/records",
+            axum::routing::post(records::produce),
+        )
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/records",
+            get(records::consume),
+        )
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/offset",
+            get(records::offset_for_timestamp),
+        )
+        .route(
+            "/v1/groups/{group}/offsets",
+            get(groups::fetch).post(groups::commit),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track_request))
@@ -88,7 +103,11 @@ pub async fn serve(
 }
 
 /// Runs the broker alone (no cold tier, no SQL) on `listener` until `shutdown`.
-pub async fn run(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stopping, stopping_rx) = watch::channel(false);
     let state = AppState {
         broker: broker.clone(),
@@ -107,7 +126,10 @@ async fn roll_due_segments(broker: Arc<Broker>, mut stopping: watch::Receiver<bo
             _ = stopping.wait_for(|s| *s) => return,
         }
         let broker = broker.clone();
-        let _ = tokio::task::spawn_blocking(move || broker.roll_due_segments(crate::timestamp::now_ms())).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            broker.roll_due_segments(crate::timestamp::now_ms())
+        })
+        .await;
     }
 }
 
@@ -118,7 +140,8 @@ async fn health() -> Response {
 async fn metrics_text(State(app): State<AppState>) -> Response {
     for topic in app.broker.topics() {
         let bytes: u64 = topic.partitions().iter().map(|p| p.stats().bytes).sum();
-        metrics::gauge!("strata_local_bytes", "topic" => topic.name().to_string()).set(bytes as f64);
+        metrics::gauge!("strata_local_bytes", "topic" => topic.name().to_string())
+            .set(bytes as f64);
     }
     let mut response = app.metrics.render().into_response();
     response.headers_mut().insert(
@@ -133,7 +156,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+        "method not allowed on this route",
+    )
 }
 
 async fn track_request(request: Request, next: Next) -> Response {
@@ -157,9 +184,10 @@ async fn track_request(request: Request, next: Next) -> Response {
 /// A `200`-style JSON response from pre-rendered bytes.
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -183,7 +211,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::invalid_request(format!("could not read the request body: {e}"))),
+        Err(e) => Err(ApiError::invalid_request(format!(
+            "could not read the request body: {e}"
+        ))),
     }
 }
 
@@ -203,7 +233,9 @@ impl Params {
                 )));
             }
             if map.insert(name.clone(), value).is_some() {
-                return Err(ApiError::invalid_request(format!("parameter {name:?} is given twice")));
+                return Err(ApiError::invalid_request(format!(
+                    "parameter {name:?} is given twice"
+                )));
             }
         }
         Ok(Self(map))
@@ -218,8 +250,11 @@ impl Params {
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.get(name)
             .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| ApiError::invalid_request(format!("{name} must be a non-negative integer, got {v:?}")))
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_request(format!(
+                        "{name} must be a non-negative integer, got {v:?}"
+                    ))
+                })
             })
             .transpose()
     }
@@ -230,13 +265,17 @@ impl Params {
         if (min..=max).contains(&value) {
             Ok(value)
         } else {
-            Err(ApiError::invalid_request(format!("{name} must be between {min} and {max}, got {value}")))
+            Err(ApiError::invalid_request(format!(
+                "{name} must be between {min} and {max}, got {value}"
+            )))
         }
     }
 }
 
 /// Runs blocking broker work (disk I/O, fsync waits, parsing) off the async workers.
-pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, BrokerError> + Send + 'static) -> Result<T, ApiError> {
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::from(BrokerError::Internal(format!("worker failed: {e}"))))?

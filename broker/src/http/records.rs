@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
 use super::render::{write_int, write_record};
-use super::{blocking, json_response, read_body, ApiError, AppState, Params};
+use super::{ApiError, AppState, Params, blocking, json_response, read_body};
 use crate::error::BrokerError;
 use crate::partition::Partition;
-use crate::produce::{parse_body, BodyFormat};
+use crate::produce::{BodyFormat, parse_body};
 use crate::timestamp::{now_ms, parse_timestamp, write_timestamp};
 use crate::topic::{Ack, Topic};
 
@@ -31,7 +31,9 @@ pub(super) async fn produce(
     body: Body,
 ) -> Result<Response, ApiError> {
     let topic = app.broker.topic(&topic)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let format = BodyFormat::from_content_type(content_type);
     let config = app.broker.config();
     let body = read_body(&headers, body, config.max_request_bytes).await?;
@@ -69,7 +71,10 @@ pub(super) async fn consume(
     Path((topic, partition)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query.as_deref(), &["offset", "max_records", "max_bytes", "wait_ms"])?;
+    let params = Params::parse(
+        query.as_deref(),
+        &["offset", "max_records", "max_bytes", "wait_ms"],
+    )?;
     let offset = params.u64("offset")?;
     let max_records = params.u64_in("max_records", DEFAULT_MAX_RECORDS, 1, MAX_MAX_RECORDS)?;
     let max_bytes = params.u64_in("max_bytes", DEFAULT_MAX_BYTES, 1, MAX_MAX_BYTES)?;
@@ -87,15 +92,27 @@ pub(super) async fn consume(
         .into());
     }
     if offset == end && wait_ms > 0 {
-        wait_for_data(&partition, offset, Duration::from_millis(wait_ms), app.stopping.clone()).await;
+        wait_for_data(
+            &partition,
+            offset,
+            Duration::from_millis(wait_ms),
+            app.stopping.clone(),
+        )
+        .await;
     }
-    let body = blocking(move || read_records(&topic, &partition, offset, max_records, max_bytes)).await?;
+    let body =
+        blocking(move || read_records(&topic, &partition, offset, max_records, max_bytes)).await?;
     Ok(json_response(StatusCode::OK, body))
 }
 
 /// Long poll: returns once `end_offset` passes `offset`, the wait ends, or
 /// the server begins shutting down. Woken by the partition, never polling.
-async fn wait_for_data(partition: &Partition, offset: u64, wait: Duration, mut stopping: tokio::sync::watch::Receiver<bool>) {
+async fn wait_for_data(
+    partition: &Partition,
+    offset: u64,
+    wait: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let mut end = partition.subscribe();
     let grown = end.wait_for(|&e| e > offset);
     tokio::select! {
@@ -104,7 +121,13 @@ async fn wait_for_data(partition: &Partition, offset: u64, wait: Duration, mut s
     }
 }
 
-fn read_records(topic: &Topic, partition: &Arc<Partition>, offset: u64, max_records: u64, max_bytes: u64) -> Result<Vec<u8>, BrokerError> {
+fn read_records(
+    topic: &Topic,
+    partition: &Arc<Partition>,
+    offset: u64,
+    max_records: u64,
+    max_bytes: u64,
+) -> Result<Vec<u8>, BrokerError> {
     let mut cursor = partition.cursor(offset)?;
     let end = cursor.end_offset();
     let mut out = Vec::with_capacity(4096);
@@ -146,7 +169,13 @@ pub(super) async fn offset_for_timestamp(
     let target = parse_timestamp(text).map_err(ApiError::invalid_request)?;
     let topic = app.broker.topic(&topic)?;
     let partition = topic.partition(&partition)?.clone();
-    let found = blocking(move || Ok((partition.offset_for_timestamp(target)?, partition.end_offset()))).await?;
+    let found = blocking(move || {
+        Ok((
+            partition.offset_for_timestamp(target)?,
+            partition.end_offset(),
+        ))
+    })
+    .await?;
     let body = match found {
         (Some((offset, ts)), _) => {
             serde_json::json!({"offset": offset, "timestamp": crate::timestamp::format_timestamp(ts)})

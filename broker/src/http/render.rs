@@ -82,7 +82,12 @@ mod tests {
     #[test]
     fn renders_a_record_as_valid_json() {
         let mut builder = BatchBuilder::with_capacity(128);
-        builder.push(1_704_067_200_000, Some("us\"er\n1".as_bytes()), br#"{"page":"/home"}"#, &[("source", "web\u{1}")]);
+        builder.push(
+            1_704_067_200_000,
+            Some("us\"er\n1".as_bytes()),
+            br#"{"page":"/home"}"#,
+            &[("source", "web\u{1}")],
+        );
         builder.push(0, None, b"null", &[]);
         let mut batch = builder.finish(0, 0);
         batch.set_base_offset(41);

@@ -5,9 +5,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::{blocking, json_response, read_body, ApiError, AppState};
+use super::{ApiError, AppState, blocking, json_response, read_body};
 use crate::config::TopicConfigOverrides;
 use crate::timestamp::format_timestamp;
 use crate::topic::Topic;
@@ -25,26 +25,55 @@ struct CreateTopic {
     config: TopicConfigOverrides,
 }
 
-pub(super) async fn create(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub(super) async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, MAX_ADMIN_BODY).await?;
-    let request: CreateTopic = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid_request(format!("expected {{\"name\", \"partitions\", \"config\"}}: {e}")))?;
+    let request: CreateTopic = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "expected {{\"name\", \"partitions\", \"config\"}}: {e}"
+        ))
+    })?;
     let broker = app.broker.clone();
-    let topic = blocking(move || broker.create_topic(&request.name, request.partitions, &request.config)).await?;
-    Ok(json_response(StatusCode::CREATED, describe_topic(&topic).to_string().into_bytes()))
+    let topic =
+        blocking(move || broker.create_topic(&request.name, request.partitions, &request.config))
+            .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        describe_topic(&topic).to_string().into_bytes(),
+    ))
 }
 
 pub(super) async fn list(State(app): State<AppState>) -> Response {
-    let topics: Vec<Value> = app.broker.topics().iter().map(|t| describe_topic(t)).collect();
-    json_response(StatusCode::OK, json!({ "topics": topics }).to_string().into_bytes())
+    let topics: Vec<Value> = app
+        .broker
+        .topics()
+        .iter()
+        .map(|t| describe_topic(t))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({ "topics": topics }).to_string().into_bytes(),
+    )
 }
 
-pub(super) async fn describe(State(app): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn describe(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let topic = app.broker.topic(&name)?;
-    Ok(json_response(StatusCode::OK, describe_topic(&topic).to_string().into_bytes()))
+    Ok(json_response(
+        StatusCode::OK,
+        describe_topic(&topic).to_string().into_bytes(),
+    ))
 }
 
-pub(super) async fn delete(State(app): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn delete(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let broker = app.broker.clone();
     blocking(move || broker.delete_topic(&name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

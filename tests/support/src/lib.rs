@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use strata_broker::{Broker, BrokerConfig};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -35,7 +35,13 @@ impl Api {
 
     /// Sends a request with an optional raw body; returns status and parsed
     /// JSON (`Value::Null` for an empty body).
-    pub async fn call(&self, method: Method, path: &str, content_type: Option<&str>, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
@@ -43,13 +49,21 @@ impl Api {
         if let Some(body) = body {
             request = request.body(body);
         }
-        let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
         let status = response.status();
         let bytes = response.bytes().await.expect("response body");
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{path}: not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
         };
         (status, value)
     }
@@ -59,8 +73,13 @@ impl Api {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some("application/json"), Some(body.to_string().into_bytes()))
-            .await
+        self.call(
+            Method::POST,
+            path,
+            Some("application/json"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
@@ -70,7 +89,10 @@ impl Api {
     /// Creates a topic, panicking unless the server answers 201.
     pub async fn create_topic(&self, name: &str, partitions: u32, config: Value) -> Value {
         let (status, body) = self
-            .post("/v1/topics", &json!({"name": name, "partitions": partitions, "config": config}))
+            .post(
+                "/v1/topics",
+                &json!({"name": name, "partitions": partitions, "config": config}),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "create {name}: {body}");
         body
@@ -80,7 +102,10 @@ impl Api {
     /// returns the `offsets` entries.
     pub async fn produce(&self, topic: &str, records: &[Value]) -> Vec<Value> {
         let (status, body) = self
-            .post(&format!("/v1/topics/{topic}/records"), &json!({ "records": records }))
+            .post(
+                &format!("/v1/topics/{topic}/records"),
+                &json!({ "records": records }),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "produce to {topic}: {body}");
         body["offsets"].as_array().cloned().expect("offsets array")
@@ -93,7 +118,11 @@ impl Api {
             let (status, page) = self
                 .get(&format!("/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records=10000&max_bytes=16777216"))
                 .await;
-            assert_eq!(status, StatusCode::OK, "consume {topic}/{partition}@{offset}: {page}");
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "consume {topic}/{partition}@{offset}: {page}"
+            );
             let records = page["records"].as_array().cloned().unwrap_or_default();
             let next = page["next_offset"].as_u64().expect("next_offset");
             let end = page["end_offset"].as_u64().expect("end_offset");
@@ -131,7 +160,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
@@ -174,12 +206,18 @@ impl TestServer {
             .await
             .expect("open task")
             .expect("open broker");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(strata_broker::http::run(listener, Arc::new(broker), async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(strata_broker::http::run(
+            listener,
+            Arc::new(broker),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Self {
             addr,
             api: Api::new(&format!("http://{addr}")),
@@ -273,7 +311,10 @@ impl ChildServer {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!("strata serve did not become ready; log:\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
+                panic!(
+                    "strata serve did not become ready; log:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
             }
         };
         Self {
@@ -298,14 +339,21 @@ impl ChildServer {
     /// SIGTERM, then waits for the exit status (panics after 30 s).
     pub fn terminate(mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         assert!(sent.success(), "could not signal {pid}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "server did not exit after SIGTERM; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
