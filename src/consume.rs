@@ -8,6 +8,14 @@ use serde_json::Value;
 
 use crate::client::Client;
 
+#[derive(serde::Deserialize)]
+struct Page<'a> {
+    #[serde(borrow)]
+    records: Vec<&'a serde_json::value::RawValue>,
+    next_offset: u64,
+    end_offset: u64,
+}
+
 #[derive(Args)]
 pub struct ConsumeArgs {
     topic: String,
@@ -72,24 +80,25 @@ async fn follow_partition(
 ) -> Result<()> {
     let wait_ms = if follow { 30_000 } else { 0 };
     loop {
-        let page = client
-            .get_json(&format!(
-                "/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records=10000&wait_ms={wait_ms}"
-            ))
+        let path = format!(
+            "/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records=10000&wait_ms={wait_ms}"
+        );
+        let body = client
+            .send(client.request(reqwest::Method::GET, &path))
+            .await?
+            .bytes()
             .await?;
-        let records = page["records"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        // Records are printed as the server wrote them: values keep their exact text.
+        let page: Page<'_> = serde_json::from_slice(&body)?;
         {
             let mut out = std::io::stdout().lock();
-            for record in records {
-                writeln!(out, "{record}")?;
+            for record in &page.records {
+                writeln!(out, "{}", record.get())?;
             }
             out.flush()?;
         }
-        offset = page["next_offset"].as_u64().unwrap_or(offset);
-        let end = page["end_offset"].as_u64().unwrap_or(offset);
+        offset = page.next_offset;
+        let end = page.end_offset;
         if !follow && offset >= end {
             return Ok(());
         }

@@ -37,7 +37,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 }
 
 fn init_logging() {
-    let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The ready line is logged whatever STRATA_LOG says: scripts wait for it.
+    let directives = std::env::var("STRATA_LOG").unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(format!("{directives},strata::serve=info"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

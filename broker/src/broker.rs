@@ -37,6 +37,9 @@ impl Broker {
     /// Opens the data directory (creating it when missing), takes its lock,
     /// and recovers every topic.
     pub fn open(config: BrokerConfig) -> Result<Self> {
+        config.validate()?;
+        // Counters are registered when topics open: the recorder must exist first.
+        crate::metrics::prometheus_handle();
         let root = config.data_dir.clone();
         for dir in ["topics", "groups", "staging", "trash"] {
             fs::create_dir_all(root.join(dir))
@@ -113,6 +116,7 @@ impl Broker {
             meta,
             self.config.index_interval_bytes,
         )?);
+        sync_dir(&final_dir)?;
         self.topics.write().insert(name.to_string(), topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)

@@ -19,7 +19,7 @@ pub enum TimestampType {
 
 /// The effective configuration of one topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TopicConfig {
     /// Roll the active segment before it grows past this many bytes.
     pub segment_bytes: u64,
@@ -146,6 +146,37 @@ impl Default for BrokerConfig {
             max_wait_ms: 60_000,
             topic_defaults: TopicConfig::default(),
         }
+    }
+}
+
+/// Largest accepted `max_request_bytes` and `max_record_bytes`: one
+/// request becomes at most one batch per partition, and a batch stays under
+/// [`crate::batch::MAX_BATCH_LEN`].
+pub const MAX_REQUEST_BYTES: usize = 512 * 1024 * 1024;
+
+impl BrokerConfig {
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(BrokerError::InvalidRequest(msg));
+        if !(1..=MAX_REQUEST_BYTES).contains(&self.max_request_bytes) {
+            return bad(format!(
+                "max_request_bytes must be between 1 and {MAX_REQUEST_BYTES}"
+            ));
+        }
+        if !(1..=MAX_REQUEST_BYTES).contains(&self.max_record_bytes) {
+            return bad(format!(
+                "max_record_bytes must be between 1 and {MAX_REQUEST_BYTES}"
+            ));
+        }
+        if !(1..=MAX_PARTITIONS).contains(&self.default_partitions) {
+            return bad(format!(
+                "default_partitions must be between 1 and {MAX_PARTITIONS}"
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return bad("index_interval_bytes must be at least 1".into());
+        }
+        self.topic_defaults.validate()
     }
 }
 

@@ -12,6 +12,7 @@ use crate::error::{BrokerError, IoContext, Result};
 
 /// One committed position of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CommittedOffset {
     pub topic: String,
     pub partition: u32,

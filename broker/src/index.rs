@@ -10,8 +10,10 @@
 //! File formats (little-endian):
 //! - `.index`: entries of `relative_offset u32 | position u32`.
 //! - `.timeindex`: header `b"STI1" | reserved u32 | min_timestamp i64`, then
-//!   entries of `max_timestamp_before i64 | relative_offset u32`. A sealed
-//!   segment's last entry is `(max timestamp of the segment, record count)`.
+//!   entries of `max_timestamp_before i64 | relative_offset u32`. Sealing
+//!   adds `(max timestamp of the segment, record count)` unless an earlier
+//!   entry already holds that maximum, so a sealed segment's last entry
+//!   always carries its max timestamp.
 
 /// Bytes of one `.index` entry.
 pub const OFFSET_ENTRY_LEN: usize = 8;

@@ -6,10 +6,12 @@
 //! record fails the whole request, and nothing has been written yet.
 
 use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use crate::error::{BrokerError, Result};
@@ -55,7 +57,8 @@ impl BodyFormat {
     }
 }
 
-/// Parses a whole request body; records larger than `max_record_bytes` are refused.
+/// Parses a whole request body; records whose key, value and headers add up
+/// to more than `max_record_bytes` are refused.
 pub fn parse_body(
     body: &[u8],
     format: BodyFormat,
@@ -69,29 +72,126 @@ pub fn parse_body(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonBody<'a> {
-    #[serde(borrow)]
-    records: Vec<&'a RawValue>,
+/// Parses `{"records": [...]}` in one pass. serde reports errors through
+/// its own type, so the index of the record being parsed, and any error of
+/// ours, ride along in cells and are turned into the API's error after.
+fn parse_json(text: &str, max_record_bytes: usize) -> Result<Vec<ProducedRecord<'_>>> {
+    let state = ParseState {
+        max_record_bytes,
+        current: Cell::new(None),
+        ours: RefCell::new(None),
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = BodySeed(&state)
+        .deserialize(&mut de)
+        .and_then(|records| de.end().map(|()| records));
+    parsed.map_err(|e| {
+        if let Some(ours) = state.ours.take() {
+            return ours;
+        }
+        match (e.classify(), state.current.get()) {
+            (Category::Data, Some(index)) => BrokerError::InvalidRecord {
+                index,
+                message: e.to_string(),
+            },
+            _ => BrokerError::InvalidRequest(format!(
+                "request body must be {{\"records\": [...]}}: {e}"
+            )),
+        }
+    })
 }
 
-fn parse_json(text: &str, max_record_bytes: usize) -> Result<Vec<ProducedRecord<'_>>> {
-    let body: JsonBody<'_> = serde_json::from_str(text).map_err(|e| {
-        BrokerError::InvalidRequest(format!("request body must be {{\"records\": [...]}}: {e}"))
-    })?;
-    body.records
-        .iter()
-        .enumerate()
-        .map(|(index, raw)| parse_record(raw.get(), index, max_record_bytes))
-        .collect()
+struct ParseState {
+    max_record_bytes: usize,
+    /// Index of the record being parsed, while inside the array.
+    current: Cell<Option<usize>>,
+    /// An error of ours (not serde's) that stopped the parse.
+    ours: RefCell<Option<BrokerError>>,
+}
+
+struct BodySeed<'s>(&'s ParseState);
+
+impl<'de, 's> DeserializeSeed<'de> for BodySeed<'s> {
+    type Value = Vec<ProducedRecord<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for BodySeed<'s> {
+    type Value = Vec<ProducedRecord<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object with a \"records\" array")
+    }
+    fn visit_map<M: MapAccess<'de>>(
+        self,
+        mut map: M,
+    ) -> std::result::Result<Self::Value, M::Error> {
+        let mut records = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key != "records" {
+                return Err(de::Error::unknown_field(&key, &["records"]));
+            }
+            if records.is_some() {
+                return Err(de::Error::duplicate_field("records"));
+            }
+            records = Some(map.next_value_seed(RecordsSeed(self.0))?);
+        }
+        records.ok_or_else(|| de::Error::missing_field("records"))
+    }
+}
+
+struct RecordsSeed<'s>(&'s ParseState);
+
+impl<'de, 's> DeserializeSeed<'de> for RecordsSeed<'s> {
+    type Value = Vec<ProducedRecord<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for RecordsSeed<'s> {
+    type Value = Vec<ProducedRecord<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        loop {
+            let index = out.len();
+            self.0.current.set(Some(index));
+            let Some(record) = seq.next_element::<RecordIn<'de>>()? else {
+                break;
+            };
+            match finish_record(record, index, self.0.max_record_bytes) {
+                Ok(record) => out.push(record),
+                Err(e) => {
+                    let message = e.to_string();
+                    *self.0.ours.borrow_mut() = Some(e);
+                    return Err(de::Error::custom(message));
+                }
+            }
+        }
+        self.0.current.set(None);
+        Ok(out)
+    }
 }
 
 fn parse_ndjson(text: &str, max_record_bytes: usize) -> Result<Vec<ProducedRecord<'_>>> {
     text.lines()
         .filter(|line| !line.trim().is_empty())
         .enumerate()
-        .map(|(index, line)| parse_record(line, index, max_record_bytes))
+        .map(|(index, line)| {
+            let record: RecordIn<'_> =
+                serde_json::from_str(line).map_err(|e| BrokerError::InvalidRecord {
+                    index,
+                    message: e.to_string(),
+                })?;
+            finish_record(record, index, max_record_bytes)
+        })
         .collect()
 }
 
@@ -117,25 +217,36 @@ fn present<'de, D: Deserializer<'de>>(
     <&RawValue>::deserialize(d).map(Some)
 }
 
-fn parse_record(text: &str, index: usize, max_record_bytes: usize) -> Result<ProducedRecord<'_>> {
-    if text.len() > max_record_bytes {
+/// Checks what serde cannot (a present value, the size limit) and keeps the
+/// value as single-line JSON text.
+fn finish_record(
+    record: RecordIn<'_>,
+    index: usize,
+    max_record_bytes: usize,
+) -> Result<ProducedRecord<'_>> {
+    let value = record.value.ok_or_else(|| BrokerError::InvalidRecord {
+        index,
+        message: "missing field `value` (use null for a tombstone)".into(),
+    })?;
+    let headers = record.headers.map(|h| h.0).unwrap_or_default();
+    let size = value.get().len()
+        + record.key.as_ref().map_or(0, |k| k.len())
+        + headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>();
+    if size > max_record_bytes {
         return Err(BrokerError::PayloadTooLarge {
             message: format!(
-                "record {index} is {} bytes, over max_record_bytes ({max_record_bytes})",
-                text.len()
+                "record {index} is {size} bytes (key + value + headers), over max_record_bytes ({max_record_bytes})"
             ),
             index: Some(index),
         });
     }
-    let invalid = |message: String| BrokerError::InvalidRecord { index, message };
-    let record: RecordIn<'_> = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-    let value = record
-        .value
-        .ok_or_else(|| invalid("missing field `value` (use null for a tombstone)".into()))?;
     Ok(ProducedRecord {
         key: record.key,
         value: without_line_breaks(value.get()),
-        headers: record.headers.map(|h| h.0).unwrap_or_default(),
+        headers,
         timestamp: record.timestamp.map(|t| t.0),
         partition: record.partition,
     })
@@ -182,12 +293,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
                 self,
                 mut map: M,
             ) -> std::result::Result<Self::Value, M::Error> {
-                let mut out = Vec::new();
+                let mut out: Vec<(Cow<'de, str>, Cow<'de, str>)> = Vec::new();
                 while let Some((name, value)) =
                     map.next_entry::<BorrowedStr<'de>, BorrowedStr<'de>>()?
                 {
                     if name.0.len() > usize::from(u16::MAX) {
                         return Err(de::Error::custom("header name longer than 65535 bytes"));
+                    }
+                    if out.len() == usize::from(u16::MAX) {
+                        return Err(de::Error::custom("more than 65535 headers"));
+                    }
+                    if out.iter().any(|(n, _)| *n == name.0) {
+                        return Err(de::Error::custom(format!(
+                            "header {:?} given twice",
+                            name.0
+                        )));
                     }
                     out.push((name.0, value.0));
                 }

@@ -87,6 +87,29 @@ pub fn format_timestamp(ms: i64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Formats timestamps, reusing the last result: consecutive records of a
+/// batch usually share their timestamp.
+#[derive(Debug, Default)]
+pub struct TimestampWriter {
+    last: Option<(i64, [u8; 24])>,
+}
+
+impl TimestampWriter {
+    /// Appends `ms` like [`write_timestamp`].
+    pub fn write(&mut self, ms: i64, out: &mut Vec<u8>) {
+        match &self.last {
+            Some((last, text)) if *last == ms => out.extend_from_slice(text),
+            _ => {
+                let start = out.len();
+                write_timestamp(ms, out);
+                let mut text = [0u8; 24];
+                text.copy_from_slice(&out[start..start + 24]);
+                self.last = Some((ms, text));
+            }
+        }
+    }
+}
+
 fn put_digits(slot: &mut [u8], mut value: u32) {
     for byte in slot.iter_mut().rev() {
         *byte = b'0' + (value % 10) as u8;

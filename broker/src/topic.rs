@@ -114,13 +114,13 @@ impl Topic {
             partition: text.chars().take(40).collect(),
             count: self.meta.partitions,
         };
-        let number: u32 = text.parse().map_err(|_| {
-            if text.bytes().all(|b| b.is_ascii_digit()) && !text.is_empty() {
-                not_found()
-            } else {
-                BrokerError::InvalidRequest(format!("partition {text:?} is not a number"))
-            }
-        })?;
+        let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        if !digits || (text.len() > 1 && text.starts_with('0')) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "partition {text:?} is not a partition number"
+            )));
+        }
+        let number: u32 = text.parse().map_err(|_| not_found())?;
         self.partitions.get(number as usize).ok_or_else(not_found)
     }
 

@@ -1,13 +1,13 @@
 //! `/v1/groups/{group}/offsets`: commit and fetch consumer-group offsets.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, blocking, json_response, read_body};
+use super::{ApiError, ApiPath, AppState, blocking, json_response, read_body};
 use crate::config::validate_name;
 use crate::error::BrokerError;
 use crate::groups::CommittedOffset;
@@ -29,7 +29,7 @@ fn check_group(group: &str) -> Result<(), ApiError> {
 
 pub(super) async fn commit(
     State(app): State<AppState>,
-    Path(group): Path<String>,
+    ApiPath(group): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -51,7 +51,7 @@ pub(super) async fn commit(
 
 pub(super) async fn fetch(
     State(app): State<AppState>,
-    Path(group): Path<String>,
+    ApiPath(group): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     check_group(&group)?;
     let offsets = app.broker.groups().offsets(&group).ok_or_else(|| {

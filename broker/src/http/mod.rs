@@ -217,6 +217,26 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     }
 }
 
+/// Path parameters, with a malformed path (e.g. not UTF-8) answered as
+/// `400 invalid_request` in the API's JSON error shape.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|e| ApiError::invalid_request(e.body_text()))
+    }
+}
+
 /// Query-string parameters, checked against the names a route accepts.
 pub struct Params(HashMap<String, String>);
 

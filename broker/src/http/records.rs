@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
 use super::render::{write_int, write_record};
-use super::{ApiError, AppState, Params, blocking, json_response, read_body};
+use super::{ApiError, ApiPath, AppState, Params, blocking, json_response, read_body};
 use crate::error::BrokerError;
 use crate::partition::Partition;
 use crate::produce::{BodyFormat, parse_body};
-use crate::timestamp::{now_ms, parse_timestamp, write_timestamp};
+use crate::timestamp::{TimestampWriter, now_ms, parse_timestamp};
 use crate::topic::{Ack, Topic};
 
 /// Default and largest `max_records` of a consume.
@@ -26,7 +26,7 @@ const MAX_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 pub(super) async fn produce(
     State(app): State<AppState>,
-    Path(topic): Path<String>,
+    ApiPath(topic): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -50,6 +50,7 @@ pub(super) async fn produce(
 fn render_acks(acks: &[Ack]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + acks.len() * 72);
     out.extend_from_slice(b"{\"offsets\":[");
+    let mut times = TimestampWriter::default();
     for (i, ack) in acks.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -59,7 +60,7 @@ fn render_acks(acks: &[Ack]) -> Vec<u8> {
         out.extend_from_slice(b",\"offset\":");
         write_int(&mut out, ack.offset);
         out.extend_from_slice(b",\"timestamp\":\"");
-        write_timestamp(ack.timestamp, &mut out);
+        times.write(ack.timestamp, &mut out);
         out.extend_from_slice(b"\"}");
     }
     out.extend_from_slice(b"]}");
@@ -68,7 +69,7 @@ fn render_acks(acks: &[Ack]) -> Vec<u8> {
 
 pub(super) async fn consume(
     State(app): State<AppState>,
-    Path((topic, partition)): Path<(String, String)>,
+    ApiPath((topic, partition)): ApiPath<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(
@@ -134,6 +135,7 @@ fn read_records(
     out.extend_from_slice(b"{\"records\":[");
     let (mut count, mut bytes) = (0u64, 0u64);
     let id = partition.id();
+    let mut times = TimestampWriter::default();
     let next = cursor.for_each_record(|record| {
         let size = (record.value.len() + record.key.map_or(0, <[u8]>::len)) as u64;
         if count >= max_records || (count > 0 && bytes + size > max_bytes) {
@@ -142,7 +144,7 @@ fn read_records(
         if count > 0 {
             out.push(b',');
         }
-        write_record(&mut out, id, record);
+        write_record(&mut out, &mut times, id, record);
         count += 1;
         bytes += size;
         ControlFlow::Continue(())
@@ -159,7 +161,7 @@ fn read_records(
 
 pub(super) async fn offset_for_timestamp(
     State(app): State<AppState>,
-    Path((topic, partition)): Path<(String, String)>,
+    ApiPath((topic, partition)): ApiPath<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), &["timestamp"])?;

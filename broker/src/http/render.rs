@@ -3,16 +3,21 @@
 //! never parsed.
 
 use crate::batch::RecordView;
-use crate::timestamp::write_timestamp;
+use crate::timestamp::TimestampWriter;
 
 /// Appends `{"partition":..,"offset":..,"timestamp":..,"key":..,"value":..,"headers":{..}}`.
-pub fn write_record(out: &mut Vec<u8>, partition: u32, record: &RecordView<'_>) {
+pub fn write_record(
+    out: &mut Vec<u8>,
+    times: &mut TimestampWriter,
+    partition: u32,
+    record: &RecordView<'_>,
+) {
     out.extend_from_slice(b"{\"partition\":");
     write_int(out, u64::from(partition));
     out.extend_from_slice(b",\"offset\":");
     write_int(out, record.offset);
     out.extend_from_slice(b",\"timestamp\":\"");
-    write_timestamp(record.timestamp, out);
+    times.write(record.timestamp, out);
     out.extend_from_slice(b"\",\"key\":");
     match record.key {
         Some(key) => write_str(out, key),
@@ -93,8 +98,9 @@ mod tests {
         batch.set_base_offset(41);
         let view = batch.view();
         let mut out = Vec::new();
+        let mut times = TimestampWriter::default();
         for record in view.records() {
-            write_record(&mut out, 3, &record.unwrap());
+            write_record(&mut out, &mut times, 3, &record.unwrap());
             out.push(b'\n');
         }
         let lines: Vec<serde_json::Value> = out

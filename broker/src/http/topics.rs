@@ -1,13 +1,13 @@
 //! `/v1/topics`: create, list, describe, delete.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, blocking, json_response, read_body};
+use super::{ApiError, ApiPath, AppState, blocking, json_response, read_body};
 use crate::config::TopicConfigOverrides;
 use crate::timestamp::format_timestamp;
 use crate::topic::Topic;
@@ -61,7 +61,7 @@ pub(super) async fn list(State(app): State<AppState>) -> Response {
 
 pub(super) async fn describe(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let topic = app.broker.topic(&name)?;
     Ok(json_response(
@@ -72,7 +72,7 @@ pub(super) async fn describe(
 
 pub(super) async fn delete(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let broker = app.broker.clone();
     blocking(move || broker.delete_topic(&name)).await?;
