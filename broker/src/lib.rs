@@ -26,6 +26,7 @@ pub mod partition;
 pub mod partitioner;
 pub mod produce;
 pub mod segment;
+mod tail;
 pub mod timestamp;
 pub mod topic;
 

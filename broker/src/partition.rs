@@ -1,15 +1,21 @@
 //! One partition: an append-only log of segments with group-commit durability.
 //!
-//! Writers append a batch under a short lock (a `pwrite`, no fsync), then
-//! wait for durability: the first waiter becomes the *sync leader* and
-//! fsyncs everything written so far, while later writers keep appending;
-//! when it finishes, every writer covered by that fsync returns, and the next
-//! waiter leads the next fsync. One fsync thus covers as many batches as
-//! arrive while the previous one runs. Records become visible to readers
-//! (and count in `end_offset`) only once durable.
+//! Writers append a batch under a short lock (a copy into the active
+//! segment's aligned tail buffer, no I/O), then wait for durability: the
+//! first waiter becomes the *sync leader*, takes everything appended so far,
+//! writes it (direct I/O, see `tail`) and fsyncs, while later writers keep
+//! appending; when it finishes, every writer covered by that fsync returns,
+//! and the next waiter leads the next write. One write and one fsync thus
+//! cover as many batches as arrive while the previous one runs. Records
+//! become visible to readers (and count in `end_offset`) only once durable.
+//!
+//! Rolling happens under the writer lock without I/O on the old segment:
+//! its last bytes are queued, and the next leader writes them, trims the
+//! padding, fsyncs and seals it before it writes anything of the new one.
+//! So the log on disk is always a durable prefix, and recovery after a crash
+//! in the middle of a roll drops the unfinished newer segment.
 
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +28,10 @@ use crate::batch::EncodedBatch;
 use crate::cursor::LogCursor;
 use crate::durable::{TMP_SUFFIX, sync_dir};
 use crate::error::{BrokerError, IoContext, Result};
-use crate::segment::{Segment, SegmentInfo, parse_log_file_name};
+use crate::segment::{
+    Segment, SegmentInfo, log_file_name, parse_log_file_name, remove_segment_files,
+};
+use crate::tail::{Flush, Tail};
 
 /// How a partition rolls and indexes its segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +61,19 @@ pub struct PartitionStats {
 #[derive(Debug)]
 struct Writer {
     active: Arc<Segment>,
-    position: u64,
+    tail: Tail,
     next_offset: u64,
     first_append_ms: Option<i64>,
+    /// Segments rolled away whose last bytes the next leader writes and seals.
+    sealing: Vec<Sealing>,
+}
+
+#[derive(Debug)]
+struct Sealing {
+    segment: Arc<Segment>,
+    tail: Tail,
+    flush: Option<Flush>,
+    end_offset: u64,
 }
 
 #[derive(Debug, Default)]
@@ -82,42 +101,60 @@ pub struct Partition {
 impl Partition {
     /// Opens (or creates) the partition in `dir`, recovering from a crash:
     /// the last segment is validated batch by batch and a torn or corrupt
-    /// tail is truncated; missing or damaged indexes are rebuilt.
+    /// tail is truncated; missing or damaged indexes are rebuilt; a segment
+    /// left behind by a crash in the middle of a roll is dropped.
     pub fn open(id: u32, dir: &Path, config: LogConfig) -> Result<Self> {
         fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
-        let bases = list_segments(dir)?;
         let interval = config.index_interval_bytes;
+        let bases = list_segments(dir)?;
         let mut segments = Vec::with_capacity(bases.len().max(1));
-        let (active, tail) = match bases.split_last() {
+        let mut active_base = bases.last().copied();
+        for (i, &base) in bases.iter().enumerate().take(bases.len().saturating_sub(1)) {
+            let (segment, unsealed) =
+                Segment::open_sealed(dir.join(log_file_name(base)), base, interval)?;
+            let (end, next_base) = (segment.info().end_offset, bases[i + 1]);
+            if end != next_base {
+                if !(unsealed && end < next_base) {
+                    return Err(BrokerError::Corrupt {
+                        path: segment.path().display().to_string(),
+                        message: format!(
+                            "offsets are not dense: segment ends at {end}, the next starts at {next_base}"
+                        ),
+                    });
+                }
+                // Crash between a roll and the old segment's last write: no
+                // record after this point was ever acknowledged.
+                tracing::warn!(segment = %segment.path().display(), "dropping segments after an unfinished roll");
+                for &later in &bases[i + 1..] {
+                    remove_segment_files(dir, later)?;
+                }
+                active_base = Some(base);
+                break;
+            }
+            if unsealed {
+                segment.seal()?;
+            }
+            segments.push(Arc::new(segment));
+        }
+        let (active, tail) = match active_base {
             None => {
                 let segment = Segment::create(dir, 0, interval)?;
                 sync_dir(dir)?;
                 (segment, None)
             }
-            Some((&last, sealed)) => {
-                for &base in sealed {
-                    let segment = Segment::open_sealed(
-                        dir.join(crate::segment::log_file_name(base)),
-                        base,
-                        interval,
-                    )?;
-                    segments.push(Arc::new(segment));
-                }
-                let (segment, tail) = Segment::recover_active(
-                    dir.join(crate::segment::log_file_name(last)),
-                    last,
-                    interval,
-                )?;
+            Some(base) => {
+                let (segment, tail) =
+                    Segment::recover_active(dir.join(log_file_name(base)), base, interval)?;
                 (segment, Some(tail))
             }
         };
-        let active = Arc::new(active);
-        segments.push(active.clone());
-        check_continuity(&segments)?;
         let (position, next_offset, first_append_ms) = tail
             .map_or((0, active.base_offset(), None), |t| {
                 (t.position, t.next_offset, t.first_append_ms)
             });
+        let tail = Tail::open(active.path(), position)?;
+        let active = Arc::new(active);
+        segments.push(active.clone());
         let (end_tx, _) = watch::channel(next_offset);
         Ok(Self {
             id,
@@ -126,9 +163,10 @@ impl Partition {
             segments: RwLock::new(segments),
             writer: Mutex::new(Writer {
                 active,
-                position,
+                tail,
                 next_offset,
                 first_append_ms,
+                sealing: Vec::new(),
             }),
             sync: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
@@ -159,13 +197,13 @@ impl Partition {
         self.end_tx.subscribe()
     }
 
-    /// Appends one batch and returns its base offset. The batch is written
-    /// but not yet durable: call [`Partition::wait_durable`] before acking.
+    /// Appends one batch and returns its base offset. The batch is only in
+    /// memory: call [`Partition::wait_durable`] before acknowledging it.
     pub fn append(&self, batch: &mut EncodedBatch, now_ms: i64) -> Result<u64> {
         let mut w = self.writer.lock();
         if self.closed.load(Ordering::Acquire) {
             return Err(BrokerError::Unavailable {
-                message: "the server is shutting down".into(),
+                message: format!("partition {} is closed (shutting down or deleted)", self.id),
                 retry_after_secs: 1,
             });
         }
@@ -182,16 +220,9 @@ impl Partition {
         }
         let base = w.next_offset;
         batch.set_base_offset(base);
-        if let Err(source) = w.active.file().write_all_at(batch.as_bytes(), w.position) {
-            // Leave no partial batch behind; recovery would cut it anyway.
-            let _ = w.active.file().set_len(w.position);
-            return Err(BrokerError::Io {
-                context: format!("appending to {}", w.active.path().display()),
-                source,
-            });
-        }
-        w.active.on_append(&batch.view(), w.position);
-        w.position += len;
+        let position = w.tail.len();
+        w.tail.append(batch.as_bytes());
+        w.active.on_append(&batch.view(), position);
         w.next_offset += count;
         w.first_append_ms.get_or_insert(now_ms);
         Ok(base)
@@ -204,7 +235,7 @@ impl Partition {
         loop {
             if let Some(reason) = &st.failed {
                 return Err(BrokerError::Internal(format!(
-                    "fsync failed earlier: {reason}"
+                    "an earlier write failed: {reason}"
                 )));
             }
             if self.end_offset() >= target {
@@ -214,28 +245,78 @@ impl Partition {
                 self.synced.wait(&mut st);
                 continue;
             }
-            st.in_progress = true;
-            let outcome = MutexGuard::unlocked(&mut st, || self.sync_once());
-            st.in_progress = false;
-            if let Err(e) = outcome {
-                // After a failed fsync the page cache may have dropped the
-                // data (fsyncgate): never report it durable by retrying.
-                st.failed = Some(e.to_string());
-            }
-            self.synced.notify_all();
+            self.lead(&mut st, || self.sync_once())?;
         }
     }
 
-    /// Fsyncs everything written so far and publishes it to readers.
+    /// Runs `work` as the sync leader (the caller holds the sync lock and no
+    /// leader is active). A failure makes the partition read-only: after a
+    /// failed write or fsync the kernel may have dropped the data
+    /// (fsyncgate), so nothing later may be reported durable.
+    fn lead<T>(
+        &self,
+        st: &mut MutexGuard<'_, SyncState>,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        st.in_progress = true;
+        let outcome = MutexGuard::unlocked(st, work);
+        st.in_progress = false;
+        if let Err(e) = &outcome {
+            tracing::error!(partition = self.id, error = %e, "log write failed; partition is now read-only");
+            st.failed = Some(e.to_string());
+        }
+        self.synced.notify_all();
+        outcome
+    }
+
+    /// Waits for any running leader, then leads `work`.
+    fn lead_now<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mut st = self.sync.lock();
+        while st.in_progress {
+            self.synced.wait(&mut st);
+        }
+        if let Some(reason) = &st.failed {
+            return Err(BrokerError::Internal(format!(
+                "an earlier write failed: {reason}"
+            )));
+        }
+        self.lead(&mut st, work)
+    }
+
+    /// Writes and fsyncs everything appended so far (sealing rolled
+    /// segments first, in order) and publishes it to readers.
     fn sync_once(&self) -> Result<()> {
-        let (segment, position, next_offset) = {
-            let w = self.writer.lock();
-            (w.active.clone(), w.position, w.next_offset)
+        let (sealing, flush, segment, file, position, next_offset) = {
+            let mut w = self.writer.lock();
+            let flush = w.tail.take();
+            (
+                std::mem::take(&mut w.sealing),
+                flush,
+                w.active.clone(),
+                w.tail.file().clone(),
+                w.tail.len(),
+                w.next_offset,
+            )
         };
+        for old in sealing {
+            if let Some(flush) = old.flush {
+                flush
+                    .write()
+                    .context(|| format!("writing {}", old.segment.path().display()))?;
+            }
+            old.tail
+                .trim()
+                .context(|| format!("fsyncing {}", old.segment.path().display()))?;
+            self.publish(&old.segment, old.tail.len(), old.end_offset);
+            old.segment.seal()?;
+        }
         let started = Instant::now();
-        segment
-            .file()
-            .sync_data()
+        if let Some(flush) = flush {
+            flush
+                .write()
+                .context(|| format!("writing {}", segment.path().display()))?;
+        }
+        file.sync_data()
             .context(|| format!("fsyncing {}", segment.path().display()))?;
         self.fsync_seconds.record(started.elapsed().as_secs_f64());
         self.publish(&segment, position, next_offset);
@@ -255,70 +336,79 @@ impl Partition {
     }
 
     fn should_roll(&self, w: &Writer, len: u64, count: u64, now_ms: i64) -> bool {
-        if w.position == 0 {
+        let position = w.tail.len();
+        if position == 0 {
             return false;
         }
         let relative_end = w.next_offset + count - w.active.base_offset();
-        w.position + len > self.config.segment_bytes
+        position + len > self.config.segment_bytes
             || w.first_append_ms
                 .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms)
             || relative_end > u64::from(u32::MAX)
     }
 
     /// Seals the active segment if it is non-empty and older than
-    /// `segment_ms`; returns whether it rolled.
+    /// `segment_ms`; returns whether it rolled. Sealing is complete (index
+    /// files written) when this returns.
     pub fn roll_if_due(&self, now_ms: i64) -> Result<bool> {
-        let mut w = self.writer.lock();
-        let due = w.position > 0
-            && w.first_append_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms);
-        if due && !self.closed.load(Ordering::Acquire) {
-            self.roll_locked(&mut w)?;
-        }
-        Ok(due)
+        self.roll_when(|w| {
+            w.first_append_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms)
+        })
     }
 
-    /// Seals the active segment now if it holds any record; returns whether it rolled.
+    /// Seals the active segment now if it holds any record; returns whether
+    /// it rolled. Sealing is complete when this returns.
     pub fn roll(&self) -> Result<bool> {
-        let mut w = self.writer.lock();
-        if w.position == 0 || self.closed.load(Ordering::Acquire) {
-            return Ok(false);
+        self.roll_when(|_| true)
+    }
+
+    fn roll_when(&self, due: impl FnOnce(&Writer) -> bool) -> Result<bool> {
+        {
+            let mut w = self.writer.lock();
+            if w.tail.len() == 0 || self.closed.load(Ordering::Acquire) || !due(&w) {
+                return Ok(false);
+            }
+            self.roll_locked(&mut w)?;
         }
-        self.roll_locked(&mut w)?;
+        self.lead_now(|| self.sync_once())?;
         Ok(true)
     }
 
+    /// Starts a new active segment; the old one is queued for sealing by the
+    /// next leader (no I/O on it here, so appends are not held up).
     fn roll_locked(&self, w: &mut Writer) -> Result<()> {
-        let old = w.active.clone();
-        old.file()
-            .sync_data()
-            .context(|| format!("fsyncing {}", old.path().display()))?;
-        self.publish(&old, w.position, w.next_offset);
-        old.seal()?;
-        let new = Arc::new(Segment::create(
-            &self.dir,
-            w.next_offset,
-            self.config.index_interval_bytes,
-        )?);
+        let new = Segment::create(&self.dir, w.next_offset, self.config.index_interval_bytes)?;
         sync_dir(&self.dir)?;
-        self.segments.write().push(new.clone());
-        w.active = new;
-        w.position = 0;
+        let tail = Tail::open(new.path(), 0)?;
+        let new = Arc::new(new);
+        let mut old_tail = std::mem::replace(&mut w.tail, tail);
+        let old = std::mem::replace(&mut w.active, new.clone());
+        w.sealing.push(Sealing {
+            segment: old,
+            flush: old_tail.take(),
+            tail: old_tail,
+            end_offset: w.next_offset,
+        });
+        self.segments.write().push(new);
         w.first_append_ms = None;
         tracing::debug!(partition = self.id, base = w.next_offset, "rolled segment");
         Ok(())
     }
 
-    /// Fsyncs what was written and refuses further appends.
+    /// Writes and fsyncs what was appended, trims the active segment's
+    /// padding, and refuses further appends (graceful shutdown, deletion).
     pub fn close(&self) -> Result<()> {
-        let w = self.writer.lock();
         self.closed.store(true, Ordering::Release);
-        w.active
-            .file()
-            .sync_all()
-            .context(|| format!("fsyncing {}", w.active.path().display()))?;
-        self.publish(&w.active, w.position, w.next_offset);
-        Ok(())
+        // Appends in flight finish under the writer lock before the last write.
+        drop(self.writer.lock());
+        self.lead_now(|| {
+            self.sync_once()?;
+            let w = self.writer.lock();
+            w.tail
+                .trim()
+                .context(|| format!("fsyncing {}", w.active.path().display()))
+        })
     }
 
     /// The segments, oldest first; the last one is active (not sealed).
@@ -415,19 +505,4 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     }
     bases.sort_unstable();
     Ok(bases)
-}
-
-fn check_continuity(segments: &[Arc<Segment>]) -> Result<()> {
-    for pair in segments.windows(2) {
-        let (end, next) = (pair[0].info().end_offset, pair[1].base_offset());
-        if end != next {
-            return Err(BrokerError::Corrupt {
-                path: pair[1].path().display().to_string(),
-                message: format!(
-                    "offsets are not dense: previous segment ends at {end}, this one starts at {next}"
-                ),
-            });
-        }
-    }
-    Ok(())
 }

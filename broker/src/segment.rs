@@ -86,12 +86,12 @@ impl Segment {
     /// Creates a new, empty active segment. The caller fsyncs the directory.
     pub(crate) fn create(dir: &Path, base_offset: u64, index_interval: u32) -> Result<Self> {
         let path = dir.join(log_file_name(base_offset));
-        let file = OpenOptions::new()
-            .read(true)
+        OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
             .context(|| format!("creating segment {}", path.display()))?;
+        let file = File::open(&path).context(|| format!("opening {}", path.display()))?;
         Ok(Self::new(
             base_offset,
             path,
@@ -125,13 +125,16 @@ impl Segment {
         }
     }
 
-    /// Opens a sealed segment, loading its index files or rebuilding them
-    /// from the log when they are missing or damaged.
+    /// Opens a segment that is not the partition's last, loading its index
+    /// files or rebuilding them from the log when they are missing or
+    /// damaged. Returns whether it still needs [`Segment::seal`]: a crash
+    /// can come between a roll and the sealing of the old segment, and then
+    /// the caller decides whether it is sealed or becomes active again.
     pub(crate) fn open_sealed(
         path: PathBuf,
         base_offset: u64,
         index_interval: u32,
-    ) -> Result<Self> {
+    ) -> Result<(Self, bool)> {
         let file = File::open(&path).context(|| format!("opening {}", path.display()))?;
         let len = file_len(&file, &path)?;
         if let Some((offsets, times)) = load_indexes(&path, len) {
@@ -146,14 +149,9 @@ impl Segment {
             )?;
             if tail.problem.is_none() {
                 let index = SegmentIndex::loaded(offsets, times, index_interval);
-                return Ok(Self::new(
-                    base_offset,
-                    path,
-                    file,
-                    index,
-                    len,
-                    tail.next_offset,
-                    true,
+                return Ok((
+                    Self::new(base_offset, path, file, index, len, tail.next_offset, true),
+                    false,
                 ));
             }
         }
@@ -161,25 +159,28 @@ impl Segment {
         let mut index = SegmentIndex::new(index_interval);
         let scanned = scan(&file, len, base_offset, 0, base_offset, Some(&mut index))?;
         if let Some(problem) = scanned.problem {
-            return Err(BrokerError::Corrupt {
-                path: path.display().to_string(),
-                message: format!(
-                    "sealed segment is damaged at byte {}: {problem}",
-                    scanned.valid_len
-                ),
-            });
+            // Zero padding left by a direct write is benign; anything else is damage.
+            if !is_zero_padding(&file, scanned.valid_len, len)? {
+                return Err(BrokerError::Corrupt {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "sealed segment is damaged at byte {}: {problem}",
+                        scanned.valid_len
+                    ),
+                });
+            }
+            truncate(&path, scanned.valid_len)?;
         }
         let segment = Self::new(
             base_offset,
             path,
             file,
             index,
-            len,
+            scanned.valid_len,
             scanned.next_offset,
             false,
         );
-        segment.seal()?;
-        Ok(segment)
+        Ok((segment, true))
     }
 
     /// Opens the last segment of a partition after a stop or a crash:
@@ -190,11 +191,7 @@ impl Segment {
         base_offset: u64,
         index_interval: u32,
     ) -> Result<(Self, Tail)> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .context(|| format!("opening {}", path.display()))?;
+        let file = File::open(&path).context(|| format!("opening {}", path.display()))?;
         let len = file_len(&file, &path)?;
         let mut index = SegmentIndex::new(index_interval);
         let scanned = scan(&file, len, base_offset, 0, base_offset, Some(&mut index))?;
@@ -207,9 +204,7 @@ impl Segment {
                 problem = scanned.problem.as_deref().unwrap_or("trailing bytes"),
                 "truncating torn or corrupt tail"
             );
-            file.set_len(scanned.valid_len)
-                .and_then(|()| file.sync_all())
-                .context(|| format!("truncating {}", path.display()))?;
+            truncate(&path, scanned.valid_len)?;
         }
         for ext in ["index", "timeindex"] {
             // Stale indexes of a segment that is active again describe nothing.
@@ -325,6 +320,49 @@ impl Segment {
     pub(crate) fn scan_start_for_time(&self, target: i64) -> u64 {
         self.base_offset + u64::from(self.state.read().index.times.lookup(target))
     }
+}
+
+/// Removes the files of the segment starting at `base_offset` in `dir`.
+pub(crate) fn remove_segment_files(dir: &Path, base_offset: u64) -> Result<()> {
+    let log = dir.join(log_file_name(base_offset));
+    for path in [
+        log.with_extension("index"),
+        log.with_extension("timeindex"),
+        log,
+    ] {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(BrokerError::Io {
+                    context: format!("removing {}", path.display()),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn truncate(path: &Path, len: u64) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len).and_then(|()| f.sync_all()))
+        .context(|| format!("truncating {}", path.display()))
+}
+
+/// True when `file[from..to]` is all zeros (less than one block of it).
+fn is_zero_padding(file: &File, from: u64, to: u64) -> Result<bool> {
+    if to - from >= crate::tail::BLOCK as u64 {
+        return Ok(false);
+    }
+    let mut bytes = vec![0u8; (to - from) as usize];
+    file.read_exact_at(&mut bytes, from)
+        .map_err(|source| BrokerError::Io {
+            context: "reading a segment tail".into(),
+            source,
+        })?;
+    Ok(bytes.iter().all(|&b| b == 0))
 }
 
 fn file_len(file: &File, path: &Path) -> Result<u64> {

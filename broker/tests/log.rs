@@ -218,3 +218,82 @@ fn offset_for_timestamp_scans_from_the_time_index() {
         );
     }
 }
+
+#[test]
+fn a_crash_in_the_middle_of_a_roll_drops_the_unfinished_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+        for i in 0..40 {
+            append(&p, i * 10, 10, 0);
+        }
+        p.close().unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    // Make the second-to-last segment look like a roll the crash interrupted:
+    // its last batch never written, never sealed, while a newer segment exists.
+    let victim = dir.path().join(&files[files.len() - 2]);
+    let newer = dir.path().join(&files[files.len() - 1]);
+    std::fs::remove_file(victim.with_extension("index")).unwrap();
+    std::fs::remove_file(victim.with_extension("timeindex")).unwrap();
+    let victim_base: u64 = files[files.len() - 2][..20].parse().unwrap();
+    let len = std::fs::metadata(&victim).unwrap().len();
+    let bytes = std::fs::read(&victim).unwrap();
+    // Cut the last batch: find its start by walking the batch lengths.
+    let mut pos = 0usize;
+    let mut last_start = 0usize;
+    let mut last_next = victim_base;
+    let mut kept_end = victim_base;
+    while pos < len as usize {
+        let batch_len = u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        let base = u64::from_le_bytes(bytes[pos..pos + 8].try_into().unwrap());
+        let count = u32::from_le_bytes(bytes[pos + 20..pos + 24].try_into().unwrap()) as u64;
+        last_start = pos;
+        kept_end = last_next;
+        last_next = base + count;
+        pos += batch_len;
+    }
+    let mut cut = bytes[..last_start].to_vec();
+    cut.extend_from_slice(&[0u8; 100]); // with direct-I/O padding after it
+    std::fs::write(&victim, &cut).unwrap();
+
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    assert!(
+        !newer.exists(),
+        "the segment after the unfinished roll is dropped"
+    );
+    assert_eq!(p.end_offset(), kept_end);
+    assert_eq!(values(&p, 0).len() as u64, kept_end);
+    assert_eq!(append(&p, kept_end, 10, 0), kept_end);
+}
+
+#[test]
+fn zero_padding_of_an_unsealed_segment_is_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+        for i in 0..12 {
+            append(&p, i * 10, 10, 0);
+        }
+        p.close().unwrap();
+    }
+    let files = segment_files(dir.path());
+    let first = dir.path().join(&files[0]);
+    std::fs::remove_file(first.with_extension("index")).unwrap();
+    let clean = std::fs::read(&first).unwrap();
+    let mut padded = clean.clone();
+    padded.extend_from_slice(&[0u8; 1000]);
+    std::fs::write(&first, &padded).unwrap();
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    assert_eq!(std::fs::read(&first).unwrap(), clean);
+    assert_eq!(values(&p, 0).len(), 120);
+
+    // Garbage that is not padding in a sealed segment refuses to start.
+    drop(p);
+    std::fs::remove_file(first.with_extension("index")).unwrap();
+    let mut damaged = clean.clone();
+    damaged.extend_from_slice(&[0x17u8; 1000]);
+    std::fs::write(&first, &damaged).unwrap();
+    assert!(Partition::open(0, dir.path(), CONFIG).is_err());
+}
