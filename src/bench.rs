@@ -147,25 +147,17 @@ async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
         errors += e;
     }
     let secs = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
     let requests = latencies.len() as f64;
     let records = requests * args.batch_size as f64;
-    let pct = |q: f64| {
-        latencies
-            .get(((requests * q) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |&us| us as f64 / 1000.0)
-    };
+    let (p50, p99, p999) = percentiles(&mut latencies);
     println!(
         "bench produce: {} producers x {} records of ~{} B, {secs:.1} s: {:.0} records/s, {:.1} MB/s, \
-         latency p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms, {errors} errors",
+         latency p50 {p50:.1} ms p99 {p99:.1} ms p99.9 {p999:.1} ms, {errors} errors",
         args.concurrency,
         args.batch_size,
         record_bytes / args.batch_size.max(1),
         records / secs,
         requests * record_bytes as f64 / secs / 1e6,
-        pct(0.50),
-        pct(0.99),
-        pct(0.999),
     );
     if errors > 0 {
         bail!("{errors} requests failed");
@@ -199,37 +191,44 @@ async fn consume(client: &Client, args: ConsumeBench) -> Result<()> {
         let (max_records, passes) = (args.max_records, args.passes);
         tasks.push(tokio::spawn(async move {
             let (mut records, mut bytes) = (0u64, 0u64);
+            let mut latencies = Vec::new();
             for _ in 0..passes {
                 let mut offset = start;
                 while offset < end {
                     let url = format!(
                         "{path}?offset={offset}&max_records={max_records}&max_bytes=67108864"
                     );
+                    let sent = Instant::now();
                     let body = client
                         .send(client.request(Method::GET, &url))
                         .await?
                         .bytes()
                         .await?;
+                    latencies.push(sent.elapsed().as_micros() as u64);
                     let next = next_offset(&body).context("response without next_offset")?;
                     records += next - offset;
                     bytes += body.len() as u64;
                     offset = next;
                 }
             }
-            anyhow::Ok((records, bytes))
+            anyhow::Ok((records, bytes, latencies))
         }));
     }
-    let (mut records, mut bytes) = (0u64, 0u64);
+    let (mut records, mut bytes, mut latencies) = (0u64, 0u64, Vec::new());
     for task in tasks {
-        let (r, b) = task.await??;
+        let (r, b, l) = task.await??;
         records += r;
         bytes += b;
+        latencies.extend(l);
     }
     let secs = started.elapsed().as_secs_f64();
+    let (p50, p99, p999) = percentiles(&mut latencies);
     println!(
-        "bench consume: {records} records in {secs:.2} s: {:.0} records/s, {:.1} MB/s of response JSON",
+        "bench consume: {records} records in {secs:.2} s: {:.0} records/s, {:.1} MB/s of response JSON, \
+         request latency p50 {p50:.1} ms p99 {p99:.1} ms p99.9 {p999:.1} ms ({max} records per request)",
         records as f64 / secs,
-        bytes as f64 / secs / 1e6
+        bytes as f64 / secs / 1e6,
+        max = args.max_records,
     );
     Ok(())
 }
@@ -277,6 +276,16 @@ async fn load(client: &Client, topic: &str, records: u64, record_size: usize) ->
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// p50, p99 and p99.9 of latencies in microseconds, as milliseconds.
+fn percentiles(latencies: &mut [u64]) -> (f64, f64, f64) {
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).map_or(0.0, |&us| us as f64 / 1000.0)
+    };
+    (at(0.50), at(0.99), at(0.999))
 }
 
 /// Finds `"next_offset":N` near the end of a consume response without parsing the records.
