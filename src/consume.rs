@@ -63,7 +63,12 @@ pub async fn run(server: &str, args: ConsumeArgs) -> Result<()> {
         )));
     }
     if tasks.is_empty() {
-        bail!("topic {} has no partition {:?}", args.topic, args.partition);
+        bail!(
+            "topic {} has no partition {}",
+            args.topic,
+            args.partition
+                .map_or("at all".to_string(), |p| p.to_string())
+        );
     }
     for task in tasks {
         task.await??;

@@ -123,7 +123,7 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Largest accepted request body, in bytes.
     pub max_request_bytes: usize,
-    /// Largest accepted record (its JSON text), in bytes.
+    /// Largest accepted record (key + value + header bytes).
     pub max_record_bytes: usize,
     /// Bytes of log between two sparse index entries.
     pub index_interval_bytes: u32,
@@ -172,6 +172,9 @@ impl BrokerConfig {
             return bad(format!(
                 "default_partitions must be between 1 and {MAX_PARTITIONS}"
             ));
+        }
+        if self.max_wait_ms > 600_000 {
+            return bad("max_wait_ms must be at most 600000 (10 minutes)".into());
         }
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be at least 1".into());

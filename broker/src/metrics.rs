@@ -56,7 +56,7 @@ fn describe() {
     describe_histogram!(
         "strata_fsync_seconds",
         Unit::Seconds,
-        "Duration of each group-commit fsync."
+        "Duration of each group commit: the direct write of the buffered batches and its fdatasync."
     );
     describe_histogram!(
         "strata_http_request_duration_seconds",

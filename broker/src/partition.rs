@@ -369,6 +369,12 @@ impl Partition {
             if w.tail.len() == 0 || self.closed.load(Ordering::Acquire) || !due(&w) {
                 return Ok(false);
             }
+            if let Some(reason) = &self.sync.lock().failed {
+                return Err(BrokerError::Internal(format!(
+                    "partition {} is read-only: {reason}",
+                    self.id
+                )));
+            }
             self.roll_locked(&mut w)?;
         }
         self.lead_now(|| self.sync_once())?;
@@ -378,9 +384,17 @@ impl Partition {
     /// Starts a new active segment; the old one is queued for sealing by the
     /// next leader (no I/O on it here, so appends are not held up).
     fn roll_locked(&self, w: &mut Writer) -> Result<()> {
-        let new = Segment::create(&self.dir, w.next_offset, self.config.index_interval_bytes)?;
-        sync_dir(&self.dir)?;
-        let tail = Tail::open(new.path(), 0)?;
+        let created = Segment::create(&self.dir, w.next_offset, self.config.index_interval_bytes)
+            .and_then(|new| sync_dir(&self.dir).map(|()| new))
+            .and_then(|new| Tail::open(new.path(), 0).map(|tail| (new, tail)));
+        let (new, tail) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                tracing::error!(partition = self.id, error = %e, "roll failed; partition is now read-only");
+                self.sync.lock().failed = Some(e.to_string());
+                return Err(e);
+            }
+        };
         let new = Arc::new(new);
         let mut old_tail = std::mem::replace(&mut w.tail, tail);
         let old = std::mem::replace(&mut w.active, new.clone());

@@ -137,7 +137,9 @@ impl Segment {
     ) -> Result<(Self, bool)> {
         let file = File::open(&path).context(|| format!("opening {}", path.display()))?;
         let len = file_len(&file, &path)?;
-        if let Some((offsets, times)) = load_indexes(&path, len) {
+        let indexes = load_indexes(&path, len);
+        let had_index = indexes.is_some();
+        if let Some((offsets, times)) = indexes {
             let (last_rel, last_pos) = offsets.last().unwrap_or((0, 0));
             let tail = scan(
                 &file,
@@ -159,8 +161,10 @@ impl Segment {
         let mut index = SegmentIndex::new(index_interval);
         let scanned = scan(&file, len, base_offset, 0, base_offset, Some(&mut index))?;
         if let Some(problem) = scanned.problem {
-            // Zero padding left by a direct write is benign; anything else is damage.
-            if !is_zero_padding(&file, scanned.valid_len, len)? {
+            // Without valid index files the segment was never sealed: a crash
+            // cut its last write short (a torn batch, or padding), and none of
+            // those bytes was acknowledged. With them, this is damage.
+            if had_index && !is_zero_padding(&file, scanned.valid_len, len)? {
                 return Err(BrokerError::Corrupt {
                     path: path.display().to_string(),
                     message: format!(
@@ -169,6 +173,12 @@ impl Segment {
                     ),
                 });
             }
+            tracing::warn!(
+                segment = %path.display(),
+                at = scanned.valid_len,
+                %problem,
+                "truncating the unfinished end of a rolled segment"
+            );
             truncate(&path, scanned.valid_len)?;
         }
         let segment = Self::new(
@@ -180,7 +190,8 @@ impl Segment {
             scanned.next_offset,
             false,
         );
-        Ok((segment, true))
+        // A segment whose seal completed is never dropped by recovery.
+        Ok((segment, !had_index))
     }
 
     /// Opens the last segment of a partition after a stop or a crash:

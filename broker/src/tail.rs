@@ -23,8 +23,6 @@ use crate::error::{IoContext, Result};
 /// Alignment of every direct write: offset, length and memory.
 pub const BLOCK: usize = 4096;
 
-const O_DIRECT: i32 = 0o40000;
-
 /// A growable byte buffer whose contents start at a `BLOCK`-aligned address.
 #[derive(Debug)]
 struct AlignedBuf {
@@ -197,11 +195,11 @@ impl Tail {
 fn open_for_append(path: &Path) -> Result<File> {
     let direct = OpenOptions::new()
         .write(true)
-        .custom_flags(O_DIRECT)
+        .custom_flags(libc::O_DIRECT)
         .open(path);
     match direct {
         Ok(file) => Ok(file),
-        Err(e) if e.raw_os_error() == Some(22) => {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::debug!(segment = %path.display(), "no direct I/O here; writing through the page cache");
             OpenOptions::new()
                 .write(true)

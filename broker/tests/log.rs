@@ -289,11 +289,16 @@ fn zero_padding_of_an_unsealed_segment_is_trimmed() {
     assert_eq!(std::fs::read(&first).unwrap(), clean);
     assert_eq!(values(&p, 0).len(), 120);
 
-    // Garbage that is not padding in a sealed segment refuses to start.
+    // Garbage after a segment whose seal completed (index files present)
+    // is damage: refuse to start rather than guess.
     drop(p);
-    std::fs::remove_file(first.with_extension("index")).unwrap();
     let mut damaged = clean.clone();
     damaged.extend_from_slice(&[0x17u8; 1000]);
     std::fs::write(&first, &damaged).unwrap();
     assert!(Partition::open(0, dir.path(), CONFIG).is_err());
+    // Without index files it is the torn end of a roll: cut, and keep going.
+    std::fs::remove_file(first.with_extension("index")).unwrap();
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    assert_eq!(std::fs::read(&first).unwrap(), clean);
+    assert_eq!(values(&p, 0).len(), 120);
 }

@@ -1,0 +1,263 @@
+//! Sealed segment → Arrow record batches → one Parquet file on the object store.
+//!
+//! Columns: `partition` int32, `offset` int64, `timestamp` timestamp(ms,
+//! UTC), `key` utf8 (nullable), `value` utf8 (the record's JSON text),
+//! `headers` map<utf8, utf8>. Rows are in offset order. zstd (level 1);
+//! statistics and the page index on every column, so readers prune row
+//! groups and pages by `offset` and `timestamp`. Row groups hold up to
+//! [`ROW_GROUP_ROWS`] rows: large enough to compress and write at full
+//! speed, small enough that a time or offset filter skips most of a big
+//! file; pages (~1 MiB) give finer pruning inside a row group.
+//!
+//! The segment is read on a blocking thread in batches of [`BATCH_ROWS`]
+//! and streamed to the async Parquet writer through a bounded channel, and
+//! the writer uploads in multipart chunks: memory stays bounded by a
+//! few batches plus one compressed row group, whatever the segment's size.
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::builder::{
+    Int32Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use object_store::ObjectStore;
+use object_store::buffered::BufWriter;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use strata_broker::Partition;
+use strata_broker::batch::RecordView;
+use strata_broker::segment::SegmentInfo;
+use tokio::sync::mpsc;
+
+use crate::error::{Result, TieringError};
+use crate::manifest::ColdFile;
+use crate::paths::DataFilePath;
+
+/// Rows per Parquet row group.
+pub const ROW_GROUP_ROWS: usize = 1 << 20;
+/// Rows per Arrow batch handed from the segment reader to the writer.
+pub const BATCH_ROWS: usize = 64 * 1024;
+
+/// The Arrow schema of every cold file (and of SQL tables over topics).
+pub fn schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let entries = Field::new(
+            "key_value",
+            DataType::Struct(
+                vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", DataType::Utf8, true),
+                ]
+                .into(),
+            ),
+            false,
+        );
+        Arc::new(Schema::new(vec![
+            Field::new("partition", DataType::Int32, false),
+            Field::new("offset", DataType::Int64, false),
+            Field::new(
+                "timestamp",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("key", DataType::Utf8, true),
+            Field::new("value", DataType::Utf8, false),
+            Field::new("headers", DataType::Map(Arc::new(entries), false), false),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: 1,
+            descending: false,
+            nulls_first: false,
+        }]))
+        // Offsets, timestamps and JSON values rarely repeat: dictionaries only cost time.
+        .set_column_dictionary_enabled(ColumnPath::from("offset"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("value"), false)
+        .build()
+}
+
+/// Accumulates records into Arrow arrays.
+struct BatchBuilder {
+    partition: Int32Builder,
+    offset: Int64Builder,
+    timestamp: TimestampMillisecondBuilder,
+    key: StringBuilder,
+    value: StringBuilder,
+    headers: MapBuilder<StringBuilder, StringBuilder>,
+    rows: usize,
+}
+
+impl BatchBuilder {
+    fn new() -> Self {
+        let names = MapFieldNames {
+            entry: "key_value".into(),
+            key: "key".into(),
+            value: "value".into(),
+        };
+        Self {
+            partition: Int32Builder::with_capacity(BATCH_ROWS),
+            offset: Int64Builder::with_capacity(BATCH_ROWS),
+            timestamp: TimestampMillisecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
+            key: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16),
+            value: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 128),
+            headers: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
+            rows: 0,
+        }
+    }
+
+    fn push(&mut self, partition: u32, record: &RecordView<'_>) -> Result<()> {
+        let text = |bytes: &[u8]| {
+            std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| {
+                TieringError::Internal(format!("record {} is not UTF-8: {e}", record.offset))
+            })
+        };
+        self.partition.append_value(partition as i32);
+        self.offset.append_value(record.offset as i64);
+        self.timestamp.append_value(record.timestamp);
+        match record.key {
+            Some(key) => self.key.append_value(text(key)?),
+            None => self.key.append_null(),
+        }
+        self.value.append_value(text(record.value)?);
+        for (name, value) in record.headers() {
+            self.headers.keys().append_value(text(name)?);
+            self.headers.values().append_value(text(value)?);
+        }
+        self.headers.append(true)?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.timestamp.finish()),
+            Arc::new(self.key.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(self.headers.finish()),
+        ];
+        self.rows = 0;
+        Ok(RecordBatch::try_new(schema(), columns)?)
+    }
+}
+
+/// Summary of a converted segment, before it is committed.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    records: u64,
+    min_timestamp: i64,
+    max_timestamp: i64,
+}
+
+/// Writes the records of one sealed `segment` of `partition` as a Parquet
+/// file at `path` and returns its manifest entry. Idempotent: the same
+/// segment always yields the same path, and a retry overwrites it.
+pub async fn write_segment(
+    store: Arc<dyn ObjectStore>,
+    path: &DataFilePath,
+    partition: Arc<Partition>,
+    segment: &SegmentInfo,
+) -> Result<ColdFile> {
+    let (tx, mut rx) = mpsc::channel::<RecordBatch>(2);
+    let (base, end) = (segment.base_offset, segment.end_offset);
+    let reader = tokio::task::spawn_blocking(move || read_segment(&partition, base, end, &tx));
+
+    let mut writer = AsyncArrowWriter::try_new(
+        BufWriter::new(store, path.0.clone()),
+        schema(),
+        Some(writer_properties()),
+    )?;
+    while let Some(batch) = rx.recv().await {
+        writer.write(&batch).await?;
+    }
+    let stats = reader
+        .await
+        .map_err(|e| TieringError::Internal(format!("segment reader failed: {e}")))??;
+    if stats.records != end - base {
+        return Err(TieringError::Internal(format!(
+            "segment {base}..{end} yielded {} records",
+            stats.records
+        )));
+    }
+    let bytes = {
+        writer.finish().await?;
+        writer.bytes_written() as u64
+    };
+    writer.close().await?;
+    Ok(ColdFile {
+        path: path.0.to_string(),
+        first_offset: base,
+        last_offset: end - 1,
+        min_timestamp: stats.min_timestamp,
+        max_timestamp: stats.max_timestamp,
+        records: stats.records,
+        bytes,
+    })
+}
+
+/// Reads offsets `[base, end)` and sends them as record batches.
+fn read_segment(
+    partition: &Partition,
+    base: u64,
+    end: u64,
+    tx: &mpsc::Sender<RecordBatch>,
+) -> Result<Stats> {
+    let mut cursor = partition.cursor(base)?;
+    let mut builder = BatchBuilder::new();
+    let mut stats = Stats {
+        records: 0,
+        min_timestamp: i64::MAX,
+        max_timestamp: i64::MIN,
+    };
+    let mut failure = None;
+    let id = partition.id();
+    cursor.for_each_record(|record| {
+        if record.offset >= end {
+            return ControlFlow::Break(());
+        }
+        if let Err(e) = builder.push(id, record) {
+            failure = Some(e);
+            return ControlFlow::Break(());
+        }
+        stats.records += 1;
+        stats.min_timestamp = stats.min_timestamp.min(record.timestamp);
+        stats.max_timestamp = stats.max_timestamp.max(record.timestamp);
+        if builder.rows == BATCH_ROWS {
+            let sent = builder.finish().and_then(|batch| {
+                tx.blocking_send(batch)
+                    .map_err(|_| TieringError::Internal("the Parquet writer stopped".into()))
+            });
+            if let Err(e) = sent {
+                failure = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if builder.rows > 0 {
+        let batch = builder.finish()?;
+        if tx.blocking_send(batch).is_err() {
+            return Err(TieringError::Internal("the Parquet writer stopped".into()));
+        }
+    }
+    Ok(stats)
+}

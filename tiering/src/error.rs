@@ -1,0 +1,33 @@
+//! The tiering crate's one error type.
+
+/// Everything that can go wrong offloading to or reading from the cold tier.
+#[derive(Debug, thiserror::Error)]
+pub enum TieringError {
+    /// A bad object-store URL or tiering setting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The object store failed (after its own retries).
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// The hot tier refused or failed.
+    #[error(transparent)]
+    Broker(#[from] strata_broker::BrokerError),
+    /// A manifest that does not parse or breaks its invariants.
+    #[error("corrupt manifest {path}: {message}")]
+    CorruptManifest { path: String, message: String },
+    /// Another writer committed the manifest version this one wanted.
+    #[error("manifest {path} was committed concurrently")]
+    Conflict { path: String },
+    /// A local segment does not continue where the cold tier ends.
+    #[error("{0}")]
+    Gap(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Result with [`TieringError`].
+pub type Result<T, E = TieringError> = std::result::Result<T, E>;

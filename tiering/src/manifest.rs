@@ -1,0 +1,296 @@
+//! A partition's cold-tier manifest: the committed Parquet files and the
+//! offset the cold tier holds everything below.
+//!
+//! Each commit writes a new, immutable version
+//! `<root>/<topic>/_manifest/<partition>/<version:020>.json` with
+//! `PutMode::Create`, so two writers can never both commit version N: the
+//! second gets `AlreadyExists` and must reload. A file is part of the cold
+//! tier exactly when a committed manifest lists it; an uploaded file that no
+//! manifest lists is an orphan, rewritten in place by the next offload of
+//! the same offsets. Readers find the newest version with one LIST of the
+//! manifest directory, and data files by offset or time without listing.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TieringError};
+use crate::paths::{ColdRoot, manifest_version};
+
+/// Manifest versions kept behind the newest (older ones are deleted).
+const KEEP_VERSIONS: u64 = 8;
+
+/// One committed Parquet file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdFile {
+    /// Object path relative to the store root.
+    pub path: String,
+    pub first_offset: u64,
+    pub last_offset: u64,
+    pub min_timestamp: i64,
+    pub max_timestamp: i64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The state of one partition's cold tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Format version of this document.
+    pub format: u32,
+    pub version: u64,
+    pub topic: String,
+    pub partition: u32,
+    /// The first offset still in the cold tier (retention moves it up).
+    pub start_offset: u64,
+    /// One past the last offset committed to the cold tier ("offloaded through").
+    pub end_offset: u64,
+    /// Committed files, by offset, contiguous from `start_offset` to `end_offset`.
+    pub files: Vec<ColdFile>,
+}
+
+impl Manifest {
+    /// The manifest of a partition with nothing offloaded (version 0, never stored).
+    pub fn empty(topic: &str, partition: u32) -> Self {
+        Self {
+            format: 1,
+            version: 0,
+            topic: topic.to_string(),
+            partition,
+            start_offset: 0,
+            end_offset: 0,
+            files: Vec::new(),
+        }
+    }
+
+    /// Total bytes of the committed files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+
+    /// The next version with `file` appended; `file` must start at `end_offset`.
+    pub fn with_file(&self, file: ColdFile) -> Result<Self> {
+        if file.first_offset != self.end_offset || file.last_offset < file.first_offset {
+            return Err(TieringError::Gap(format!(
+                "file {} holds offsets {}..={} but the cold tier of {}/{} ends at {}",
+                file.path,
+                file.first_offset,
+                file.last_offset,
+                self.topic,
+                self.partition,
+                self.end_offset
+            )));
+        }
+        let mut next = self.clone();
+        next.version += 1;
+        if next.files.is_empty() {
+            next.start_offset = file.first_offset;
+        }
+        next.end_offset = file.last_offset + 1;
+        next.files.push(file);
+        Ok(next)
+    }
+
+    /// Files holding offsets at or after `offset`, in order.
+    pub fn files_from(&self, offset: u64) -> &[ColdFile] {
+        let first = self.files.partition_point(|f| f.last_offset < offset);
+        &self.files[first..]
+    }
+
+    fn check(&self, path: &str) -> Result<()> {
+        let bad = |message: String| {
+            Err(TieringError::CorruptManifest {
+                path: path.to_string(),
+                message,
+            })
+        };
+        let mut expected = self.start_offset;
+        for f in &self.files {
+            if f.first_offset != expected || f.last_offset < f.first_offset {
+                return bad(format!(
+                    "file {} does not continue at offset {expected}",
+                    f.path
+                ));
+            }
+            expected = f.last_offset + 1;
+        }
+        if !self.files.is_empty() && expected != self.end_offset {
+            return bad(format!(
+                "files end at {expected}, end_offset says {}",
+                self.end_offset
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads and commits manifests of one store.
+#[derive(Debug, Clone)]
+pub struct ManifestStore {
+    store: Arc<dyn ObjectStore>,
+    root: ColdRoot,
+    conditional_put: bool,
+}
+
+impl ManifestStore {
+    pub fn new(store: Arc<dyn ObjectStore>, root: ColdRoot, conditional_put: bool) -> Self {
+        Self {
+            store,
+            root,
+            conditional_put,
+        }
+    }
+
+    /// The newest committed manifest of a partition (empty when none).
+    pub async fn load(&self, topic: &str, partition: u32) -> Result<Manifest> {
+        let dir = self.root.manifest_dir(topic, partition);
+        let newest = self
+            .store
+            .list(Some(&dir))
+            .try_filter_map(|meta| async move { Ok(manifest_version(&meta.location)) })
+            .try_fold(0u64, |max, v| async move { Ok(max.max(v)) })
+            .await?;
+        if newest == 0 {
+            return Ok(Manifest::empty(topic, partition));
+        }
+        let path = self.root.manifest(topic, partition, newest).0;
+        let bytes = self.store.get(&path).await?.bytes().await?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| TieringError::CorruptManifest {
+                path: path.to_string(),
+                message: e.to_string(),
+            })?;
+        manifest.check(path.as_ref())?;
+        if manifest.version != newest || manifest.topic != topic || manifest.partition != partition
+        {
+            return Err(TieringError::CorruptManifest {
+                path: path.to_string(),
+                message: "names another version, topic or partition".into(),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Commits `manifest` as its version. When this returns `Ok`, the
+    /// version is durable on the object store and no other writer can have
+    /// committed the same version (on stores with conditional writes; see
+    /// `docs/operations.md` for the others).
+    pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
+        let path = self
+            .root
+            .manifest(&manifest.topic, manifest.partition, manifest.version)
+            .0;
+        let bytes = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| TieringError::Internal(e.to_string()))?;
+        let mode = if self.conditional_put {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                return Err(TieringError::Conflict {
+                    path: path.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if manifest.version > KEEP_VERSIONS {
+            let old = self
+                .root
+                .manifest(
+                    &manifest.topic,
+                    manifest.partition,
+                    manifest.version - KEEP_VERSIONS,
+                )
+                .0;
+            if let Err(e) = self.store.delete(&old).await {
+                tracing::debug!(path = %old, error = %e, "could not delete an old manifest version");
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every manifest version and data file of a topic.
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        let prefix = self.root.topic(topic);
+        let locations = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        self.store
+            .delete_stream(locations)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(first: u64, last: u64) -> ColdFile {
+        ColdFile {
+            path: format!("t/0/{first}-{last}.parquet"),
+            first_offset: first,
+            last_offset: last,
+            min_timestamp: 0,
+            max_timestamp: 0,
+            records: last - first + 1,
+            bytes: 10,
+        }
+    }
+
+    #[test]
+    fn files_must_continue_the_tier() {
+        let m = Manifest::empty("t", 0).with_file(file(0, 9)).unwrap();
+        assert_eq!((m.version, m.start_offset, m.end_offset), (1, 0, 10));
+        let m = m.with_file(file(10, 19)).unwrap();
+        assert_eq!((m.version, m.end_offset), (2, 20));
+        assert!(m.with_file(file(21, 30)).is_err());
+        assert!(m.with_file(file(5, 30)).is_err());
+        assert_eq!(m.files_from(0).len(), 2);
+        assert_eq!(m.files_from(10).len(), 1);
+        assert_eq!(m.files_from(20).len(), 0);
+        m.check("x").unwrap();
+    }
+
+    #[tokio::test]
+    async fn commit_is_exclusive_per_version() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let manifests = ManifestStore::new(store, ColdRoot::new("root"), true);
+        assert_eq!(
+            manifests.load("t", 0).await.unwrap(),
+            Manifest::empty("t", 0)
+        );
+        let m1 = Manifest::empty("t", 0).with_file(file(0, 9)).unwrap();
+        manifests.commit(&m1).await.unwrap();
+        assert!(matches!(
+            manifests.commit(&m1).await,
+            Err(TieringError::Conflict { .. })
+        ));
+        let m2 = m1.with_file(file(10, 19)).unwrap();
+        manifests.commit(&m2).await.unwrap();
+        assert_eq!(manifests.load("t", 0).await.unwrap(), m2);
+        manifests.delete_topic("t").await.unwrap();
+        assert_eq!(
+            manifests.load("t", 0).await.unwrap(),
+            Manifest::empty("t", 0)
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! Every object path the cold tier uses, as typed values built in one place.
+//!
+//! ```text
+//! <root>/<topic>/<partition>/<first_offset:020>-<last_offset:020>.parquet
+//! <root>/<topic>/_manifest/<partition>/<version:020>.json
+//! ```
+//! Data file names depend only on the offsets they hold, so a retried
+//! offload rewrites the same object, and a glob over
+//! `<root>/<topic>/*/*.parquet` sees each offloaded record once. Topic names
+//! are validated by the broker (`[A-Za-z0-9._-]`), so they are safe path
+//! segments.
+
+use object_store::path::Path;
+
+/// The prefix under which all cold data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColdRoot(Path);
+
+impl ColdRoot {
+    /// A root at `prefix` inside the store (empty for the store's root).
+    pub fn new(prefix: &str) -> Self {
+        Self(Path::from(prefix.trim_matches('/')))
+    }
+
+    /// Everything of one topic.
+    pub fn topic(&self, topic: &str) -> Path {
+        self.0.clone().join(topic)
+    }
+
+    /// The data file holding offsets `first..=last` of a partition.
+    pub fn data_file(&self, topic: &str, partition: u32, first: u64, last: u64) -> DataFilePath {
+        DataFilePath(
+            self.topic(topic)
+                .join(partition.to_string())
+                .join(format!("{first:020}-{last:020}.parquet")),
+        )
+    }
+
+    /// The directory of a partition's manifest versions.
+    pub fn manifest_dir(&self, topic: &str, partition: u32) -> Path {
+        self.topic(topic)
+            .join("_manifest")
+            .join(partition.to_string())
+    }
+
+    /// One version of a partition's manifest.
+    pub fn manifest(&self, topic: &str, partition: u32, version: u64) -> ManifestPath {
+        ManifestPath(
+            self.manifest_dir(topic, partition)
+                .join(format!("{version:020}.json")),
+        )
+    }
+}
+
+/// Path of a Parquet data file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFilePath(pub Path);
+
+/// Path of one manifest version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestPath(pub Path);
+
+/// The version number in a manifest object's file name.
+pub fn manifest_version(path: &Path) -> Option<u64> {
+    let name = path.filename()?;
+    let digits = name.strip_suffix(".json")?;
+    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let root = ColdRoot::new("/lake/");
+        assert_eq!(
+            root.data_file("clicks", 2, 0, 999).0.as_ref(),
+            "lake/clicks/2/00000000000000000000-00000000000000000999.parquet"
+        );
+        let m = root.manifest("clicks", 2, 7);
+        assert_eq!(
+            m.0.as_ref(),
+            "lake/clicks/_manifest/2/00000000000000000007.json"
+        );
+        assert_eq!(manifest_version(&m.0), Some(7));
+        assert_eq!(ColdRoot::new("").topic("t").as_ref(), "t");
+    }
+}

@@ -1,0 +1,94 @@
+//! Opening the object store named by a URL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+
+use crate::error::{Result, TieringError};
+use crate::paths::ColdRoot;
+
+/// An object store and the root under which Strata keeps its files.
+#[derive(Debug, Clone)]
+pub struct ColdStore {
+    pub store: Arc<dyn ObjectStore>,
+    pub root: ColdRoot,
+    /// What the store promises for conditional writes (`PutMode::Create`).
+    pub conditional_put: bool,
+    /// The URL without credentials, for logs.
+    pub url: String,
+}
+
+/// Retries with exponential backoff on transient errors (5xx, timeouts).
+fn retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 5,
+        retry_timeout: Duration::from_secs(60),
+    }
+}
+
+impl ColdStore {
+    /// Opens `file:///abs/path`, `s3://bucket/prefix` (credentials, region,
+    /// endpoint and `AWS_ALLOW_HTTP` from the standard `AWS_*` variables;
+    /// path-style requests, as MinIO wants) or `memory://`.
+    pub fn open(url: &str) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(TieringError::Config(format!(
+                    "file:// URLs need an absolute path, got {url:?}"
+                )));
+            }
+            std::fs::create_dir_all(path)
+                .map_err(|e| TieringError::Config(format!("cannot create {path}: {e}")))?;
+            let store = LocalFileSystem::new_with_prefix(path)?;
+            return Ok(Self {
+                store: Arc::new(store),
+                root: ColdRoot::new(""),
+                conditional_put: true,
+                url: url.to_string(),
+            });
+        }
+        if url == "memory://" || url.starts_with("memory://") {
+            return Ok(Self {
+                store: Arc::new(InMemory::new()),
+                root: ColdRoot::new(url.trim_start_matches("memory://")),
+                conditional_put: true,
+                url: url.to_string(),
+            });
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(TieringError::Config(format!(
+                    "s3:// URL without a bucket: {url:?}"
+                )));
+            }
+            let conditional_put =
+                std::env::var("AWS_CONDITIONAL_PUT").map_or(true, |v| v != "disabled");
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(false)
+                .with_retry(retry());
+            if conditional_put {
+                builder = builder.with_conditional_put(S3ConditionalPut::ETagMatch);
+            }
+            return Ok(Self {
+                store: Arc::new(builder.build()?),
+                root: ColdRoot::new(prefix),
+                conditional_put,
+                url: url.to_string(),
+            });
+        }
+        Err(TieringError::Config(format!(
+            "object store URL must start with file://, s3:// or memory://, got {url:?}"
+        )))
+    }
+}
