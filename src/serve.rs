@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use strata_broker::Broker;
+use strata_broker::http::AppState;
+use strata_tiering::{ColdStore, Tiering, TieringConfig};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::ServeArgs;
@@ -24,16 +27,43 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             )
         })?;
     let broker = Arc::new(broker);
-    if let Some(url) = &config.object_store {
-        tracing::warn!(object_store = %url, "the cold tier is not part of this build yet; data stays on local disk");
-    }
+    let url = match &config.object_store {
+        Some(url) => url.clone(),
+        None => default_cold_url(&config.broker.data_dir)?,
+    };
+    let cold = ColdStore::open(&url).with_context(|| format!("opening the cold tier {url}"))?;
+    let tiering = Tiering::open(broker.clone(), cold, TieringConfig::default())
+        .await
+        .context("loading the cold tier's manifests")?;
+
+    let (stopping, stopping_rx) = watch::channel(false);
+    let state = AppState {
+        broker: broker.clone(),
+        metrics: strata_broker::metrics::prometheus_handle(),
+        stopping: stopping_rx.clone(),
+        cold: Some(tiering.clone()),
+    };
+    let router =
+        strata_broker::http::router(state).merge(strata_tiering::http::router(tiering.clone()));
+    tokio::spawn(tiering.run_background(stopping_rx));
+
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(data_dir = %config.broker.data_dir.display(), "strata ready: listening on http://{addr}");
-    strata_broker::http::run(listener, broker, shutdown_signal()).await?;
+    strata_broker::http::serve(listener, broker, router, stopping, shutdown_signal()).await?;
     Ok(())
+}
+
+/// `file://<data_dir>/cold`, the zero-configuration cold tier.
+fn default_cold_url(data_dir: &std::path::Path) -> Result<String> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let absolute = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    Ok(format!("file://{}/cold", absolute.display()))
 }
 
 fn init_logging() {

@@ -14,6 +14,7 @@
 
 pub mod batch;
 pub mod broker;
+pub mod cold;
 pub mod config;
 pub mod cursor;
 mod durable;

@@ -425,6 +425,33 @@ impl Partition {
         })
     }
 
+    /// Deletes the sealed segments that hold only offsets below `offset`
+    /// (never the active one) and returns them; `start_offset` moves up.
+    /// Readers that already hold a cursor over them finish their reads:
+    /// the files stay open until the last cursor is dropped.
+    pub fn delete_segments_below(&self, offset: u64) -> Result<Vec<SegmentInfo>> {
+        let removed: Vec<Arc<Segment>> = {
+            let mut segments = self.segments.write();
+            let keep_from = segments
+                .iter()
+                .position(|s| {
+                    let info = s.info();
+                    !info.sealed || info.end_offset > offset
+                })
+                .unwrap_or(segments.len().saturating_sub(1));
+            segments.drain(..keep_from).collect()
+        };
+        let mut infos = Vec::with_capacity(removed.len());
+        for segment in removed {
+            remove_segment_files(&self.dir, segment.base_offset())?;
+            infos.push(segment.info());
+        }
+        if !infos.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(infos)
+    }
+
     /// The segments, oldest first; the last one is active (not sealed).
     pub fn segments(&self) -> Vec<SegmentInfo> {
         self.segments.read().iter().map(|s| s.info()).collect()

@@ -195,11 +195,9 @@ pub async fn write_segment(
             stats.records
         )));
     }
-    let bytes = {
-        writer.finish().await?;
-        writer.bytes_written() as u64
-    };
-    writer.close().await?;
+    // `finish` completes the upload; the writer then still knows its size.
+    writer.finish().await?;
+    let bytes = writer.bytes_written() as u64;
     Ok(ColdFile {
         path: path.0.to_string(),
         first_offset: base,

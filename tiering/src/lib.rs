@@ -9,11 +9,15 @@
 //! idempotent: data file names depend only on their offsets, so a retry
 //! after a crash rewrites the same object.
 
+pub mod cold_read;
 pub mod convert;
 pub mod error;
+pub mod http;
 pub mod manifest;
+pub mod offloader;
 pub mod paths;
 pub mod store;
 
 pub use error::{Result, TieringError};
+pub use offloader::{OffloadSummary, Tiering, TieringConfig};
 pub use store::ColdStore;

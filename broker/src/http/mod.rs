@@ -29,6 +29,7 @@ pub use error::ApiError;
 pub use topics::describe_topic;
 
 use crate::broker::Broker;
+use crate::cold::ColdTier;
 use crate::error::BrokerError;
 
 /// What every handler can reach.
@@ -38,6 +39,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Turns true when the server starts shutting down (ends long polls).
     pub stopping: watch::Receiver<bool>,
+    /// Where offsets below a partition's local start are read from, if anywhere.
+    pub cold: Option<Arc<dyn ColdTier>>,
 }
 
 /// The broker's routes, with JSON 404/405 fallbacks and request metrics.
@@ -113,6 +116,7 @@ pub async fn run(
         broker: broker.clone(),
         metrics: crate::metrics::prometheus_handle(),
         stopping: stopping_rx,
+        cold: None,
     };
     serve(listener, broker, router(state), stopping, shutdown).await
 }

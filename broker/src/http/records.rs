@@ -9,8 +9,9 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
-use super::render::{write_int, write_record};
+use super::render::{write_cold_record, write_int, write_record};
 use super::{ApiError, ApiPath, AppState, Params, blocking, json_response, read_body};
+use crate::cold::ColdRecord;
 use crate::error::BrokerError;
 use crate::partition::Partition;
 use crate::produce::{BodyFormat, parse_body};
@@ -82,8 +83,17 @@ pub(super) async fn consume(
     let wait_ms = params.u64_in("wait_ms", 0, 0, app.broker.config().max_wait_ms)?;
     let topic = app.broker.topic(&topic)?;
     let partition = topic.partition(&partition)?.clone();
-    let offset = offset.unwrap_or_else(|| partition.start_offset());
-    let (start, end) = (partition.start_offset(), partition.end_offset());
+    let cold = app
+        .cold
+        .as_ref()
+        .map(|c| (c, c.stats(topic.name(), partition.id())));
+    let local_start = partition.start_offset();
+    let start = match cold {
+        Some((_, stats)) if stats.files > 0 => stats.start_offset.min(local_start),
+        _ => local_start,
+    };
+    let offset = offset.unwrap_or(start);
+    let end = partition.end_offset();
     if offset < start || offset > end {
         return Err(BrokerError::OffsetOutOfRange {
             offset,
@@ -91,6 +101,13 @@ pub(super) async fn consume(
             end_offset: end,
         }
         .into());
+    }
+    if let Some((cold, _)) = cold.filter(|_| offset < local_start) {
+        let records = cold
+            .read(topic.name(), partition.id(), offset, max_records, max_bytes)
+            .await?;
+        let body = render_cold(&topic, partition.id(), offset, &records, end);
+        return Ok(json_response(StatusCode::OK, body));
     }
     if offset == end && wait_ms > 0 {
         wait_for_data(
@@ -104,6 +121,36 @@ pub(super) async fn consume(
     let body =
         blocking(move || read_records(&topic, &partition, offset, max_records, max_bytes)).await?;
     Ok(json_response(StatusCode::OK, body))
+}
+
+/// A consume page of records read back from the cold tier.
+fn render_cold(
+    topic: &Topic,
+    partition: u32,
+    from: u64,
+    records: &[ColdRecord],
+    end: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"records\":[");
+    let mut times = TimestampWriter::default();
+    let mut bytes = 0u64;
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_cold_record(&mut out, &mut times, partition, record);
+        bytes += (record.value.len() + record.key.as_ref().map_or(0, String::len)) as u64;
+    }
+    let next = records.last().map_or(from, |r| r.offset + 1);
+    out.extend_from_slice(b"],\"next_offset\":");
+    write_int(&mut out, next);
+    out.extend_from_slice(b",\"end_offset\":");
+    write_int(&mut out, end);
+    out.push(b'}');
+    topic.metrics().records_out.increment(records.len() as u64);
+    topic.metrics().bytes_out.increment(bytes);
+    out
 }
 
 /// Long poll: returns once `end_offset` passes `offset`, the wait ends, or
@@ -171,13 +218,25 @@ pub(super) async fn offset_for_timestamp(
     let target = parse_timestamp(text).map_err(ApiError::invalid_request)?;
     let topic = app.broker.topic(&topic)?;
     let partition = topic.partition(&partition)?.clone();
-    let found = blocking(move || {
-        Ok((
-            partition.offset_for_timestamp(target)?,
-            partition.end_offset(),
-        ))
-    })
-    .await?;
+    let in_cold = match &app.cold {
+        Some(cold) => {
+            cold.offset_for_timestamp(topic.name(), partition.id(), target)
+                .await?
+        }
+        None => None,
+    };
+    let found = match in_cold {
+        Some(found) => (Some(found), partition.end_offset()),
+        None => {
+            blocking(move || {
+                Ok((
+                    partition.offset_for_timestamp(target)?,
+                    partition.end_offset(),
+                ))
+            })
+            .await?
+        }
+    };
     let body = match found {
         (Some((offset, ts)), _) => {
             serde_json::json!({"offset": offset, "timestamp": crate::timestamp::format_timestamp(ts)})

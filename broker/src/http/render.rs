@@ -3,6 +3,7 @@
 //! never parsed.
 
 use crate::batch::RecordView;
+use crate::cold::ColdRecord;
 use crate::timestamp::TimestampWriter;
 
 /// Appends `{"partition":..,"offset":..,"timestamp":..,"key":..,"value":..,"headers":{..}}`.
@@ -11,6 +12,49 @@ pub fn write_record(
     times: &mut TimestampWriter,
     partition: u32,
     record: &RecordView<'_>,
+) {
+    let fields = RecordFields {
+        offset: record.offset,
+        timestamp: record.timestamp,
+        key: record.key,
+        value: record.value,
+    };
+    write_fields(out, times, partition, fields, record.headers());
+}
+
+/// Appends a record read back from the cold tier, like [`write_record`].
+pub fn write_cold_record(
+    out: &mut Vec<u8>,
+    times: &mut TimestampWriter,
+    partition: u32,
+    record: &ColdRecord,
+) {
+    let fields = RecordFields {
+        offset: record.offset,
+        timestamp: record.timestamp,
+        key: record.key.as_deref().map(str::as_bytes),
+        value: record.value.as_bytes(),
+    };
+    let headers = record
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+    write_fields(out, times, partition, fields, headers);
+}
+
+struct RecordFields<'a> {
+    offset: u64,
+    timestamp: i64,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+}
+
+fn write_fields<'h>(
+    out: &mut Vec<u8>,
+    times: &mut TimestampWriter,
+    partition: u32,
+    record: RecordFields<'_>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
 ) {
     out.extend_from_slice(b"{\"partition\":");
     write_int(out, u64::from(partition));
@@ -26,7 +70,7 @@ pub fn write_record(
     out.extend_from_slice(b",\"value\":");
     out.extend_from_slice(record.value);
     out.extend_from_slice(b",\"headers\":{");
-    for (i, (name, value)) in record.headers().enumerate() {
+    for (i, (name, value)) in headers.enumerate() {
         if i > 0 {
             out.push(b',');
         }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiPath, AppState, blocking, json_response, read_body};
+use crate::cold::ColdTier;
 use crate::config::TopicConfigOverrides;
 use crate::timestamp::format_timestamp;
 use crate::topic::Topic;
@@ -42,7 +43,9 @@ pub(super) async fn create(
             .await?;
     Ok(json_response(
         StatusCode::CREATED,
-        describe_topic(&topic).to_string().into_bytes(),
+        describe_topic(&topic, app.cold.as_deref())
+            .to_string()
+            .into_bytes(),
     ))
 }
 
@@ -51,7 +54,7 @@ pub(super) async fn list(State(app): State<AppState>) -> Response {
         .broker
         .topics()
         .iter()
-        .map(|t| describe_topic(t))
+        .map(|t| describe_topic(t, app.cold.as_deref()))
         .collect();
     json_response(
         StatusCode::OK,
@@ -66,7 +69,9 @@ pub(super) async fn describe(
     let topic = app.broker.topic(&name)?;
     Ok(json_response(
         StatusCode::OK,
-        describe_topic(&topic).to_string().into_bytes(),
+        describe_topic(&topic, app.cold.as_deref())
+            .to_string()
+            .into_bytes(),
     ))
 }
 
@@ -75,27 +80,46 @@ pub(super) async fn delete(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let broker = app.broker.clone();
-    blocking(move || broker.delete_topic(&name)).await?;
+    let deleted = name.clone();
+    blocking(move || broker.delete_topic(&deleted)).await?;
+    if let Some(cold) = &app.cold {
+        cold.delete_topic(&name).await?;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// The API's topic description. The cold tier is empty until the tiering
-/// crate reports otherwise.
-pub fn describe_topic(topic: &Topic) -> Value {
+/// The API's topic description, hot and cold tiers together.
+pub fn describe_topic(topic: &Topic, cold: Option<&dyn ColdTier>) -> Value {
     let partitions: Vec<Value> = topic
         .partitions()
         .iter()
         .map(|p| {
-            let s = p.stats();
+            let hot = p.stats();
+            let cold = cold
+                .map(|c| c.stats(topic.name(), p.id()))
+                .unwrap_or_default();
+            let start = if cold.files > 0 {
+                cold.start_offset.min(hot.start_offset)
+            } else {
+                hot.start_offset
+            };
+            let min = [hot.min_timestamp, cold.min_timestamp]
+                .into_iter()
+                .flatten()
+                .min();
+            let max = [hot.max_timestamp, cold.max_timestamp]
+                .into_iter()
+                .flatten()
+                .max();
             json!({
-                "partition": s.partition,
-                "start_offset": s.start_offset,
-                "local_start_offset": s.start_offset,
-                "end_offset": s.end_offset,
-                "hot": {"segments": s.segments, "bytes": s.bytes},
-                "cold": {"files": 0, "bytes": 0, "end_offset": 0},
-                "min_timestamp": s.min_timestamp.map(format_timestamp),
-                "max_timestamp": s.max_timestamp.map(format_timestamp),
+                "partition": hot.partition,
+                "start_offset": start,
+                "local_start_offset": hot.start_offset,
+                "end_offset": hot.end_offset,
+                "hot": {"segments": hot.segments, "bytes": hot.bytes},
+                "cold": {"files": cold.files, "bytes": cold.bytes, "end_offset": cold.end_offset},
+                "min_timestamp": min.map(format_timestamp),
+                "max_timestamp": max.map(format_timestamp),
             })
         })
         .collect();

@@ -1,0 +1,173 @@
+//! Reading offloaded records back from Parquet: by offset (consume below
+//! the local start) and by time (offset for a timestamp). Row groups are
+//! chosen from the files' statistics, so a read fetches only the row groups
+//! (ranged GETs) that can hold what it wants.
+
+// `ParquetObjectReader` is deprecated upstream in favour of hand-written
+// `AsyncFileReader`s; it still does exactly what is needed here (ranged GETs,
+// footer and page-index loading), so it stays until DataFusion moves on.
+#![allow(deprecated)]
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMillisecondType};
+use arrow_array::{Array, RecordBatch};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::file::metadata::RowGroupMetaData;
+use parquet::file::statistics::Statistics;
+use strata_broker::cold::ColdRecord;
+
+use crate::error::{Result, TieringError};
+use crate::manifest::ColdFile;
+
+/// Rows per batch when reading back.
+const READ_BATCH_ROWS: usize = 8192;
+
+fn i64_range(rg: &RowGroupMetaData, column: usize) -> Option<(i64, i64)> {
+    match rg.column(column).statistics()? {
+        Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
+        _ => None,
+    }
+}
+
+async fn open(
+    store: &Arc<dyn ObjectStore>,
+    file: &ColdFile,
+    pick: impl Fn(&RowGroupMetaData) -> bool,
+) -> Result<Option<parquet::arrow::async_reader::ParquetRecordBatchStream<ParquetObjectReader>>> {
+    let reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str()))
+        .with_file_size(file.bytes);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let groups: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, rg)| pick(rg))
+        .map(|(i, _)| i)
+        .collect();
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        builder
+            .with_row_groups(groups)
+            .with_batch_size(READ_BATCH_ROWS)
+            .build()?,
+    ))
+}
+
+/// Records from `from` on in `files` (the manifest's files from that
+/// offset), up to `max_records` or about `max_bytes`.
+pub async fn read_records(
+    store: &Arc<dyn ObjectStore>,
+    files: &[ColdFile],
+    from: u64,
+    max_records: u64,
+    max_bytes: u64,
+) -> Result<Vec<ColdRecord>> {
+    let mut out = Vec::new();
+    let mut bytes = 0u64;
+    for file in files {
+        let Some(mut stream) = open(store, file, |rg| {
+            i64_range(rg, 1).is_none_or(|(_, max)| max >= from as i64)
+        })
+        .await?
+        else {
+            continue;
+        };
+        while let Some(batch) = stream.try_next().await? {
+            for record in records_of(&batch)? {
+                if record.offset < from {
+                    continue;
+                }
+                let size = (record.value.len() + record.key.as_ref().map_or(0, String::len)) as u64;
+                if out.len() as u64 >= max_records || (!out.is_empty() && bytes + size > max_bytes)
+                {
+                    return Ok(out);
+                }
+                bytes += size;
+                out.push(record);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The earliest record with `timestamp >= target` in `files`, as (offset, timestamp).
+pub async fn offset_for_timestamp(
+    store: &Arc<dyn ObjectStore>,
+    files: &[ColdFile],
+    target: i64,
+) -> Result<Option<(u64, i64)>> {
+    for file in files.iter().filter(|f| f.max_timestamp >= target) {
+        let pick = |rg: &RowGroupMetaData| match rg.column(2).statistics() {
+            Some(Statistics::Int64(s)) => s.max_opt().is_none_or(|&max| max >= target),
+            _ => true,
+        };
+        let Some(mut stream) = open(store, file, pick).await? else {
+            continue;
+        };
+        while let Some(batch) = stream.try_next().await? {
+            let offsets = batch.column(1).as_primitive::<Int64Type>();
+            let stamps = batch.column(2).as_primitive::<TimestampMillisecondType>();
+            if let Some(i) = (0..batch.num_rows()).find(|&i| stamps.value(i) >= target) {
+                return Ok(Some((offsets.value(i) as u64, stamps.value(i))));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The rows of a cold-file batch as records.
+pub fn records_of(batch: &RecordBatch) -> Result<Vec<ColdRecord>> {
+    let bad =
+        |what: &str| TieringError::Internal(format!("cold file has an unexpected {what} column"));
+    let offsets = batch
+        .column(1)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| bad("offset"))?;
+    let stamps = batch
+        .column(2)
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or_else(|| bad("timestamp"))?;
+    let keys = batch
+        .column(3)
+        .as_string_opt::<i32>()
+        .ok_or_else(|| bad("key"))?;
+    let values = batch
+        .column(4)
+        .as_string_opt::<i32>()
+        .ok_or_else(|| bad("value"))?;
+    let headers = batch.column(5).as_map_opt().ok_or_else(|| bad("headers"))?;
+    let header_keys = headers
+        .keys()
+        .as_string_opt::<i32>()
+        .ok_or_else(|| bad("headers key"))?;
+    let header_values = headers
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or_else(|| bad("headers value"))?;
+    let bounds = headers.value_offsets();
+    Ok((0..batch.num_rows())
+        .map(|i| ColdRecord {
+            offset: offsets.value(i) as u64,
+            timestamp: stamps.value(i),
+            key: keys.is_valid(i).then(|| keys.value(i).to_string()),
+            value: values.value(i).to_string(),
+            headers: (bounds[i] as usize..bounds[i + 1] as usize)
+                .map(|j| {
+                    (
+                        header_keys.value(j).to_string(),
+                        header_values.value(j).to_string(),
+                    )
+                })
+                .collect(),
+        })
+        .collect())
+}

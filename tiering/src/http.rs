@@ -1,0 +1,40 @@
+//! `POST /v1/topics/{topic}/tiering/run[?roll=true]`: offload now.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::post;
+use strata_broker::http::{ApiError, ApiPath, Params, json_response};
+
+use crate::offloader::{Tiering, to_api};
+
+/// The tiering routes.
+pub fn router(tiering: Arc<Tiering>) -> Router {
+    Router::new()
+        .route("/v1/topics/{topic}/tiering/run", post(run))
+        .with_state(tiering)
+}
+
+async fn run(
+    State(tiering): State<Arc<Tiering>>,
+    ApiPath(topic): ApiPath<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &["roll"])?;
+    let roll = match params.get("roll") {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_request(format!(
+                "roll must be true or false, got {other:?}"
+            )));
+        }
+    };
+    let summary = tiering.offload_topic(&topic, roll).await.map_err(to_api)?;
+    let body =
+        serde_json::to_vec(&summary).map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    Ok(json_response(StatusCode::OK, body))
+}

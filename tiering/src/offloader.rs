@@ -1,0 +1,353 @@
+//! The offloader: sealed segments → Parquet → committed manifest → local
+//! retention. One [`Tiering`] per server; it is also the broker's
+//! [`ColdTier`], answering reads below a partition's local start offset.
+//!
+//! Order of effects for every segment, and why a crash at any point is safe:
+//! 1. upload the Parquet file (a crash leaves an orphan that no manifest
+//!    lists; the retry rewrites the same object);
+//! 2. commit the next manifest version (the file now belongs to the cold tier);
+//! 3. only then delete local segments that local retention no longer needs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use strata_broker::cold::{BoxFuture, ColdRecord, ColdStats, ColdTier};
+use strata_broker::{Broker, BrokerError, Partition, Topic};
+use tokio::sync::watch;
+
+use crate::cold_read;
+use crate::convert::write_segment;
+use crate::error::{Result, TieringError};
+use crate::manifest::{Manifest, ManifestStore};
+use crate::store::ColdStore;
+
+/// How the offloader runs.
+#[derive(Debug, Clone)]
+pub struct TieringConfig {
+    /// Pause between background offload passes.
+    pub interval: Duration,
+}
+
+impl Default for TieringConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one offload pass committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OffloadSummary {
+    pub files: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for OffloadSummary {
+    fn add_assign(&mut self, other: Self) {
+        self.files += other.files;
+        self.records += other.records;
+        self.bytes += other.bytes;
+    }
+}
+
+type PartitionKey = (String, u32);
+
+/// The cold tier of one server.
+#[derive(Debug)]
+pub struct Tiering {
+    broker: Arc<Broker>,
+    cold: ColdStore,
+    manifests: ManifestStore,
+    config: TieringConfig,
+    /// Newest committed manifest per partition.
+    committed: Mutex<HashMap<PartitionKey, Arc<Manifest>>>,
+    /// Serialises offloads of one partition (background pass and `tiering/run`).
+    offloading: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Tiering {
+    /// Loads the manifest of every partition of every topic.
+    pub async fn open(
+        broker: Arc<Broker>,
+        cold: ColdStore,
+        config: TieringConfig,
+    ) -> Result<Arc<Self>> {
+        let manifests =
+            ManifestStore::new(cold.store.clone(), cold.root.clone(), cold.conditional_put);
+        let tiering = Arc::new(Self {
+            broker,
+            cold,
+            manifests,
+            config,
+            committed: Mutex::default(),
+            offloading: Mutex::default(),
+        });
+        for topic in tiering.broker.topics() {
+            for p in topic.partitions() {
+                let manifest = tiering.manifests.load(topic.name(), p.id()).await?;
+                if manifest.end_offset < p.start_offset() && !manifest.files.is_empty() {
+                    tracing::error!(
+                        topic = topic.name(),
+                        partition = p.id(),
+                        cold_end = manifest.end_offset,
+                        local_start = p.start_offset(),
+                        "offsets between the cold tier and local disk are missing"
+                    );
+                }
+                tiering.remember(manifest);
+            }
+        }
+        tracing::info!(store = %tiering.cold.url, "cold tier ready");
+        Ok(tiering)
+    }
+
+    fn remember(&self, manifest: Manifest) -> Arc<Manifest> {
+        let manifest = Arc::new(manifest);
+        self.committed.lock().insert(
+            (manifest.topic.clone(), manifest.partition),
+            manifest.clone(),
+        );
+        manifest
+    }
+
+    async fn manifest(&self, topic: &str, partition: u32) -> Result<Arc<Manifest>> {
+        let cached = self
+            .committed
+            .lock()
+            .get(&(topic.to_string(), partition))
+            .cloned();
+        match cached {
+            Some(m) => Ok(m),
+            None => Ok(self.remember(self.manifests.load(topic, partition).await?)),
+        }
+    }
+
+    fn cached(&self, topic: &str, partition: u32) -> Option<Arc<Manifest>> {
+        self.committed
+            .lock()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    /// Offloads every sealed segment of a topic not yet in the cold tier
+    /// (sealing the active segments first when `roll`), and returns when
+    /// they are committed.
+    pub async fn offload_topic(&self, topic: &str, roll: bool) -> Result<OffloadSummary> {
+        let topic = self.broker.topic(topic)?;
+        if roll {
+            let rolling = topic.clone();
+            tokio::task::spawn_blocking(move || {
+                rolling
+                    .partitions()
+                    .iter()
+                    .try_for_each(|p| p.roll().map(|_| ()))
+            })
+            .await
+            .map_err(|e| TieringError::Internal(e.to_string()))??;
+        }
+        let mut summary = OffloadSummary::default();
+        for p in topic.partitions() {
+            summary += self.offload_partition(&topic, p).await?;
+        }
+        Ok(summary)
+    }
+
+    /// One pass over every topic (the background offloader's unit of work).
+    pub async fn offload_all(&self) -> OffloadSummary {
+        let mut summary = OffloadSummary::default();
+        for topic in self.broker.topics() {
+            for p in topic.partitions() {
+                match self.offload_partition(&topic, p).await {
+                    Ok(s) => summary += s,
+                    Err(e) => {
+                        tracing::warn!(topic = topic.name(), partition = p.id(), error = %e, "offload failed; will retry")
+                    }
+                }
+            }
+        }
+        summary
+    }
+
+    async fn offload_partition(
+        &self,
+        topic: &Arc<Topic>,
+        p: &Arc<Partition>,
+    ) -> Result<OffloadSummary> {
+        let key = (topic.name().to_string(), p.id());
+        let lock = self.offloading.lock().entry(key).or_default().clone();
+        let _only_one = lock.lock().await;
+        let mut manifest = self.manifest(topic.name(), p.id()).await?;
+        let mut summary = OffloadSummary::default();
+        for segment in p.segments() {
+            if !segment.sealed || segment.end_offset <= manifest.end_offset {
+                continue;
+            }
+            if manifest.files.is_empty() && manifest.end_offset < segment.base_offset {
+                // Nothing offloaded yet: the cold tier starts where the log does.
+                let mut start = (*manifest).clone();
+                start.start_offset = segment.base_offset;
+                start.end_offset = segment.base_offset;
+                manifest = Arc::new(start);
+            }
+            let path = self.cold.root.data_file(
+                topic.name(),
+                p.id(),
+                segment.base_offset,
+                segment.end_offset - 1,
+            );
+            let file = write_segment(self.cold.store.clone(), &path, p.clone(), &segment).await?;
+            let next = manifest.with_file(file.clone())?;
+            match self.manifests.commit(&next).await {
+                Ok(()) => {}
+                Err(e @ TieringError::Conflict { .. }) => {
+                    // Someone else committed: forget our view and let the next pass retry.
+                    self.committed
+                        .lock()
+                        .remove(&(topic.name().to_string(), p.id()));
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+            manifest = self.remember(next);
+            summary += OffloadSummary {
+                files: 1,
+                records: file.records,
+                bytes: file.bytes,
+            };
+            tracing::debug!(topic = topic.name(), partition = p.id(), file = %file.path, "offloaded segment");
+        }
+        self.apply_local_retention(topic, p, &manifest)?;
+        Ok(summary)
+    }
+
+    /// Deletes local segments that are committed to the cold tier and beyond
+    /// the topic's `local_retention_bytes` / `local_retention_ms`.
+    fn apply_local_retention(
+        &self,
+        topic: &Topic,
+        p: &Partition,
+        manifest: &Manifest,
+    ) -> Result<()> {
+        let config = topic.config();
+        let segments = p.segments();
+        let mut local_bytes: u64 = segments.iter().map(|s| s.size_bytes).sum();
+        let now = strata_broker::timestamp::now_ms();
+        let mut delete_below = None;
+        for s in segments
+            .iter()
+            .filter(|s| s.sealed && s.end_offset <= manifest.end_offset)
+        {
+            let over_bytes = config.local_retention_bytes >= 0
+                && local_bytes > config.local_retention_bytes as u64;
+            let too_old = config.local_retention_ms >= 0
+                && s.max_timestamp
+                    .is_some_and(|ts| now.saturating_sub(ts) > config.local_retention_ms);
+            if !(over_bytes || too_old) {
+                break;
+            }
+            local_bytes -= s.size_bytes;
+            delete_below = Some(s.end_offset);
+        }
+        if let Some(offset) = delete_below {
+            let removed = p.delete_segments_below(offset)?;
+            tracing::debug!(
+                topic = topic.name(),
+                partition = p.id(),
+                segments = removed.len(),
+                "local retention"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs offload passes every `interval` until `stopping` turns true.
+    pub async fn run_background(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.interval) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            self.offload_all().await;
+        }
+    }
+}
+
+/// A tiering failure as the broker's error (mapped to the API's codes by the broker).
+pub(crate) fn to_broker(e: TieringError) -> BrokerError {
+    match e {
+        TieringError::Broker(e) => e,
+        TieringError::Store(e) => BrokerError::Unavailable {
+            message: format!("the cold tier is unavailable: {e}"),
+            retry_after_secs: 5,
+        },
+        other => BrokerError::Internal(other.to_string()),
+    }
+}
+
+/// A tiering failure as an API error.
+pub(crate) fn to_api(e: TieringError) -> strata_broker::http::ApiError {
+    to_broker(e).into()
+}
+
+impl ColdTier for Tiering {
+    fn stats(&self, topic: &str, partition: u32) -> ColdStats {
+        let Some(m) = self.cached(topic, partition) else {
+            return ColdStats::default();
+        };
+        ColdStats {
+            files: m.files.len() as u64,
+            bytes: m.bytes(),
+            start_offset: m.start_offset,
+            end_offset: m.end_offset,
+            min_timestamp: m.files.iter().map(|f| f.min_timestamp).min(),
+            max_timestamp: m.files.iter().map(|f| f.max_timestamp).max(),
+        }
+    }
+
+    fn read<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: u32,
+        from: u64,
+        max_records: u64,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, strata_broker::Result<Vec<ColdRecord>>> {
+        Box::pin(async move {
+            let manifest = self.manifest(topic, partition).await.map_err(to_broker)?;
+            cold_read::read_records(
+                &self.cold.store,
+                manifest.files_from(from),
+                from,
+                max_records,
+                max_bytes,
+            )
+            .await
+            .map_err(to_broker)
+        })
+    }
+
+    fn offset_for_timestamp<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: u32,
+        target: i64,
+    ) -> BoxFuture<'a, strata_broker::Result<Option<(u64, i64)>>> {
+        Box::pin(async move {
+            let manifest = self.manifest(topic, partition).await.map_err(to_broker)?;
+            cold_read::offset_for_timestamp(&self.cold.store, &manifest.files, target)
+                .await
+                .map_err(to_broker)
+        })
+    }
+
+    fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, strata_broker::Result<()>> {
+        Box::pin(async move {
+            self.committed.lock().retain(|(t, _), _| t != topic);
+            self.manifests.delete_topic(topic).await.map_err(to_broker)
+        })
+    }
+}
