@@ -2,8 +2,9 @@
 # Runs every check and test of Strata on a fresh machine: formatting, lints,
 # then the whole workspace's tests (unit, integration against a real server on
 # an ephemeral port, and end-to-end tests of the `strata` binary, including
-# SIGKILL crash tests). Installs nothing beyond the Rust toolchain today; the
-# cold-tier tests will start their S3-compatible server from here.
+# SIGKILL crash tests). Installs and starts what the tests need: an
+# S3-compatible server on loopback (MinIO if present, else moto from PyPI)
+# and pyarrow as an independent Parquet reader.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,61 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The cold-tier tests need a real S3-compatible server over loopback, and
+# the external-reader tests need pyarrow. Use MinIO when the user has one
+# (S3_ENDPOINT, a `minio` binary, or Docker); otherwise install moto's S3
+# server from PyPI into a venv (it implements conditional writes, which
+# the manifest commit relies on).
+venv=target/test-venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import pyarrow, moto" 2>/dev/null; then
+  echo "== installing the test tools (moto S3 server, pyarrow) into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[s3]==5.2.5" flask flask-cors pyarrow
+fi
+export STRATA_TEST_PYTHON="$PWD/$venv/bin/python"
+
+free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+s3_pid=""
+cleanup() { [ -n "$s3_pid" ] && kill "$s3_pid" 2>/dev/null; rm -rf "${minio_dir:-}"; }
+trap cleanup EXIT
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-strata-test}
+export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-strata-test-secret}
+export AWS_REGION=${AWS_REGION:-us-east-1}
+export AWS_ALLOW_HTTP=true
+bucket=strata-test
+if [ -n "${S3_ENDPOINT:-}" ]; then
+  echo "== S3: using $S3_ENDPOINT"
+  export AWS_ENDPOINT=$S3_ENDPOINT
+elif command -v minio >/dev/null 2>&1; then
+  port=$(free_port)
+  minio_dir=$(mktemp -d)
+  echo "== S3: starting MinIO on 127.0.0.1:$port"
+  MINIO_ROOT_USER=$AWS_ACCESS_KEY_ID MINIO_ROOT_PASSWORD=$AWS_SECRET_ACCESS_KEY \
+    minio server --address "127.0.0.1:$port" "$minio_dir" >"$minio_dir.log" 2>&1 &
+  s3_pid=$!
+  export AWS_ENDPOINT="http://127.0.0.1:$port"
+else
+  port=$(free_port)
+  echo "== S3: starting moto_server on 127.0.0.1:$port"
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
+  s3_pid=$!
+  export AWS_ENDPOINT="http://127.0.0.1:$port"
+fi
+for _ in $(seq 100); do curl -s -o /dev/null "$AWS_ENDPOINT" && break; sleep 0.2; done
+"$venv/bin/python" - "$AWS_ENDPOINT" "$bucket" <<'PY'
+import sys, urllib.request
+endpoint, bucket = sys.argv[1], sys.argv[2]
+# moto accepts an unsigned PUT; MinIO and AWS need a signed one (boto3 ships with moto).
+try:
+    import boto3
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+        s3.create_bucket(Bucket=bucket)
+except ImportError:
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT"))
+PY
+export STRATA_TEST_S3="s3://$bucket/ci-$$"
 
 echo "== cargo test"
 cargo test --workspace --locked "$@"

@@ -32,7 +32,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         None => default_cold_url(&config.broker.data_dir)?,
     };
     let cold = ColdStore::open(&url).with_context(|| format!("opening the cold tier {url}"))?;
-    let tiering = Tiering::open(broker.clone(), cold, TieringConfig::default())
+    let tiering_config = TieringConfig {
+        crash_at: std::env::var("STRATA_CRASH_AT").ok(),
+        ..TieringConfig::default()
+    };
+    let tiering = Tiering::open(broker.clone(), cold, tiering_config)
         .await
         .context("loading the cold tier's manifests")?;
 

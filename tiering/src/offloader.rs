@@ -28,12 +28,16 @@ use crate::store::ColdStore;
 pub struct TieringConfig {
     /// Pause between background offload passes.
     pub interval: Duration,
+    /// Crash tests only: abort the process at this step of an offload
+    /// (`after_upload` or `after_commit`), to prove recovery from it.
+    pub crash_at: Option<String>,
 }
 
 impl Default for TieringConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(5),
+            crash_at: None,
         }
     }
 }
@@ -200,6 +204,7 @@ impl Tiering {
                 segment.end_offset - 1,
             );
             let file = write_segment(self.cold.store.clone(), &path, p.clone(), &segment).await?;
+            self.crash_point("after_upload");
             let next = manifest.with_file(file.clone())?;
             match self.manifests.commit(&next).await {
                 Ok(()) => {}
@@ -212,6 +217,7 @@ impl Tiering {
                 }
                 Err(e) => return Err(e),
             }
+            self.crash_point("after_commit");
             manifest = self.remember(next);
             summary += OffloadSummary {
                 files: 1,
@@ -262,6 +268,13 @@ impl Tiering {
             );
         }
         Ok(())
+    }
+
+    fn crash_point(&self, step: &str) {
+        if self.config.crash_at.as_deref() == Some(step) {
+            tracing::warn!(step, "crash test: aborting");
+            std::process::abort();
+        }
     }
 
     /// Runs offload passes every `interval` until `stopping` turns true.

@@ -8,7 +8,8 @@ use serde_json::json;
 use strata_broker::cold::ColdTier;
 use strata_broker::produce::{BodyFormat, parse_body};
 use strata_broker::{Broker, BrokerConfig, TopicConfigOverrides};
-use strata_tiering::{ColdStore, Tiering, TieringConfig};
+use strata_tiering::manifest::ManifestStore;
+use strata_tiering::{ColdStore, Tiering, TieringConfig, TieringError};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -135,8 +136,30 @@ async fn conformance(url: &str) {
     if !url.starts_with("memory://") {
         assert_eq!(reopened.stats("conf", 1), f.tiering.stats("conf", 1));
     }
+    // Commits are exclusive: a second writer of the same version is refused.
+    // (A memory:// store is new on every open: nothing to check there.)
+    if !url.starts_with("memory://") {
+        check_exclusive_commits(url).await;
+    }
     f.tiering.delete_topic("conf").await.unwrap();
     assert_eq!(f.tiering.stats("conf", 0).files, 0);
+}
+
+async fn check_exclusive_commits(url: &str) {
+    let store = ColdStore::open(url).unwrap();
+    let manifests = ManifestStore::new(
+        store.store.clone(),
+        store.root.clone(),
+        store.conditional_put,
+    );
+    let current = manifests.load("conf", 0).await.unwrap();
+    assert!(current.version >= 2);
+    let mut stale = current.clone();
+    stale.version -= 1;
+    assert!(matches!(
+        manifests.commit(&stale).await,
+        Err(TieringError::Conflict { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

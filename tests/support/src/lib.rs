@@ -148,6 +148,18 @@ impl Api {
     }
 }
 
+/// The Python with pyarrow that `scripts/test.sh` installs (`STRATA_TEST_PYTHON`).
+/// `None` outside that script; under CI its absence is an error.
+pub fn test_python() -> Option<PathBuf> {
+    match std::env::var_os("STRATA_TEST_PYTHON") {
+        Some(path) => Some(PathBuf::from(path)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CI must provide STRATA_TEST_PYTHON: run scripts/test.sh")
+        }
+        None => None,
+    }
+}
+
 /// Polls `check` until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -275,11 +287,22 @@ impl ChildServer {
     /// Starts `binary serve` on port 0 over `data_dir` and waits for its
     /// ready line, which carries the address.
     pub fn spawn(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> Self {
+        Self::spawn_with_env(binary, data_dir, extra_args, &[])
+    }
+
+    /// Like [`ChildServer::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        binary: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
             .env("STRATA_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -328,6 +351,22 @@ impl ChildServer {
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits (up to 60 s) for the process to exit by itself, e.g. at a crash point.
+    pub fn wait_exit(mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: the process dies at once, flushing nothing.

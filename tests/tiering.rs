@@ -1,0 +1,214 @@
+//! The cold tier through the `strata` binary: offload over HTTP, reads
+//! across the tier boundary, an external Parquet reader, and crashes in the
+//! middle of an offload.
+
+use std::path::Path;
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use strata_test_support::{ChildServer, test_python};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+fn dataset(n: i64) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            json!({"key": if i % 5 == 0 { None } else { Some(format!("user-{}", i % 13)) },
+                   "value": if i % 17 == 0 { json!(null) } else { json!({"i": i, "page": format!("/p/{}", i % 7), "f": 1.5}) },
+                   "headers": if i % 3 == 0 { json!({"src": "web"}) } else { json!({}) },
+                   "timestamp": 1_700_000_000_000i64 + ((i * 7919) % n) * 1000,
+                   "partition": i % 2})
+        })
+        .collect()
+}
+
+async fn load(server: &ChildServer, topic: &str, records: &[Value]) {
+    server
+        .api
+        .create_topic(
+            topic,
+            2,
+            json!({"segment_bytes": 8192, "local_retention_bytes": 0}),
+        )
+        .await;
+    for chunk in records.chunks(50) {
+        server.api.produce(topic, chunk).await;
+    }
+}
+
+async fn offload(server: &ChildServer, topic: &str) -> Value {
+    let (status, body) = server
+        .api
+        .post(
+            &format!("/v1/topics/{topic}/tiering/run?roll=true"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn all_records(server: &ChildServer, topic: &str) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    for p in 0..2 {
+        let records = server.api.consume_all(topic, p, 0).await;
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(
+                r["offset"], i as u64,
+                "partition {p}: dense, each offset once"
+            );
+        }
+        out.push(records);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_and_time_lookups_cross_the_tier_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(binary(), dir.path(), &[]);
+    let records = dataset(600);
+    load(&server, "lake", &records).await;
+    let before = all_records(&server, "lake").await;
+    assert_eq!(before[0].len() + before[1].len(), 600);
+
+    let summary = offload(&server, "lake").await;
+    assert_eq!(summary["records"], 600, "{summary}");
+    assert!(summary["files"].as_u64().unwrap() >= 4, "{summary}");
+    let (_, described) = server.api.get("/v1/topics/lake").await;
+    for p in described["partitions"].as_array().unwrap() {
+        assert_eq!(p["start_offset"], 0, "{p}");
+        assert_eq!(
+            p["local_start_offset"], 300,
+            "local segments deleted once committed: {p}"
+        );
+        assert_eq!(p["cold"]["end_offset"], 300, "{p}");
+        assert!(
+            p["cold"]["files"].as_u64().unwrap() >= 2 && p["cold"]["bytes"].as_u64().unwrap() > 0
+        );
+    }
+    // Consume from offset 0 now reads Parquet, invisibly: identical records.
+    assert_eq!(all_records(&server, "lake").await, before);
+    // New records after the boundary continue the offsets.
+    let acks = server
+        .api
+        .produce("lake", &[json!({"value": "after", "partition": 1})])
+        .await;
+    assert_eq!(acks[0]["offset"], 300);
+
+    for p in 0..2usize {
+        let stamps: Vec<i64> = records
+            .iter()
+            .filter(|r| r["partition"] == p)
+            .map(|r| r["timestamp"].as_i64().unwrap())
+            .collect();
+        for target in [
+            0,
+            1_700_000_000_000i64,
+            1_700_000_123_000,
+            1_700_000_598_000,
+            1_700_000_599_001,
+        ] {
+            let (status, body) = server
+                .api
+                .get(&format!(
+                    "/v1/topics/lake/partitions/{p}/offset?timestamp={target}"
+                ))
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            let want = stamps.iter().position(|&ts| ts >= target);
+            match want {
+                Some(offset) => assert_eq!(
+                    body["offset"], offset,
+                    "partition {p} target {target}: {body}"
+                ),
+                None => assert!(body["offset"].as_u64().unwrap() >= 300, "{body}"),
+            }
+        }
+    }
+
+    // An engine that is not ours reads the files and finds exactly the records.
+    if let Some(python) = test_python() {
+        let script = r#"
+import json, sys, glob, pyarrow.parquet as pq
+rows = []
+for path in sorted(glob.glob(sys.argv[1] + "/*/*.parquet")):
+    for r in pq.read_table(path).to_pylist():
+        rows.append([r["partition"], r["offset"], int(r["timestamp"].timestamp() * 1000), r["key"], r["value"], dict(r["headers"])])
+print(json.dumps(rows))
+"#;
+        let out = Command::new(python)
+            .args(["-c", script])
+            .arg(dir.path().join("cold/lake"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rows.len(), 600);
+        let mut seen = std::collections::HashSet::new();
+        for row in &rows {
+            let (p, offset) = (
+                row[0].as_u64().unwrap() as usize,
+                row[1].as_u64().unwrap() as usize,
+            );
+            assert!(seen.insert((p, offset)), "record {p}/{offset} twice");
+            let want = &before[p][offset];
+            assert_eq!(
+                strata_broker::timestamp::format_timestamp(row[2].as_i64().unwrap()),
+                want["timestamp"]
+            );
+            assert_eq!(row[3], want["key"]);
+            assert_eq!(
+                serde_json::from_str::<Value>(row[4].as_str().unwrap()).unwrap(),
+                want["value"]
+            );
+            assert_eq!(row[5], want["headers"]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_in_the_middle_of_an_offload_lose_and_double_nothing() {
+    for step in ["after_upload", "after_commit"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ChildServer::spawn(binary(), dir.path(), &[]);
+        load(&server, "crashy", &dataset(400)).await;
+        let before = all_records(&server, "crashy").await;
+        server.terminate();
+
+        // The server aborts at `step` of its first offload.
+        let server =
+            ChildServer::spawn_with_env(binary(), dir.path(), &[], &[("STRATA_CRASH_AT", step)]);
+        let url = format!("{}/v1/topics/crashy/tiering/run?roll=true", server.api.base);
+        let outcome = server.api.http.post(url).send().await;
+        assert!(outcome.is_err() || !outcome.unwrap().status().is_success());
+        let status = server.wait_exit();
+        assert!(!status.success(), "{step}: the crash point fired");
+
+        let server = ChildServer::spawn(binary(), dir.path(), &[]);
+        assert_eq!(
+            all_records(&server, "crashy").await,
+            before,
+            "{step}: nothing lost or doubled after the crash"
+        );
+        let summary = offload(&server, "crashy").await;
+        assert!(summary["records"].as_u64().unwrap() <= 400, "{summary}");
+        assert_eq!(
+            all_records(&server, "crashy").await,
+            before,
+            "{step}: offload completes after restart"
+        );
+        let (_, d) = server.api.get("/v1/topics/crashy").await;
+        for p in d["partitions"].as_array().unwrap() {
+            assert_eq!(p["cold"]["end_offset"], 200, "{step}: {p}");
+            assert_eq!(p["local_start_offset"], 200, "{step}: {p}");
+        }
+    }
+}
