@@ -161,6 +161,35 @@ impl Broker {
         self.topics.read().values().cloned().collect()
     }
 
+    /// Bytes of all segments on local disk.
+    pub fn local_bytes(&self) -> u64 {
+        self.topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.local_bytes()))
+            .sum()
+    }
+
+    /// `Unavailable` (503 with `Retry-After`) once the local disk budget
+    /// `max_local_bytes` is used up: produce must wait for offload and local
+    /// retention to free space rather than fill the disk.
+    pub fn check_local_budget(&self) -> Result<()> {
+        let budget = self.config.max_local_bytes;
+        if budget < 0 {
+            return Ok(());
+        }
+        let used = self.local_bytes();
+        if used >= budget as u64 {
+            return Err(BrokerError::Unavailable {
+                message: format!(
+                    "the local disk budget is used up ({used} of max_local_bytes {budget}); \
+                     retry once segments are offloaded to the cold tier"
+                ),
+                retry_after_secs: 5,
+            });
+        }
+        Ok(())
+    }
+
     /// Seals active segments older than their topic's `segment_ms`.
     pub fn roll_due_segments(&self, now_ms: i64) {
         for topic in self.topics() {

@@ -131,6 +131,10 @@ pub struct BrokerConfig {
     pub default_partitions: u32,
     /// Longest accepted `wait_ms` of a long-polling consume.
     pub max_wait_ms: u64,
+    /// Local disk budget for all segments, in bytes (-1 = none). Once
+    /// reached (e.g. the object store is down and nothing can be offloaded
+    /// and deleted), produce answers `503 unavailable` with `Retry-After`.
+    pub max_local_bytes: i64,
     /// Defaults of every topic's configuration.
     pub topic_defaults: TopicConfig,
 }
@@ -144,6 +148,7 @@ impl Default for BrokerConfig {
             index_interval_bytes: 4096,
             default_partitions: 1,
             max_wait_ms: 60_000,
+            max_local_bytes: -1,
             topic_defaults: TopicConfig::default(),
         }
     }
@@ -175,6 +180,9 @@ impl BrokerConfig {
         }
         if self.max_wait_ms > 600_000 {
             return bad("max_wait_ms must be at most 600000 (10 minutes)".into());
+        }
+        if self.max_local_bytes < -1 {
+            return bad("max_local_bytes must be -1 (no budget) or a number of bytes".into());
         }
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be at least 1".into());

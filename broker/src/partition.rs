@@ -95,6 +95,8 @@ pub struct Partition {
     end_offset: AtomicU64,
     end_tx: watch::Sender<u64>,
     closed: AtomicBool,
+    /// Bytes of all segments on local disk, appended but unwritten included.
+    local_bytes: AtomicU64,
     fsync_seconds: metrics::Histogram,
 }
 
@@ -156,6 +158,7 @@ impl Partition {
         let active = Arc::new(active);
         segments.push(active.clone());
         let (end_tx, _) = watch::channel(next_offset);
+        let local_bytes = segments.iter().map(|s| s.info().size_bytes).sum::<u64>();
         Ok(Self {
             id,
             dir: dir.to_path_buf(),
@@ -173,6 +176,7 @@ impl Partition {
             end_offset: AtomicU64::new(next_offset),
             end_tx,
             closed: AtomicBool::new(false),
+            local_bytes: AtomicU64::new(local_bytes),
             fsync_seconds: metrics::histogram!("strata_fsync_seconds"),
         })
     }
@@ -180,6 +184,11 @@ impl Partition {
     /// The partition number.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Bytes of this partition's segments on local disk.
+    pub fn local_bytes(&self) -> u64 {
+        self.local_bytes.load(Ordering::Relaxed)
     }
 
     /// The offset the next record will get; every offset below it is durable.
@@ -222,6 +231,7 @@ impl Partition {
         batch.set_base_offset(base);
         let position = w.tail.len();
         w.tail.append(batch.as_bytes());
+        self.local_bytes.fetch_add(len, Ordering::Relaxed);
         w.active.on_append(&batch.view(), position);
         w.next_offset += count;
         w.first_append_ms.get_or_insert(now_ms);
@@ -444,7 +454,10 @@ impl Partition {
         let mut infos = Vec::with_capacity(removed.len());
         for segment in removed {
             remove_segment_files(&self.dir, segment.base_offset())?;
-            infos.push(segment.info());
+            let info = segment.info();
+            self.local_bytes
+                .fetch_sub(info.size_bytes, Ordering::Relaxed);
+            infos.push(info);
         }
         if !infos.is_empty() {
             sync_dir(&self.dir)?;

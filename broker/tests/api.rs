@@ -438,3 +438,48 @@ fn api_is_cloneable_for_tasks() {
     let api = Api::new("http://127.0.0.1:1/");
     assert_eq!(api.clone().base, "http://127.0.0.1:1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_disk_budget_answers_503_with_retry_after() {
+    let dir = tempfile::TempDir::new().unwrap().keep();
+    let config = strata_broker::BrokerConfig {
+        data_dir: dir,
+        max_local_bytes: 20_000,
+        ..strata_broker::BrokerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let api = &server.api;
+    api.create_topic("full", 1, json!({})).await;
+    let batch: Vec<Value> = (0..50)
+        .map(|i| json!({"value": format!("{i:0>100}")}))
+        .collect();
+    let mut accepted = 0;
+    let response = loop {
+        let response = api
+            .http
+            .post(format!("{}/v1/topics/full/records", api.base))
+            .json(&json!({ "records": batch }))
+            .send()
+            .await
+            .unwrap();
+        if response.status() != StatusCode::OK {
+            break response;
+        }
+        accepted += 1;
+        assert!(accepted < 100, "the budget never applied");
+    };
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(
+        api.end_offsets("full").await,
+        [accepted * 50],
+        "nothing of the refused request was written"
+    );
+    // Reads keep working.
+    assert_eq!(
+        api.consume_all("full", 0, 0).await.len() as u64,
+        accepted * 50
+    );
+}

@@ -95,6 +95,27 @@ impl Manifest {
         Ok(next)
     }
 
+    /// The next version without the leading files whose newest record is
+    /// older than `cutoff_ms`, and those files; `None` when none expired.
+    pub fn without_expired(&self, cutoff_ms: i64) -> Option<(Self, Vec<ColdFile>)> {
+        let expired = self
+            .files
+            .iter()
+            .take_while(|f| f.max_timestamp < cutoff_ms)
+            .count();
+        if expired == 0 {
+            return None;
+        }
+        let mut next = self.clone();
+        next.version += 1;
+        let removed: Vec<ColdFile> = next.files.drain(..expired).collect();
+        next.start_offset = next
+            .files
+            .first()
+            .map_or(next.end_offset, |f| f.first_offset);
+        Some((next, removed))
+    }
+
     /// Files holding offsets at or after `offset`, in order.
     pub fn files_from(&self, offset: u64) -> &[ColdFile] {
         let first = self.files.partition_point(|f| f.last_offset < offset);
@@ -268,6 +289,19 @@ mod tests {
         assert_eq!(m.files_from(10).len(), 1);
         assert_eq!(m.files_from(20).len(), 0);
         m.check("x").unwrap();
+        let (kept, removed) = m.without_expired(1).unwrap();
+        assert_eq!(
+            (
+                kept.version,
+                kept.start_offset,
+                kept.end_offset,
+                kept.files.len()
+            ),
+            (3, 20, 20, 0)
+        );
+        assert_eq!(removed.len(), 2);
+        kept.check("x").unwrap();
+        assert!(m.without_expired(0).is_none());
     }
 
     #[tokio::test]

@@ -71,7 +71,14 @@ pub struct Tiering {
     committed: Mutex<HashMap<PartitionKey, Arc<Manifest>>>,
     /// Serialises offloads of one partition (background pass and `tiering/run`).
     offloading: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each partition last had no sealed segment waiting (for the lag gauge).
+    caught_up_at: Mutex<HashMap<PartitionKey, i64>>,
+    /// Objects dropped from manifests, deleted once their grace period ends.
+    pending_deletes: Mutex<Vec<(i64, object_store::path::Path)>>,
 }
+
+/// How long an object dropped by retention stays readable.
+const OBJECT_DELETE_GRACE_MS: i64 = 60_000;
 
 impl Tiering {
     /// Loads the manifest of every partition of every topic.
@@ -89,6 +96,8 @@ impl Tiering {
             config,
             committed: Mutex::default(),
             offloading: Mutex::default(),
+            caught_up_at: Mutex::default(),
+            pending_deletes: Mutex::default(),
         });
         for topic in tiering.broker.topics() {
             for p in topic.partitions() {
@@ -157,6 +166,7 @@ impl Tiering {
         for p in topic.partitions() {
             summary += self.offload_partition(&topic, p).await?;
         }
+        self.report_lag(&topic);
         Ok(summary)
     }
 
@@ -168,12 +178,51 @@ impl Tiering {
                 match self.offload_partition(&topic, p).await {
                     Ok(s) => summary += s,
                     Err(e) => {
-                        tracing::warn!(topic = topic.name(), partition = p.id(), error = %e, "offload failed; will retry")
+                        metrics::counter!("strata_offload_errors_total", "topic" => topic.name().to_string()).increment(1);
+                        tracing::warn!(topic = topic.name(), partition = p.id(), error = %e, "offload failed; will retry");
                     }
                 }
             }
+            self.report_lag(&topic);
         }
         summary
+    }
+
+    /// Sets the per-topic lag and size gauges: records and bytes sealed on
+    /// local disk but not yet committed to the cold tier, and the seconds
+    /// since each partition last had nothing waiting (the worst one).
+    fn report_lag(&self, topic: &Topic) {
+        let now = strata_broker::timestamp::now_ms();
+        let (mut records, mut bytes, mut seconds, mut cold_bytes) = (0u64, 0u64, 0f64, 0u64);
+        for p in topic.partitions() {
+            let cold_end = self.cached(topic.name(), p.id()).map_or(0, |m| {
+                cold_bytes += m.bytes();
+                m.end_offset
+            });
+            let waiting: Vec<_> = p
+                .segments()
+                .into_iter()
+                .filter(|s| s.sealed && s.end_offset > cold_end)
+                .collect();
+            records += waiting
+                .iter()
+                .map(|s| s.end_offset - s.base_offset.max(cold_end))
+                .sum::<u64>();
+            bytes += waiting.iter().map(|s| s.size_bytes).sum::<u64>();
+            let key = (topic.name().to_string(), p.id());
+            let mut caught_up = self.caught_up_at.lock();
+            let since = *caught_up.entry(key.clone()).or_insert(now);
+            if waiting.is_empty() {
+                caught_up.insert(key, now);
+            } else {
+                seconds = seconds.max(now.saturating_sub(since) as f64 / 1000.0);
+            }
+        }
+        let label = || topic.name().to_string();
+        metrics::gauge!("strata_offload_lag_records", "topic" => label()).set(records as f64);
+        metrics::gauge!("strata_offload_lag_bytes", "topic" => label()).set(bytes as f64);
+        metrics::gauge!("strata_offload_lag_seconds", "topic" => label()).set(seconds);
+        metrics::gauge!("strata_cold_bytes", "topic" => label()).set(cold_bytes as f64);
     }
 
     async fn offload_partition(
@@ -224,10 +273,70 @@ impl Tiering {
                 records: file.records,
                 bytes: file.bytes,
             };
+            let label = || topic.name().to_string();
+            metrics::counter!("strata_offload_files_total", "topic" => label()).increment(1);
+            metrics::counter!("strata_offload_records_total", "topic" => label())
+                .increment(file.records);
+            metrics::counter!("strata_offload_bytes_total", "topic" => label())
+                .increment(file.bytes);
             tracing::debug!(topic = topic.name(), partition = p.id(), file = %file.path, "offloaded segment");
         }
+        let manifest = self.apply_total_retention(topic, p, manifest).await?;
         self.apply_local_retention(topic, p, &manifest)?;
+        self.delete_due_objects().await;
         Ok(summary)
+    }
+
+    /// `retention_ms`: drops whole cold files whose newest record is older,
+    /// manifest first, objects after a grace period (so reads that already
+    /// hold the old manifest finish), and local segments below the new start.
+    async fn apply_total_retention(
+        &self,
+        topic: &Topic,
+        p: &Partition,
+        manifest: Arc<Manifest>,
+    ) -> Result<Arc<Manifest>> {
+        let retention = topic.config().retention_ms;
+        if retention < 0 {
+            return Ok(manifest);
+        }
+        let now = strata_broker::timestamp::now_ms();
+        let Some((next, expired)) = manifest.without_expired(now.saturating_sub(retention)) else {
+            return Ok(manifest);
+        };
+        self.manifests.commit(&next).await?;
+        let due = now + OBJECT_DELETE_GRACE_MS;
+        self.pending_deletes.lock().extend(
+            expired
+                .into_iter()
+                .map(|f| (due, object_store::path::Path::from(f.path))),
+        );
+        p.delete_segments_below(next.start_offset)?;
+        tracing::info!(
+            topic = topic.name(),
+            partition = p.id(),
+            start_offset = next.start_offset,
+            "retention moved the start"
+        );
+        Ok(self.remember(next))
+    }
+
+    /// Deletes objects whose grace period has passed.
+    async fn delete_due_objects(&self) {
+        let now = strata_broker::timestamp::now_ms();
+        let due: Vec<object_store::path::Path> = {
+            let mut pending = self.pending_deletes.lock();
+            let (due, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(at, _)| *at <= now);
+            *pending = later;
+            due.into_iter().map(|(_, path)| path).collect()
+        };
+        for path in due {
+            if let Err(e) =
+                object_store::ObjectStoreExt::delete(self.cold.store.as_ref(), &path).await
+            {
+                tracing::warn!(%path, error = %e, "could not delete an expired cold file; it is no longer referenced");
+            }
+        }
     }
 
     /// Deletes local segments that are committed to the cold tier and beyond

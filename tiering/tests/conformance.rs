@@ -162,6 +162,53 @@ async fn check_exclusive_commits(url: &str) {
     ));
 }
 
+/// `retention_ms` drops whole cold files whose newest record is older, and
+/// moves the partition's start offset up; newer files stay readable.
+async fn retention(url: &str) {
+    let f = fixture(url).await;
+    let overrides = TopicConfigOverrides {
+        segment_bytes: Some(2048),
+        local_retention_bytes: Some(0),
+        retention_ms: Some(3_600_000),
+        ..Default::default()
+    };
+    f.broker.create_topic("ret", Some(1), &overrides).unwrap();
+    let now = strata_broker::timestamp::now_ms();
+    let old: Vec<serde_json::Value> = (0..100)
+        .map(|i| json!({"value": i, "timestamp": 1_000_000 + i}))
+        .collect();
+    let new: Vec<serde_json::Value> = (100..200)
+        .map(|i| json!({"value": i, "timestamp": now}))
+        .collect();
+    for chunk in old.chunks(10) {
+        produce(&f.broker, "ret", chunk);
+    }
+    f.broker.topic("ret").unwrap().partitions()[0]
+        .roll()
+        .unwrap();
+    for chunk in new.chunks(10) {
+        produce(&f.broker, "ret", chunk);
+    }
+    f.tiering.offload_topic("ret", true).await.unwrap();
+    let stats = f.tiering.stats("ret", 0);
+    assert_eq!(
+        stats.start_offset, 100,
+        "files of old records expired: {stats:?}"
+    );
+    assert_eq!(stats.end_offset, 200);
+    let page = f.tiering.read("ret", 0, 100, 1000, 1 << 20).await.unwrap();
+    assert_eq!(page.len(), 100);
+    assert_eq!(page[0].offset, 100);
+    assert!(f.broker.topic("ret").unwrap().partitions()[0].start_offset() >= 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_memory_and_file_stores() {
+    retention("memory://").await;
+    let dir = tempfile::tempdir().unwrap();
+    retention(&format!("file://{}", dir.path().display())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store() {
     conformance("memory://").await;

@@ -143,7 +143,7 @@ async fn health() -> Response {
 
 async fn metrics_text(State(app): State<AppState>) -> Response {
     for topic in app.broker.topics() {
-        let bytes: u64 = topic.partitions().iter().map(|p| p.stats().bytes).sum();
+        let bytes: u64 = topic.partitions().iter().map(|p| p.local_bytes()).sum();
         metrics::gauge!("strata_local_bytes", "topic" => topic.name().to_string())
             .set(bytes as f64);
     }

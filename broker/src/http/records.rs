@@ -32,6 +32,7 @@ pub(super) async fn produce(
     body: Body,
 ) -> Result<Response, ApiError> {
     let topic = app.broker.topic(&topic)?;
+    app.broker.check_local_budget()?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
