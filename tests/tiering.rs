@@ -7,7 +7,7 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use strata_test_support::{ChildServer, test_python};
+use strata_test_support::{ChildServer, test_python, test_s3};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strata"))
@@ -211,4 +211,149 @@ async fn crashes_in_the_middle_of_an_offload_lose_and_double_nothing() {
             assert_eq!(p["local_start_offset"], 200, "{step}: {p}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_at_random_points_of_an_offload() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(binary(), dir.path(), &[]);
+    load(&server, "killed", &dataset(3000)).await;
+    let before = all_records(&server, "killed").await;
+    let mut server = server;
+    // Kill points spread over the offload: at once, early, later.
+    for delay_ms in [0u64, 3, 9, 20, 45, 80] {
+        let url = format!("{}/v1/topics/killed/tiering/run?roll=true", server.api.base);
+        let http = server.api.http.clone();
+        let run = tokio::spawn(async move { http.post(url).send().await });
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        server.kill9();
+        let _ = run.await;
+        server = ChildServer::spawn(binary(), dir.path(), &[]);
+        assert_eq!(
+            all_records(&server, "killed").await,
+            before,
+            "after a kill {delay_ms} ms into an offload"
+        );
+    }
+    offload(&server, "killed").await;
+    assert_eq!(
+        all_records(&server, "killed").await,
+        before,
+        "offload completes after the crashes"
+    );
+    let (_, d) = server.api.get("/v1/topics/killed").await;
+    for p in d["partitions"].as_array().unwrap() {
+        assert_eq!(p["cold"]["end_offset"], 1500, "{p}");
+    }
+    // Each record is in exactly one committed file: the glob sees it once.
+    if let Some(python) = test_python() {
+        let script = "import sys, glob, pyarrow.parquet as pq; print(sum(pq.read_metadata(p).num_rows for p in glob.glob(sys.argv[1] + '/*/*.parquet')))";
+        let out = Command::new(python)
+            .args(["-c", script])
+            .arg(dir.path().join("cold/killed"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_outage_backs_pressure_and_loses_nothing() {
+    let Some((s3, url)) = test_s3("outage") else {
+        eprintln!("no S3 server (run scripts/test.sh): skipped");
+        return;
+    };
+    let proxy = strata_test_support::FaultProxy::start(s3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, "max_local_bytes = 300000\n").unwrap();
+    let endpoint = format!("http://{}", proxy.addr);
+    let env = [("AWS_ENDPOINT", endpoint.as_str())];
+    let args = [
+        "--object-store",
+        url.as_str(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let server = ChildServer::spawn_with_env(binary(), &dir.path().join("data"), &args, &env);
+    server
+        .api
+        .create_topic(
+            "out",
+            1,
+            json!({"segment_bytes": 16384, "local_retention_bytes": 0}),
+        )
+        .await;
+
+    proxy.cut();
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for n in 0..400 {
+        let batch: Vec<Value> = (0..20)
+            .map(|i| json!({"value": {"n": n, "i": i, "pad": "x".repeat(80)}}))
+            .collect();
+        let response = server
+            .api
+            .http
+            .post(format!("{}/v1/topics/out/records", server.api.base))
+            .json(&json!({ "records": batch }))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(response.headers().contains_key("retry-after"));
+            refused = Some(n);
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+        acked.extend(batch);
+    }
+    let refused = refused.expect("produce hits the local budget while the store is down");
+    assert!(
+        refused > 10,
+        "produce kept working during the outage until the budget ({refused} batches)"
+    );
+    let (status, body) = server
+        .api
+        .post("/v1/topics/out/tiering/run?roll=true", &json!({}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "offload cannot reach the store: {body}"
+    );
+
+    proxy.restore();
+    strata_test_support::eventually(
+        std::time::Duration::from_secs(60),
+        "offload after the outage",
+        || {
+            let api = server.api.clone();
+            async move {
+                let (status, _) = api
+                    .post("/v1/topics/out/tiering/run?roll=true", &json!({}))
+                    .await;
+                (status == StatusCode::OK).then_some(())
+            }
+        },
+    )
+    .await;
+    let (_, d) = server.api.get("/v1/topics/out").await;
+    assert_eq!(d["partitions"][0]["cold"]["end_offset"], acked.len(), "{d}");
+    let records = server.api.consume_all("out", 0, 0).await;
+    assert_eq!(records.len(), acked.len());
+    for (i, (record, sent)) in records.iter().zip(&acked).enumerate() {
+        assert_eq!(record["offset"], i);
+        assert_eq!(&record["value"], &sent["value"]);
+    }
+    // Space was freed: produce is accepted again.
+    server
+        .api
+        .produce("out", &[json!({"value": "after"})])
+        .await;
 }

@@ -404,3 +404,103 @@ impl Drop for ChildServer {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy in front of a server that a test can cut and restore, to
+/// play an outage of that server (e.g. the object store) without losing
+/// its state.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts forwarding `127.0.0.1:<ephemeral>` to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            up,
+            connections,
+            accept,
+        }
+    }
+
+    /// Refuses new connections and breaks the open ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            c.abort();
+        }
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// The S3-compatible server that `scripts/test.sh` started: its address
+/// (from `AWS_ENDPOINT`) and a fresh `s3://` URL under `STRATA_TEST_S3`.
+/// `None` outside that script; under CI its absence is an error.
+pub fn test_s3(name: &str) -> Option<(SocketAddr, String)> {
+    let (Ok(endpoint), Ok(url)) = (
+        std::env::var("AWS_ENDPOINT"),
+        std::env::var("STRATA_TEST_S3"),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide an S3 server: run scripts/test.sh"
+        );
+        return None;
+    };
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let addr: SocketAddr = host
+        .parse()
+        .unwrap_or_else(|_| panic!("AWS_ENDPOINT {endpoint} is not http://IP:PORT"));
+    Some((
+        addr,
+        format!(
+            "{}/{name}-{}",
+            url.trim_end_matches('/'),
+            std::process::id()
+        ),
+    ))
+}
