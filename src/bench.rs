@@ -17,8 +17,26 @@ use crate::client::Client;
 pub enum BenchCommand {
     /// Concurrent producers posting fixed-size batches for a duration.
     Produce(ProduceBench),
-    /// Readers consuming whole partitions from the hot tier.
+    /// Readers consuming whole partitions from the hot tier (or the cold one with --cold).
     Consume(ConsumeBench),
+    /// Offload alone, in this process: sealed segments -> Parquet -> committed manifest.
+    Offload(OffloadBench),
+}
+
+#[derive(Args)]
+pub struct OffloadBench {
+    /// Records to load and offload.
+    #[arg(long, default_value_t = 5_000_000)]
+    records: u64,
+    /// Approximate bytes of each record's JSON.
+    #[arg(long, default_value_t = 120)]
+    record_size: usize,
+    /// Segment size; each becomes one Parquet file.
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    segment_bytes: u64,
+    /// Cold tier to offload to (default: a temporary file:// directory).
+    #[arg(long)]
+    object_store: Option<String>,
 }
 
 #[derive(Args)]
@@ -61,6 +79,9 @@ pub struct ConsumeBench {
     /// Times each partition is read end to end.
     #[arg(long, default_value_t = 1)]
     passes: u32,
+    /// Offload everything first (and delete it locally), so reads come from Parquet.
+    #[arg(long)]
+    cold: bool,
 }
 
 pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
@@ -68,6 +89,7 @@ pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Produce(args) => produce(&client, args).await,
         BenchCommand::Consume(args) => consume(&client, args).await,
+        BenchCommand::Offload(args) => offload(args).await,
     }
 }
 
@@ -102,7 +124,7 @@ fn batch_body(count: usize, size: usize, salt: usize) -> (Bytes, usize) {
             n % 100_000
         );
         let pad = size.saturating_sub(head.len() + 4);
-        let record = format!("{head}{}\"}}}}", "x".repeat(pad));
+        let record = format!("{head}{}\"}}}}", pseudo_random_text(n, pad));
         record_bytes += record.len();
         body.push_str(&record);
     }
@@ -166,10 +188,35 @@ async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
 }
 
 async fn consume(client: &Client, args: ConsumeBench) -> Result<()> {
-    ensure_topic(client, &args.topic, args.partitions).await?;
+    if args.cold {
+        let config = json!({"name": args.topic, "partitions": args.partitions, "config": {"local_retention_bytes": 0}});
+        let response = client
+            .request(Method::POST, "/v1/topics")
+            .json(&config)
+            .send()
+            .await?;
+        if !(response.status().is_success() || response.status() == StatusCode::CONFLICT) {
+            bail!(
+                "creating {}: {}",
+                args.topic,
+                response.text().await.unwrap_or_default()
+            );
+        }
+    } else {
+        ensure_topic(client, &args.topic, args.partitions).await?;
+    }
     let held = held_records(client, &args.topic).await?;
     if held < args.records {
         load(client, &args.topic, args.records - held, args.record_size).await?;
+    }
+    if args.cold {
+        let path = format!("/v1/topics/{}/tiering/run?roll=true", args.topic);
+        let summary = client
+            .send(client.request(Method::POST, &path))
+            .await?
+            .text()
+            .await?;
+        eprintln!("offloaded: {summary}");
     }
     let topic = client
         .get_json(&format!("/v1/topics/{}", args.topic))
@@ -276,6 +323,110 @@ async fn load(client: &Client, topic: &str, records: u64, record_size: usize) ->
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Loads `records` into a temporary broker, seals them, and times the offload.
+async fn offload(args: OffloadBench) -> Result<()> {
+    use strata_broker::produce::{BodyFormat, parse_body};
+    use strata_broker::{Broker, BrokerConfig, TopicConfigOverrides};
+    use strata_tiering::{ColdStore, Tiering, TieringConfig};
+
+    let dir = tempfile::tempdir()?;
+    let config = BrokerConfig {
+        data_dir: dir.path().join("data"),
+        ..BrokerConfig::default()
+    };
+    let broker = Arc::new(Broker::open(config)?);
+    let overrides = TopicConfigOverrides {
+        segment_bytes: Some(args.segment_bytes),
+        local_retention_bytes: Some(-1),
+        local_retention_ms: Some(-1),
+        ..Default::default()
+    };
+    let topic = broker.create_topic("bench-offload", Some(1), &overrides)?;
+    let batch = 1000usize;
+    let loading = Instant::now();
+    for i in 0..args.records.div_ceil(batch as u64) {
+        let (body, _) = batch_body(batch, args.record_size, i as usize);
+        let records = parse_body(&body, BodyFormat::Json, 1 << 20)?;
+        topic.produce(&records, strata_broker::timestamp::now_ms())?;
+    }
+    topic.partitions()[0].roll()?;
+    let segment_bytes: u64 = topic.partitions()[0]
+        .segments()
+        .iter()
+        .map(|s| s.size_bytes)
+        .sum();
+    eprintln!(
+        "loaded {} records ({:.0} MB of segments) in {:.1} s",
+        topic.partitions()[0].end_offset(),
+        segment_bytes as f64 / 1e6,
+        loading.elapsed().as_secs_f64()
+    );
+
+    let url = match &args.object_store {
+        Some(url) => url.clone(),
+        None => format!("file://{}/cold", dir.path().display()),
+    };
+    let tiering = Tiering::open(
+        broker.clone(),
+        ColdStore::open(&url)?,
+        TieringConfig::default(),
+    )
+    .await?;
+    let rss_before = peak_rss_mib();
+    let started = Instant::now();
+    let summary = tiering.offload_topic("bench-offload", false).await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "bench offload: {} records in {} files in {secs:.2} s: {:.0} records/s, {:.0} MB/s of segments, \
+         compression {:.1}x (segments {:.0} MB -> Parquet {:.0} MB), peak RSS {} MiB (before offload {} MiB)",
+        summary.records,
+        summary.files,
+        summary.records as f64 / secs,
+        segment_bytes as f64 / secs / 1e6,
+        segment_bytes as f64 / summary.bytes.max(1) as f64,
+        segment_bytes as f64 / 1e6,
+        summary.bytes as f64 / 1e6,
+        peak_rss_mib(),
+        rss_before,
+    );
+    Ok(())
+}
+
+/// This process's peak resident set (VmHWM), in MiB.
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// About `len` bytes of words drawn from a small vocabulary: text that
+/// compresses like log and event payloads do, not like a run of one byte
+/// (a xorshift sequence seeded by `seed` picks the words).
+fn pseudo_random_text(seed: usize, len: usize) -> String {
+    const WORDS: [&str; 32] = [
+        "alpha", "bravo", "cart", "delta", "echo", "fox", "golf", "hotel", "india", "juliet",
+        "kilo", "lima", "mike", "nov", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
+        "user", "view", "click", "page", "home", "search", "buy", "login", "error", "ok", "mobile",
+        "web",
+    ];
+    let mut x = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut text = String::with_capacity(len + 8);
+    while text.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        text.push_str(WORDS[(x % 32) as usize]);
+        text.push(' ');
+    }
+    text.truncate(len);
+    text
 }
 
 /// p50, p99 and p99.9 of latencies in microseconds, as milliseconds.

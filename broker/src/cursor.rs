@@ -21,6 +21,8 @@ pub struct LogCursor {
     from: u64,
     end_offset: u64,
     reader: BlockReader,
+    /// The `O_DIRECT` handle of the current segment, in direct mode.
+    direct_file: Option<std::fs::File>,
 }
 
 impl LogCursor {
@@ -37,7 +39,20 @@ impl LogCursor {
             from,
             end_offset,
             reader: BlockReader::default(),
+            direct_file: None,
         }
+    }
+
+    /// Reads around the page cache from now on: for bulk readers (the
+    /// offloader) that would otherwise pay a page-cache copy per byte.
+    pub fn with_direct_io(mut self) -> Result<Self> {
+        self.reader = BlockReader::direct();
+        self.direct_file = self
+            .segments
+            .get(self.seg)
+            .map(|s| s.open_direct())
+            .transpose()?;
+        Ok(self)
     }
 
     /// One past the last offset this cursor will return.
@@ -52,9 +67,10 @@ impl LogCursor {
             return Ok(None);
         };
         let seg = &self.segments[self.seg];
+        let file = self.direct_file.as_ref().unwrap_or(seg.file());
         let bytes = self
             .reader
-            .read(seg.file(), pos, len, pos + len as u64)
+            .read(file, pos, len, pos + len as u64)
             .map_err(|source| read_error(seg, source))?;
         match peek_batch(bytes) {
             Ok(Peek::Batch(view)) => Ok(Some(view)),
@@ -101,12 +117,20 @@ impl LogCursor {
                 self.seg += 1;
                 self.pos = 0;
                 self.reader.reset();
+                if self.direct_file.is_some() {
+                    self.direct_file = self
+                        .segments
+                        .get(self.seg)
+                        .map(|s| s.open_direct())
+                        .transpose()?;
+                }
                 self.limit = self.segments.get(self.seg).map_or(0, |s| s.visible_len());
                 continue;
             }
+            let file = self.direct_file.as_ref().unwrap_or(seg.file());
             let bytes = self
                 .reader
-                .read(seg.file(), self.pos, need, self.limit)
+                .read(file, self.pos, need, self.limit)
                 .map_err(|source| read_error(seg, source))?;
             let view = match peek_batch(bytes) {
                 Ok(Peek::Batch(view)) => view,

@@ -16,6 +16,7 @@ use crate::batch::{BatchView, Peek, peek_batch};
 use crate::durable::write_atomic;
 use crate::error::{BrokerError, IoContext, Result};
 use crate::index::{OffsetIndex, SegmentIndex, TimeIndex};
+use crate::tail::BLOCK;
 
 /// Bytes read from a segment file at a time by scans and cursors.
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -252,6 +253,26 @@ impl Segment {
         &self.file
     }
 
+    /// A read handle that bypasses the page cache where the filesystem
+    /// allows it (see [`BlockReader::direct`]).
+    pub(crate) fn open_direct(&self) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)
+        {
+            Ok(file) => Ok(file),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                File::open(&self.path).context(|| format!("opening {}", self.path.display()))
+            }
+            Err(source) => Err(BrokerError::Io {
+                context: format!("opening {}", self.path.display()),
+                source,
+            }),
+        }
+    }
+
     /// A consistent description of the visible part.
     pub fn info(&self) -> SegmentInfo {
         let st = self.state.read();
@@ -391,17 +412,33 @@ fn load_indexes(log_path: &Path, log_len: u64) -> Option<(OffsetIndex, TimeIndex
     ))
 }
 
-/// Reads a segment file through a reusable buffer.
+/// Reads a segment file through a reusable buffer. In direct mode reads go
+/// around the page cache (`O_DIRECT` handles, block-aligned reads into an
+/// aligned buffer): a bulk reader such as the offloader then costs no
+/// page-cache copy, which on the reference machine was half its CPU.
 #[derive(Debug, Default)]
 pub(crate) struct BlockReader {
-    buf: Vec<u8>,
+    raw: Vec<u8>,
+    /// Index in `raw` of the first buffered byte (block-aligned in direct mode).
+    off: usize,
+    len: usize,
+    /// File position of the first buffered byte.
     start: u64,
+    direct: bool,
 }
 
 impl BlockReader {
+    /// A reader for `O_DIRECT` handles.
+    pub(crate) fn direct() -> Self {
+        Self {
+            direct: true,
+            ..Self::default()
+        }
+    }
+
     /// Forgets the buffered bytes; call before reading another file.
     pub(crate) fn reset(&mut self) {
-        self.buf.clear();
+        self.len = 0;
         self.start = 0;
     }
 
@@ -414,17 +451,48 @@ impl BlockReader {
         limit: u64,
     ) -> std::io::Result<&[u8]> {
         let wanted_end = (pos + need as u64).min(limit);
-        let buf_end = self.start + self.buf.len() as u64;
-        if pos < self.start || wanted_end > buf_end {
-            let len = (need.max(READ_CHUNK) as u64).min(limit.saturating_sub(pos)) as usize;
-            self.buf.resize(len, 0);
-            file.read_exact_at(&mut self.buf[..len], pos)?;
-            self.start = pos;
+        if pos < self.start || wanted_end > self.start + self.len as u64 {
+            let block = if self.direct { BLOCK as u64 } else { 1 };
+            let start = pos / block * block;
+            let want =
+                ((pos - start) as usize + need.max(READ_CHUNK)).min((limit - start) as usize);
+            let want = want.div_ceil(block as usize) * block as usize;
+            if self.raw.len() < want + BLOCK {
+                self.raw = vec![0u8; want + BLOCK];
+            }
+            self.off = if self.direct {
+                self.raw.as_ptr().align_offset(BLOCK)
+            } else {
+                0
+            };
+            let n = read_up_to(file, &mut self.raw[self.off..self.off + want], start)?;
+            self.start = start;
+            self.len = n;
+            if start + (n as u64) < wanted_end {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "segment shorter than expected",
+                ));
+            }
         }
-        let from = (pos - self.start) as usize;
-        let to = ((limit - self.start) as usize).min(self.buf.len());
-        Ok(&self.buf[from..to])
+        let from = self.off + (pos - self.start) as usize;
+        let to = self.off + ((limit - self.start) as usize).min(self.len);
+        Ok(&self.raw[from..to])
     }
+}
+
+/// Reads into `buf` from `pos` until it is full or the file ends.
+fn read_up_to(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], pos + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Walks the batches of `file` from `pos` (holding `offset`) to `len`,

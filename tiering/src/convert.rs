@@ -121,10 +121,10 @@ impl BatchBuilder {
     }
 
     fn push(&mut self, partition: u32, record: &RecordView<'_>) -> Result<()> {
-        let text = |bytes: &[u8]| {
-            std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| {
-                TieringError::Internal(format!("record {} is not UTF-8: {e}", record.offset))
-            })
+        let offset = record.offset;
+        let text = |bytes| {
+            std::str::from_utf8(bytes)
+                .map_err(|e| TieringError::Internal(format!("record {offset} is not UTF-8: {e}")))
         };
         self.partition.append_value(partition as i32);
         self.offset.append_value(record.offset as i64);
@@ -216,7 +216,7 @@ fn read_segment(
     end: u64,
     tx: &mpsc::Sender<RecordBatch>,
 ) -> Result<Stats> {
-    let mut cursor = partition.cursor(base)?;
+    let mut cursor = partition.cursor(base)?.with_direct_io()?;
     let mut builder = BatchBuilder::new();
     let mut stats = Stats {
         records: 0,
