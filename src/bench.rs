@@ -58,6 +58,9 @@ pub struct ProduceBench {
     /// Seconds to run.
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
+    /// Target records/s over all producers (0 = as fast as acks allow).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 #[derive(Args)]
@@ -141,10 +144,23 @@ async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
         let (client, body, path) = (client.clone(), body.clone(), path.clone());
+        let pace = (args.rate > 0).then(|| {
+            Duration::from_secs_f64(
+                args.batch_size as f64 * args.concurrency as f64 / args.rate as f64,
+            )
+        });
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
+            let mut ticks = pace.map(|p| {
+                let mut t = tokio::time::interval(p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             while Instant::now() < deadline {
+                if let Some(t) = ticks.as_mut() {
+                    t.tick().await;
+                }
                 let sent = Instant::now();
                 let request = client
                     .request(Method::POST, &path)

@@ -17,6 +17,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::statistics::Statistics;
@@ -27,13 +28,6 @@ use crate::manifest::ColdFile;
 
 /// Rows per batch when reading back.
 const READ_BATCH_ROWS: usize = 8192;
-
-fn i64_range(rg: &RowGroupMetaData, column: usize) -> Option<(i64, i64)> {
-    match rg.column(column).statistics()? {
-        Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
-        _ => None,
-    }
-}
 
 async fn open(
     store: &Arc<dyn ObjectStore>,
@@ -63,7 +57,10 @@ async fn open(
 }
 
 /// Records from `from` on in `files` (the manifest's files from that
-/// offset), up to `max_records` or about `max_bytes`.
+/// offset), up to `max_records` or about `max_bytes`. Offsets are dense
+/// and sorted inside a file, so the rows wanted are known by position: the
+/// reader gets a row selection and, with the page index, decodes only the
+/// pages that hold them.
 pub async fn read_records(
     store: &Arc<dyn ObjectStore>,
     files: &[ColdFile],
@@ -74,18 +71,25 @@ pub async fn read_records(
     let mut out = Vec::new();
     let mut bytes = 0u64;
     for file in files {
-        let Some(mut stream) = open(store, file, |rg| {
-            i64_range(rg, 1).is_none_or(|(_, max)| max >= from as i64)
-        })
-        .await?
-        else {
+        let skip = from.saturating_sub(file.first_offset);
+        let take = (max_records - out.len() as u64).min(file.records.saturating_sub(skip));
+        if take == 0 {
             continue;
-        };
+        }
+        let reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str()))
+            .with_file_size(file.bytes);
+        let options = ArrowReaderOptions::new().with_page_index(true);
+        let selection = RowSelection::from(vec![
+            RowSelector::skip(skip as usize),
+            RowSelector::select(take as usize),
+        ]);
+        let mut stream = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+            .await?
+            .with_row_selection(selection)
+            .with_batch_size(READ_BATCH_ROWS.min(take as usize))
+            .build()?;
         while let Some(batch) = stream.try_next().await? {
             for record in records_of(&batch)? {
-                if record.offset < from {
-                    continue;
-                }
                 let size = (record.value.len() + record.key.as_ref().map_or(0, String::len)) as u64;
                 if out.len() as u64 >= max_records || (!out.is_empty() && bytes + size > max_bytes)
                 {
@@ -94,6 +98,9 @@ pub async fn read_records(
                 bytes += size;
                 out.push(record);
             }
+        }
+        if out.len() as u64 >= max_records {
+            break;
         }
     }
     Ok(out)
