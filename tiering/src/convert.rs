@@ -42,7 +42,11 @@ use crate::paths::DataFilePath;
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 1 << 20;
 /// Rows per Arrow batch handed from the segment reader to the writer.
-pub const BATCH_ROWS: usize = 64 * 1024;
+pub const BATCH_ROWS: usize = 32 * 1024;
+/// Bytes of each multipart upload part.
+pub const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
+/// Parts of one file uploaded concurrently.
+pub const UPLOADS_IN_FLIGHT: usize = 2;
 
 /// The Arrow schema of every cold file (and of SQL tables over topics).
 pub fn schema() -> SchemaRef {
@@ -174,15 +178,12 @@ pub async fn write_segment(
     partition: Arc<Partition>,
     segment: &SegmentInfo,
 ) -> Result<ColdFile> {
-    let (tx, mut rx) = mpsc::channel::<RecordBatch>(2);
+    let (tx, mut rx) = mpsc::channel::<RecordBatch>(1);
     let (base, end) = (segment.base_offset, segment.end_offset);
     let reader = tokio::task::spawn_blocking(move || read_segment(&partition, base, end, &tx));
 
-    let mut writer = AsyncArrowWriter::try_new(
-        BufWriter::new(store, path.0.clone()),
-        schema(),
-        Some(writer_properties()),
-    )?;
+    let mut writer =
+        AsyncArrowWriter::try_new(upload(store, path), schema(), Some(writer_properties()))?;
     while let Some(batch) = rx.recv().await {
         writer.write(&batch).await?;
     }
@@ -207,6 +208,13 @@ pub async fn write_segment(
         records: stats.records,
         bytes,
     })
+}
+
+/// The multipart upload of one file: parts of [`UPLOAD_PART_BYTES`], at
+/// most [`UPLOADS_IN_FLIGHT`] at a time, which bounds its memory.
+fn upload(store: Arc<dyn ObjectStore>, path: &DataFilePath) -> BufWriter {
+    BufWriter::with_capacity(store, path.0.clone(), UPLOAD_PART_BYTES)
+        .with_max_concurrency(UPLOADS_IN_FLIGHT)
 }
 
 /// Reads offsets `[base, end)` and sends them as record batches.

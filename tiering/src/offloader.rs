@@ -71,8 +71,6 @@ pub struct Tiering {
     committed: Mutex<HashMap<PartitionKey, Arc<Manifest>>>,
     /// Serialises offloads of one partition (background pass and `tiering/run`).
     offloading: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// When each partition last had no sealed segment waiting (for the lag gauge).
-    caught_up_at: Mutex<HashMap<PartitionKey, i64>>,
     /// Objects dropped from manifests, deleted once their grace period ends.
     pending_deletes: Mutex<Vec<(i64, object_store::path::Path)>>,
 }
@@ -96,7 +94,6 @@ impl Tiering {
             config,
             committed: Mutex::default(),
             offloading: Mutex::default(),
-            caught_up_at: Mutex::default(),
             pending_deletes: Mutex::default(),
         });
         for topic in tiering.broker.topics() {
@@ -189,10 +186,9 @@ impl Tiering {
     }
 
     /// Sets the per-topic lag and size gauges: records and bytes sealed on
-    /// local disk but not yet committed to the cold tier, and the seconds
-    /// since each partition last had nothing waiting (the worst one).
+    /// local disk but not yet committed to the cold tier, and how long ago
+    /// the oldest of those segments was sealed (the worst partition).
     fn report_lag(&self, topic: &Topic) {
-        let now = strata_broker::timestamp::now_ms();
         let (mut records, mut bytes, mut seconds, mut cold_bytes) = (0u64, 0u64, 0f64, 0u64);
         for p in topic.partitions() {
             let cold_end = self.cached(topic.name(), p.id()).map_or(0, |m| {
@@ -209,13 +205,12 @@ impl Tiering {
                 .map(|s| s.end_offset - s.base_offset.max(cold_end))
                 .sum::<u64>();
             bytes += waiting.iter().map(|s| s.size_bytes).sum::<u64>();
-            let key = (topic.name().to_string(), p.id());
-            let mut caught_up = self.caught_up_at.lock();
-            let since = *caught_up.entry(key.clone()).or_insert(now);
-            if waiting.is_empty() {
-                caught_up.insert(key, now);
-            } else {
-                seconds = seconds.max(now.saturating_sub(since) as f64 / 1000.0);
+            // A sealed segment's file was last written when it was sealed.
+            let oldest = waiting
+                .first()
+                .and_then(|s| std::fs::metadata(&s.path).ok()?.modified().ok());
+            if let Some(age) = oldest.and_then(|t| t.elapsed().ok()) {
+                seconds = seconds.max(age.as_secs_f64());
             }
         }
         let label = || topic.name().to_string();
