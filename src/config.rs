@@ -3,7 +3,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use std::time::Duration;
+
 use strata_broker::BrokerConfig;
+use strata_tiering::TieringConfig;
 
 use crate::ServeArgs;
 
@@ -13,6 +16,17 @@ pub struct ServeConfig {
     pub listen: String,
     pub object_store: Option<String>,
     pub broker: BrokerConfig,
+    pub tiering: TieringConfig,
+}
+
+/// The `[tiering]` table of the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TieringFile {
+    /// Offload a sealed segment only once it is this old (default 0).
+    offload_after_ms: Option<u64>,
+    /// Pause between background offload passes (default 5000).
+    offload_interval_ms: Option<u64>,
 }
 
 impl ServeConfig {
@@ -21,11 +35,18 @@ impl ServeConfig {
         let mut listen = "127.0.0.1:8080".to_string();
         let mut object_store = None;
         let mut broker = BrokerConfig::default();
+        let mut tiering = TieringConfig::default();
         if let Some(path) = &args.config {
-            let (file_listen, file_store, file_broker) = read_file(path)?;
-            listen = file_listen.unwrap_or(listen);
-            object_store = file_store;
-            broker = file_broker;
+            let file = read_file(path)?;
+            listen = file.listen.unwrap_or(listen);
+            object_store = file.object_store;
+            broker = file.broker;
+            if let Some(ms) = file.tiering.offload_after_ms {
+                tiering.offload_after = Duration::from_millis(ms);
+            }
+            if let Some(ms) = file.tiering.offload_interval_ms {
+                tiering.interval = Duration::from_millis(ms.max(10));
+            }
         }
         if let Some(l) = &args.listen {
             listen.clone_from(l);
@@ -39,20 +60,27 @@ impl ServeConfig {
         if let Some(url) = &object_store {
             check_object_store_url(url)?;
         }
-        broker
-            .topic_defaults
-            .validate()
-            .context("invalid topic_defaults")?;
+        broker.validate().context("invalid configuration")?;
         Ok(Self {
             listen,
             object_store,
             broker,
+            tiering,
         })
     }
 }
 
-/// Reads `listen` and `object_store` plus every broker setting; unknown keys are errors.
-fn read_file(path: &Path) -> Result<(Option<String>, Option<String>, BrokerConfig)> {
+/// What the config file says.
+struct FileConfig {
+    listen: Option<String>,
+    object_store: Option<String>,
+    broker: BrokerConfig,
+    tiering: TieringFile,
+}
+
+/// Reads `listen`, `object_store`, the `[tiering]` table and every broker
+/// setting; unknown keys are errors.
+fn read_file(path: &Path) -> Result<FileConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table =
@@ -66,10 +94,21 @@ fn read_file(path: &Path) -> Result<(Option<String>, Option<String>, BrokerConfi
     };
     let listen = take_string("listen")?;
     let object_store = take_string("object_store")?;
+    let tiering = match table.remove("tiering") {
+        Some(value) => value
+            .try_into()
+            .with_context(|| format!("invalid [tiering] in {}", path.display()))?,
+        None => TieringFile::default(),
+    };
     let broker: BrokerConfig = table
         .try_into()
         .with_context(|| format!("invalid settings in {}", path.display()))?;
-    Ok((listen, object_store, broker))
+    Ok(FileConfig {
+        listen,
+        object_store,
+        broker,
+        tiering,
+    })
 }
 
 fn check_object_store_url(url: &str) -> Result<()> {
@@ -91,7 +130,7 @@ mod tests {
         let path = dir.path().join("strata.toml");
         std::fs::write(
             &path,
-            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/tmp/x\"\nmax_record_bytes = 10\n[topic_defaults]\nsegment_bytes = 4096\nsegment_ms = 1000\nlocal_retention_bytes = -1\nlocal_retention_ms = -1\nretention_ms = -1\ntimestamp_type = \"log_append_time\"\n",
+            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/tmp/x\"\nmax_record_bytes = 10\n[topic_defaults]\nsegment_bytes = 4096\nsegment_ms = 1000\nlocal_retention_bytes = -1\nlocal_retention_ms = -1\nretention_ms = -1\ntimestamp_type = \"log_append_time\"\n[tiering]\noffload_after_ms = 1500\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -104,6 +143,7 @@ mod tests {
         assert_eq!(config.broker.data_dir, Path::new("/tmp/x"));
         assert_eq!(config.broker.max_record_bytes, 10);
         assert_eq!(config.broker.topic_defaults.segment_bytes, 4096);
+        assert_eq!(config.tiering.offload_after, Duration::from_millis(1500));
 
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         assert!(

@@ -34,7 +34,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let cold = ColdStore::open(&url).with_context(|| format!("opening the cold tier {url}"))?;
     let tiering_config = TieringConfig {
         crash_at: std::env::var("STRATA_CRASH_AT").ok(),
-        ..TieringConfig::default()
+        ..config.tiering.clone()
     };
     let tiering = Tiering::open(broker.clone(), cold, tiering_config)
         .await

@@ -357,3 +357,42 @@ async fn object_store_outage_backs_pressure_and_loses_nothing() {
         .produce("out", &[json!({"value": "after"})])
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_local_disk_is_rebuilt_from_the_object_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().join("store").display());
+    let data = dir.path().join("data");
+    let server = ChildServer::spawn(binary(), &data, &["--object-store", &store]);
+    load(&server, "durable", &dataset(500)).await;
+    offload(&server, "durable").await;
+    let before = all_records(&server, "durable").await;
+    let (_, described) = server.api.get("/v1/topics/durable").await;
+    server.kill9();
+
+    std::fs::remove_dir_all(&data).unwrap();
+    let server = ChildServer::spawn(binary(), &data, &["--object-store", &store]);
+    let (status, restored) = server.api.get("/v1/topics/durable").await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    assert_eq!(restored["config"], described["config"]);
+    assert_eq!(
+        all_records(&server, "durable").await,
+        before,
+        "every offloaded record, from the store alone"
+    );
+    for p in restored["partitions"].as_array().unwrap() {
+        assert_eq!(
+            (p["start_offset"].clone(), p["end_offset"].clone()),
+            (json!(0), json!(250)),
+            "{p}"
+        );
+    }
+    let acks = server
+        .api
+        .produce("durable", &[json!({"value": "next", "partition": 0})])
+        .await;
+    assert_eq!(
+        acks[0]["offset"], 250,
+        "offsets continue after the cold tier"
+    );
+}

@@ -93,31 +93,63 @@ impl Broker {
             )));
         }
         let config = overrides.apply(&self.config.topic_defaults)?;
-        let _admin = self.admin.lock();
-        if self.topics.read().contains_key(name) {
-            return Err(BrokerError::TopicExists(name.to_string()));
-        }
         let meta = TopicMeta {
             name: name.to_string(),
             partitions,
             config,
         };
-        let staged = self.config.data_dir.join("staging").join(name);
+        self.install_topic(meta, &[])
+    }
+
+    /// Re-creates a topic known only to the cold tier (the local disk was
+    /// lost or replaced): partition `p` starts empty at `start_offsets[p]`,
+    /// the offset after everything the cold tier holds, so offsets continue.
+    pub fn restore_topic(&self, meta: TopicMeta, start_offsets: &[u64]) -> Result<Arc<Topic>> {
+        validate_name(&meta.name)?;
+        meta.config.validate()?;
+        if start_offsets.len() != meta.partitions as usize {
+            return Err(BrokerError::InvalidRequest(format!(
+                "{} start offsets for {} partitions",
+                start_offsets.len(),
+                meta.partitions
+            )));
+        }
+        self.install_topic(meta, start_offsets)
+    }
+
+    /// Builds a topic under `staging/` (with empty first segments at
+    /// `start_offsets`, when given) and renames it into `topics/`, so it
+    /// appears whole or not at all, also across a crash.
+    fn install_topic(&self, meta: TopicMeta, start_offsets: &[u64]) -> Result<Arc<Topic>> {
+        let name = meta.name.clone();
+        let _admin = self.admin.lock();
+        if self.topics.read().contains_key(&name) {
+            return Err(BrokerError::TopicExists(name));
+        }
+        let staged = self.config.data_dir.join("staging").join(&name);
         let _ = fs::remove_dir_all(&staged);
         fs::create_dir_all(&staged).context(|| format!("creating {}", staged.display()))?;
+        for (p, &start) in start_offsets.iter().enumerate() {
+            let dir = staged.join(p.to_string());
+            fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+            let first = dir.join(crate::segment::log_file_name(start));
+            fs::File::create(&first).context(|| format!("creating {}", first.display()))?;
+            sync_dir(&dir)?;
+        }
         let bytes =
             serde_json::to_vec_pretty(&meta).map_err(|e| BrokerError::Internal(e.to_string()))?;
         write_atomic(&staged.join("topic.json"), &bytes)?;
-        let final_dir = self.topics_dir().join(name);
+        let final_dir = self.topics_dir().join(&name);
         fs::rename(&staged, &final_dir).context(|| format!("moving topic {name} into place"))?;
         sync_dir(&self.topics_dir())?;
+        let partitions = meta.partitions;
         let topic = Arc::new(Topic::open(
             &final_dir,
             meta,
             self.config.index_interval_bytes,
         )?);
         sync_dir(&final_dir)?;
-        self.topics.write().insert(name.to_string(), topic.clone());
+        self.topics.write().insert(name.clone(), topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }

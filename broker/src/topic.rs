@@ -82,6 +82,11 @@ impl Topic {
         })
     }
 
+    /// Name, partition count and configuration, as stored in `topic.json`.
+    pub fn meta(&self) -> &TopicMeta {
+        &self.meta
+    }
+
     /// The topic's name.
     pub fn name(&self) -> &str {
         &self.meta.name

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TieringError};
 use crate::paths::{ColdRoot, manifest_version};
+use strata_broker::topic::TopicMeta;
 
 /// Manifest versions kept behind the newest (older ones are deleted).
 const KEEP_VERSIONS: u64 = 8;
@@ -245,8 +246,48 @@ impl ManifestStore {
         Ok(())
     }
 
-    /// Deletes every manifest version and data file of a topic.
+    /// Stores the topic's description next to its data.
+    pub async fn put_topic_meta(&self, meta: &TopicMeta) -> Result<()> {
+        let bytes =
+            serde_json::to_vec_pretty(meta).map_err(|e| TieringError::Internal(e.to_string()))?;
+        self.store
+            .put(&self.root.topic_meta(&meta.name), PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// The descriptions of every topic in the store.
+    pub async fn topic_metas(&self) -> Result<Vec<TopicMeta>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(self.root.path()))
+            .await?;
+        let mut metas = Vec::new();
+        for dir in listing.common_prefixes {
+            let Some(name) = dir.filename() else { continue };
+            let path = self.root.topic_meta(name);
+            let bytes = match self.store.get(&path).await {
+                Ok(found) => found.bytes().await?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let meta: TopicMeta =
+                serde_json::from_slice(&bytes).map_err(|e| TieringError::CorruptManifest {
+                    path: path.to_string(),
+                    message: e.to_string(),
+                })?;
+            metas.push(meta);
+        }
+        Ok(metas)
+    }
+
+    /// Deletes every manifest version and data file of a topic, its
+    /// description first (so a half-done delete is not restored later).
     pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        match self.store.delete(&self.root.topic_meta(topic)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         let prefix = self.root.topic(topic);
         let locations = self
             .store

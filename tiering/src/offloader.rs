@@ -28,6 +28,8 @@ use crate::store::ColdStore;
 pub struct TieringConfig {
     /// Pause between background offload passes.
     pub interval: Duration,
+    /// A sealed segment is offloaded only once it is this old.
+    pub offload_after: Duration,
     /// Crash tests only: abort the process at this step of an offload
     /// (`after_upload` or `after_commit`), to prove recovery from it.
     pub crash_at: Option<String>,
@@ -37,6 +39,7 @@ impl Default for TieringConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(5),
+            offload_after: Duration::ZERO,
             crash_at: None,
         }
     }
@@ -71,6 +74,8 @@ pub struct Tiering {
     committed: Mutex<HashMap<PartitionKey, Arc<Manifest>>>,
     /// Serialises offloads of one partition (background pass and `tiering/run`).
     offloading: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Topics whose description this process has stored.
+    described: Mutex<std::collections::HashSet<String>>,
     /// Objects dropped from manifests, deleted once their grace period ends.
     pending_deletes: Mutex<Vec<(i64, object_store::path::Path)>>,
 }
@@ -94,8 +99,10 @@ impl Tiering {
             config,
             committed: Mutex::default(),
             offloading: Mutex::default(),
+            described: Mutex::default(),
             pending_deletes: Mutex::default(),
         });
+        tiering.restore_missing_topics().await?;
         for topic in tiering.broker.topics() {
             for p in topic.partitions() {
                 let manifest = tiering.manifests.load(topic.name(), p.id()).await?;
@@ -113,6 +120,24 @@ impl Tiering {
         }
         tracing::info!(store = %tiering.cold.url, "cold tier ready");
         Ok(tiering)
+    }
+
+    /// Re-creates, from the store alone, topics that have cold data but no
+    /// local directory (a lost or replaced disk): each partition continues
+    /// at the cold tier's end offset.
+    async fn restore_missing_topics(&self) -> Result<()> {
+        for meta in self.manifests.topic_metas().await? {
+            if self.broker.topic(&meta.name).is_ok() {
+                continue;
+            }
+            let mut starts = Vec::with_capacity(meta.partitions as usize);
+            for p in 0..meta.partitions {
+                starts.push(self.manifests.load(&meta.name, p).await?.end_offset);
+            }
+            tracing::warn!(topic = %meta.name, ?starts, "restoring a topic from the cold tier");
+            self.broker.restore_topic(meta, &starts)?;
+        }
+        Ok(())
     }
 
     fn remember(&self, manifest: Manifest) -> Arc<Manifest> {
@@ -230,9 +255,16 @@ impl Tiering {
         let _only_one = lock.lock().await;
         let mut manifest = self.manifest(topic.name(), p.id()).await?;
         let mut summary = OffloadSummary::default();
+        if !self.described.lock().contains(topic.name()) {
+            self.manifests.put_topic_meta(topic.meta()).await?;
+            self.described.lock().insert(topic.name().to_string());
+        }
         for segment in p.segments() {
             if !segment.sealed || segment.end_offset <= manifest.end_offset {
                 continue;
+            }
+            if !self.old_enough(&segment) {
+                break;
             }
             if manifest.files.is_empty() && manifest.end_offset < segment.base_offset {
                 // Nothing offloaded yet: the cold tier starts where the log does.
@@ -374,6 +406,19 @@ impl Tiering {
         Ok(())
     }
 
+    /// Whether a sealed segment has waited `offload_after` since it was
+    /// sealed (its file's last write).
+    fn old_enough(&self, segment: &strata_broker::segment::SegmentInfo) -> bool {
+        if self.config.offload_after.is_zero() {
+            return true;
+        }
+        std::fs::metadata(&segment.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age >= self.config.offload_after)
+    }
+
     fn crash_point(&self, step: &str) {
         if self.config.crash_at.as_deref() == Some(step) {
             tracing::warn!(step, "crash test: aborting");
@@ -464,6 +509,7 @@ impl ColdTier for Tiering {
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, strata_broker::Result<()>> {
         Box::pin(async move {
             self.committed.lock().retain(|(t, _), _| t != topic);
+            self.described.lock().remove(topic);
             self.manifests.delete_topic(topic).await.map_err(to_broker)
         })
     }

@@ -22,9 +22,20 @@ impl ColdRoot {
         Self(Path::from(prefix.trim_matches('/')))
     }
 
+    /// The root itself.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
     /// Everything of one topic.
     pub fn topic(&self, topic: &str) -> Path {
         self.0.clone().join(topic)
+    }
+
+    /// The topic's description (partitions, config), so a server that lost
+    /// its local disk can re-create the topic from the store alone.
+    pub fn topic_meta(&self, topic: &str) -> Path {
+        self.topic(topic).join("_topic.json")
     }
 
     /// The data file holding offsets `first..=last` of a partition.

@@ -236,3 +236,38 @@ async fn s3_store() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offload_after_holds_back_young_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig {
+        data_dir: dir.path().join("data"),
+        ..BrokerConfig::default()
+    };
+    let broker = Arc::new(Broker::open(config).unwrap());
+    broker
+        .create_topic("young", Some(1), &TopicConfigOverrides::default())
+        .unwrap();
+    produce(&broker, "young", &[json!({"value": 1})]);
+    let patient = TieringConfig {
+        offload_after: std::time::Duration::from_secs(3600),
+        ..TieringConfig::default()
+    };
+    let url = format!("file://{}", dir.path().join("cold").display());
+    let tiering = Tiering::open(broker.clone(), ColdStore::open(&url).unwrap(), patient)
+        .await
+        .unwrap();
+    assert_eq!(
+        tiering.offload_topic("young", true).await.unwrap().files,
+        0,
+        "sealed a moment ago: too young"
+    );
+    let eager = Tiering::open(
+        broker.clone(),
+        ColdStore::open(&url).unwrap(),
+        TieringConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(eager.offload_topic("young", false).await.unwrap().files, 1);
+}
