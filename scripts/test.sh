@@ -21,7 +21,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # The cold-tier tests need a real S3-compatible server over loopback, and
 # the external-reader tests need pyarrow. Use MinIO when the user has one
-# (S3_ENDPOINT, a `minio` binary, or Docker); otherwise install moto's S3
+# (S3_ENDPOINT pointing at it, or a `minio` binary on PATH; with Docker,
+# start examples/minio and set S3_ENDPOINT); otherwise install moto's S3
 # server from PyPI into a venv (it implements conditional writes, which
 # the manifest commit relies on).
 venv=target/test-venv

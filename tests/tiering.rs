@@ -198,6 +198,24 @@ async fn crashes_in_the_middle_of_an_offload_lose_and_double_nothing() {
             before,
             "{step}: nothing lost or doubled after the crash"
         );
+        // An upload the crash left uncommitted is removed on start.
+        let (_, d) = server.api.get("/v1/topics/crashy").await;
+        let committed: u64 = d["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["cold"]["files"].as_u64().unwrap())
+            .sum();
+        let on_disk = ["0", "1"]
+            .iter()
+            .filter_map(|p| std::fs::read_dir(dir.path().join("cold/crashy").join(p)).ok())
+            .flatten()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+            })
+            .count() as u64;
+        assert_eq!(on_disk, committed, "{step}: only committed files remain");
         let summary = offload(&server, "crashy").await;
         assert!(summary["records"].as_u64().unwrap() <= 400, "{summary}");
         assert_eq!(

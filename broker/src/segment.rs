@@ -191,8 +191,13 @@ impl Segment {
             scanned.next_offset,
             false,
         );
-        // A segment whose seal completed is never dropped by recovery.
-        Ok((segment, !had_index))
+        if had_index {
+            // Its seal had completed: never dropped by recovery, sealed again
+            // now that its indexes were rebuilt.
+            segment.seal()?;
+            return Ok((segment, false));
+        }
+        Ok((segment, true))
     }
 
     /// Opens the last segment of a partition after a stop or a crash:

@@ -115,6 +115,7 @@ impl Tiering {
                         "offsets between the cold tier and local disk are missing"
                     );
                 }
+                tiering.remove_orphans(&manifest).await?;
                 tiering.remember(manifest);
             }
         }
@@ -136,6 +137,30 @@ impl Tiering {
             }
             tracing::warn!(topic = %meta.name, ?starts, "restoring a topic from the cold tier");
             self.broker.restore_topic(meta, &starts)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes data files of a partition that its manifest does not list:
+    /// uploads a crash left uncommitted, and files whose deletion after
+    /// retention was still pending when the server stopped. Until then a
+    /// glob over the topic's files could see them.
+    async fn remove_orphans(&self, manifest: &Manifest) -> Result<()> {
+        use futures::TryStreamExt;
+        let dir = self
+            .cold
+            .root
+            .topic(&manifest.topic)
+            .join(manifest.partition.to_string());
+        let listed: Vec<object_store::ObjectMeta> =
+            self.cold.store.list(Some(&dir)).try_collect().await?;
+        for object in listed {
+            let path = object.location.to_string();
+            if path.ends_with(".parquet") && !manifest.files.iter().any(|f| f.path == path) {
+                tracing::info!(%path, "removing an orphaned cold file");
+                object_store::ObjectStoreExt::delete(self.cold.store.as_ref(), &object.location)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -280,6 +305,7 @@ impl Tiering {
                 segment.end_offset - 1,
             );
             let file = write_segment(self.cold.store.clone(), &path, p.clone(), &segment).await?;
+            self.cold.make_durable(&path.0).await?;
             self.crash_point("after_upload");
             let next = manifest.with_file(file.clone())?;
             match self.manifests.commit(&next).await {
@@ -293,6 +319,12 @@ impl Tiering {
                 }
                 Err(e) => return Err(e),
             }
+            let committed = self
+                .cold
+                .root
+                .manifest(topic.name(), p.id(), next.version)
+                .0;
+            self.cold.make_durable(&committed).await?;
             self.crash_point("after_commit");
             manifest = self.remember(next);
             summary += OffloadSummary {
@@ -332,6 +364,12 @@ impl Tiering {
             return Ok(manifest);
         };
         self.manifests.commit(&next).await?;
+        let committed = self
+            .cold
+            .root
+            .manifest(topic.name(), p.id(), next.version)
+            .0;
+        self.cold.make_durable(&committed).await?;
         let due = now + OBJECT_DELETE_GRACE_MS;
         self.pending_deletes.lock().extend(
             expired
@@ -440,13 +478,21 @@ impl Tiering {
 
 /// A tiering failure as the broker's error (mapped to the API's codes by the broker).
 pub(crate) fn to_broker(e: TieringError) -> BrokerError {
+    // Uploads and Parquet reads report store failures wrapped as parquet's
+    // `External` errors: the store is just as unavailable then.
+    let unavailable = matches!(
+        &e,
+        TieringError::Store(_)
+            | TieringError::Parquet(parquet::errors::ParquetError::External(_))
+            | TieringError::Conflict { .. }
+    );
     match e {
         TieringError::Broker(e) => e,
-        TieringError::Store(e) => BrokerError::Unavailable {
+        e if unavailable => BrokerError::Unavailable {
             message: format!("the cold tier is unavailable: {e}"),
             retry_after_secs: 5,
         },
-        other => BrokerError::Internal(other.to_string()),
+        e => BrokerError::Internal(e.to_string()),
     }
 }
 

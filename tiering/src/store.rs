@@ -20,6 +20,9 @@ pub struct ColdStore {
     pub conditional_put: bool,
     /// The URL without credentials, for logs.
     pub url: String,
+    /// For `file://` stores: the directory, so that committed objects can be
+    /// fsynced (the local object store writes without fsync).
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Retries with exponential backoff on transient errors (5xx, timeouts).
@@ -54,6 +57,7 @@ impl ColdStore {
                 root: ColdRoot::new(""),
                 conditional_put: true,
                 url: url.to_string(),
+                local_root: Some(path.into()),
             });
         }
         if url == "memory://" || url.starts_with("memory://") {
@@ -62,6 +66,7 @@ impl ColdStore {
                 root: ColdRoot::new(url.trim_start_matches("memory://")),
                 conditional_put: true,
                 url: url.to_string(),
+                local_root: None,
             });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -85,10 +90,31 @@ impl ColdStore {
                 root: ColdRoot::new(prefix),
                 conditional_put,
                 url: url.to_string(),
+                local_root: None,
             });
         }
         Err(TieringError::Config(format!(
             "object store URL must start with file://, s3:// or memory://, got {url:?}"
         )))
+    }
+
+    /// Makes a written object durable. A no-op for S3 (a completed PUT is
+    /// durable); for `file://` stores it fsyncs the file and its directory,
+    /// which the local object store does not do.
+    pub async fn make_durable(&self, path: &object_store::path::Path) -> Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(path.as_ref());
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            match file.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| TieringError::Internal(e.to_string()))?
+        .map_err(|e| TieringError::Internal(format!("fsyncing {path}: {e}")))
     }
 }

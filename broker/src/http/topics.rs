@@ -79,12 +79,15 @@ pub(super) async fn delete(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let broker = app.broker.clone();
-    let deleted = name.clone();
-    blocking(move || broker.delete_topic(&deleted)).await?;
+    // Cold data first: if the object store fails, nothing is deleted and
+    // the request can be retried; a topic re-created later under the same
+    // name can never inherit a stale manifest.
+    app.broker.topic(&name)?;
     if let Some(cold) = &app.cold {
         cold.delete_topic(&name).await?;
     }
+    let broker = app.broker.clone();
+    blocking(move || broker.delete_topic(&name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
