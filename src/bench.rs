@@ -388,6 +388,7 @@ async fn offload(args: OffloadBench) -> Result<()> {
         broker.clone(),
         ColdStore::open(&url)?,
         TieringConfig::default(),
+        "bench",
     )
     .await?;
     let rss_before = peak_rss_mib();

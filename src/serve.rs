@@ -36,7 +36,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         crash_at: std::env::var("STRATA_CRASH_AT").ok(),
         ..config.tiering.clone()
     };
-    let tiering = Tiering::open(broker.clone(), cold, tiering_config)
+    let owner = server_id(&config.broker.data_dir)?;
+    let tiering = Tiering::open(broker.clone(), cold, tiering_config, &owner)
         .await
         .context("loading the cold tier's manifests")?;
 
@@ -49,7 +50,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let router =
         strata_broker::http::router(state).merge(strata_tiering::http::router(tiering.clone()));
-    tokio::spawn(tiering.run_background(stopping_rx));
+    let offloader = tokio::spawn(tiering.run_background(stopping_rx));
 
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -57,7 +58,28 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(data_dir = %config.broker.data_dir.display(), "strata ready: listening on http://{addr}");
     strata_broker::http::serve(listener, broker, router, stopping, shutdown_signal()).await?;
+    // The offloader gives up its lease before the process exits.
+    offloader.await?;
     Ok(())
+}
+
+/// This server's name in the cold tier's writer lease: made once and kept
+/// in the data directory, so a restarted server takes its own lease back.
+fn server_id(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("server-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let id = format!(
+        "strata-{}-{}",
+        std::process::id(),
+        strata_broker::timestamp::now_ms()
+    );
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::File::open(&path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("fsyncing {}", path.display()))?;
+    Ok(id)
 }
 
 /// `file://<data_dir>/cold`, the zero-configuration cold tier.

@@ -13,6 +13,7 @@ pub mod cold_read;
 pub mod convert;
 pub mod error;
 pub mod http;
+pub mod lease;
 pub mod manifest;
 pub mod offloader;
 pub mod paths;

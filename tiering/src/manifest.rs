@@ -211,7 +211,16 @@ impl ManifestStore {
         let mode = if self.conditional_put {
             PutMode::Create
         } else {
-            PutMode::Overwrite
+            // Without conditional writes, at least refuse a version that exists.
+            match self.store.head(&path).await {
+                Ok(_) => {
+                    return Err(TieringError::Conflict {
+                        path: path.to_string(),
+                    });
+                }
+                Err(object_store::Error::NotFound { .. }) => PutMode::Overwrite,
+                Err(e) => return Err(e.into()),
+            }
         };
         let opts = PutOptions {
             mode,

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::cold_read;
 use crate::convert::write_segment;
 use crate::error::{Result, TieringError};
+use crate::lease::Lease;
 use crate::manifest::{Manifest, ManifestStore};
 use crate::store::ColdStore;
 
@@ -67,6 +68,7 @@ type PartitionKey = (String, u32);
 #[derive(Debug)]
 pub struct Tiering {
     broker: Arc<Broker>,
+    lease: Lease,
     cold: ColdStore,
     manifests: ManifestStore,
     config: TieringConfig,
@@ -85,15 +87,20 @@ const OBJECT_DELETE_GRACE_MS: i64 = 60_000;
 
 impl Tiering {
     /// Loads the manifest of every partition of every topic.
+    /// `owner` names this server in the writer lease (see [`Lease`]); it
+    /// must stay the same across restarts of the same server.
     pub async fn open(
         broker: Arc<Broker>,
         cold: ColdStore,
         config: TieringConfig,
+        owner: &str,
     ) -> Result<Arc<Self>> {
+        let lease = Lease::acquire(&cold, owner).await?;
         let manifests =
             ManifestStore::new(cold.store.clone(), cold.root.clone(), cold.conditional_put);
         let tiering = Arc::new(Self {
             broker,
+            lease,
             cold,
             manifests,
             config,
@@ -308,6 +315,7 @@ impl Tiering {
             self.cold.make_durable(&path.0).await?;
             self.crash_point("after_upload");
             let next = manifest.with_file(file.clone())?;
+            self.lease.check().await?;
             match self.manifests.commit(&next).await {
                 Ok(()) => {}
                 Err(e @ TieringError::Conflict { .. }) => {
@@ -363,6 +371,7 @@ impl Tiering {
         let Some((next, expired)) = manifest.without_expired(now.saturating_sub(retention)) else {
             return Ok(manifest);
         };
+        self.lease.check().await?;
         self.manifests.commit(&next).await?;
         let committed = self
             .cold
@@ -464,15 +473,26 @@ impl Tiering {
         }
     }
 
-    /// Runs offload passes every `interval` until `stopping` turns true.
+    /// Runs offload passes (renewing the lease) every `interval` until
+    /// `stopping` turns true, then gives the lease up.
     pub async fn run_background(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.interval) => {}
-                _ = stopping.wait_for(|s| *s) => return,
+                _ = stopping.wait_for(|s| *s) => break,
             }
-            self.offload_all().await;
+            if let Err(e) = self.lease.renew().await {
+                tracing::error!(error = %e, "the cold tier's writer lease is lost; offloading stops");
+                continue;
+            }
+            // Shutdown may cut a pass short: an offload is safe to abandon at
+            // any point (the next start redoes what was not committed).
+            tokio::select! {
+                _ = self.offload_all() => {}
+                _ = stopping.wait_for(|s| *s) => break,
+            }
         }
+        self.lease.release().await;
     }
 }
 

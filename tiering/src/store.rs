@@ -18,6 +18,9 @@ pub struct ColdStore {
     pub root: ColdRoot,
     /// What the store promises for conditional writes (`PutMode::Create`).
     pub conditional_put: bool,
+    /// Whether the store also does compare-and-swap (`PutMode::Update`);
+    /// the local file system store does not.
+    pub conditional_update: bool,
     /// The URL without credentials, for logs.
     pub url: String,
     /// For `file://` stores: the directory, so that committed objects can be
@@ -56,6 +59,7 @@ impl ColdStore {
                 store: Arc::new(store),
                 root: ColdRoot::new(""),
                 conditional_put: true,
+                conditional_update: false,
                 url: url.to_string(),
                 local_root: Some(path.into()),
             });
@@ -65,6 +69,7 @@ impl ColdStore {
                 store: Arc::new(InMemory::new()),
                 root: ColdRoot::new(url.trim_start_matches("memory://")),
                 conditional_put: true,
+                conditional_update: true,
                 url: url.to_string(),
                 local_root: None,
             });
@@ -89,6 +94,7 @@ impl ColdStore {
                 store: Arc::new(builder.build()?),
                 root: ColdRoot::new(prefix),
                 conditional_put,
+                conditional_update: conditional_put,
                 url: url.to_string(),
                 local_root: None,
             });

@@ -25,9 +25,14 @@ async fn fixture(url: &str) -> Fixture {
     };
     let broker = Arc::new(Broker::open(config).unwrap());
     let cold = ColdStore::open(url).unwrap();
-    let tiering = Tiering::open(broker.clone(), cold, TieringConfig::default())
-        .await
-        .unwrap();
+    let tiering = Tiering::open(
+        broker.clone(),
+        cold,
+        TieringConfig::default(),
+        "conformance",
+    )
+    .await
+    .unwrap();
     Fixture {
         _dir: dir,
         broker,
@@ -130,6 +135,7 @@ async fn conformance(url: &str) {
         f.broker.clone(),
         ColdStore::open(url).unwrap(),
         TieringConfig::default(),
+        "conformance",
     )
     .await
     .unwrap();
@@ -140,6 +146,11 @@ async fn conformance(url: &str) {
     // (A memory:// store is new on every open: nothing to check there.)
     if !url.starts_with("memory://") {
         check_exclusive_commits(url).await;
+        // One server per prefix: another owner cannot take the lease.
+        let other =
+            strata_tiering::lease::Lease::acquire(&ColdStore::open(url).unwrap(), "another-server")
+                .await;
+        assert!(other.is_err(), "the lease is held");
     }
     f.tiering.delete_topic("conf").await.unwrap();
     assert_eq!(f.tiering.stats("conf", 0).files, 0);
@@ -254,9 +265,14 @@ async fn offload_after_holds_back_young_segments() {
         ..TieringConfig::default()
     };
     let url = format!("file://{}", dir.path().join("cold").display());
-    let tiering = Tiering::open(broker.clone(), ColdStore::open(&url).unwrap(), patient)
-        .await
-        .unwrap();
+    let tiering = Tiering::open(
+        broker.clone(),
+        ColdStore::open(&url).unwrap(),
+        patient,
+        "conformance",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         tiering.offload_topic("young", true).await.unwrap().files,
         0,
@@ -266,6 +282,7 @@ async fn offload_after_holds_back_young_segments() {
         broker.clone(),
         ColdStore::open(&url).unwrap(),
         TieringConfig::default(),
+        "conformance",
     )
     .await
     .unwrap();

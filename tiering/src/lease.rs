@@ -1,0 +1,196 @@
+//! The writer lease: one server owns a cold-tier prefix at a time.
+//!
+//! `<root>/_lease.json` names the owner, an epoch and an expiry. A server
+//! takes the lease on start (when it is free, expired, or already its own)
+//! and renews it on every offload pass; before each manifest commit it
+//! checks that the lease is still its own, so a server that lost the lease
+//! stops committing. On stores with compare-and-swap (S3, MinIO) the lease
+//! is written with `PutMode::Create`/`Update`, so two servers cannot both
+//! take it; elsewhere (the local file system: `Create` only; Garage: none)
+//! the last writer wins, and the check before every commit narrows the
+//! window in which two servers could both commit to the time between that
+//! check and the commit.
+
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TieringError};
+use crate::store::ColdStore;
+
+/// How long a lease lasts without renewal.
+pub const LEASE_MS: i64 = 30_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseFile {
+    owner: String,
+    epoch: u64,
+    expires_ms: i64,
+}
+
+/// This server's hold on its cold-tier prefix.
+#[derive(Debug)]
+pub struct Lease {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    owner: String,
+    epoch: u64,
+    conditional: bool,
+    compare_and_swap: bool,
+}
+
+impl Lease {
+    /// Takes the lease for `owner` (a name stable across restarts of the
+    /// same server), or fails with the current owner and expiry.
+    pub async fn acquire(cold: &ColdStore, owner: &str) -> Result<Self> {
+        let path = cold.root.path().clone().join("_lease.json");
+        let current = read(cold.store.as_ref(), &path).await?;
+        let now = strata_broker::timestamp::now_ms();
+        if let Some((held, _)) = current
+            .as_ref()
+            .filter(|(held, _)| held.owner != owner && held.expires_ms > now)
+        {
+            return Err(TieringError::Config(format!(
+                "the cold tier {} is owned by another server ({}) for {} more seconds",
+                cold.url,
+                held.owner,
+                (held.expires_ms - now) / 1000 + 1
+            )));
+        }
+        let epoch = current.as_ref().map_or(0, |(held, _)| held.epoch) + 1;
+        let lease = Self {
+            store: cold.store.clone(),
+            path,
+            owner: owner.to_string(),
+            epoch,
+            conditional: cold.conditional_put,
+            compare_and_swap: cold.conditional_update,
+        };
+        let mode = match &current {
+            None if lease.conditional => PutMode::Create,
+            Some((_, version)) if lease.compare_and_swap => PutMode::Update(version.clone()),
+            _ => PutMode::Overwrite,
+        };
+        lease
+            .write(now + LEASE_MS, mode)
+            .await
+            .map_err(|e| match e {
+                TieringError::Conflict { .. } => TieringError::Config(
+                    "another server took the cold tier's lease at the same moment".into(),
+                ),
+                other => other,
+            })?;
+        tracing::info!(owner, epoch, "holding the cold tier's writer lease");
+        Ok(lease)
+    }
+
+    /// Fails unless the lease is still this server's (same owner and epoch).
+    pub async fn check(&self) -> Result<()> {
+        match read(self.store.as_ref(), &self.path).await? {
+            Some((held, _)) if held.owner == self.owner && held.epoch == self.epoch => Ok(()),
+            other => Err(TieringError::Conflict {
+                path: format!(
+                    "{} (lease now held by {})",
+                    self.path,
+                    other.map_or("nobody".to_string(), |(held, _)| format!(
+                        "{} epoch {}",
+                        held.owner, held.epoch
+                    ))
+                ),
+            }),
+        }
+    }
+
+    /// Extends the lease (after checking it is still held).
+    pub async fn renew(&self) -> Result<()> {
+        self.check().await?;
+        self.write(
+            strata_broker::timestamp::now_ms() + LEASE_MS,
+            PutMode::Overwrite,
+        )
+        .await
+    }
+
+    /// Gives the lease up (graceful shutdown), so a successor need not wait.
+    pub async fn release(&self) {
+        if self.check().await.is_err() {
+            return;
+        }
+        if let Err(e) = self.write(0, PutMode::Overwrite).await {
+            tracing::warn!(error = %e, "could not release the cold tier's lease");
+        }
+    }
+
+    async fn write(&self, expires_ms: i64, mode: PutMode) -> Result<()> {
+        let file = LeaseFile {
+            owner: self.owner.clone(),
+            epoch: self.epoch,
+            expires_ms,
+        };
+        let bytes = serde_json::to_vec(&file).map_err(|e| TieringError::Internal(e.to_string()))?;
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Err(TieringError::Conflict {
+                path: self.path.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+async fn read(store: &dyn ObjectStore, path: &Path) -> Result<Option<(LeaseFile, UpdateVersion)>> {
+    let found = match store.get(path).await {
+        Ok(found) => found,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let version = UpdateVersion {
+        e_tag: found.meta.e_tag.clone(),
+        version: found.meta.version.clone(),
+    };
+    let bytes = found.bytes().await?;
+    let file = serde_json::from_slice(&bytes).map_err(|e| TieringError::CorruptManifest {
+        path: path.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(Some((file, version)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = ColdStore::open(&format!("file://{}", dir.path().display())).unwrap();
+        let first = Lease::acquire(&cold, "server-a").await.unwrap();
+        first.check().await.unwrap();
+        assert!(
+            Lease::acquire(&cold, "server-b").await.is_err(),
+            "held by a"
+        );
+        // The same server after a restart takes its own lease back at once.
+        let again = Lease::acquire(&cold, "server-a").await.unwrap();
+        assert!(first.check().await.is_err(), "the old epoch lost it");
+        again.renew().await.unwrap();
+        again.release().await;
+        let b = Lease::acquire(&cold, "server-b").await.unwrap();
+        assert!(again.check().await.is_err());
+        b.check().await.unwrap();
+    }
+}
