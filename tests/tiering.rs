@@ -3,11 +3,10 @@
 //! middle of an offload.
 
 use std::path::Path;
-use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use strata_test_support::{ChildServer, test_python, test_s3};
+use strata_test_support::{ChildServer, run_python, test_python, test_s3};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strata"))
@@ -140,17 +139,8 @@ for path in sorted(glob.glob(sys.argv[1] + "/*/*.parquet")):
         rows.append([r["partition"], r["offset"], int(r["timestamp"].timestamp() * 1000), r["key"], r["value"], dict(r["headers"])])
 print(json.dumps(rows))
 "#;
-        let out = Command::new(python)
-            .args(["-c", script])
-            .arg(dir.path().join("cold/lake"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let out = run_python(&python, script, &dir.path().join("cold/lake"));
+        let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
         assert_eq!(rows.len(), 600);
         let mut seen = std::collections::HashSet::new();
         for row in &rows {
@@ -266,17 +256,8 @@ async fn kill9_at_random_points_of_an_offload() {
     // Each record is in exactly one committed file: the glob sees it once.
     if let Some(python) = test_python() {
         let script = "import sys, glob, pyarrow.parquet as pq; print(sum(pq.read_metadata(p).num_rows for p in glob.glob(sys.argv[1] + '/*/*.parquet')))";
-        let out = Command::new(python)
-            .args(["-c", script])
-            .arg(dir.path().join("cold/killed"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3000");
+        let out = run_python(&python, script, &dir.path().join("cold/killed"));
+        assert_eq!(out.trim(), "3000");
     }
 }
 

@@ -315,24 +315,14 @@ impl Tiering {
             self.cold.make_durable(&path.0).await?;
             self.crash_point("after_upload");
             let next = manifest.with_file(file.clone())?;
-            self.lease.check().await?;
-            match self.manifests.commit(&next).await {
-                Ok(()) => {}
-                Err(e @ TieringError::Conflict { .. }) => {
-                    // Someone else committed: forget our view and let the next pass retry.
-                    self.committed
-                        .lock()
-                        .remove(&(topic.name().to_string(), p.id()));
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
+            if let Err(e) = self.commit(&next).await {
+                // Whatever happened (a conflict, an outage), forget this
+                // view: the next pass reloads the manifest and retries.
+                self.committed
+                    .lock()
+                    .remove(&(topic.name().to_string(), p.id()));
+                return Err(e);
             }
-            let committed = self
-                .cold
-                .root
-                .manifest(topic.name(), p.id(), next.version)
-                .0;
-            self.cold.make_durable(&committed).await?;
             self.crash_point("after_commit");
             manifest = self.remember(next);
             summary += OffloadSummary {
@@ -371,14 +361,7 @@ impl Tiering {
         let Some((next, expired)) = manifest.without_expired(now.saturating_sub(retention)) else {
             return Ok(manifest);
         };
-        self.lease.check().await?;
-        self.manifests.commit(&next).await?;
-        let committed = self
-            .cold
-            .root
-            .manifest(topic.name(), p.id(), next.version)
-            .0;
-        self.cold.make_durable(&committed).await?;
+        self.commit(&next).await?;
         let due = now + OBJECT_DELETE_GRACE_MS;
         self.pending_deletes.lock().extend(
             expired
@@ -393,6 +376,20 @@ impl Tiering {
             "retention moved the start"
         );
         Ok(self.remember(next))
+    }
+
+    /// Commits the next manifest version while this server holds the lease,
+    /// and makes it durable. When this returns `Ok`, the version is the
+    /// partition's cold tier.
+    async fn commit(&self, next: &Manifest) -> Result<()> {
+        self.lease.check().await?;
+        self.manifests.commit(next).await?;
+        let path = self
+            .cold
+            .root
+            .manifest(&next.topic, next.partition, next.version)
+            .0;
+        self.cold.make_durable(&path).await
     }
 
     /// Deletes objects whose grace period has passed.

@@ -160,6 +160,22 @@ pub fn test_python() -> Option<PathBuf> {
     }
 }
 
+/// Runs a Python script with `STRATA_TEST_PYTHON` and one argument; returns
+/// its standard output (panics when the script fails).
+pub fn run_python(python: &Path, script: &str, arg: &Path) -> String {
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(arg)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls `check` until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
