@@ -267,7 +267,7 @@ async fn object_store_outage_backs_pressure_and_loses_nothing() {
         eprintln!("no S3 server (run scripts/test.sh): skipped");
         return;
     };
-    let proxy = strata_test_support::FaultProxy::start(s3).await;
+    let proxy = strata_test_support::FaultProxy::start(s3);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("strata.toml");
     std::fs::write(&config, "max_local_bytes = 300000\n").unwrap();

@@ -423,47 +423,63 @@ impl Drop for ChildServer {
 
 /// A TCP proxy in front of a server that a test can cut and restore, to
 /// play an outage of that server (e.g. the object store) without losing
-/// its state.
+/// its state. It runs on its own thread and runtime, so a test that blocks
+/// its own thread (waiting for a child process) cannot starve it.
 pub struct FaultProxy {
     pub addr: SocketAddr,
     up: Arc<std::sync::atomic::AtomicBool>,
     connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl FaultProxy {
     /// Starts forwarding `127.0.0.1:<ephemeral>` to `target`.
-    pub async fn start(target: SocketAddr) -> Self {
+    pub fn start(target: SocketAddr) -> Self {
         use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).expect("non-blocking proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (stop, mut stopped) = oneshot::channel::<()>();
         let (up2, conns2) = (up.clone(), connections.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("proxy listener");
+                loop {
+                    let (mut inbound, _) = tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok(accepted) => accepted,
+                            Err(_) => continue,
+                        },
+                        _ = &mut stopped => return,
+                    };
+                    if !up2.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
                     }
-                });
-                conns2
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(task.abort_handle());
-            }
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    conns2
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(task.abort_handle());
+                }
+            });
         });
         Self {
             addr,
             up,
             connections,
-            accept,
+            stop: Some(stop),
         }
     }
 
@@ -488,8 +504,10 @@ impl FaultProxy {
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        self.accept.abort();
         self.cut();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
