@@ -210,9 +210,15 @@ async fn bad_produce_requests_write_nothing() {
             chunks,
         )))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        .await;
+    // The server answers 413 as soon as the limit is crossed, before the
+    // client has sent everything; the client may then see the refusal or,
+    // racing it, a connection closed under its unsent body. Both mean the
+    // body was cut off; that nothing was written is checked below.
+    match response {
+        Ok(response) => assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE),
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
 
     assert_eq!(
         api.end_offsets("t").await,
