@@ -103,7 +103,8 @@ pub(super) async fn consume(
         }
         .into());
     }
-    if let Some((cold, _)) = cold.filter(|_| offset < local_start) {
+    let cold = cold.map(|(c, _)| c.clone());
+    if let Some(cold) = cold.as_ref().filter(|_| offset < local_start) {
         let records = cold
             .read(topic.name(), partition.id(), offset, max_records, max_bytes)
             .await?;
@@ -119,9 +120,25 @@ pub(super) async fn consume(
         )
         .await;
     }
-    let body =
-        blocking(move || read_records(&topic, &partition, offset, max_records, max_bytes)).await?;
-    Ok(json_response(StatusCode::OK, body))
+    let (hot_topic, hot_partition) = (topic.clone(), partition.clone());
+    let read =
+        blocking(move || read_records(&hot_topic, &hot_partition, offset, max_records, max_bytes))
+            .await;
+    match (read, cold) {
+        (Ok(body), _) => Ok(json_response(StatusCode::OK, body)),
+        // Local retention deleted the segment since `local_start` was read:
+        // it is committed to the cold tier, so read it from there.
+        (Err(e), Some(cold)) if e.code == "offset_out_of_range" => {
+            let records = cold
+                .read(topic.name(), partition.id(), offset, max_records, max_bytes)
+                .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                render_cold(&topic, partition.id(), offset, &records, end),
+            ))
+        }
+        (Err(e), _) => Err(e),
+    }
 }
 
 /// A consume page of records read back from the cold tier.
