@@ -48,8 +48,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         stopping: stopping_rx.clone(),
         cold: Some(tiering.clone()),
     };
-    let router =
-        strata_broker::http::router(state).merge(strata_tiering::http::router(tiering.clone()));
+    let routes =
+        strata_broker::http::routes(state).merge(strata_tiering::http::router(tiering.clone()));
+    let router = strata_broker::http::finish(routes);
     let offloader = tokio::spawn(tiering.run_background(stopping_rx));
 
     let listener = TcpListener::bind(&config.listen)

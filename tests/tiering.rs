@@ -74,6 +74,24 @@ async fn consume_and_time_lookups_cross_the_tier_boundary() {
     let before = all_records(&server, "lake").await;
     assert_eq!(before[0].len() + before[1].len(), 600);
 
+    let (status, body) = server.api.get("/v1/topics/lake/tiering/run").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    let (status, body) = server
+        .api
+        .post("/v1/topics/lake/tiering/run?roll=maybe", &json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_request"))
+    );
+    let (status, body) = server
+        .api
+        .post("/v1/topics/nope/tiering/run", &json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("topic_not_found"))
+    );
     let summary = offload(&server, "lake").await;
     assert_eq!(summary["records"], 600, "{summary}");
     assert!(summary["files"].as_u64().unwrap() >= 4, "{summary}");

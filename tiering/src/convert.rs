@@ -184,20 +184,34 @@ pub async fn write_segment(
 
     let mut writer =
         AsyncArrowWriter::try_new(upload(store, path), schema(), Some(writer_properties()))?;
-    while let Some(batch) = rx.recv().await {
-        writer.write(&batch).await?;
+    let written = async {
+        while let Some(batch) = rx.recv().await {
+            writer.write(&batch).await?;
+        }
+        let stats = reader
+            .await
+            .map_err(|e| TieringError::Internal(format!("segment reader failed: {e}")))??;
+        if stats.records != end - base {
+            return Err(TieringError::Internal(format!(
+                "segment {base}..{end} yielded {} records",
+                stats.records
+            )));
+        }
+        // `finish` completes the upload; the writer then still knows its size.
+        writer.finish().await?;
+        Ok(stats)
     }
-    let stats = reader
-        .await
-        .map_err(|e| TieringError::Internal(format!("segment reader failed: {e}")))??;
-    if stats.records != end - base {
-        return Err(TieringError::Internal(format!(
-            "segment {base}..{end} yielded {} records",
-            stats.records
-        )));
-    }
-    // `finish` completes the upload; the writer then still knows its size.
-    writer.finish().await?;
+    .await;
+    let stats = match written {
+        Ok(stats) => stats,
+        Err(e) => {
+            // Don't leave parts of an unfinished multipart upload behind.
+            if let Err(abort) = writer.into_inner().abort().await {
+                tracing::debug!(path = %path.0, error = %abort, "could not abort an upload");
+            }
+            return Err(e);
+        }
+    };
     let bytes = writer.bytes_written() as u64;
     Ok(ColdFile {
         path: path.0.to_string(),

@@ -45,6 +45,12 @@ pub struct AppState {
 
 /// The broker's routes, with JSON 404/405 fallbacks and request metrics.
 pub fn router(state: AppState) -> Router {
+    finish(routes(state))
+}
+
+/// The broker's routes alone; other crates' routes may be merged in before
+/// [`finish`].
+pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
@@ -69,10 +75,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/groups/{group}/offsets",
             get(groups::fetch).post(groups::commit),
         )
+        .with_state(state)
+}
+
+/// Completes a router of every route: JSON `404`/`405` fallbacks and the
+/// request-latency metric for all of them.
+pub fn finish(router: Router) -> Router {
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track_request))
-        .with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then finishes
