@@ -34,6 +34,9 @@ pub struct OffloadBench {
     /// Segment size; each becomes one Parquet file.
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     segment_bytes: u64,
+    /// Partitions (offloaded in parallel, one per core).
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
     /// Cold tier to offload to (default: a temporary file:// directory).
     #[arg(long)]
     object_store: Option<String>,
@@ -359,7 +362,7 @@ async fn offload(args: OffloadBench) -> Result<()> {
         local_retention_ms: Some(-1),
         ..Default::default()
     };
-    let topic = broker.create_topic("bench-offload", Some(1), &overrides)?;
+    let topic = broker.create_topic("bench-offload", Some(args.partitions), &overrides)?;
     let batch = 1000usize;
     let loading = Instant::now();
     for i in 0..args.records.div_ceil(batch as u64) {
@@ -367,15 +370,14 @@ async fn offload(args: OffloadBench) -> Result<()> {
         let records = parse_body(&body, BodyFormat::Json, 1 << 20)?;
         topic.produce(&records, strata_broker::timestamp::now_ms())?;
     }
-    topic.partitions()[0].roll()?;
-    let segment_bytes: u64 = topic.partitions()[0]
-        .segments()
-        .iter()
-        .map(|s| s.size_bytes)
-        .sum();
+    let (mut segment_bytes, mut loaded) = (0u64, 0u64);
+    for p in topic.partitions() {
+        p.roll()?;
+        segment_bytes += p.segments().iter().map(|s| s.size_bytes).sum::<u64>();
+        loaded += p.end_offset();
+    }
     eprintln!(
-        "loaded {} records ({:.0} MB of segments) in {:.1} s",
-        topic.partitions()[0].end_offset(),
+        "loaded {loaded} records ({:.0} MB of segments) in {:.1} s",
         segment_bytes as f64 / 1e6,
         loading.elapsed().as_secs_f64()
     );

@@ -9,10 +9,10 @@
 //! speed, small enough that a time or offset filter skips most of a big
 //! file; pages (~1 MiB) give finer pruning inside a row group.
 //!
-//! The segment is read on a blocking thread in batches of [`BATCH_ROWS`]
-//! and streamed to the async Parquet writer through a bounded channel, and
-//! the writer uploads in multipart chunks: memory stays bounded by a
-//! few batches plus one compressed row group, whatever the segment's size.
+//! The segment is read, built into batches of [`BATCH_ROWS`] and encoded on
+//! a blocking thread; finished chunks of the file go through a one-slot
+//! channel to a multipart upload: memory stays bounded by one batch, one
+//! compressed row group and a few upload parts, whatever the segment's size.
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, LazyLock};
@@ -23,9 +23,10 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
 use object_store::ObjectStore;
 use object_store::buffered::BufWriter;
-use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -33,6 +34,7 @@ use parquet::schema::types::ColumnPath;
 use strata_broker::Partition;
 use strata_broker::batch::RecordView;
 use strata_broker::segment::SegmentInfo;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::error::{Result, TieringError};
@@ -172,47 +174,54 @@ struct Stats {
 /// Writes the records of one sealed `segment` of `partition` as a Parquet
 /// file at `path` and returns its manifest entry. Idempotent: the same
 /// segment always yields the same path, and a retry overwrites it.
+///
+/// Reading, Arrow building, Parquet encoding and compression all run on a
+/// blocking thread, which hands finished chunks of the file to this task
+/// for upload: the async runtime's workers stay free to serve requests.
 pub async fn write_segment(
     store: Arc<dyn ObjectStore>,
     path: &DataFilePath,
     partition: Arc<Partition>,
     segment: &SegmentInfo,
 ) -> Result<ColdFile> {
-    let (tx, mut rx) = mpsc::channel::<RecordBatch>(1);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let (base, end) = (segment.base_offset, segment.end_offset);
-    let reader = tokio::task::spawn_blocking(move || read_segment(&partition, base, end, &tx));
-
-    let mut writer =
-        AsyncArrowWriter::try_new(upload(store, path), schema(), Some(writer_properties()))?;
-    let written = async {
-        while let Some(batch) = rx.recv().await {
-            writer.write(&batch).await?;
+    let encoder = tokio::task::spawn_blocking(move || encode_segment(&partition, base, end, tx));
+    let mut upload = upload(store, path);
+    let uploaded: Result<()> = async {
+        while let Some(chunk) = rx.recv().await {
+            upload.put(chunk).await?;
         }
-        let stats = reader
-            .await
-            .map_err(|e| TieringError::Internal(format!("segment reader failed: {e}")))??;
-        if stats.records != end - base {
-            return Err(TieringError::Internal(format!(
-                "segment {base}..{end} yielded {} records",
-                stats.records
-            )));
-        }
-        // `finish` completes the upload; the writer then still knows its size.
-        writer.finish().await?;
-        Ok(stats)
+        Ok(())
     }
     .await;
-    let stats = match written {
-        Ok(stats) => stats,
+    let encoded = encoder
+        .await
+        .map_err(|e| TieringError::Internal(format!("segment encoder failed: {e}")))?;
+    let finished = match (uploaded, encoded) {
+        (Ok(()), Ok((stats, bytes))) if stats.records == end - base => {
+            upload
+                .shutdown()
+                .await
+                .map_err(|e| TieringError::Internal(format!("completing the upload: {e}")))?;
+            Ok((stats, bytes))
+        }
+        (Ok(()), Ok((stats, _))) => Err(TieringError::Internal(format!(
+            "segment {base}..{end} yielded {} records",
+            stats.records
+        ))),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    let (stats, bytes) = match finished {
+        Ok(done) => done,
         Err(e) => {
             // Don't leave parts of an unfinished multipart upload behind.
-            if let Err(abort) = writer.into_inner().abort().await {
+            if let Err(abort) = upload.abort().await {
                 tracing::debug!(path = %path.0, error = %abort, "could not abort an upload");
             }
             return Err(e);
         }
     };
-    let bytes = writer.bytes_written() as u64;
     Ok(ColdFile {
         path: path.0.to_string(),
         first_offset: base,
@@ -224,6 +233,69 @@ pub async fn write_segment(
     })
 }
 
+/// A `Write` that ships the Parquet file in chunks of [`UPLOAD_PART_BYTES`]
+/// to the uploading task.
+struct ChunkSink {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+    /// Bytes of the file so far.
+    written: u64,
+}
+
+impl ChunkSink {
+    fn ship(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(UPLOAD_PART_BYTES),
+        ));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::other("the upload stopped"))
+    }
+}
+
+impl std::io::Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.written += data.len() as u64;
+        if self.buf.len() >= UPLOAD_PART_BYTES {
+            self.ship()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads offsets `[base, end)`, encodes them as one Parquet file and sends
+/// it in chunks; returns the records' statistics and the file's size.
+fn encode_segment(
+    partition: &Partition,
+    base: u64,
+    end: u64,
+    tx: mpsc::Sender<Bytes>,
+) -> Result<(Stats, u64)> {
+    let sink = ChunkSink {
+        tx,
+        buf: Vec::with_capacity(UPLOAD_PART_BYTES),
+        written: 0,
+    };
+    let mut writer = ArrowWriter::try_new(sink, schema(), Some(writer_properties()))?;
+    let stats = read_segment(partition, base, end, &mut |batch| {
+        writer.write(&batch).map_err(TieringError::from)
+    })?;
+    // `into_inner` writes the footer and hands the sink back.
+    let mut sink = writer.into_inner()?;
+    sink.ship()
+        .map_err(|e| TieringError::Internal(format!("handing the file to the upload: {e}")))?;
+    Ok((stats, sink.written))
+}
+
 /// The multipart upload of one file: parts of [`UPLOAD_PART_BYTES`], at
 /// most [`UPLOADS_IN_FLIGHT`] at a time, which bounds its memory.
 fn upload(store: Arc<dyn ObjectStore>, path: &DataFilePath) -> BufWriter {
@@ -231,12 +303,12 @@ fn upload(store: Arc<dyn ObjectStore>, path: &DataFilePath) -> BufWriter {
         .with_max_concurrency(UPLOADS_IN_FLIGHT)
 }
 
-/// Reads offsets `[base, end)` and sends them as record batches.
+/// Reads offsets `[base, end)` and hands them to `emit` as record batches.
 fn read_segment(
     partition: &Partition,
     base: u64,
     end: u64,
-    tx: &mpsc::Sender<RecordBatch>,
+    emit: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<Stats> {
     let mut cursor = partition.cursor(base)?.with_direct_io()?;
     let mut builder = BatchBuilder::new();
@@ -258,15 +330,14 @@ fn read_segment(
         stats.records += 1;
         stats.min_timestamp = stats.min_timestamp.min(record.timestamp);
         stats.max_timestamp = stats.max_timestamp.max(record.timestamp);
-        if builder.rows == BATCH_ROWS {
-            let sent = builder.finish().and_then(|batch| {
-                tx.blocking_send(batch)
-                    .map_err(|_| TieringError::Internal("the Parquet writer stopped".into()))
-            });
-            if let Err(e) = sent {
-                failure = Some(e);
-                return ControlFlow::Break(());
-            }
+        let full = builder.rows == BATCH_ROWS;
+        if let Err(e) = if full {
+            builder.finish().and_then(&mut *emit)
+        } else {
+            Ok(())
+        } {
+            failure = Some(e);
+            return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
     })?;
@@ -274,10 +345,7 @@ fn read_segment(
         return Err(e);
     }
     if builder.rows > 0 {
-        let batch = builder.finish()?;
-        if tx.blocking_send(batch).is_err() {
-            return Err(TieringError::Internal("the Parquet writer stopped".into()));
-        }
+        emit(builder.finish()?)?;
     }
     Ok(stats)
 }

@@ -216,24 +216,38 @@ impl Tiering {
             .await
             .map_err(|e| TieringError::Internal(e.to_string()))??;
         }
-        let mut summary = OffloadSummary::default();
-        for p in topic.partitions() {
-            summary += self.offload_partition(&topic, p).await?;
-        }
+        let results = self.offload_partitions(&topic).await;
         self.report_lag(&topic);
+        let mut summary = OffloadSummary::default();
+        for (_, result) in results {
+            summary += result?;
+        }
         Ok(summary)
+    }
+
+    /// Offloads the partitions of a topic, as many at a time as there are
+    /// cores (each conversion is one blocking thread of CPU work).
+    async fn offload_partitions(&self, topic: &Arc<Topic>) -> Vec<(u32, Result<OffloadSummary>)> {
+        use futures::StreamExt;
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let partitions: Vec<Arc<Partition>> = topic.partitions().to_vec();
+        futures::stream::iter(partitions)
+            .map(|p| async move { (p.id(), self.offload_partition(topic, &p).await) })
+            .buffer_unordered(parallel)
+            .collect()
+            .await
     }
 
     /// One pass over every topic (the background offloader's unit of work).
     pub async fn offload_all(&self) -> OffloadSummary {
         let mut summary = OffloadSummary::default();
         for topic in self.broker.topics() {
-            for p in topic.partitions() {
-                match self.offload_partition(&topic, p).await {
+            for (partition, result) in self.offload_partitions(&topic).await {
+                match result {
                     Ok(s) => summary += s,
                     Err(e) => {
                         metrics::counter!("strata_offload_errors_total", "topic" => topic.name().to_string()).increment(1);
-                        tracing::warn!(topic = topic.name(), partition = p.id(), error = %e, "offload failed; will retry");
+                        tracing::warn!(topic = topic.name(), partition, error = %e, "offload failed; will retry");
                     }
                 }
             }
