@@ -371,14 +371,19 @@ impl ChildServer {
 
     /// Waits (up to 60 s) for the process to exit by itself, e.g. at a crash point.
     pub fn wait_exit(mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.exit_status(Duration::from_secs(60), "exit")
+    }
+
+    /// Polls for the exit status, panicking with the log after `timeout`.
+    fn exit_status(&mut self, timeout: Duration, what: &str) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "server did not exit; log:\n{}",
+                "server did not {what}; log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -399,18 +404,7 @@ impl ChildServer {
             .status()
             .expect("kill -TERM");
         assert!(sent.success(), "could not signal {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after SIGTERM; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.exit_status(Duration::from_secs(30), "exit after SIGTERM")
     }
 }
 
