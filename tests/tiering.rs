@@ -180,6 +180,12 @@ print(json.dumps(rows))
             assert_eq!(row[5], want["headers"]);
         }
     }
+
+    // Deleting the topic removes its cold files and manifests too.
+    let (status, _) = server.api.delete("/v1/topics/lake").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let left = walk_files(&dir.path().join("cold/lake"));
+    assert!(left.is_empty(), "cold data left behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,4 +420,22 @@ async fn a_lost_local_disk_is_rebuilt_from_the_object_store() {
         acks[0]["offset"], 250,
         "offsets continue after the cold tier"
     );
+}
+
+/// Every file below `dir` (none when it does not exist).
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walk_files(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
 }

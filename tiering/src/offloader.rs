@@ -78,6 +78,10 @@ pub struct Tiering {
     offloading: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Topics whose description this process has stored.
     described: Mutex<std::collections::HashSet<String>>,
+    /// Topics whose cold data is deleted while their local deletion is
+    /// still under way: never offloaded again (a topic re-created under the
+    /// same name is another `Topic`, and is offloaded).
+    deleting: Mutex<Vec<std::sync::Weak<Topic>>>,
     /// Objects dropped from manifests, deleted once their grace period ends.
     pending_deletes: Mutex<Vec<(i64, object_store::path::Path)>>,
 }
@@ -107,6 +111,7 @@ impl Tiering {
             committed: Mutex::default(),
             offloading: Mutex::default(),
             described: Mutex::default(),
+            deleting: Mutex::default(),
             pending_deletes: Mutex::default(),
         });
         tiering.restore_missing_topics().await?;
@@ -299,6 +304,9 @@ impl Tiering {
         let key = (topic.name().to_string(), p.id());
         let lock = self.offloading.lock().entry(key).or_default().clone();
         let _only_one = lock.lock().await;
+        if self.is_deleting(topic) {
+            return Ok(OffloadSummary::default());
+        }
         let mut manifest = self.manifest(topic.name(), p.id()).await?;
         let mut summary = OffloadSummary::default();
         if !self.described.lock().contains(topic.name()) {
@@ -477,6 +485,14 @@ impl Tiering {
             .is_none_or(|age| age >= self.config.offload_after)
     }
 
+    fn is_deleting(&self, topic: &Arc<Topic>) -> bool {
+        let mut deleting = self.deleting.lock();
+        deleting.retain(|t| t.strong_count() > 0);
+        deleting
+            .iter()
+            .any(|t| t.upgrade().is_some_and(|t| Arc::ptr_eq(&t, topic)))
+    }
+
     fn crash_point(&self, step: &str) {
         if self.config.crash_at.as_deref() == Some(step) {
             tracing::warn!(step, "crash test: aborting");
@@ -585,6 +601,23 @@ impl ColdTier for Tiering {
 
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, strata_broker::Result<()>> {
         Box::pin(async move {
+            if let Ok(doomed) = self.broker.topic(topic) {
+                self.deleting.lock().push(Arc::downgrade(&doomed));
+            }
+            // Let offloads already running finish (their commits would
+            // otherwise recreate objects after the deletion), and hold
+            // every partition's offload lock while deleting.
+            let locks: Vec<_> = self
+                .offloading
+                .lock()
+                .iter()
+                .filter(|((t, _), _)| t == topic)
+                .map(|(_, lock)| lock.clone())
+                .collect();
+            let mut held = Vec::with_capacity(locks.len());
+            for lock in &locks {
+                held.push(lock.lock().await);
+            }
             self.committed.lock().retain(|(t, _), _| t != topic);
             self.described.lock().remove(topic);
             self.manifests.delete_topic(topic).await.map_err(to_broker)

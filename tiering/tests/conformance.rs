@@ -154,6 +154,13 @@ async fn conformance(url: &str) {
     }
     f.tiering.delete_topic("conf").await.unwrap();
     assert_eq!(f.tiering.stats("conf", 0).files, 0);
+    // Until its local deletion follows, the deleted topic is not offloaded again.
+    produce(&f.broker, "conf", &records[..2]);
+    assert_eq!(
+        f.tiering.offload_topic("conf", true).await.unwrap().files,
+        0
+    );
+    assert_eq!(f.tiering.stats("conf", 0).files, 0);
 }
 
 async fn check_exclusive_commits(url: &str) {
