@@ -8,7 +8,10 @@
 // footer and page-index loading), so it stays until DataFusion moves on.
 #![allow(deprecated)]
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType};
@@ -17,7 +20,9 @@ use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::statistics::Statistics;
@@ -29,14 +34,63 @@ use crate::manifest::ColdFile;
 /// Rows per batch when reading back.
 const READ_BATCH_ROWS: usize = 8192;
 
+/// Parsed footers (with page indexes) of recently read cold files. A
+/// consumer reads the same file request after request; each footer costs
+/// ranged GETs to fetch and CPU to decode, so recent ones are kept.
+#[derive(Debug, Default)]
+pub struct FooterCache {
+    entries: Mutex<VecDeque<(String, ArrowReaderMetadata)>>,
+}
+
+/// Footers kept by a [`FooterCache`].
+const FOOTERS_CACHED: usize = 64;
+
+impl FooterCache {
+    /// A reader of `file` and its footer, from the cache when there.
+    async fn open(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        file: &ColdFile,
+    ) -> Result<(ParquetObjectReader, ArrowReaderMetadata)> {
+        let mut reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str()))
+            .with_file_size(file.bytes);
+        let cached = {
+            let entries = self.entries.lock();
+            entries
+                .iter()
+                .find(|(path, _)| *path == file.path)
+                .map(|(_, m)| m.clone())
+        };
+        if let Some(metadata) = cached {
+            return Ok((reader, metadata));
+        }
+        let options = ArrowReaderOptions::new().with_page_index(true);
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, options).await?;
+        let mut entries = self.entries.lock();
+        entries.push_back((file.path.clone(), metadata.clone()));
+        if entries.len() > FOOTERS_CACHED {
+            entries.pop_front();
+        }
+        Ok((reader, metadata))
+    }
+
+    /// Forgets the footers of files under `prefix` (a deleted topic: a new
+    /// topic of the same name writes new files under the same names).
+    pub fn forget(&self, prefix: &str) {
+        self.entries
+            .lock()
+            .retain(|(path, _)| !path.starts_with(prefix));
+    }
+}
+
 async fn open(
     store: &Arc<dyn ObjectStore>,
+    footers: &FooterCache,
     file: &ColdFile,
     pick: impl Fn(&RowGroupMetaData) -> bool,
 ) -> Result<Option<parquet::arrow::async_reader::ParquetRecordBatchStream<ParquetObjectReader>>> {
-    let reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str()))
-        .with_file_size(file.bytes);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let (reader, metadata) = footers.open(store, file).await?;
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
     let groups: Vec<usize> = builder
         .metadata()
         .row_groups()
@@ -63,6 +117,7 @@ async fn open(
 /// pages that hold them.
 pub async fn read_records(
     store: &Arc<dyn ObjectStore>,
+    footers: &FooterCache,
     files: &[ColdFile],
     from: u64,
     max_records: u64,
@@ -76,15 +131,12 @@ pub async fn read_records(
         if take == 0 {
             continue;
         }
-        let reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str()))
-            .with_file_size(file.bytes);
-        let options = ArrowReaderOptions::new().with_page_index(true);
+        let (reader, metadata) = footers.open(store, file).await?;
         let selection = RowSelection::from(vec![
             RowSelector::skip(skip as usize),
             RowSelector::select(take as usize),
         ]);
-        let mut stream = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
-            .await?
+        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
             .with_row_selection(selection)
             .with_batch_size(READ_BATCH_ROWS.min(take as usize))
             .build()?;
@@ -109,6 +161,7 @@ pub async fn read_records(
 /// The earliest record with `timestamp >= target` in `files`, as (offset, timestamp).
 pub async fn offset_for_timestamp(
     store: &Arc<dyn ObjectStore>,
+    footers: &FooterCache,
     files: &[ColdFile],
     target: i64,
 ) -> Result<Option<(u64, i64)>> {
@@ -117,7 +170,7 @@ pub async fn offset_for_timestamp(
             Some(Statistics::Int64(s)) => s.max_opt().is_none_or(|&max| max >= target),
             _ => true,
         };
-        let Some(mut stream) = open(store, file, pick).await? else {
+        let Some(mut stream) = open(store, footers, file, pick).await? else {
             continue;
         };
         while let Some(batch) = stream.try_next().await? {

@@ -76,6 +76,8 @@ pub struct Tiering {
     committed: Mutex<HashMap<PartitionKey, Arc<Manifest>>>,
     /// Serialises offloads of one partition (background pass and `tiering/run`).
     offloading: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Footers of recently read cold files.
+    footers: cold_read::FooterCache,
     /// Topics whose description this process has stored.
     described: Mutex<std::collections::HashSet<String>>,
     /// Topics whose cold data is deleted while their local deletion is
@@ -112,6 +114,7 @@ impl Tiering {
             offloading: Mutex::default(),
             described: Mutex::default(),
             deleting: Mutex::default(),
+            footers: cold_read::FooterCache::default(),
             pending_deletes: Mutex::default(),
         });
         tiering.restore_missing_topics().await?;
@@ -575,6 +578,7 @@ impl ColdTier for Tiering {
             let manifest = self.manifest(topic, partition).await.map_err(to_broker)?;
             cold_read::read_records(
                 &self.cold.store,
+                &self.footers,
                 manifest.files_from(from),
                 from,
                 max_records,
@@ -593,9 +597,14 @@ impl ColdTier for Tiering {
     ) -> BoxFuture<'a, strata_broker::Result<Option<(u64, i64)>>> {
         Box::pin(async move {
             let manifest = self.manifest(topic, partition).await.map_err(to_broker)?;
-            cold_read::offset_for_timestamp(&self.cold.store, &manifest.files, target)
-                .await
-                .map_err(to_broker)
+            cold_read::offset_for_timestamp(
+                &self.cold.store,
+                &self.footers,
+                &manifest.files,
+                target,
+            )
+            .await
+            .map_err(to_broker)
         })
     }
 
@@ -620,6 +629,8 @@ impl ColdTier for Tiering {
             }
             self.committed.lock().retain(|(t, _), _| t != topic);
             self.described.lock().remove(topic);
+            self.footers
+                .forget(&format!("{}/", self.cold.root.topic(topic)));
             self.manifests.delete_topic(topic).await.map_err(to_broker)
         })
     }
