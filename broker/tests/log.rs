@@ -302,3 +302,41 @@ fn zero_padding_of_an_unsealed_segment_is_trimmed() {
     assert_eq!(std::fs::read(&first).unwrap(), clean);
     assert_eq!(values(&p, 0).len(), 120);
 }
+
+#[test]
+fn deleting_segments_never_breaks_a_read_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    for i in 0..50 {
+        append(&p, i * 10, 10, 0);
+    }
+    let mut cursor = p.cursor(0).unwrap();
+    let sealed_end = p
+        .segments()
+        .iter()
+        .rev()
+        .find(|s| s.sealed)
+        .unwrap()
+        .end_offset;
+    let removed = p.delete_segments_below(sealed_end).unwrap();
+    assert!(!removed.is_empty());
+    assert_eq!(p.start_offset(), sealed_end);
+    assert!(
+        !dir.path().join("00000000000000000000.log").exists(),
+        "files are gone"
+    );
+    // The cursor made before the deletion still reads every record, in order.
+    let mut next = 0;
+    cursor
+        .for_each_record(|r| {
+            assert_eq!(r.offset, next);
+            next += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(next, 500);
+    assert!(
+        p.cursor(0).is_err(),
+        "new reads start at the new start offset"
+    );
+}

@@ -364,7 +364,7 @@ impl Tiering {
             tracing::debug!(topic = topic.name(), partition = p.id(), file = %file.path, "offloaded segment");
         }
         let manifest = self.apply_total_retention(topic, p, manifest).await?;
-        self.apply_local_retention(topic, p, &manifest)?;
+        self.apply_local_retention(topic, p, &manifest).await?;
         self.delete_due_objects().await;
         Ok(summary)
     }
@@ -375,7 +375,7 @@ impl Tiering {
     async fn apply_total_retention(
         &self,
         topic: &Topic,
-        p: &Partition,
+        p: &Arc<Partition>,
         manifest: Arc<Manifest>,
     ) -> Result<Arc<Manifest>> {
         let retention = topic.config().retention_ms;
@@ -393,7 +393,7 @@ impl Tiering {
                 .into_iter()
                 .map(|f| (due, object_store::path::Path::from(f.path))),
         );
-        p.delete_segments_below(next.start_offset)?;
+        delete_local_below(p, next.start_offset).await?;
         tracing::info!(
             topic = topic.name(),
             partition = p.id(),
@@ -437,10 +437,10 @@ impl Tiering {
 
     /// Deletes local segments that are committed to the cold tier and beyond
     /// the topic's `local_retention_bytes` / `local_retention_ms`.
-    fn apply_local_retention(
+    async fn apply_local_retention(
         &self,
         topic: &Topic,
-        p: &Partition,
+        p: &Arc<Partition>,
         manifest: &Manifest,
     ) -> Result<()> {
         let config = topic.config();
@@ -464,11 +464,11 @@ impl Tiering {
             delete_below = Some(s.end_offset);
         }
         if let Some(offset) = delete_below {
-            let removed = p.delete_segments_below(offset)?;
+            let removed = delete_local_below(p, offset).await?;
             tracing::debug!(
                 topic = topic.name(),
                 partition = p.id(),
-                segments = removed.len(),
+                segments = removed,
                 "local retention"
             );
         }
@@ -524,6 +524,16 @@ impl Tiering {
         }
         self.lease.release().await;
     }
+}
+
+/// Deletes a partition's local segments below `offset` on a blocking thread
+/// (file removal and a directory fsync); returns how many went.
+async fn delete_local_below(p: &Arc<Partition>, offset: u64) -> Result<usize> {
+    let partition = p.clone();
+    let removed = tokio::task::spawn_blocking(move || partition.delete_segments_below(offset))
+        .await
+        .map_err(|e| TieringError::Internal(format!("local retention failed: {e}")))??;
+    Ok(removed.len())
 }
 
 /// A tiering failure as the broker's error (mapped to the API's codes by the broker).
