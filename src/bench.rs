@@ -1,4 +1,4 @@
-//! `strata bench produce|consume`: a load generator and timer against a
+//! `strata bench produce|consume|offload` (`query` is in `bench_query.rs`): a load generator and timer against a
 //! running server. It shares the machine with the server, so its figures
 //! include its own cost; `docs/benchmarks.md` says how to read them.
 
@@ -21,6 +21,8 @@ pub enum BenchCommand {
     Consume(ConsumeBench),
     /// Offload alone, in this process: sealed segments -> Parquet -> committed manifest.
     Offload(OffloadBench),
+    /// Range reads and SQL over days of data, mostly in the cold tier (and DuckDB on the same files).
+    Query(crate::bench_query::QueryBench),
 }
 
 #[derive(Args)]
@@ -96,10 +98,11 @@ pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
         BenchCommand::Produce(args) => produce(&client, args).await,
         BenchCommand::Consume(args) => consume(&client, args).await,
         BenchCommand::Offload(args) => offload(args).await,
+        BenchCommand::Query(args) => crate::bench_query::run(&client, args).await,
     }
 }
 
-async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<()> {
+pub(crate) async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> Result<()> {
     let response = client
         .request(Method::POST, "/v1/topics")
         .json(&json!({"name": topic, "partitions": partitions}))
@@ -299,7 +302,7 @@ async fn consume(client: &Client, args: ConsumeBench) -> Result<()> {
     Ok(())
 }
 
-async fn held_records(client: &Client, topic: &str) -> Result<u64> {
+pub(crate) async fn held_records(client: &Client, topic: &str) -> Result<u64> {
     let t = client.get_json(&format!("/v1/topics/{topic}")).await?;
     Ok(t["partitions"]
         .as_array()
@@ -428,7 +431,7 @@ fn peak_rss_mib() -> u64 {
 /// About `len` bytes of words drawn from a small vocabulary: text that
 /// compresses like log and event payloads do, not like a run of one byte
 /// (a xorshift sequence seeded by `seed` picks the words).
-fn pseudo_random_text(seed: usize, len: usize) -> String {
+pub(crate) fn pseudo_random_text(seed: usize, len: usize) -> String {
     const WORDS: [&str; 32] = [
         "alpha", "bravo", "cart", "delta", "echo", "fox", "golf", "hotel", "india", "juliet",
         "kilo", "lima", "mike", "nov", "oscar", "papa", "quebec", "romeo", "sierra", "tango",

@@ -17,6 +17,36 @@ pub struct ServeConfig {
     pub object_store: Option<String>,
     pub broker: BrokerConfig,
     pub tiering: TieringConfig,
+    pub query: QueryFile,
+}
+
+/// The `[query]` table of the config file.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryFile {
+    /// Longest a SQL query, view read or snapshot may run (default 60000).
+    pub timeout_ms: Option<u64>,
+    /// Memory all running SQL queries may hold together (default 256 MiB).
+    pub memory_limit_bytes: Option<u64>,
+    /// SQL queries running at once before `503` (default 8).
+    pub max_concurrent: Option<usize>,
+}
+
+impl QueryFile {
+    /// The query service's settings for a server with data in `data_dir`.
+    pub fn config(&self, data_dir: &Path) -> strata_query::QueryConfig {
+        let mut config = strata_query::QueryConfig::new(data_dir.to_path_buf());
+        if let Some(ms) = self.timeout_ms {
+            config.timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(bytes) = self.memory_limit_bytes {
+            config.memory_limit = bytes.max(1024 * 1024) as usize;
+        }
+        if let Some(n) = self.max_concurrent {
+            config.max_concurrent = n.max(1);
+        }
+        config
+    }
 }
 
 /// The `[tiering]` table of the config file.
@@ -36,11 +66,13 @@ impl ServeConfig {
         let mut object_store = None;
         let mut broker = BrokerConfig::default();
         let mut tiering = TieringConfig::default();
+        let mut query = QueryFile::default();
         if let Some(path) = &args.config {
             let file = read_file(path)?;
             listen = file.listen.unwrap_or(listen);
             object_store = file.object_store;
             broker = file.broker;
+            query = file.query;
             if let Some(ms) = file.tiering.offload_after_ms {
                 tiering.offload_after = Duration::from_millis(ms);
             }
@@ -66,6 +98,7 @@ impl ServeConfig {
             object_store,
             broker,
             tiering,
+            query,
         })
     }
 }
@@ -76,6 +109,7 @@ struct FileConfig {
     object_store: Option<String>,
     broker: BrokerConfig,
     tiering: TieringFile,
+    query: QueryFile,
 }
 
 /// Reads `listen`, `object_store`, the `[tiering]` table and every broker
@@ -100,6 +134,12 @@ fn read_file(path: &Path) -> Result<FileConfig> {
             .with_context(|| format!("invalid [tiering] in {}", path.display()))?,
         None => TieringFile::default(),
     };
+    let query = match table.remove("query") {
+        Some(value) => value
+            .try_into()
+            .with_context(|| format!("invalid [query] in {}", path.display()))?,
+        None => QueryFile::default(),
+    };
     let broker: BrokerConfig = table
         .try_into()
         .with_context(|| format!("invalid settings in {}", path.display()))?;
@@ -108,6 +148,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         object_store,
         broker,
         tiering,
+        query,
     })
 }
 
@@ -130,7 +171,7 @@ mod tests {
         let path = dir.path().join("strata.toml");
         std::fs::write(
             &path,
-            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/tmp/x\"\nmax_record_bytes = 10\n[topic_defaults]\nsegment_bytes = 4096\nsegment_ms = 1000\nlocal_retention_bytes = -1\nlocal_retention_ms = -1\nretention_ms = -1\ntimestamp_type = \"log_append_time\"\n[tiering]\noffload_after_ms = 1500\n",
+            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/tmp/x\"\nmax_record_bytes = 10\n[topic_defaults]\nsegment_bytes = 4096\nsegment_ms = 1000\nlocal_retention_bytes = -1\nlocal_retention_ms = -1\nretention_ms = -1\ntimestamp_type = \"log_append_time\"\n[tiering]\noffload_after_ms = 1500\n[query]\ntimeout_ms = 2500\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -144,6 +185,8 @@ mod tests {
         assert_eq!(config.broker.max_record_bytes, 10);
         assert_eq!(config.broker.topic_defaults.segment_bytes, 4096);
         assert_eq!(config.tiering.offload_after, Duration::from_millis(1500));
+        let query = config.query.config(Path::new("/tmp/x"));
+        assert_eq!(query.timeout, Duration::from_millis(2500));
 
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         assert!(

@@ -3,10 +3,12 @@
 //! dispatches.
 
 mod bench;
+mod bench_query;
 mod client;
 mod config;
 mod consume;
 mod produce;
+mod query;
 mod serve;
 mod topic;
 
@@ -45,6 +47,10 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic as NDJSON.
     Consume(consume::ConsumeArgs),
+    /// Print every record in a time range, from both tiers.
+    Range(query::RangeArgs),
+    /// Run one SQL query over topics and views.
+    Query(query::QueryArgs),
     /// Built-in load generator and timer.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -106,6 +112,8 @@ fn main() -> ExitCode {
             Command::Topic(cmd) => topic::run(&cli.server, cmd).await,
             Command::Produce(args) => produce::run(&cli.server, args).await,
             Command::Consume(args) => consume::run(&cli.server, args).await,
+            Command::Range(args) => query::range(&cli.server, args).await,
+            Command::Query(args) => query::query(&cli.server, args).await,
             Command::Bench(cmd) => bench::run(&cli.server, cmd).await,
         }
     });

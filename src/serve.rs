@@ -48,8 +48,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         stopping: stopping_rx.clone(),
         cold: Some(tiering.clone()),
     };
-    let routes =
-        strata_broker::http::routes(state).merge(strata_tiering::http::router(tiering.clone()));
+    let query_config = config.query.config(&config.broker.data_dir);
+    let query = strata_query::QueryService::open(broker.clone(), tiering.clone(), query_config)
+        .context("starting the query service")?;
+    let routes = strata_broker::http::routes(state)
+        .merge(strata_tiering::http::router(tiering.clone()))
+        .merge(strata_query::http::router(Arc::new(query)));
     let router = strata_broker::http::finish(routes);
     let offloader = tokio::spawn(tiering.run_background(stopping_rx));
 

@@ -1,12 +1,106 @@
 //! Reading a partition's log in offset order, without blocking its writer.
 
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
 use crate::batch::RecordView;
 use crate::batch::{BATCH_HEADER_LEN, BatchView, Peek, peek_batch};
 use crate::error::{BrokerError, Result};
-use crate::segment::{BlockReader, Segment};
+use crate::segment::{BlockReader, Segment, SegmentInfo};
+
+/// A partition's log pinned at one moment: its end offset then, and every
+/// segment it had. Segments that retention deletes afterwards stay readable
+/// through the snapshot until it is dropped (their files stay open), so a
+/// long read sees exactly the records that were there when it began.
+#[derive(Debug, Clone)]
+pub struct LogSnapshot {
+    segments: Vec<Arc<Segment>>,
+    end_offset: u64,
+}
+
+impl LogSnapshot {
+    pub(crate) fn new(segments: Vec<Arc<Segment>>, end_offset: u64) -> Self {
+        Self {
+            segments,
+            end_offset,
+        }
+    }
+
+    /// First offset on local disk when the snapshot was taken.
+    pub fn start_offset(&self) -> u64 {
+        self.segments
+            .first()
+            .map_or(self.end_offset, |s| s.base_offset())
+            .min(self.end_offset)
+    }
+
+    /// One past the last record of the snapshot.
+    pub fn end_offset(&self) -> u64 {
+        self.end_offset
+    }
+
+    /// The pinned segments, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments.iter().map(|s| s.info()).collect()
+    }
+
+    /// A cursor over `[from, to)`, clamped to the snapshot. `from` below
+    /// the snapshot's start is `OffsetOutOfRange`.
+    pub fn cursor(&self, from: u64, to: u64) -> Result<LogCursor> {
+        let (start, end) = (self.start_offset(), self.end_offset);
+        if from < start || from > end {
+            return Err(BrokerError::OffsetOutOfRange {
+                offset: from,
+                start_offset: start,
+                end_offset: end,
+            });
+        }
+        let first = self
+            .segments
+            .partition_point(|s| s.base_offset() <= from)
+            .saturating_sub(1);
+        Ok(LogCursor::new(
+            self.segments[first..].to_vec(),
+            from,
+            to.min(end),
+        ))
+    }
+
+    /// The offset ranges within `offsets` that can hold records with
+    /// `from_ms <= timestamp < to_ms`, pruned by each segment's time
+    /// bounds and, for the lower bound, its time index. Records inside the
+    /// ranges still need filtering: timestamps may be out of order.
+    pub fn ranges_for(
+        &self,
+        offsets: Range<u64>,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+    ) -> Vec<Range<u64>> {
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for segment in &self.segments {
+            let info = segment.info();
+            let (Some(min_ts), Some(max_ts)) = (info.min_timestamp, info.max_timestamp) else {
+                continue;
+            };
+            if from_ms.is_some_and(|from| max_ts < from) || to_ms.is_some_and(|to| min_ts >= to) {
+                continue;
+            }
+            let mut start = offsets.start.max(info.base_offset);
+            if let Some(from) = from_ms {
+                start = start.max(segment.scan_start_for_time(from));
+            }
+            let end = offsets.end.min(info.end_offset).min(self.end_offset);
+            if start >= end {
+                continue;
+            }
+            match ranges.last_mut() {
+                Some(last) if last.end == start => last.end = end,
+                _ => ranges.push(start..end),
+            }
+        }
+        ranges
+    }
+}
 
 /// Iterates batches of a partition from an offset up to the end offset that
 /// was visible when the cursor was made (a snapshot: later appends are not

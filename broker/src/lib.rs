@@ -17,7 +17,7 @@ pub mod broker;
 pub mod cold;
 pub mod config;
 pub mod cursor;
-mod durable;
+pub mod durable;
 pub mod error;
 pub mod groups;
 pub mod http;

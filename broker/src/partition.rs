@@ -25,7 +25,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 
 use crate::batch::EncodedBatch;
-use crate::cursor::LogCursor;
+use crate::cursor::{LogCursor, LogSnapshot};
 use crate::durable::{TMP_SUFFIX, sync_dir};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::segment::{
@@ -468,6 +468,12 @@ impl Partition {
     /// The segments, oldest first; the last one is active (not sealed).
     pub fn segments(&self) -> Vec<SegmentInfo> {
         self.segments.read().iter().map(|s| s.info()).collect()
+    }
+
+    /// The log as it is now, pinned for a long read (see [`LogSnapshot`]).
+    pub fn snapshot(&self) -> LogSnapshot {
+        let end = self.end_offset();
+        LogSnapshot::new(self.segments.read().clone(), end)
     }
 
     /// A cursor from `from` up to the current end offset.

@@ -9,6 +9,7 @@
 #![allow(deprecated)]
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -19,12 +20,13 @@ use arrow_array::{Array, RecordBatch};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
 };
-use parquet::arrow::async_reader::ParquetObjectReader;
-use parquet::file::metadata::RowGroupMetaData;
+use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream};
+use parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
 use strata_broker::cold::ColdRecord;
 
@@ -88,7 +90,7 @@ async fn open(
     footers: &FooterCache,
     file: &ColdFile,
     pick: impl Fn(&RowGroupMetaData) -> bool,
-) -> Result<Option<parquet::arrow::async_reader::ParquetRecordBatchStream<ParquetObjectReader>>> {
+) -> Result<Option<ParquetRecordBatchStream<ParquetObjectReader>>> {
     let (reader, metadata) = footers.open(store, file).await?;
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
     let groups: Vec<usize> = builder
@@ -156,6 +158,155 @@ pub async fn read_records(
         }
     }
     Ok(out)
+}
+
+/// A stream of record batches decoded from one cold file.
+pub type ColdBatchStream = ParquetRecordBatchStream<ParquetObjectReader>;
+
+/// What a scan wants from one cold file.
+#[derive(Debug, Clone)]
+pub struct FileScan<'a> {
+    pub file: &'a ColdFile,
+    /// Offsets wanted; rows outside are never decoded.
+    pub offsets: Range<u64>,
+    /// Wanted timestamps `from_ms <= ts < to_ms`: row groups and pages
+    /// whose statistics exclude them are skipped, but rows inside the
+    /// pages read still need filtering.
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Columns of [`crate::convert::schema`] to decode, by index, ascending.
+    pub columns: &'a [usize],
+}
+
+/// Column of `timestamp` in every cold file.
+const TIMESTAMP_COLUMN: usize = 2;
+
+/// Opens a stream of the rows of `scan.file` that can match `scan`, or
+/// `None` when its statistics rule every row out. Offsets are dense inside
+/// a file, so the offset range becomes a row range; the time bounds drop
+/// row groups by their statistics and pages by the page index.
+pub async fn scan_file(
+    store: &Arc<dyn ObjectStore>,
+    footers: &FooterCache,
+    scan: &FileScan<'_>,
+    batch_rows: usize,
+) -> Result<Option<ColdBatchStream>> {
+    let file = scan.file;
+    let lo = scan.offsets.start.max(file.first_offset) - file.first_offset;
+    let hi = scan.offsets.end.min(file.last_offset + 1).saturating_sub(file.first_offset);
+    if lo >= hi
+        || scan.from_ms.is_some_and(|from| file.max_timestamp < from)
+        || scan.to_ms.is_some_and(|to| file.min_timestamp >= to)
+    {
+        return Ok(None);
+    }
+    let (reader, metadata) = footers.open(store, file).await?;
+    let plan = plan_rows(metadata.metadata(), lo..hi, scan.from_ms, scan.to_ms);
+    if plan.ranges.is_empty() {
+        return Ok(None);
+    }
+    let mask = ProjectionMask::roots(
+        metadata.metadata().file_metadata().schema_descr(),
+        scan.columns.iter().copied(),
+    );
+    let selection = RowSelection::from_consecutive_ranges(plan.ranges.into_iter(), plan.rows);
+    Ok(Some(
+        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+            .with_row_groups(plan.groups)
+            .with_row_selection(selection)
+            .with_projection(mask)
+            .with_batch_size(batch_rows)
+            .build()?,
+    ))
+}
+
+/// Row groups to read and the row ranges within them (counted across the
+/// chosen groups only, as [`RowSelection`] wants).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RowPlan {
+    groups: Vec<usize>,
+    ranges: Vec<Range<usize>>,
+    rows: usize,
+}
+
+fn plan_rows(
+    meta: &ParquetMetaData,
+    wanted: Range<u64>,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+) -> RowPlan {
+    let overlaps = |min: Option<i64>, max: Option<i64>| {
+        !(from_ms.is_some_and(|from| max.is_some_and(|max| max < from))
+            || to_ms.is_some_and(|to| min.is_some_and(|min| min >= to)))
+    };
+    let mut plan = RowPlan::default();
+    let mut group_start = 0u64;
+    for (i, rg) in meta.row_groups().iter().enumerate() {
+        let rows = rg.num_rows() as u64;
+        let group = group_start..group_start + rows;
+        group_start += rows;
+        let want = wanted.start.max(group.start)..wanted.end.min(group.end);
+        if want.is_empty() {
+            continue;
+        }
+        let (min, max) = match rg.column(TIMESTAMP_COLUMN).statistics() {
+            Some(Statistics::Int64(s)) => (s.min_opt().copied(), s.max_opt().copied()),
+            _ => (None, None),
+        };
+        if !overlaps(min, max) {
+            continue;
+        }
+        let before = plan.ranges.len();
+        for page in page_rows(meta, i, rows, &overlaps) {
+            let a = want.start.max(group.start + page.start);
+            let b = want.end.min(group.start + page.end);
+            if a < b {
+                let base = plan.rows as u64 - group.start;
+                plan.ranges.push((base + a) as usize..(base + b) as usize);
+            }
+        }
+        if plan.ranges.len() > before {
+            plan.groups.push(i);
+            plan.rows += rows as usize;
+        }
+    }
+    plan
+}
+
+/// Row ranges (within row group `rg`) of the timestamp pages that can
+/// overlap the wanted times; the whole group when there is no page index.
+fn page_rows(
+    meta: &ParquetMetaData,
+    rg: usize,
+    rows: u64,
+    overlaps: &impl Fn(Option<i64>, Option<i64>) -> bool,
+) -> Vec<Range<u64>> {
+    let whole = vec![0..rows];
+    let (Some(columns), Some(offsets)) = (meta.column_index(), meta.offset_index()) else {
+        return whole;
+    };
+    let (Some(ColumnIndexMetaData::INT64(index)), Some(pages)) = (
+        columns.get(rg).and_then(|c| c.get(TIMESTAMP_COLUMN)),
+        offsets.get(rg).and_then(|o| o.get(TIMESTAMP_COLUMN)),
+    ) else {
+        return whole;
+    };
+    let locations = pages.page_locations();
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for (p, location) in locations.iter().enumerate() {
+        let start = location.first_row_index as u64;
+        let end = locations
+            .get(p + 1)
+            .map_or(rows, |next| next.first_row_index as u64);
+        if !overlaps(index.min_value(p).copied(), index.max_value(p).copied()) {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.end == start => last.end = end,
+            _ => out.push(start..end),
+        }
+    }
+    out
 }
 
 /// The earliest record with `timestamp >= target` in `files`, as (offset, timestamp).

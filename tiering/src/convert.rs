@@ -97,8 +97,8 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-/// Accumulates records into Arrow arrays.
-struct BatchBuilder {
+/// Accumulates records into Arrow arrays of [`schema`].
+pub struct BatchBuilder {
     partition: Int32Builder,
     offset: Int64Builder,
     timestamp: TimestampMillisecondBuilder,
@@ -109,7 +109,8 @@ struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    fn new() -> Self {
+    /// An empty builder sized for [`BATCH_ROWS`] rows.
+    pub fn new() -> Self {
         let names = MapFieldNames {
             entry: "key_value".into(),
             key: "key".into(),
@@ -126,7 +127,8 @@ impl BatchBuilder {
         }
     }
 
-    fn push(&mut self, partition: u32, record: &RecordView<'_>) -> Result<()> {
+    /// Appends one record; fails only on text that is not UTF-8.
+    pub fn push(&mut self, partition: u32, record: &RecordView<'_>) -> Result<()> {
         let offset = record.offset;
         let text = |bytes| {
             std::str::from_utf8(bytes)
@@ -149,7 +151,18 @@ impl BatchBuilder {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<RecordBatch> {
+    /// Rows appended since the last [`BatchBuilder::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when no rows wait to be finished.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows appended so far as a batch; the builder starts over empty.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.partition.finish()),
             Arc::new(self.offset.finish()),
@@ -160,6 +173,12 @@ impl BatchBuilder {
         ];
         self.rows = 0;
         Ok(RecordBatch::try_new(schema(), columns)?)
+    }
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -8,6 +8,10 @@
 //! only then may local retention delete the segment. Offloading is
 //! idempotent: data file names depend only on their offsets, so a retry
 //! after a crash rewrites the same object.
+//!
+//! Readers (the query crate) take a [`ColdSnapshot`] of a partition and scan
+//! its files with [`Tiering::scan_file`]; objects that retention drops are
+//! deleted only once no read that began before the drop is still running.
 
 pub mod cold_read;
 pub mod convert;
@@ -20,5 +24,5 @@ pub mod paths;
 pub mod store;
 
 pub use error::{Result, TieringError};
-pub use offloader::{OffloadSummary, Tiering, TieringConfig};
+pub use offloader::{ColdSnapshot, OffloadSummary, ReadPin, Tiering, TieringConfig, to_broker};
 pub use store::ColdStore;

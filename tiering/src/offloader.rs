@@ -84,8 +84,48 @@ pub struct Tiering {
     /// still under way: never offloaded again (a topic re-created under the
     /// same name is another `Topic`, and is offloaded).
     deleting: Mutex<Vec<std::sync::Weak<Topic>>>,
-    /// Objects dropped from manifests, deleted once their grace period ends.
+    /// Objects dropped from manifests (with the time they were dropped),
+    /// deleted once their grace period ends and no read that may still
+    /// use them is running.
     pending_deletes: Mutex<Vec<(i64, object_store::path::Path)>>,
+    /// Reads of the cold tier in progress, by start time.
+    readers: Arc<Readers>,
+}
+
+/// Start times of running cold reads, so that objects a read may use are
+/// not deleted under it.
+#[derive(Debug, Default)]
+struct Readers {
+    running: Mutex<std::collections::BTreeMap<u64, i64>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Readers {
+    fn oldest_start(&self) -> Option<i64> {
+        self.running.lock().values().min().copied()
+    }
+}
+
+/// Keeps every object that a manifest listed at the pin's creation from
+/// being deleted until the pin is dropped.
+#[derive(Debug)]
+pub struct ReadPin {
+    readers: Arc<Readers>,
+    id: u64,
+}
+
+impl Drop for ReadPin {
+    fn drop(&mut self) {
+        self.readers.running.lock().remove(&self.id);
+    }
+}
+
+/// A partition's cold tier as committed when a read began. Every file it
+/// lists stays readable while the snapshot lives, whatever retention does.
+#[derive(Debug)]
+pub struct ColdSnapshot {
+    pub manifest: Arc<Manifest>,
+    _pin: ReadPin,
 }
 
 /// How long an object dropped by retention stays readable.
@@ -116,6 +156,7 @@ impl Tiering {
             deleting: Mutex::default(),
             footers: cold_read::FooterCache::default(),
             pending_deletes: Mutex::default(),
+            readers: Arc::default(),
         });
         tiering.restore_missing_topics().await?;
         for topic in tiering.broker.topics() {
@@ -199,6 +240,39 @@ impl Tiering {
             Some(m) => Ok(m),
             None => Ok(self.remember(self.manifests.load(topic, partition).await?)),
         }
+    }
+
+    /// The partition's cold tier as last committed, pinned for a read (see
+    /// [`ColdSnapshot`]).
+    pub async fn cold_snapshot(&self, topic: &str, partition: u32) -> Result<ColdSnapshot> {
+        // Pin before reading the manifest: an object dropped after this
+        // moment may be listed by the manifest read next.
+        let id = self
+            .readers
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.readers
+            .running
+            .lock()
+            .insert(id, strata_broker::timestamp::now_ms());
+        let pin = ReadPin {
+            readers: self.readers.clone(),
+            id,
+        };
+        Ok(ColdSnapshot {
+            manifest: self.manifest(topic, partition).await?,
+            _pin: pin,
+        })
+    }
+
+    /// Opens the rows of one cold file that can match `scan` (see
+    /// [`cold_read::scan_file`]).
+    pub async fn scan_file(
+        &self,
+        scan: &cold_read::FileScan<'_>,
+        batch_rows: usize,
+    ) -> Result<Option<cold_read::ColdBatchStream>> {
+        cold_read::scan_file(&self.cold.store, &self.footers, scan, batch_rows).await
     }
 
     fn cached(&self, topic: &str, partition: u32) -> Option<Arc<Manifest>> {
@@ -387,11 +461,10 @@ impl Tiering {
             return Ok(manifest);
         };
         self.commit(&next).await?;
-        let due = now + OBJECT_DELETE_GRACE_MS;
         self.pending_deletes.lock().extend(
             expired
                 .into_iter()
-                .map(|f| (due, object_store::path::Path::from(f.path))),
+                .map(|f| (now, object_store::path::Path::from(f.path))),
         );
         delete_local_below(p, next.start_offset).await?;
         tracing::info!(
@@ -417,12 +490,17 @@ impl Tiering {
         self.cold.make_durable(&path).await
     }
 
-    /// Deletes objects whose grace period has passed.
+    /// Deletes dropped objects whose grace period has passed and that no
+    /// running read can still use (every read began after the drop).
     async fn delete_due_objects(&self) {
         let now = strata_broker::timestamp::now_ms();
+        let oldest_read = self.readers.oldest_start().unwrap_or(i64::MAX);
         let due: Vec<object_store::path::Path> = {
             let mut pending = self.pending_deletes.lock();
-            let (due, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(at, _)| *at <= now);
+            let (due, later): (Vec<_>, Vec<_>) =
+                pending.drain(..).partition(|(dropped, _)| {
+                    *dropped + OBJECT_DELETE_GRACE_MS <= now && *dropped < oldest_read
+                });
             *pending = later;
             due.into_iter().map(|(_, path)| path).collect()
         };
@@ -537,7 +615,7 @@ async fn delete_local_below(p: &Arc<Partition>, offset: u64) -> Result<usize> {
 }
 
 /// A tiering failure as the broker's error (mapped to the API's codes by the broker).
-pub(crate) fn to_broker(e: TieringError) -> BrokerError {
+pub fn to_broker(e: TieringError) -> BrokerError {
     // Uploads and Parquet reads report store failures wrapped as parquet's
     // `External` errors: the store is just as unavailable then.
     let unavailable = matches!(

@@ -42,14 +42,17 @@ pub fn write_cold_record(
     write_fields(out, times, partition, fields, headers);
 }
 
-struct RecordFields<'a> {
-    offset: u64,
-    timestamp: i64,
-    key: Option<&'a [u8]>,
-    value: &'a [u8],
+/// The fields of a record, however it was stored.
+pub struct RecordFields<'a> {
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    /// The record's JSON text, written as is.
+    pub value: &'a [u8],
 }
 
-fn write_fields<'h>(
+/// Appends a record object from its fields, like [`write_record`].
+pub fn write_fields<'h>(
     out: &mut Vec<u8>,
     times: &mut TimestampWriter,
     partition: u32,

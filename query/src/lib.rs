@@ -1,0 +1,32 @@
+//! # strata-query: reads across both tiers
+//!
+//! The reads that let the log replace a serving database. Every read pins
+//! the partitions it covers when it starts ([`scan::snapshot`]): offsets
+//! below the cold tier's end come from Parquet files on the object store,
+//! the rest from local segments, so each record is returned exactly once,
+//! also while the offloader and retention run underneath, and nothing
+//! appended after the read began is seen.
+//!
+//! - [`scan`]: the union read, pruned by time (manifest, row-group and page
+//!   statistics, segment time bounds and time index), streamed in batches;
+//! - [`table`]: topics as DataFusion tables with time, offset and partition
+//!   predicates and projections pushed down;
+//! - [`sql`]: the SQL engine (DataFusion with JSON functions, a shared
+//!   memory pool that spills, no DDL or DML);
+//! - [`views`]: named SQL views stored durably on local disk;
+//! - [`format`]: ndjson, json, csv, Arrow IPC and Parquet output, one batch
+//!   at a time;
+//! - [`service`] and [`http`]: the query runtime, limits and the routes.
+
+pub mod error;
+pub mod format;
+pub mod http;
+pub mod scan;
+pub mod service;
+pub mod sql;
+pub mod table;
+pub mod views;
+
+pub use error::{QueryError, Result};
+pub use format::Format;
+pub use service::{QueryConfig, QueryService, RangeRequest};

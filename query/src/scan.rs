@@ -1,0 +1,470 @@
+//! The union read across both tiers.
+//!
+//! A read first pins every partition it covers ([`snapshot`]): the end
+//! offset and the local segments as they are (segments deleted later stay
+//! readable), then the cold tier's manifest (files it lists are not deleted
+//! while the pin lives). Offsets below the manifest's end come from Parquet,
+//! the rest from local segments, so each record is read exactly once even
+//! while the offloader and retention run underneath: a segment can only be
+//! deleted after its file is committed, and a manifest read after the
+//! segments were pinned covers everything deleted before.
+
+use std::ops::{ControlFlow, Range};
+use std::sync::Arc;
+
+use arrow::array::{Array, BooleanArray, RecordBatch, Scalar, StringArray};
+use arrow::array::{RecordBatchOptions, TimestampMillisecondArray};
+use arrow::compute::kernels::boolean::and;
+use arrow::compute::kernels::cmp::{eq, gt_eq, lt};
+use arrow::compute::{filter_record_batch, prep_null_mask_filter};
+use arrow::datatypes::SchemaRef;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use strata_broker::Broker;
+use strata_broker::batch::RecordView;
+use strata_broker::cursor::LogSnapshot;
+use strata_tiering::cold_read::FileScan;
+use strata_tiering::convert::{BatchBuilder, schema};
+use strata_tiering::{ColdSnapshot, Tiering};
+use tokio::sync::mpsc;
+
+use crate::error::{QueryError, Result};
+
+/// Rows per batch a scan yields.
+pub const BATCH_ROWS: usize = 8192;
+
+/// Column indexes of the topic schema ([`schema`]).
+pub mod col {
+    pub const PARTITION: usize = 0;
+    pub const OFFSET: usize = 1;
+    pub const TIMESTAMP: usize = 2;
+    pub const KEY: usize = 3;
+    pub const VALUE: usize = 4;
+    pub const HEADERS: usize = 5;
+    /// Every column, in order.
+    pub const ALL: [usize; 6] = [PARTITION, OFFSET, TIMESTAMP, KEY, VALUE, HEADERS];
+}
+
+/// What a scan reads: filters that every returned row satisfies, and the
+/// columns it returns.
+#[derive(Debug, Clone)]
+pub struct ScanSpec {
+    /// `from_ms <= timestamp`, when set.
+    pub from_ms: Option<i64>,
+    /// `timestamp < to_ms`, when set.
+    pub to_ms: Option<i64>,
+    /// Offsets wanted in each partition.
+    pub offsets: Range<u64>,
+    /// Only records with exactly this key.
+    pub key: Option<String>,
+    /// Output columns (indexes of [`schema`], ascending).
+    pub columns: Vec<usize>,
+    /// At most this many rows per partition.
+    pub limit: Option<u64>,
+}
+
+impl Default for ScanSpec {
+    fn default() -> Self {
+        Self {
+            from_ms: None,
+            to_ms: None,
+            offsets: 0..u64::MAX,
+            key: None,
+            columns: col::ALL.to_vec(),
+            limit: None,
+        }
+    }
+}
+
+impl ScanSpec {
+    /// The schema of the batches the scan yields.
+    pub fn output_schema(&self) -> Result<SchemaRef> {
+        Ok(Arc::new(schema().project(&self.columns)?))
+    }
+
+    /// Columns decoded from cold files: the output plus what the filters need.
+    fn read_columns(&self) -> Vec<usize> {
+        let mut cols = self.columns.clone();
+        cols.push(col::OFFSET);
+        if self.from_ms.is_some() || self.to_ms.is_some() {
+            cols.push(col::TIMESTAMP);
+        }
+        if self.key.is_some() {
+            cols.push(col::KEY);
+        }
+        cols.sort_unstable();
+        cols.dedup();
+        cols
+    }
+
+    fn matches(&self, record: &RecordView<'_>) -> bool {
+        self.from_ms.is_none_or(|from| record.timestamp >= from)
+            && self.to_ms.is_none_or(|to| record.timestamp < to)
+            && self
+                .key
+                .as_ref()
+                .is_none_or(|key| record.key == Some(key.as_bytes()))
+    }
+
+    /// Keeps the rows of a cold batch (with `read` columns) that match, in
+    /// the output columns.
+    fn filter_cold(&self, batch: RecordBatch, read: &[usize]) -> Result<RecordBatch> {
+        let position = |c: usize| read.iter().position(|&r| r == c);
+        let mut mask: Option<BooleanArray> = None;
+        let mut combine = |next: BooleanArray| -> Result<()> {
+            mask = Some(match mask.take() {
+                Some(m) => and(&m, &next)?,
+                None => next,
+            });
+            Ok(())
+        };
+        if let Some(i) = position(col::TIMESTAMP).filter(|_| self.from_ms.is_some() || self.to_ms.is_some()) {
+            let stamps = batch.column(i);
+            if let Some(from) = self.from_ms {
+                let bound = TimestampMillisecondArray::new_scalar(from).into_inner();
+                let bound = bound.with_timezone_opt(timestamp_tz(stamps));
+                combine(gt_eq(stamps, &Scalar::new(bound))?)?;
+            }
+            if let Some(to) = self.to_ms {
+                let bound = TimestampMillisecondArray::new_scalar(to).into_inner();
+                let bound = bound.with_timezone_opt(timestamp_tz(stamps));
+                combine(lt(stamps, &Scalar::new(bound))?)?;
+            }
+        }
+        if let (Some(key), Some(i)) = (&self.key, position(col::KEY)) {
+            let wanted = StringArray::new_scalar(key.as_str());
+            combine(prep_null_mask_filter(&eq(batch.column(i), &wanted)?))?;
+        }
+        let batch = match mask {
+            Some(mask) => filter_record_batch(&batch, &mask)?,
+            None => batch,
+        };
+        let keep: Vec<usize> = self
+            .columns
+            .iter()
+            .filter_map(|&c| position(c))
+            .collect();
+        project(&batch, &keep, &self.output_schema()?)
+    }
+}
+
+fn timestamp_tz(array: &dyn Array) -> Option<Arc<str>> {
+    match array.data_type() {
+        arrow::datatypes::DataType::Timestamp(_, tz) => tz.clone(),
+        _ => None,
+    }
+}
+
+/// `batch` restricted to `columns`, labelled with `schema` (keeps the row
+/// count when no column is left, as `count(*)` needs).
+fn project(batch: &RecordBatch, columns: &[usize], schema: &SchemaRef) -> Result<RecordBatch> {
+    let arrays = columns.iter().map(|&i| batch.column(i).clone()).collect();
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        arrays,
+        &options,
+    )?)
+}
+
+/// One partition pinned for a read.
+#[derive(Debug)]
+pub struct PartitionSnapshot {
+    pub id: u32,
+    hot: LogSnapshot,
+    cold: ColdSnapshot,
+}
+
+impl PartitionSnapshot {
+    /// One past the last offset the read can see.
+    pub fn end_offset(&self) -> u64 {
+        self.hot.end_offset()
+    }
+
+    /// Offsets below this come from the cold tier.
+    pub fn cold_end(&self) -> u64 {
+        let m = &self.cold.manifest;
+        if m.files.is_empty() {
+            0
+        } else {
+            m.end_offset.min(self.end_offset())
+        }
+    }
+
+    /// Cold files that can hold rows of `spec`, and all cold files.
+    pub fn cold_files(&self, spec: &ScanSpec) -> (usize, usize) {
+        let files = &self.cold.manifest.files;
+        let hi = spec.offsets.end.min(self.cold_end());
+        let matching = files
+            .iter()
+            .filter(|f| {
+                f.first_offset < hi
+                    && f.last_offset >= spec.offsets.start
+                    && spec.from_ms.is_none_or(|from| f.max_timestamp >= from)
+                    && spec.to_ms.is_none_or(|to| f.min_timestamp < to)
+            })
+            .count();
+        (matching, files.len())
+    }
+
+    /// Local segments that can hold rows of `spec`, and all local segments
+    /// above the cold tier.
+    pub fn hot_segments(&self, spec: &ScanSpec) -> (usize, usize) {
+        let range = self.hot_range(spec);
+        let all = self
+            .hot
+            .segments()
+            .iter()
+            .filter(|s| s.end_offset > self.cold_end())
+            .count();
+        let matching = self
+            .hot
+            .segments()
+            .iter()
+            .filter(|s| {
+                s.end_offset > range.start
+                    && s.base_offset < range.end
+                    && spec
+                        .from_ms
+                        .is_none_or(|from| s.max_timestamp.is_some_and(|max| max >= from))
+                    && spec
+                        .to_ms
+                        .is_none_or(|to| s.min_timestamp.is_some_and(|min| min < to))
+            })
+            .count();
+        (matching, all)
+    }
+
+    fn hot_range(&self, spec: &ScanSpec) -> Range<u64> {
+        let start = spec
+            .offsets
+            .start
+            .max(self.cold_end())
+            .max(self.hot.start_offset());
+        start..spec.offsets.end.min(self.end_offset())
+    }
+}
+
+/// The partitions of one topic pinned for a read.
+#[derive(Debug)]
+pub struct TopicSnapshot {
+    pub topic: String,
+    pub partitions: Vec<Arc<PartitionSnapshot>>,
+}
+
+/// Pins `partitions` of `topic` (all when `None`); an unknown partition is
+/// `PartitionNotFound`.
+pub async fn snapshot(
+    broker: &Broker,
+    tiering: &Tiering,
+    topic: &str,
+    partitions: Option<&[u32]>,
+) -> Result<TopicSnapshot> {
+    let topic = broker.topic(topic)?;
+    let all = topic.partitions();
+    let chosen: Vec<_> = match partitions {
+        None => all.iter().collect(),
+        Some(ids) => ids
+            .iter()
+            .map(|&id| topic.partition(&id.to_string()))
+            .collect::<strata_broker::Result<_>>()?,
+    };
+    let mut pinned = Vec::with_capacity(chosen.len());
+    for p in chosen {
+        // Hot first, then cold: see the module doc.
+        let hot = p.snapshot();
+        let cold = tiering.cold_snapshot(topic.name(), p.id()).await?;
+        pinned.push(Arc::new(PartitionSnapshot {
+            id: p.id(),
+            hot,
+            cold,
+        }));
+    }
+    Ok(TopicSnapshot {
+        topic: topic.name().to_string(),
+        partitions: pinned,
+    })
+}
+
+/// A stream of record batches.
+pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;
+
+/// The rows of `spec` in one pinned partition, in offset order: cold files
+/// first, then local segments. Reading runs ahead by at most two batches.
+pub fn scan_partition(
+    tiering: Arc<Tiering>,
+    part: Arc<PartitionSnapshot>,
+    spec: Arc<ScanSpec>,
+) -> BatchStream {
+    let (tx, rx) = mpsc::channel::<Result<RecordBatch>>(2);
+    tokio::spawn(async move {
+        let mut left = spec.limit.unwrap_or(u64::MAX);
+        let result = match scan_cold(&tiering, &part, &spec, &tx, &mut left).await {
+            Ok(true) if left > 0 => scan_hot(part, spec, tx.clone(), left).await,
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+/// Every partition of `snapshot` in order (partition, then offset), at most
+/// `limit` rows in all.
+pub fn scan_topic(
+    tiering: Arc<Tiering>,
+    snapshot: TopicSnapshot,
+    spec: Arc<ScanSpec>,
+    limit: Option<u64>,
+) -> BatchStream {
+    let batches = stream::iter(snapshot.partitions)
+        .map(move |part| scan_partition(tiering.clone(), part, spec.clone()))
+        .flatten();
+    match limit {
+        None => batches.boxed(),
+        Some(limit) => limit_rows(batches, limit),
+    }
+}
+
+/// Ends `batches` after `limit` rows, cutting the last batch.
+pub fn limit_rows(batches: impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static, limit: u64) -> BatchStream {
+    batches
+        .scan(limit, |left, item| {
+            let out = match item {
+                Ok(_) if *left == 0 => None,
+                Ok(batch) => {
+                    let take = (*left).min(batch.num_rows() as u64);
+                    *left -= take;
+                    Some(Ok(batch.slice(0, take as usize)))
+                }
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
+        })
+        .try_filter(|b| futures::future::ready(b.num_rows() > 0))
+        .boxed()
+}
+
+/// Sends the matching cold rows; false when the receiver is gone.
+async fn scan_cold(
+    tiering: &Tiering,
+    part: &PartitionSnapshot,
+    spec: &ScanSpec,
+    tx: &mpsc::Sender<Result<RecordBatch>>,
+    left: &mut u64,
+) -> Result<bool> {
+    let hi = spec.offsets.end.min(part.cold_end());
+    let read = spec.read_columns();
+    for file in part.cold.manifest.files_from(spec.offsets.start) {
+        if file.first_offset >= hi || *left == 0 {
+            break;
+        }
+        let scan = FileScan {
+            file,
+            offsets: spec.offsets.start..hi,
+            from_ms: spec.from_ms,
+            to_ms: spec.to_ms,
+            columns: &read,
+        };
+        let Some(mut batches) = tiering.scan_file(&scan, BATCH_ROWS).await? else {
+            continue;
+        };
+        while let Some(batch) = batches.try_next().await.map_err(QueryError::from)? {
+            let batch = spec.filter_cold(batch, &read)?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let take = (*left).min(batch.num_rows() as u64);
+            *left -= take;
+            if tx.send(Ok(batch.slice(0, take as usize))).await.is_err() {
+                return Ok(false);
+            }
+            if *left == 0 {
+                break;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Sends the matching rows of local segments, read on a blocking thread.
+async fn scan_hot(
+    part: Arc<PartitionSnapshot>,
+    spec: Arc<ScanSpec>,
+    tx: mpsc::Sender<Result<RecordBatch>>,
+    left: u64,
+) -> Result<()> {
+    let range = part.hot_range(&spec);
+    if range.is_empty() {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut reader = HotReader {
+            spec: &spec,
+            partition: part.id,
+            builder: BatchBuilder::new(),
+            tx: &tx,
+            left,
+            error: None,
+            schema: spec.output_schema()?,
+        };
+        for r in part.hot.ranges_for(range, spec.from_ms, spec.to_ms) {
+            let mut cursor = part.hot.cursor(r.start, r.end)?;
+            cursor.for_each_record(|record| reader.visit(record))?;
+            if let Some(e) = reader.error.take() {
+                return Err(e);
+            }
+            if reader.left == 0 || tx.is_closed() {
+                return Ok(());
+            }
+        }
+        reader.flush()
+    })
+    .await
+    .map_err(|e| QueryError::Internal(format!("hot-tier reader failed: {e}")))?
+}
+
+struct HotReader<'a> {
+    spec: &'a ScanSpec,
+    partition: u32,
+    builder: BatchBuilder,
+    tx: &'a mpsc::Sender<Result<RecordBatch>>,
+    left: u64,
+    error: Option<QueryError>,
+    schema: SchemaRef,
+}
+
+impl HotReader<'_> {
+    fn visit(&mut self, record: &RecordView<'_>) -> ControlFlow<()> {
+        if !self.spec.matches(record) {
+            return ControlFlow::Continue(());
+        }
+        if let Err(e) = self.builder.push(self.partition, record) {
+            self.error = Some(e.into());
+            return ControlFlow::Break(());
+        }
+        self.left -= 1;
+        if self.builder.len() >= BATCH_ROWS || self.left == 0 {
+            if let Err(e) = self.flush() {
+                self.error = Some(e);
+                return ControlFlow::Break(());
+            }
+            if self.left == 0 || self.tx.is_closed() {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let batch = self.builder.finish()?;
+        let batch = project(&batch, &self.spec.columns, &self.schema)?;
+        // A closed channel means the reader went away: nothing to report.
+        let _ = self.tx.blocking_send(Ok(batch));
+        Ok(())
+    }
+}

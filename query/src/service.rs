@@ -1,0 +1,351 @@
+//! The query service: every read runs on its own runtime (so a heavy query
+//! cannot starve produce and consume on the server's runtime) and streams
+//! its result as encoded chunks through a two-slot channel, so memory stays
+//! bounded whatever the result's size.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
+use futures::{StreamExt, TryStreamExt};
+use strata_broker::Broker;
+use strata_tiering::Tiering;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::error::{QueryError, Result};
+use crate::format::{Encoder, Format, Shape};
+use crate::scan::{self, BatchStream, ScanSpec};
+use crate::sql::{SqlConfig, SqlEngine, quote_identifier, snapshot_sql};
+use crate::views::{View, ViewStore};
+
+/// Limits of the query service.
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    /// The data directory: views live in `views/`, spills in `tmp/query/`.
+    pub data_dir: PathBuf,
+    /// Longest a SQL query, view read or snapshot may run.
+    pub timeout: Duration,
+    /// Memory all running SQL queries may hold together.
+    pub memory_limit: usize,
+    /// SQL queries (and view reads, snapshots) running at once; more get `503`.
+    pub max_concurrent: usize,
+    /// Worker threads of the query runtime.
+    pub threads: usize,
+}
+
+impl QueryConfig {
+    /// The defaults for a server whose data lives in `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            timeout: Duration::from_secs(60),
+            memory_limit: 256 * 1024 * 1024,
+            max_concurrent: 8,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// A time-range read (`GET /v1/topics/{t}/range`).
+#[derive(Debug, Clone)]
+pub struct RangeRequest {
+    pub topic: String,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub partition: Option<u32>,
+    pub key: Option<String>,
+    pub limit: Option<u64>,
+    pub format: Format,
+}
+
+/// A streaming result: its first chunk is ready (so errors found before it
+/// got their status), the rest follows.
+#[derive(Debug)]
+pub struct Output {
+    pub content_type: &'static str,
+    pub first: Bytes,
+    pub rest: mpsc::Receiver<Result<Bytes>>,
+}
+
+/// Range reads, SQL, views and snapshots of one server.
+#[derive(Debug)]
+pub struct QueryService {
+    broker: Arc<Broker>,
+    tiering: Arc<Tiering>,
+    views: Arc<ViewStore>,
+    sql: Arc<SqlEngine>,
+    config: QueryConfig,
+    permits: Arc<Semaphore>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for QueryService {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one would panic.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl QueryService {
+    /// Loads the views and starts the query runtime.
+    pub fn open(broker: Arc<Broker>, tiering: Arc<Tiering>, config: QueryConfig) -> Result<Self> {
+        let views = Arc::new(ViewStore::open(&config.data_dir.join("views"))?);
+        let spill_dir = config.data_dir.join("tmp").join("query");
+        // Spill files of queries cut short by a crash are garbage.
+        let _ = std::fs::remove_dir_all(&spill_dir);
+        let sql = SqlEngine::new(
+            broker.clone(),
+            tiering.clone(),
+            views.clone(),
+            &SqlConfig {
+                memory_limit: config.memory_limit,
+                spill_dir,
+                target_partitions: config.threads,
+            },
+        )?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads.max(1))
+            .thread_name("strata-query")
+            .enable_all()
+            .build()
+            .map_err(|e| QueryError::Internal(format!("starting the query runtime: {e}")))?;
+        Ok(Self {
+            broker,
+            tiering,
+            views,
+            sql: Arc::new(sql),
+            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            config,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The stored views.
+    pub fn views(&self) -> &ViewStore {
+        &self.views
+    }
+
+    /// Every record of the request's window, partition by partition in
+    /// offset order, from both tiers, at a snapshot taken now.
+    pub async fn range(&self, request: RangeRequest) -> Result<Output> {
+        if let (Some(from), Some(to)) = (request.from_ms, request.to_ms)
+            && from > to
+        {
+            return Err(QueryError::InvalidRequest(format!(
+                "from ({from} ms) is after to ({to} ms)"
+            )));
+        }
+        // Check the names now, so that errors come before the read is spawned.
+        let topic = self.broker.topic(&request.topic)?;
+        if let Some(p) = request.partition {
+            topic.partition(&p.to_string())?;
+        }
+        let (broker, tiering) = (self.broker.clone(), self.tiering.clone());
+        let spec = ScanSpec {
+            from_ms: request.from_ms,
+            to_ms: request.to_ms,
+            key: request.key.clone(),
+            ..ScanSpec::default()
+        };
+        let read = async move {
+            let partitions = request.partition.map(|p| vec![p]);
+            let snapshot =
+                scan::snapshot(&broker, &tiering, &request.topic, partitions.as_deref()).await?;
+            let schema = spec.output_schema()?;
+            let batches = scan::scan_topic(tiering, snapshot, Arc::new(spec), request.limit);
+            Ok((schema, batches))
+        };
+        self.stream("range", request.format, Shape::Records, None, read)
+            .await
+    }
+
+    /// Runs one SQL query.
+    pub async fn sql(&self, sql: String, format: Format) -> Result<Output> {
+        let permit = self.permit()?;
+        let engine = self.sql.clone();
+        let run = async move {
+            let _permit = permit;
+            sql_batches(&engine, &sql).await
+        };
+        self.stream("sql", format, Shape::Table, Some(self.config.timeout), run)
+            .await
+    }
+
+    /// Stores a view after checking that its SQL plans.
+    pub async fn create_view(&self, name: &str, sql: &str) -> Result<View> {
+        crate::views::check_name(name)?;
+        if self.broker.topic(name).is_ok() {
+            return Err(QueryError::NameTaken(name.to_string()));
+        }
+        if self.views.get(name).is_some() {
+            return Err(QueryError::ViewExists(name.to_string()));
+        }
+        self.sql.check(sql).await?;
+        let view = View {
+            name: name.to_string(),
+            sql: sql.to_string(),
+            created_at: strata_broker::timestamp::format_timestamp(
+                strata_broker::timestamp::now_ms(),
+            ),
+        };
+        let views = self.views.clone();
+        let stored = view.clone();
+        tokio::task::spawn_blocking(move || views.create(stored))
+            .await
+            .map_err(|e| QueryError::Internal(format!("storing the view failed: {e}")))??;
+        Ok(view)
+    }
+
+    /// Deletes a view.
+    pub async fn delete_view(&self, name: &str) -> Result<()> {
+        let views = self.views.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || views.delete(&name))
+            .await
+            .map_err(|e| QueryError::Internal(format!("deleting the view failed: {e}")))?
+    }
+
+    /// The current rows of a view.
+    pub async fn read_view(&self, name: &str, format: Format) -> Result<Output> {
+        if self.views.get(name).is_none() {
+            return Err(QueryError::ViewNotFound(name.chars().take(128).collect()));
+        }
+        let sql = format!("SELECT * FROM {}", quote_identifier(name));
+        let permit = self.permit()?;
+        let engine = self.sql.clone();
+        let run = async move {
+            let _permit = permit;
+            sql_batches(&engine, &sql).await
+        };
+        self.stream("view", format, Shape::Table, Some(self.config.timeout), run)
+            .await
+    }
+
+    /// The table a topic's change log describes at `as_of_ms`.
+    pub async fn snapshot(&self, topic: &str, as_of_ms: i64, format: Format) -> Result<Output> {
+        self.broker.topic(topic)?;
+        let sql = snapshot_sql(topic, as_of_ms);
+        let permit = self.permit()?;
+        let engine = self.sql.clone();
+        let run = async move {
+            let _permit = permit;
+            sql_batches(&engine, &sql).await
+        };
+        self.stream(
+            "snapshot",
+            format,
+            Shape::Records,
+            Some(self.config.timeout),
+            run,
+        )
+        .await
+    }
+
+    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| QueryError::Busy(self.config.max_concurrent))
+    }
+
+    /// Runs `make` and encodes its batches on the query runtime; returns
+    /// once the first chunk (with the first batch) is ready.
+    async fn stream<F>(
+        &self,
+        kind: &'static str,
+        format: Format,
+        shape: Shape,
+        timeout: Option<Duration>,
+        make: F,
+    ) -> Result<Output>
+    where
+        F: Future<Output = Result<(SchemaRef, BatchStream)>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(2);
+        let started = Instant::now();
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| QueryError::Internal("the query runtime is stopped".into()))?;
+        runtime.spawn(async move {
+            let deadline = timeout.map(|t| (tokio::time::Instant::now() + t, t));
+            let result = encode(make, format, shape, deadline, &tx).await;
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics::counter!("strata_queries_total", "kind" => kind, "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("strata_query_seconds", "kind" => kind)
+                .record(started.elapsed().as_secs_f64());
+            if let Err(e) = result {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        match rx.recv().await {
+            Some(Ok(first)) => Ok(Output {
+                content_type: format.content_type(),
+                first,
+                rest: rx,
+            }),
+            Some(Err(e)) => Err(e),
+            None => Err(QueryError::Internal("the query stopped without a result".into())),
+        }
+    }
+}
+
+async fn sql_batches(engine: &SqlEngine, sql: &str) -> Result<(SchemaRef, BatchStream)> {
+    let stream = engine.execute(sql).await?;
+    let schema = stream.schema();
+    Ok((schema, stream.map_err(QueryError::from).boxed()))
+}
+
+/// Waits for `fut` until the deadline, if there is one.
+async fn before<T>(
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    fut: impl Future<Output = T>,
+) -> Result<T> {
+    match deadline {
+        None => Ok(fut.await),
+        Some((at, limit)) => tokio::time::timeout_at(at, fut)
+            .await
+            .map_err(|_| QueryError::Timeout(limit)),
+    }
+}
+
+async fn encode<F>(
+    make: F,
+    format: Format,
+    shape: Shape,
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    tx: &mpsc::Sender<Result<Bytes>>,
+) -> Result<()>
+where
+    F: Future<Output = Result<(SchemaRef, BatchStream)>>,
+{
+    let (schema, mut batches) = before(deadline, make).await??;
+    let mut encoder = Encoder::new(format, shape, &schema)?;
+    // The first chunk carries the first batch: an error in it still gets
+    // an error status instead of a cut-off body.
+    let mut first = encoder.start()?.to_vec();
+    let mut done = false;
+    match before(deadline, batches.next()).await? {
+        Some(batch) => first.extend_from_slice(&encoder.batch(&batch?)?),
+        None => done = true,
+    }
+    if tx.send(Ok(first.into())).await.is_err() {
+        return Ok(());
+    }
+    if !done {
+        while let Some(batch) = before(deadline, batches.next()).await? {
+            let chunk = encoder.batch(&batch?)?;
+            if tx.send(Ok(chunk)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let _ = tx.send(Ok(encoder.finish()?)).await;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! SQL over topics and views with Apache DataFusion.
+//!
+//! Each query gets a fresh session that knows only the tables it names: a
+//! topic becomes a [`TopicTable`], a view is planned from its stored SQL
+//! (views may use views, up to [`MAX_VIEW_DEPTH`] deep). All sessions share
+//! one runtime environment, so the memory pool bounds every query together;
+//! sorts, aggregations and joins that outgrow it spill to disk.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::view::ViewTable;
+use datafusion::common::TableReference;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::future::BoxFuture;
+use strata_broker::Broker;
+use strata_tiering::Tiering;
+
+use crate::error::{QueryError, Result};
+use crate::table::TopicTable;
+use crate::views::ViewStore;
+
+/// How deep views may nest.
+pub const MAX_VIEW_DEPTH: usize = 16;
+
+/// Limits and resources of the SQL engine.
+#[derive(Debug, Clone)]
+pub struct SqlConfig {
+    /// Memory all running queries may hold together (bytes).
+    pub memory_limit: usize,
+    /// Where sorts and aggregations spill when they outgrow the memory limit.
+    pub spill_dir: PathBuf,
+    /// Partitions DataFusion plans for (parallelism within a query).
+    pub target_partitions: usize,
+}
+
+/// Plans and runs SQL over the topics and views of one server.
+#[derive(Debug)]
+pub struct SqlEngine {
+    broker: Arc<Broker>,
+    tiering: Arc<Tiering>,
+    views: Arc<ViewStore>,
+    runtime: Arc<RuntimeEnv>,
+    target_partitions: usize,
+}
+
+impl SqlEngine {
+    /// An engine with its memory pool and spill directory.
+    pub fn new(
+        broker: Arc<Broker>,
+        tiering: Arc<Tiering>,
+        views: Arc<ViewStore>,
+        config: &SqlConfig,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&config.spill_dir).map_err(|e| {
+            QueryError::Internal(format!("creating {}: {e}", config.spill_dir.display()))
+        })?;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit)))
+            .with_temp_file_path(config.spill_dir.clone())
+            .build_arc()?;
+        Ok(Self {
+            broker,
+            tiering,
+            views,
+            runtime,
+            target_partitions: config.target_partitions.max(1),
+        })
+    }
+
+    fn session(&self) -> Result<SessionContext> {
+        let config = SessionConfig::new()
+            .with_target_partitions(self.target_partitions)
+            .with_information_schema(false);
+        let mut ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        datafusion_functions_json::register_all(&mut ctx)?;
+        Ok(ctx)
+    }
+
+    /// Checks that `sql` is one query that plans against the current topics
+    /// and views (for storing it as a view).
+    pub async fn check(&self, sql: &str) -> Result<SchemaRef> {
+        let ctx = self.session()?;
+        let plan = self.plan(&ctx, sql).await?;
+        Ok(Arc::clone(plan.schema().inner()))
+    }
+
+    /// Runs one query and streams its result.
+    pub async fn execute(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        let ctx = self.session()?;
+        let plan = self.plan(&ctx, sql).await?;
+        Ok(DataFrame::new(ctx.state(), plan).execute_stream().await?)
+    }
+
+    async fn plan(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        self.register_tables(ctx, sql.to_string(), 0).await?;
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| QueryError::Sql(format!("only queries are allowed here: {e}")))?;
+        Ok(plan)
+    }
+
+    /// Registers the topics and views that `sql` names (views recursively).
+    fn register_tables<'a>(
+        &'a self,
+        ctx: &'a SessionContext,
+        sql: String,
+        depth: usize,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let state = ctx.state();
+            let dialect = state.config().options().sql_parser.dialect;
+            let statement = state.sql_to_statement(&sql, &dialect)?;
+            for reference in state.resolve_table_references(&statement)? {
+                let name = reference.table().to_string();
+                let bare = TableReference::bare(name.clone());
+                if ctx.table_exist(bare.clone())? {
+                    continue;
+                }
+                if self.broker.topic(&name).is_ok() {
+                    let table = TopicTable::new(self.broker.clone(), self.tiering.clone(), &name);
+                    ctx.register_table(bare, Arc::new(table))?;
+                } else if let Some(view) = self.views.get(&name) {
+                    if depth >= MAX_VIEW_DEPTH {
+                        return Err(QueryError::Sql(format!(
+                            "views nest deeper than {MAX_VIEW_DEPTH} levels at {name:?} (does a view use itself?)"
+                        )));
+                    }
+                    self.register_tables(ctx, view.sql.clone(), depth + 1).await?;
+                    let plan = ctx.state().create_logical_plan(&view.sql).await?;
+                    ctx.register_table(bare, Arc::new(ViewTable::new(plan, Some(view.sql))))?;
+                }
+                // Anything else is left for the planner to report as unknown.
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Quotes `name` as an SQL identifier.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The query that reconstructs a topic's table at `as_of_ms`: for each key,
+/// the latest record with `timestamp < as_of` (latest by timestamp, ties
+/// broken by log position), without keys whose latest value is `null`.
+pub fn snapshot_sql(topic: &str, as_of_ms: i64) -> String {
+    let t = quote_identifier(topic);
+    format!(
+        "SELECT \"partition\", \"offset\", \"timestamp\", \"key\", \"value\", \"headers\" FROM (\
+           SELECT *, row_number() OVER (PARTITION BY \"key\" \
+             ORDER BY \"timestamp\" DESC, \"partition\" DESC, \"offset\" DESC) AS strata_rank \
+           FROM {t} \
+           WHERE \"timestamp\" < to_timestamp_millis({as_of_ms}) AND \"key\" IS NOT NULL\
+         ) WHERE strata_rank = 1 AND \"value\" <> 'null' ORDER BY \"key\""
+    )
+}

@@ -1,0 +1,473 @@
+//! Topics as DataFusion tables. A scan pins the topic (see [`crate::scan`])
+//! when the query is planned, and predicates on `timestamp`, `offset` and
+//! `partition` become the scan's bounds: partitions outside are not read,
+//! cold files and row groups are pruned by the manifest and Parquet
+//! statistics, local segments by their time bounds and time index. Only the
+//! columns the query uses are decoded from cold files.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
+};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::TryStreamExt;
+use strata_broker::Broker;
+use strata_tiering::Tiering;
+use strata_tiering::convert::schema;
+
+use crate::error::QueryError;
+use crate::scan::{self, PartitionSnapshot, ScanSpec, col};
+
+/// A topic as a table of `partition, offset, timestamp, key, value, headers`.
+#[derive(Debug)]
+pub struct TopicTable {
+    broker: Arc<Broker>,
+    tiering: Arc<Tiering>,
+    topic: String,
+}
+
+impl TopicTable {
+    /// The table of `topic` (which must exist when scanned).
+    pub fn new(broker: Arc<Broker>, tiering: Arc<Tiering>, topic: &str) -> Self {
+        Self {
+            broker,
+            tiering,
+            topic: topic.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for TopicTable {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Inexact: the scan prunes by the bounds; DataFusion still filters
+        // the rows (timestamps inside a batch may be out of order).
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if Bounds::default().apply(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mut bounds = Bounds::default();
+        for filter in filters {
+            bounds.apply(filter);
+        }
+        let topic = self.broker.topic(&self.topic).map_err(QueryError::from)?;
+        let ids: Vec<u32> = (0..topic.partitions().len() as u32)
+            .filter(|&p| bounds.has_partition(p))
+            .collect();
+        let spec = ScanSpec {
+            from_ms: bounds.from_ms,
+            to_ms: bounds.to_ms,
+            offsets: bounds.offsets.clone(),
+            key: None,
+            columns: projection.cloned().unwrap_or_else(|| col::ALL.to_vec()),
+            limit: limit.map(|l| l as u64),
+        };
+        let output = spec.output_schema()?;
+        if ids.is_empty() || spec.offsets.is_empty() || bounds.time_is_empty() {
+            return Ok(Arc::new(EmptyExec::new(output)));
+        }
+        let snapshot = scan::snapshot(&self.broker, &self.tiering, &self.topic, Some(&ids))
+            .await
+            .map_err(DataFusionError::from)?;
+        Ok(Arc::new(TopicScanExec::new(
+            self.tiering.clone(),
+            snapshot,
+            spec,
+            output,
+        )))
+    }
+}
+
+/// What SQL predicates say about where rows can be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bounds {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub offsets: Range<u64>,
+    partitions_from: i64,
+    partitions_to: i64,
+    partitions_in: Option<BTreeSet<i64>>,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            from_ms: None,
+            to_ms: None,
+            offsets: 0..u64::MAX,
+            partitions_from: 0,
+            partitions_to: i64::MAX,
+            partitions_in: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Bound {
+    /// `column >= value` (in the column's unit).
+    AtLeast(i64),
+    /// `column < value`.
+    Below(i64),
+}
+
+impl Bounds {
+    /// Narrows the bounds by `expr` when it is a comparison of `timestamp`,
+    /// `offset` or `partition` with constants (or an `AND` of such);
+    /// returns whether the whole of `expr` was understood.
+    pub fn apply(&mut self, expr: &Expr) -> bool {
+        match expr {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
+                let l = self.apply(left);
+                let r = self.apply(right);
+                l && r
+            }
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if let (Some(column), Expr::Literal(value, _)) = (column_name(left), right.as_ref())
+                {
+                    self.compare(column, *op, value)
+                } else if let (Expr::Literal(value, _), Some(column)) =
+                    (left.as_ref(), column_name(right))
+                {
+                    match op.swap() {
+                        Some(op) => self.compare(column, op, value),
+                        None => false,
+                    }
+                } else {
+                    false
+                }
+            }
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) => match (column_name(expr), low.as_ref(), high.as_ref()) {
+                (Some(column), Expr::Literal(low, _), Expr::Literal(high, _)) => {
+                    let a = self.compare(column, Operator::GtEq, low);
+                    let b = self.compare(column, Operator::LtEq, high);
+                    a && b
+                }
+                _ => false,
+            },
+            Expr::InList(list) if !list.negated && column_name(&list.expr) == Some("partition") => {
+                let values: Option<BTreeSet<i64>> = list
+                    .list
+                    .iter()
+                    .map(|e| match e {
+                        Expr::Literal(v, _) => integer(v),
+                        _ => None,
+                    })
+                    .collect();
+                match values {
+                    Some(values) => {
+                        self.partitions_in = Some(match self.partitions_in.take() {
+                            Some(old) => old.intersection(&values).copied().collect(),
+                            None => values,
+                        });
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether partition `p` can hold rows.
+    pub fn has_partition(&self, p: u32) -> bool {
+        let p = i64::from(p);
+        p >= self.partitions_from
+            && p < self.partitions_to
+            && self.partitions_in.as_ref().is_none_or(|set| set.contains(&p))
+    }
+
+    fn time_is_empty(&self) -> bool {
+        matches!((self.from_ms, self.to_ms), (Some(from), Some(to)) if from >= to)
+    }
+
+    fn compare(&mut self, column: &str, op: Operator, value: &ScalarValue) -> bool {
+        let bounds: Vec<Bound> = match (column, op) {
+            ("timestamp", _) => match timestamp_ms(value) {
+                Some((ms, exact)) => range_bounds(op, ms, exact),
+                None => return false,
+            },
+            ("offset" | "partition", _) => match integer(value) {
+                Some(v) => range_bounds(op, v, true),
+                None => return false,
+            },
+            _ => return false,
+        };
+        if bounds.is_empty() {
+            return false;
+        }
+        for bound in bounds {
+            match (column, bound) {
+                ("timestamp", Bound::AtLeast(v)) => {
+                    self.from_ms = Some(self.from_ms.map_or(v, |f| f.max(v)));
+                }
+                ("timestamp", Bound::Below(v)) => {
+                    self.to_ms = Some(self.to_ms.map_or(v, |t| t.min(v)));
+                }
+                ("offset", Bound::AtLeast(v)) => {
+                    self.offsets.start = self.offsets.start.max(v.max(0) as u64);
+                }
+                ("offset", Bound::Below(v)) => {
+                    self.offsets.end = self.offsets.end.min(v.max(0) as u64);
+                }
+                (_, Bound::AtLeast(v)) => self.partitions_from = self.partitions_from.max(v),
+                (_, Bound::Below(v)) => self.partitions_to = self.partitions_to.min(v),
+            }
+        }
+        true
+    }
+}
+
+/// The bounds `column op value` sets; `exact` is false when `value` was
+/// rounded down from a finer unit, and the bounds are widened to cover it.
+fn range_bounds(op: Operator, v: i64, exact: bool) -> Vec<Bound> {
+    let after = v.saturating_add(1);
+    match op {
+        Operator::Eq => vec![Bound::AtLeast(v), Bound::Below(after)],
+        Operator::GtEq => vec![Bound::AtLeast(v)],
+        Operator::Gt if exact => vec![Bound::AtLeast(after)],
+        Operator::Gt => vec![Bound::AtLeast(v)],
+        Operator::Lt if exact => vec![Bound::Below(v)],
+        Operator::Lt | Operator::LtEq => vec![Bound::Below(after)],
+        _ => Vec::new(),
+    }
+}
+
+/// The column an expression reads, looking through casts (which keep order).
+fn column_name(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Column(c) => Some(c.name.as_str()),
+        Expr::Cast(cast) => column_name(&cast.expr),
+        Expr::TryCast(cast) => column_name(&cast.expr),
+        _ => None,
+    }
+}
+
+fn integer(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::Int8(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::Int16(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::Int32(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::Int64(Some(v)) => Some(*v),
+        ScalarValue::UInt8(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::UInt16(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::UInt32(Some(v)) => Some(i64::from(*v)),
+        ScalarValue::UInt64(Some(v)) => i64::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+/// Milliseconds of a timestamp constant, and whether that is exact.
+fn timestamp_ms(value: &ScalarValue) -> Option<(i64, bool)> {
+    let floor = |v: i64, per_ms: i64| (v.div_euclid(per_ms), v.rem_euclid(per_ms) == 0);
+    match value {
+        ScalarValue::TimestampMillisecond(Some(v), _) => Some((*v, true)),
+        ScalarValue::TimestampSecond(Some(v), _) => Some((v.saturating_mul(1000), true)),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(floor(*v, 1_000)),
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(floor(*v, 1_000_000)),
+        _ => None,
+    }
+}
+
+/// Reads pinned partitions of a topic, one DataFusion partition each.
+#[derive(Debug)]
+pub struct TopicScanExec {
+    tiering: Arc<Tiering>,
+    topic: String,
+    parts: Vec<Arc<PartitionSnapshot>>,
+    spec: Arc<ScanSpec>,
+    properties: Arc<PlanProperties>,
+}
+
+impl TopicScanExec {
+    fn new(
+        tiering: Arc<Tiering>,
+        snapshot: scan::TopicSnapshot,
+        spec: ScanSpec,
+        output: SchemaRef,
+    ) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(output),
+            Partitioning::UnknownPartitioning(snapshot.partitions.len()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            tiering,
+            topic: snapshot.topic,
+            parts: snapshot.partitions,
+            spec: Arc::new(spec),
+            properties: Arc::new(properties),
+        }
+    }
+}
+
+impl DisplayAs for TopicScanExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let (mut cold, mut cold_all, mut hot, mut hot_all) = (0, 0, 0, 0);
+        for part in &self.parts {
+            let (c, ca) = part.cold_files(&self.spec);
+            let (h, ha) = part.hot_segments(&self.spec);
+            (cold, cold_all, hot, hot_all) = (cold + c, cold_all + ca, hot + h, hot_all + ha);
+        }
+        let schema = schema();
+        let columns: Vec<&str> = self
+            .spec
+            .columns
+            .iter()
+            .map(|&c| schema.field(c).name().as_str())
+            .collect();
+        let partitions: Vec<u32> = self.parts.iter().map(|p| p.id).collect();
+        write!(
+            f,
+            "TopicScanExec: topic={}, partitions={partitions:?}, columns=[{}], time=[{}, {}), cold_files={cold} of {cold_all}, hot_segments={hot} of {hot_all}",
+            self.topic,
+            columns.join(", "),
+            self.spec.from_ms.map_or("-".into(), |v| v.to_string()),
+            self.spec.to_ms.map_or("-".into(), |v| v.to_string()),
+        )?;
+        if self.spec.offsets != (0..u64::MAX) {
+            write!(f, ", offsets=[{}, {})", self.spec.offsets.start, self.spec.offsets.end)?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for TopicScanExec {
+    fn name(&self) -> &str {
+        "TopicScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let part = self.parts.get(partition).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!("TopicScanExec has no partition {partition}"))
+        })?;
+        let batches = scan::scan_partition(self.tiering.clone(), part, self.spec.clone())
+            .map_err(DataFusionError::from);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.properties.eq_properties.schema().clone(),
+            batches,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::logical_expr::{col as column, lit};
+
+    use super::*;
+
+    fn ts(ms: i64) -> Expr {
+        lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())))
+    }
+
+    #[test]
+    fn time_offset_and_partition_predicates_become_bounds() {
+        let mut b = Bounds::default();
+        assert!(b.apply(&column("timestamp").gt_eq(ts(1000)).and(column("timestamp").lt(ts(2000)))));
+        assert!(b.apply(&column("offset").gt(lit(5i64))));
+        assert!(b.apply(&lit(3i32).gt(column("partition"))));
+        assert_eq!((b.from_ms, b.to_ms), (Some(1000), Some(2000)));
+        assert_eq!(b.offsets, 6..u64::MAX);
+        assert!(b.has_partition(2) && !b.has_partition(3));
+    }
+
+    #[test]
+    fn finer_units_widen_the_bounds() {
+        let mut b = Bounds::default();
+        let micros = |v| lit(ScalarValue::TimestampMicrosecond(Some(v), None));
+        assert!(b.apply(&column("timestamp").gt(micros(1_500))));
+        assert!(b.apply(&column("timestamp").lt(micros(9_500))));
+        assert_eq!((b.from_ms, b.to_ms), (Some(1), Some(10)));
+    }
+
+    #[test]
+    fn other_predicates_are_left_to_the_engine() {
+        let mut b = Bounds::default();
+        assert!(!b.apply(&column("key").eq(lit("a"))));
+        assert!(!b.apply(&column("offset").not_eq(lit(1i64))));
+        assert_eq!(b, Bounds::default());
+        let mut list = Bounds::default();
+        assert!(list.apply(&column("partition").in_list(vec![lit(1i32), lit(4i32)], false)));
+        assert!(list.has_partition(4) && !list.has_partition(2));
+    }
+}

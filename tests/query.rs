@@ -1,0 +1,688 @@
+//! Reads across both tiers through the `strata` binary: time-range reads in
+//! every format against an oracle, SQL, views, snapshots, bad input, and a
+//! long read while offload and retention run underneath it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use strata_test_support::{Api, ChildServer, run_python, test_python};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+const BASE_MS: i64 = 1_700_000_000_000;
+const PARTITIONS: u32 = 3;
+
+/// Records with out-of-order timestamps, keys (some null), tombstones and headers.
+fn dataset(n: i64, seed: i64) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let j = i + seed;
+            json!({"key": if j % 7 == 0 { None } else { Some(format!("user-{}", j % 11)) },
+                   "value": if j % 13 == 0 { json!(null) } else { json!({"i": j, "page": format!("/p/{}", j % 5), "n": j % 100}) },
+                   "headers": if j % 3 == 0 { json!({"src": "web", "q": "a,\"b\""}) } else { json!({}) },
+                   "timestamp": BASE_MS + ((j * 7919) % 1000) * 1000 + j,
+                   "partition": j % i64::from(PARTITIONS)})
+        })
+        .collect()
+}
+
+async fn create(api: &Api, topic: &str) {
+    api.create_topic(
+        topic,
+        PARTITIONS,
+        json!({"segment_bytes": 16384, "local_retention_bytes": 0}),
+    )
+    .await;
+}
+
+async fn produce(api: &Api, topic: &str, records: &[Value]) {
+    for chunk in records.chunks(200) {
+        api.produce(topic, chunk).await;
+    }
+}
+
+async fn offload(api: &Api, topic: &str) {
+    let (status, body) = api
+        .post(&format!("/v1/topics/{topic}/tiering/run?roll=true"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Every record of the topic, in (partition, offset) order, read by consume.
+async fn oracle(api: &Api, topic: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    for p in 0..PARTITIONS {
+        all.extend(api.consume_all(topic, p, 0).await);
+    }
+    all
+}
+
+/// A server with `topic` loaded: the first part offloaded (and deleted from
+/// local disk), the rest hot.
+async fn loaded(dir: &Path, topic: &str, n: i64) -> (ChildServer, Vec<Value>) {
+    let server = ChildServer::spawn(binary(), dir, &[]);
+    create(&server.api, topic).await;
+    let records = dataset(n, 0);
+    let (cold, hot) = records.split_at(records.len() * 2 / 3);
+    produce(&server.api, topic, cold).await;
+    offload(&server.api, topic).await;
+    produce(&server.api, topic, hot).await;
+    let all = oracle(&server.api, topic).await;
+    assert_eq!(all.len(), n as usize);
+    let (_, described) = server.api.get(&format!("/v1/topics/{topic}")).await;
+    for p in described["partitions"].as_array().unwrap() {
+        assert!(
+            p["local_start_offset"].as_u64().unwrap() > 0,
+            "part of every partition lives only in the cold tier: {p}"
+        );
+    }
+    (server, all)
+}
+
+fn ts(record: &Value) -> i64 {
+    let text = record["timestamp"].as_str().unwrap();
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .timestamp_millis()
+}
+
+async fn get_raw(api: &Api, path: &str) -> (StatusCode, bytes::Bytes) {
+    let response = reqwest::get(format!("{}{path}", api.base)).await.unwrap();
+    let status = response.status();
+    (status, response.bytes().await.unwrap())
+}
+
+async fn post_raw(api: &Api, path: &str, body: &Value) -> (StatusCode, bytes::Bytes) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", api.base))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.bytes().await.unwrap())
+}
+
+/// Arrow batches of the topic schema as API record objects.
+fn batches_to_records(batches: &[RecordBatch]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for b in batches {
+        let partitions = b.column(0).as_primitive::<Int32Type>();
+        let offsets = b.column(1).as_primitive::<Int64Type>();
+        let stamps = b.column(2).as_primitive::<TimestampMillisecondType>();
+        let keys = b.column(3).as_string::<i32>();
+        let values = b.column(4).as_string::<i32>();
+        let headers = b.column(5).as_map();
+        for i in 0..b.num_rows() {
+            let entries = headers.value(i);
+            let names = entries.column(0).as_string::<i32>();
+            let texts = entries.column(1).as_string::<i32>();
+            let object: serde_json::Map<String, Value> = (0..entries.len())
+                .map(|j| (names.value(j).to_string(), json!(texts.value(j))))
+                .collect();
+            out.push(json!({
+                "partition": partitions.value(i),
+                "offset": offsets.value(i),
+                "timestamp": chrono::DateTime::from_timestamp_millis(stamps.value(i)).unwrap()
+                    .format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                "key": keys.is_valid(i).then(|| keys.value(i)),
+                "value": serde_json::from_str::<Value>(values.value(i)).unwrap(),
+                "headers": object,
+            }));
+        }
+    }
+    out
+}
+
+fn parse_body(format: &str, body: &[u8]) -> Vec<Value> {
+    match format {
+        "ndjson" => body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect(),
+        "json" => {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            v["records"].as_array().unwrap().clone()
+        }
+        "csv" => {
+            let mut reader = csv_reader(body);
+            let header = reader.next().unwrap();
+            assert_eq!(
+                header,
+                ["partition", "offset", "timestamp", "key", "value", "headers"]
+            );
+            reader
+                .map(|f| {
+                    json!({"partition": f[0].parse::<u64>().unwrap(), "offset": f[1].parse::<u64>().unwrap(),
+                       "timestamp": f[2], "key": if f[3].is_empty() { None } else { Some(&f[3]) },
+                       "value": serde_json::from_str::<Value>(&f[4]).unwrap(),
+                       "headers": serde_json::from_str::<Value>(&f[5]).unwrap()})
+                })
+                .collect()
+        }
+        "arrow" => {
+            let reader =
+                arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body.to_vec()), None)
+                    .unwrap();
+            batches_to_records(&reader.collect::<Result<Vec<_>, _>>().unwrap())
+        }
+        "parquet" => {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+                bytes::Bytes::copy_from_slice(body),
+                1024,
+            )
+            .unwrap();
+            batches_to_records(&reader.collect::<Result<Vec<_>, _>>().unwrap())
+        }
+        other => panic!("unknown format {other}"),
+    }
+}
+
+/// A minimal RFC 4180 reader (fields with quotes, commas and doubled quotes).
+fn csv_reader(body: &[u8]) -> impl Iterator<Item = Vec<String>> + '_ {
+    let text = std::str::from_utf8(body).unwrap();
+    let mut rows = Vec::new();
+    let (mut row, mut field, mut quoted, mut chars) =
+        (Vec::new(), String::new(), false, text.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            ('"', true) => quoted = false,
+            ('"', false) if field.is_empty() => quoted = true,
+            (',', false) => row.push(std::mem::take(&mut field)),
+            ('\n', false) => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (c, _) => field.push(c),
+        }
+    }
+    rows.into_iter()
+}
+
+/// Deterministic pseudo-random numbers for the windows.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_reads_match_the_oracle_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, all) = loaded(dir.path(), "lake", 3000).await;
+    let api = &server.api;
+
+    // Everything, each record once, in partition then offset order.
+    let (status, body) = get_raw(api, "/v1/topics/lake/range").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(parse_body("ndjson", &body), all);
+
+    let mut rng = Lcg(42);
+    let formats = ["ndjson", "json", "csv", "arrow", "parquet"];
+    for round in 0..40 {
+        let a = BASE_MS + rng.next(1_003_000) as i64;
+        let b = a + rng.next(400_000) as i64;
+        let mut query = format!("from={a}&to={b}");
+        let partition = (round % 3 == 0).then(|| rng.next(u64::from(PARTITIONS)));
+        if let Some(p) = partition {
+            query.push_str(&format!("&partition={p}"));
+        }
+        let key = (round % 4 == 1).then(|| format!("user-{}", rng.next(11)));
+        if let Some(k) = &key {
+            query.push_str(&format!("&key={k}"));
+        }
+        let limit = (round % 5 == 2).then(|| rng.next(50));
+        if let Some(l) = limit {
+            query.push_str(&format!("&limit={l}"));
+        }
+        let expected: Vec<Value> = all
+            .iter()
+            .filter(|r| {
+                let t = ts(r);
+                t >= a
+                    && t < b
+                    && partition.is_none_or(|p| r["partition"] == p)
+                    && key.as_ref().is_none_or(|k| r["key"] == k.as_str())
+            })
+            .take(limit.map_or(usize::MAX, |l| l as usize))
+            .cloned()
+            .collect();
+        let format = formats[round % formats.len()];
+        let (status, body) =
+            get_raw(api, &format!("/v1/topics/lake/range?{query}&format={format}")).await;
+        assert_eq!(status, StatusCode::OK, "{query}");
+        assert_eq!(parse_body(format, &body), expected, "{format} {query}");
+    }
+
+    // RFC 3339 bounds mean the same as epoch milliseconds.
+    let from = chrono::DateTime::from_timestamp_millis(BASE_MS + 200_000).unwrap();
+    let (_, by_text) = get_raw(
+        api,
+        &format!(
+            "/v1/topics/lake/range?from={}&to={}",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            BASE_MS + 300_000
+        ),
+    )
+    .await;
+    let (_, by_ms) = get_raw(
+        api,
+        &format!(
+            "/v1/topics/lake/range?from={}&to={}",
+            BASE_MS + 200_000,
+            BASE_MS + 300_000
+        ),
+    )
+    .await;
+    assert_eq!(by_text, by_ms);
+    assert!(!by_ms.is_empty());
+
+    // An engine that is not ours reads the Arrow and Parquet output.
+    if let Some(python) = test_python() {
+        for format in ["arrow", "parquet"] {
+            let (_, body) = get_raw(api, &format!("/v1/topics/lake/range?format={format}")).await;
+            let path = dir.path().join(format!("out.{format}"));
+            std::fs::write(&path, &body).unwrap();
+            let script = format!(
+                "import sys, pyarrow as pa, pyarrow.parquet as pq, pyarrow.ipc as ipc\n\
+                 t = {}\n\
+                 print(t.num_rows, t.column('offset').to_pylist()[:3], t.column('partition').to_pylist()[-1])\n",
+                if format == "arrow" {
+                    "ipc.open_stream(open(sys.argv[1], 'rb')).read_all()"
+                } else {
+                    "pq.read_table(sys.argv[1])"
+                }
+            );
+            let out = run_python(&python, &script, &path);
+            assert_eq!(out.trim(), "3000 [0, 1, 2] 2", "{format}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_counts_groups_filters_and_json_across_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, all) = loaded(dir.path(), "lake", 3000).await;
+    let api = &server.api;
+    let sql = |q: &str| json!({"sql": q, "format": "json"});
+
+    let (status, body) = api.post("/v1/query", &sql("SELECT count(*) AS n FROM lake")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"columns": ["n"], "rows": [[3000]]}));
+
+    let (_, body) = api
+        .post(
+            "/v1/query",
+            &sql("SELECT \"partition\", count(*) AS n, max(\"offset\") AS last FROM lake GROUP BY \"partition\" ORDER BY \"partition\""),
+        )
+        .await;
+    let mut expected = Vec::new();
+    for p in 0..PARTITIONS {
+        let n = all.iter().filter(|r| r["partition"] == p).count() as i64;
+        expected.push(json!([p, n, n - 1]));
+    }
+    assert_eq!(body["rows"], json!(expected));
+
+    let (a, b) = (BASE_MS + 100_000, BASE_MS + 350_000);
+    let window = |r: &&Value| ts(r) >= a && ts(r) < b;
+    let q = format!(
+        "SELECT count(*) FROM lake WHERE timestamp >= to_timestamp_millis({a}) AND timestamp < '{}'",
+        chrono::DateTime::from_timestamp_millis(b).unwrap().to_rfc3339()
+    );
+    let (status, body) = api.post("/v1/query", &sql(&q)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"], json!([[all.iter().filter(window).count()]]));
+
+    // JSON functions over the value text, across both tiers.
+    let (status, body) = api
+        .post(
+            "/v1/query",
+            &sql("SELECT json_get_str(value, 'page') AS page, count(*) AS n, sum(json_get_int(value, 'n')) AS total FROM lake WHERE value <> 'null' GROUP BY page ORDER BY page"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut pages: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for r in all.iter().filter(|r| !r["value"].is_null()) {
+        let e = pages
+            .entry(r["value"]["page"].as_str().unwrap().to_string())
+            .or_default();
+        e.0 += 1;
+        e.1 += r["value"]["n"].as_i64().unwrap();
+    }
+    let expected: Vec<Value> = pages.iter().map(|(p, (n, t))| json!([p, n, t])).collect();
+    assert_eq!(body["rows"], json!(expected));
+
+    // Other formats of the same result.
+    let q = "SELECT \"partition\", \"offset\", key, timestamp FROM lake WHERE \"offset\" < 2 ORDER BY \"partition\", \"offset\"";
+    let (_, body) = post_raw(api, "/v1/query", &json!({"sql": q, "format": "ndjson"})).await;
+    let rows: Vec<Value> = parse_body("ndjson", &body);
+    assert_eq!(rows.len(), 6);
+    assert_eq!(rows[0]["timestamp"], all[0]["timestamp"]);
+    assert_eq!(rows[0]["key"], all[0]["key"]);
+    let (_, body) = post_raw(api, "/v1/query", &json!({"sql": q, "format": "csv"})).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.starts_with("partition,offset,key,timestamp\n0,0,"), "{text}");
+    assert_eq!(text.lines().count(), 7);
+    let (_, body) = post_raw(
+        api,
+        "/v1/query",
+        &json!({"sql": "SELECT * FROM lake", "format": "arrow"}),
+    )
+    .await;
+    assert_eq!(parse_body("arrow", &body), all);
+    let (_, body) = post_raw(
+        api,
+        "/v1/query",
+        &json!({"sql": "SELECT * FROM lake WHERE \"partition\" = 1", "format": "parquet"}),
+    )
+    .await;
+    let mut one: Vec<Value> = parse_body("parquet", &body);
+    one.sort_by_key(|r| r["offset"].as_u64());
+    let expected: Vec<Value> = all.iter().filter(|r| r["partition"] == 1).cloned().collect();
+    assert_eq!(one, expected);
+
+    // A narrow time filter prunes cold files and hot segments.
+    let (a, b) = (BASE_MS + 5_000, BASE_MS + 6_000);
+    let (status, body) = api
+        .post(
+            "/v1/query",
+            &sql(&format!(
+                "EXPLAIN SELECT count(*) FROM lake WHERE timestamp >= to_timestamp_millis({a}) AND timestamp < to_timestamp_millis({b})"
+            )),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let plan = body.to_string();
+    let scan = plan
+        .split("TopicScanExec: ")
+        .nth(1)
+        .expect("the physical plan scans the topic")
+        .split("\"")
+        .next()
+        .unwrap()
+        .to_string();
+    let counts = |name: &str| -> (u64, u64) {
+        let at = scan.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        let mut words = scan[at..].split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty());
+        (words.next().unwrap().parse().unwrap(), words.next().unwrap().parse().unwrap())
+    };
+    let (cold, cold_all) = counts("cold_files");
+    assert!(cold_all > 6 && cold * 3 < cold_all, "cold files pruned: {scan}");
+    let (_, hot_all) = counts("hot_segments");
+    assert!(hot_all > 0, "{scan}");
+    assert!(scan.contains("time=[1700000005000, 1700000006000)"), "{scan}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_are_durable_and_bad_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, all) = loaded(dir.path(), "lake", 900).await;
+    let api = &server.api;
+    let view_sql = "SELECT key, count(*) AS n FROM lake WHERE key IS NOT NULL GROUP BY key";
+    let (status, body) = api
+        .post("/v1/views", &json!({"name": "per_key", "sql": view_sql}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = api
+        .post(
+            "/v1/views",
+            &json!({"name": "top_keys", "sql": "SELECT key, n FROM per_key ORDER BY n DESC, key LIMIT 3"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "views may use views: {body}");
+
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    for r in all.iter().filter(|r| !r["key"].is_null()) {
+        *counts.entry(r["key"].as_str().unwrap().into()).or_default() += 1;
+    }
+    let mut top: Vec<(String, i64)> = counts.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let expected: Vec<Value> = top.iter().take(3).map(|(k, n)| json!([k, n])).collect();
+    let (status, body) = api.get("/v1/views/top_keys?format=json").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"columns": ["key", "n"], "rows": expected}));
+
+    // Bad requests: each gets its status and code, and changes nothing.
+    let cases = [
+        (json!({"name": "per_key", "sql": view_sql}), StatusCode::CONFLICT, "view_exists"),
+        (json!({"name": "lake", "sql": view_sql}), StatusCode::CONFLICT, "topic_exists"),
+        (json!({"name": "bad-name", "sql": view_sql}), StatusCode::BAD_REQUEST, "invalid_request"),
+        (json!({"name": "v", "sql": "SELEC nothing"}), StatusCode::BAD_REQUEST, "invalid_request"),
+        (json!({"name": "v", "sql": "SELECT * FROM nowhere"}), StatusCode::BAD_REQUEST, "invalid_request"),
+        (json!({"name": "v", "sql": "DROP VIEW per_key"}), StatusCode::BAD_REQUEST, "invalid_request"),
+        (json!({"name": "v"}), StatusCode::BAD_REQUEST, "invalid_request"),
+    ];
+    for (request, status, code) in cases {
+        let (got, body) = api.post("/v1/views", &request).await;
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{request}: {body}");
+    }
+    let (_, listed) = api.get("/v1/views").await;
+    let names: Vec<&str> = listed["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["per_key", "top_keys"]);
+
+    // Views survive a restart.
+    let data_dir = server.data_dir.clone();
+    assert!(server.terminate().success());
+    let server = ChildServer::spawn(binary(), &data_dir, &[]);
+    let api = &server.api;
+    let (status, body) = api.get("/v1/views/top_keys").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"], json!(expected));
+    let (status, body) = get_raw(api, "/v1/views/per_key?format=csv").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).starts_with("key,n\n"));
+
+    let (status, _) = api.delete("/v1/views/per_key").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = api.get("/v1/views/per_key").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("view_not_found")));
+    let (status, body) = api.delete("/v1/views/per_key").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("view_not_found")));
+    // A view whose source is gone fails clearly, and the server goes on.
+    let (status, body) = api.get("/v1/views/top_keys").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Range and query refusals.
+    let bad = [
+        ("/v1/topics/nope/range", StatusCode::NOT_FOUND, "topic_not_found"),
+        ("/v1/topics/bad%20name/range", StatusCode::BAD_REQUEST, "invalid_topic_name"),
+        ("/v1/topics/lake/range?from=2&to=1", StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/topics/lake/range?from=yesterday", StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/topics/lake/range?format=xml", StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/topics/lake/range?partition=9", StatusCode::NOT_FOUND, "partition_not_found"),
+        ("/v1/topics/lake/range?limit=-1", StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/topics/lake/range?frm=1", StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/topics/nope/snapshot", StatusCode::NOT_FOUND, "topic_not_found"),
+        ("/v1/topics/lake/snapshot?as_of=soon", StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/views/nope", StatusCode::NOT_FOUND, "view_not_found"),
+    ];
+    for (path, status, code) in bad {
+        let (got, body) = api.get(path).await;
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{path}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    for request in [
+        json!({"sql": "SELECT nonsense FROM"}),
+        json!({"sql": "SELECT * FROM nope"}),
+        json!({"sql": "SELECT 1", "format": "xml"}),
+        json!({"sql": "CREATE TABLE t AS SELECT 1"}),
+        json!({"query": "SELECT 1"}),
+    ] {
+        let (status, body) = api.post("/v1/query", &request).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{request}: {body}");
+    }
+    let (status, body) = api
+        .post("/v1/query", &json!({"sql": "SELECT count(*) FROM lake"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"], json!([[900]]), "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_over_their_time_or_memory_limit_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.toml");
+    std::fs::write(
+        &config,
+        "[query]\ntimeout_ms = 300\nmemory_limit_bytes = 1048576\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = ChildServer::spawn(binary(), &data, &["--config", config.to_str().unwrap()]);
+    let api = &server.api;
+    let slow = "SELECT count(*) FROM generate_series(1, 2000000000) AS a(v) WHERE v % 7 = 3";
+    let (status, body) = api.post("/v1/query", &json!({"sql": slow})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("time limit"), "{message}");
+
+    let hungry = "SELECT array_agg(v) FROM generate_series(1, 3000000) AS a(v)";
+    let (status, body) = api.post("/v1/query", &json!({"sql": hungry})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("memory"), "{message}");
+
+    let (status, _) = api.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = api.post("/v1/query", &json!({"sql": "SELECT 1 + 1 AS two"})).await;
+    assert_eq!((status, body["rows"].clone()), (StatusCode::OK, json!([[2]])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_match_a_reference_at_any_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(binary(), dir.path(), &[]);
+    let api = &server.api;
+    create(api, "users").await;
+    // A change log: 40 keys, updates and tombstones, timestamps out of order.
+    let log: Vec<Value> = (0..2400i64)
+        .map(|i| {
+            let key = format!("k{:02}", (i * 17) % 40);
+            let value = if i % 9 == 4 { json!(null) } else { json!({"v": i}) };
+            json!({"key": key, "value": value, "timestamp": BASE_MS + (i * 37 % 2400) * 10})
+        })
+        .collect();
+    let (first, rest) = log.split_at(1500);
+    produce(api, "users", first).await;
+    offload(api, "users").await;
+    produce(api, "users", rest).await;
+    let all = oracle(api, "users").await;
+
+    for as_of in [BASE_MS + 5_000, BASE_MS + 12_345, BASE_MS + 23_990, BASE_MS + 100_000] {
+        // Reference: per key, the record with the greatest (timestamp, partition, offset) before as_of.
+        let mut latest: BTreeMap<String, &Value> = BTreeMap::new();
+        for r in all.iter().filter(|r| ts(r) < as_of) {
+            let k = r["key"].as_str().unwrap().to_string();
+            let newer = |old: &&Value| {
+                (ts(r), r["partition"].as_u64(), r["offset"].as_u64())
+                    > (ts(old), old["partition"].as_u64(), old["offset"].as_u64())
+            };
+            if latest.get(&k).is_none_or(newer) {
+                latest.insert(k, r);
+            }
+        }
+        let expected: Vec<Value> = latest
+            .values()
+            .filter(|r| !r["value"].is_null())
+            .map(|r| (*r).clone())
+            .collect();
+        assert!(!expected.is_empty());
+        for format in ["json", "ndjson"] {
+            let (status, body) = get_raw(
+                api,
+                &format!("/v1/topics/users/snapshot?as_of={as_of}&format={format}"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(parse_body(format, &body), expected, "as_of {as_of} {format}");
+        }
+    }
+    let (status, body) = api.get("/v1/topics/users/snapshot").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["records"].as_array().is_some_and(|r| r.len() <= 40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_read_returns_its_snapshot_while_offload_and_retention_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(ChildServer::spawn(binary(), dir.path(), &[]));
+    let api = &server.api;
+    create(api, "race").await;
+    let records = dataset(60_000, 0);
+    produce(api, "race", &records).await;
+    let expected = oracle(api, "race").await;
+
+    for format in ["ndjson", "arrow"] {
+        let response = reqwest::get(format!("{}/v1/topics/race/range?format={format}", api.base))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.bytes_stream();
+        use futures_util::StreamExt;
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&body.next().await.unwrap().unwrap());
+        // Underneath the open read: appends, offload of everything so far,
+        // and local retention deleting every offloaded segment.
+        produce(api, "race", &dataset(600, 7)).await;
+        offload(api, "race").await;
+        let (_, described) = api.get("/v1/topics/race").await;
+        for p in described["partitions"].as_array().unwrap() {
+            assert_eq!(
+                p["local_start_offset"], p["cold"]["end_offset"],
+                "offloaded segments are gone from local disk: {p}"
+            );
+        }
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        let got = parse_body(format, &bytes);
+        let wanted: Vec<Value> = if format == "ndjson" {
+            expected.clone()
+        } else {
+            // The second read began after the first round of changes.
+            oracle_before_round_two(&expected, &server).await
+        };
+        assert_eq!(got.len(), wanted.len(), "{format}");
+        assert!(got == wanted, "{format}: the read is exactly its snapshot");
+    }
+}
+
+/// What the topic held before the second round of changes: the first
+/// snapshot plus the 600 records appended in the first round.
+async fn oracle_before_round_two(first: &[Value], server: &ChildServer) -> Vec<Value> {
+    let now = oracle(&server.api, "race").await;
+    let mut out = Vec::new();
+    for p in 0..PARTITIONS {
+        let base = first.iter().filter(|r| r["partition"] == p).count() as u64;
+        let round_one = 200; // 600 records spread evenly over 3 partitions
+        out.extend(
+            now.iter()
+                .filter(|r| r["partition"] == p && r["offset"].as_u64().unwrap() < base + round_one)
+                .cloned(),
+        );
+    }
+    out
+}
