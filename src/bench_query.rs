@@ -92,7 +92,10 @@ pub async fn run(client: &Client, args: QueryBench) -> Result<()> {
     };
     let full_sql = sql(None, None);
     let day_sql = sql(Some(day_from), Some(day_to));
-    for (name, text) in [("sql aggregate, full history", &full_sql), ("sql aggregate, one day", &day_sql)] {
+    for (name, text) in [
+        ("sql aggregate, full history", &full_sql),
+        ("sql aggregate, one day", &day_sql),
+    ] {
         let text = text.replace("{TABLE}", topic);
         let mut times = Vec::new();
         for _ in 0..args.runs {
@@ -257,7 +260,10 @@ fn body(first: u64, count: u64, total: u64, start_ms: i64, span: i64) -> Bytes {
             n % 100_000
         );
         out.push_str(&head);
-        out.push_str(&pseudo_random_text(n as usize, 120usize.saturating_sub(head.len())));
+        out.push_str(&pseudo_random_text(
+            n as usize,
+            120usize.saturating_sub(head.len()),
+        ));
         out.push_str("\"}}");
     }
     out.push_str("]}");

@@ -62,9 +62,7 @@ impl From<DataFusionError> for QueryError {
             DataFusionError::ResourcesExhausted(message) => Self::MemoryLimit(message),
             DataFusionError::Internal(message) => Self::Internal(message),
             DataFusionError::IoError(io) => Self::Internal(format!("I/O: {io}")),
-            DataFusionError::ObjectStore(store) => {
-                Self::Tiering(TieringError::Store(*store))
-            }
+            DataFusionError::ObjectStore(store) => Self::Tiering(TieringError::Store(*store)),
             other => Self::Sql(other.to_string()),
         }
     }

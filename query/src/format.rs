@@ -150,7 +150,9 @@ impl Encoder {
         match &mut self.inner {
             Inner::Records { format, .. } => match format {
                 Format::Json => out.extend_from_slice(b"{\"records\":["),
-                Format::Csv => out.extend_from_slice(b"partition,offset,timestamp,key,value,headers\n"),
+                Format::Csv => {
+                    out.extend_from_slice(b"partition,offset,timestamp,key,value,headers\n")
+                }
                 _ => {}
             },
             Inner::TableJson { columns, .. } => {
@@ -287,7 +289,12 @@ fn csv_schema(schema: &SchemaRef) -> SchemaRef {
 }
 
 fn nested_as_json(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    if !batch.schema().fields().iter().any(|f| is_nested(f.data_type())) {
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| is_nested(f.data_type()))
+    {
         return Ok(batch.clone());
     }
     let columns = batch

@@ -69,7 +69,10 @@ fn streaming(output: Output) -> Response {
         first,
         rest,
     } = output;
-    let rest = stream::unfold(rest, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let rest = stream::unfold(
+        rest,
+        |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+    );
     let body = Body::from_stream(stream::once(async move { Ok(first) }).chain(rest));
     let mut response = (StatusCode::OK, body).into_response();
     response
@@ -147,18 +150,14 @@ async fn query(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, MAX_QUERY_BODY).await?;
-    let request: QueryBody = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::invalid_request(format!("expected {{\"sql\", \"format\"}}: {e}"))
-    })?;
+    let request: QueryBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid_request(format!("expected {{\"sql\", \"format\"}}: {e}")))?;
     let format = request
         .format
         .as_deref()
         .map_or(Ok(Format::Json), Format::parse)
         .map_err(api_error)?;
-    let output = service
-        .sql(request.sql, format)
-        .await
-        .map_err(api_error)?;
+    let output = service.sql(request.sql, format).await.map_err(api_error)?;
     Ok(streaming(output))
 }
 
@@ -175,9 +174,8 @@ async fn create_view(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, MAX_QUERY_BODY).await?;
-    let request: CreateView = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::invalid_request(format!("expected {{\"name\", \"sql\"}}: {e}"))
-    })?;
+    let request: CreateView = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid_request(format!("expected {{\"name\", \"sql\"}}: {e}")))?;
     let view = service
         .create_view(&request.name, &request.sql)
         .await
@@ -197,10 +195,7 @@ async fn read_view(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), &["format"])?;
     let format = format_param(&params, Format::Json)?;
-    let output = service
-        .read_view(&name, format)
-        .await
-        .map_err(api_error)?;
+    let output = service.read_view(&name, format).await.map_err(api_error)?;
     Ok(streaming(output))
 }
 

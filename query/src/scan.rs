@@ -117,7 +117,9 @@ impl ScanSpec {
             });
             Ok(())
         };
-        if let Some(i) = position(col::TIMESTAMP).filter(|_| self.from_ms.is_some() || self.to_ms.is_some()) {
+        if let Some(i) =
+            position(col::TIMESTAMP).filter(|_| self.from_ms.is_some() || self.to_ms.is_some())
+        {
             let stamps = batch.column(i);
             if let Some(from) = self.from_ms {
                 let bound = TimestampMillisecondArray::new_scalar(from).into_inner();
@@ -138,11 +140,7 @@ impl ScanSpec {
             Some(mask) => filter_record_batch(&batch, &mask)?,
             None => batch,
         };
-        let keep: Vec<usize> = self
-            .columns
-            .iter()
-            .filter_map(|&c| position(c))
-            .collect();
+        let keep: Vec<usize> = self.columns.iter().filter_map(|&c| position(c)).collect();
         project(&batch, &keep, &self.output_schema()?)
     }
 }
@@ -307,7 +305,10 @@ pub fn scan_partition(
             let _ = tx.send(Err(e)).await;
         }
     });
-    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+    stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed()
 }
 
 /// Every partition of `snapshot` in order (partition, then offset), at most
@@ -328,7 +329,10 @@ pub fn scan_topic(
 }
 
 /// Ends `batches` after `limit` rows, cutting the last batch.
-pub fn limit_rows(batches: impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static, limit: u64) -> BatchStream {
+pub fn limit_rows(
+    batches: impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static,
+    limit: u64,
+) -> BatchStream {
     batches
         .scan(limit, |left, item| {
             let out = match item {

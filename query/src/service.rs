@@ -291,7 +291,9 @@ impl QueryService {
                 rest: rx,
             }),
             Some(Err(e)) => Err(e),
-            None => Err(QueryError::Internal("the query stopped without a result".into())),
+            None => Err(QueryError::Internal(
+                "the query stopped without a result".into(),
+            )),
         }
     }
 }

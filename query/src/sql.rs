@@ -13,9 +13,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::view::ViewTable;
 use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::future::BoxFuture;
 use strata_broker::Broker;
@@ -139,7 +139,8 @@ impl SqlEngine {
                             "views nest deeper than {MAX_VIEW_DEPTH} levels at {name:?} (does a view use itself?)"
                         )));
                     }
-                    self.register_tables(ctx, view.sql.clone(), depth + 1).await?;
+                    self.register_tables(ctx, view.sql.clone(), depth + 1)
+                        .await?;
                     let plan = ctx.state().create_logical_plan(&view.sql).await?;
                     ctx.register_table(bare, Arc::new(ViewTable::new(plan, Some(view.sql))))?;
                 }

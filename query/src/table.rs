@@ -226,7 +226,10 @@ impl Bounds {
         let p = i64::from(p);
         p >= self.partitions_from
             && p < self.partitions_to
-            && self.partitions_in.as_ref().is_none_or(|set| set.contains(&p))
+            && self
+                .partitions_in
+                .as_ref()
+                .is_none_or(|set| set.contains(&p))
     }
 
     fn time_is_empty(&self) -> bool {
@@ -379,7 +382,11 @@ impl DisplayAs for TopicScanExec {
             self.spec.to_ms.map_or("-".into(), |v| v.to_string()),
         )?;
         if self.spec.offsets != (0..u64::MAX) {
-            write!(f, ", offsets=[{}, {})", self.spec.offsets.start, self.spec.offsets.end)?;
+            write!(
+                f,
+                ", offsets=[{}, {})",
+                self.spec.offsets.start, self.spec.offsets.end
+            )?;
         }
         Ok(())
     }
@@ -437,13 +444,22 @@ mod tests {
     use super::*;
 
     fn ts(ms: i64) -> Expr {
-        lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())))
+        lit(ScalarValue::TimestampMillisecond(
+            Some(ms),
+            Some("UTC".into()),
+        ))
     }
 
     #[test]
     fn time_offset_and_partition_predicates_become_bounds() {
         let mut b = Bounds::default();
-        assert!(b.apply(&column("timestamp").gt_eq(ts(1000)).and(column("timestamp").lt(ts(2000)))));
+        assert!(
+            b.apply(
+                &column("timestamp")
+                    .gt_eq(ts(1000))
+                    .and(column("timestamp").lt(ts(2000)))
+            )
+        );
         assert!(b.apply(&column("offset").gt(lit(5i64))));
         assert!(b.apply(&lit(3i32).gt(column("partition"))));
         assert_eq!((b.from_ms, b.to_ms), (Some(1000), Some(2000)));

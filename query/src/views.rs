@@ -78,8 +78,8 @@ impl ViewStore {
         if views.contains_key(&view.name) {
             return Err(QueryError::ViewExists(view.name));
         }
-        let bytes = serde_json::to_vec_pretty(&view)
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(&view).map_err(|e| QueryError::Internal(e.to_string()))?;
         write_atomic(&self.path(&view.name), &bytes)?;
         views.insert(view.name.clone(), view);
         Ok(())
@@ -89,12 +89,13 @@ impl ViewStore {
     pub fn delete(&self, name: &str) -> Result<()> {
         let mut views = self.views.write();
         if !views.contains_key(name) {
-            return Err(QueryError::ViewNotFound(name.chars().take(MAX_NAME_LEN).collect()));
+            return Err(QueryError::ViewNotFound(
+                name.chars().take(MAX_NAME_LEN).collect(),
+            ));
         }
         let path = self.path(name);
-        std::fs::remove_file(&path).map_err(|e| {
-            QueryError::Internal(format!("deleting {}: {e}", path.display()))
-        })?;
+        std::fs::remove_file(&path)
+            .map_err(|e| QueryError::Internal(format!("deleting {}: {e}", path.display())))?;
         sync_dir(&self.dir)?;
         views.remove(name);
         Ok(())
@@ -142,16 +143,29 @@ mod tests {
         let store = ViewStore::open(dir.path()).unwrap();
         store.create(view("a")).unwrap();
         store.create(view("b_2")).unwrap();
-        assert!(matches!(store.create(view("a")), Err(QueryError::ViewExists(_))));
+        assert!(matches!(
+            store.create(view("a")),
+            Err(QueryError::ViewExists(_))
+        ));
         store.delete("b_2").unwrap();
-        assert!(matches!(store.delete("b_2"), Err(QueryError::ViewNotFound(_))));
+        assert!(matches!(
+            store.delete("b_2"),
+            Err(QueryError::ViewNotFound(_))
+        ));
         let reopened = ViewStore::open(dir.path()).unwrap();
         assert_eq!(reopened.list(), vec![view("a")]);
     }
 
     #[test]
     fn names_must_be_identifiers() {
-        for bad in ["", "1a", "a-b", "a.b", "../x", &"x".repeat(MAX_NAME_LEN + 1)] {
+        for bad in [
+            "",
+            "1a",
+            "a-b",
+            "a.b",
+            "../x",
+            &"x".repeat(MAX_NAME_LEN + 1),
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         check_name("_freshmen_2021").unwrap();

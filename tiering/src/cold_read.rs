@@ -20,11 +20,11 @@ use arrow_array::{Array, RecordBatch};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
-use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
 };
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream};
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
@@ -193,7 +193,11 @@ pub async fn scan_file(
 ) -> Result<Option<ColdBatchStream>> {
     let file = scan.file;
     let lo = scan.offsets.start.max(file.first_offset) - file.first_offset;
-    let hi = scan.offsets.end.min(file.last_offset + 1).saturating_sub(file.first_offset);
+    let hi = scan
+        .offsets
+        .end
+        .min(file.last_offset + 1)
+        .saturating_sub(file.first_offset);
     if lo >= hi
         || scan.from_ms.is_some_and(|from| file.max_timestamp < from)
         || scan.to_ms.is_some_and(|to| file.min_timestamp >= to)
@@ -281,7 +285,7 @@ fn page_rows(
     rows: u64,
     overlaps: &impl Fn(Option<i64>, Option<i64>) -> bool,
 ) -> Vec<Range<u64>> {
-    let whole = vec![0..rows];
+    let whole: Vec<Range<u64>> = std::iter::once(0..rows).collect();
     let (Some(columns), Some(offsets)) = (meta.column_index(), meta.offset_index()) else {
         return whole;
     };

@@ -497,10 +497,9 @@ impl Tiering {
         let oldest_read = self.readers.oldest_start().unwrap_or(i64::MAX);
         let due: Vec<object_store::path::Path> = {
             let mut pending = self.pending_deletes.lock();
-            let (due, later): (Vec<_>, Vec<_>) =
-                pending.drain(..).partition(|(dropped, _)| {
-                    *dropped + OBJECT_DELETE_GRACE_MS <= now && *dropped < oldest_read
-                });
+            let (due, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(dropped, _)| {
+                *dropped + OBJECT_DELETE_GRACE_MS <= now && *dropped < oldest_read
+            });
             *pending = later;
             due.into_iter().map(|(_, path)| path).collect()
         };
