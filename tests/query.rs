@@ -10,7 +10,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use strata_test_support::{Api, ChildServer, run_python, test_python};
+use strata_test_support::{Api, ChildServer, eventually, run_python, test_python};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strata"))
@@ -725,6 +725,53 @@ async fn queries_over_their_time_or_memory_limit_fail_alone() {
         (status, body["rows"].clone()),
         (StatusCode::OK, json!([[2]]))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_beyond_the_concurrency_limit_are_told_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, "[query]\nmax_concurrent = 1\n").unwrap();
+    let data = dir.path().join("data");
+    let server = ChildServer::spawn(binary(), &data, &["--config", config.to_str().unwrap()]);
+    let api = &server.api;
+    // A query whose result is not read holds its slot while it streams.
+    let big =
+        json!({"sql": "SELECT v FROM generate_series(1, 500000000) AS a(v)", "format": "ndjson"});
+    let streaming = api
+        .http
+        .post(format!("{}/v1/query", api.base))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.status(), StatusCode::OK);
+    let response = api
+        .http
+        .post(format!("{}/v1/query", api.base))
+        .json(&json!({"sql": "SELECT 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    // Produce and consume are not queries: they go on.
+    let (status, _) = api.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    drop(streaming);
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the slot is free again",
+        || async {
+            let (status, body) = api
+                .post("/v1/query", &json!({"sql": "SELECT 2 AS n"}))
+                .await;
+            (status == StatusCode::OK).then_some(body)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,7 +134,13 @@ impl ScanSpec {
         }
         if let (Some(key), Some(i)) = (&self.key, position(col::KEY)) {
             let wanted = StringArray::new_scalar(key.as_str());
-            combine(prep_null_mask_filter(&eq(batch.column(i), &wanted)?))?;
+            // A null key never matches: nulls become false.
+            let matches = eq(batch.column(i), &wanted)?;
+            combine(if matches.null_count() > 0 {
+                prep_null_mask_filter(&matches)
+            } else {
+                matches
+            })?;
         }
         let batch = match mask {
             Some(mask) => filter_record_batch(&batch, &mask)?,
@@ -294,7 +300,7 @@ pub fn scan_partition(
     spec: Arc<ScanSpec>,
 ) -> BatchStream {
     let (tx, rx) = mpsc::channel::<Result<RecordBatch>>(2);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut left = spec.limit.unwrap_or(u64::MAX);
         let result = match scan_cold(&tiering, &part, &spec, &tx, &mut left).await {
             Ok(true) if left > 0 => scan_hot(part, spec, tx.clone(), left).await,
@@ -305,8 +311,22 @@ pub fn scan_partition(
             let _ = tx.send(Err(e)).await;
         }
     });
-    stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    // The channel closing is the end only if the task finished: a task
+    // that panicked must not look like a short result.
+    stream::unfold(Some((rx, task)), |state| async move {
+        let (mut rx, task) = state?;
+        match rx.recv().await {
+            Some(item) => Some((item, Some((rx, task)))),
+            None => match task.await {
+                Ok(()) => None,
+                Err(e) => Some((
+                    Err(QueryError::Internal(format!(
+                        "a partition scan failed: {e}"
+                    ))),
+                    None,
+                )),
+            },
+        }
     })
     .boxed()
 }

@@ -150,6 +150,8 @@ impl QueryService {
             from_ms: request.from_ms,
             to_ms: request.to_ms,
             key: request.key.clone(),
+            // No partition needs more than the whole limit.
+            limit: request.limit,
             ..ScanSpec::default()
         };
         let read = async move {
@@ -168,11 +170,9 @@ impl QueryService {
     pub async fn sql(&self, sql: String, format: Format) -> Result<Output> {
         let permit = self.permit()?;
         let engine = self.sql.clone();
-        let run = async move {
-            let _permit = permit;
-            sql_batches(&engine, &sql).await
-        };
-        self.stream("sql", format, Shape::Table, Some(self.config.timeout), run)
+        let run = async move { sql_batches(&engine, &sql).await };
+        let limits = Limits::new(permit, self.config.timeout);
+        self.stream("sql", format, Shape::Table, Some(limits), run)
             .await
     }
 
@@ -218,11 +218,9 @@ impl QueryService {
         let sql = format!("SELECT * FROM {}", quote_identifier(name));
         let permit = self.permit()?;
         let engine = self.sql.clone();
-        let run = async move {
-            let _permit = permit;
-            sql_batches(&engine, &sql).await
-        };
-        self.stream("view", format, Shape::Table, Some(self.config.timeout), run)
+        let run = async move { sql_batches(&engine, &sql).await };
+        let limits = Limits::new(permit, self.config.timeout);
+        self.stream("view", format, Shape::Table, Some(limits), run)
             .await
     }
 
@@ -232,18 +230,10 @@ impl QueryService {
         let sql = snapshot_sql(topic, as_of_ms);
         let permit = self.permit()?;
         let engine = self.sql.clone();
-        let run = async move {
-            let _permit = permit;
-            sql_batches(&engine, &sql).await
-        };
-        self.stream(
-            "snapshot",
-            format,
-            Shape::Records,
-            Some(self.config.timeout),
-            run,
-        )
-        .await
+        let run = async move { sql_batches(&engine, &sql).await };
+        let limits = Limits::new(permit, self.config.timeout);
+        self.stream("snapshot", format, Shape::Records, Some(limits), run)
+            .await
     }
 
     fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
@@ -254,13 +244,15 @@ impl QueryService {
     }
 
     /// Runs `make` and encodes its batches on the query runtime; returns
-    /// once the first chunk (with the first batch) is ready.
+    /// once the first chunk (with the first batch) is ready. With `limits`,
+    /// the query holds its slot until the last chunk is sent, and fails
+    /// once its time is up.
     async fn stream<F>(
         &self,
         kind: &'static str,
         format: Format,
         shape: Shape,
-        timeout: Option<Duration>,
+        limits: Option<Limits>,
         make: F,
     ) -> Result<Output>
     where
@@ -273,8 +265,9 @@ impl QueryService {
             .as_ref()
             .ok_or_else(|| QueryError::Internal("the query runtime is stopped".into()))?;
         runtime.spawn(async move {
-            let deadline = timeout.map(|t| (tokio::time::Instant::now() + t, t));
+            let deadline = limits.as_ref().map(|l| (l.deadline, l.timeout));
             let result = encode(make, format, shape, deadline, &tx).await;
+            drop(limits);
             let outcome = if result.is_ok() { "ok" } else { "error" };
             metrics::counter!("strata_queries_total", "kind" => kind, "outcome" => outcome)
                 .increment(1);
@@ -294,6 +287,23 @@ impl QueryService {
             None => Err(QueryError::Internal(
                 "the query stopped without a result".into(),
             )),
+        }
+    }
+}
+
+/// The slot and the deadline of a SQL query.
+struct Limits {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl Limits {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, timeout: Duration) -> Self {
+        Self {
+            _permit: permit,
+            deadline: tokio::time::Instant::now() + timeout,
+            timeout,
         }
     }
 }

@@ -461,19 +461,24 @@ impl Tiering {
             return Ok(manifest);
         };
         self.commit(&next).await?;
+        let start_offset = next.start_offset;
+        let next = self.remember(next);
+        // Stamped once readers can no longer get the old manifest: a read
+        // pinned before this moment may still use the dropped files.
+        let dropped_at = strata_broker::timestamp::now_ms();
         self.pending_deletes.lock().extend(
             expired
                 .into_iter()
-                .map(|f| (now, object_store::path::Path::from(f.path))),
+                .map(|f| (dropped_at, object_store::path::Path::from(f.path))),
         );
-        delete_local_below(p, next.start_offset).await?;
+        delete_local_below(p, start_offset).await?;
         tracing::info!(
             topic = topic.name(),
             partition = p.id(),
-            start_offset = next.start_offset,
+            start_offset,
             "retention moved the start"
         );
-        Ok(self.remember(next))
+        Ok(next)
     }
 
     /// Commits the next manifest version while this server holds the lease,
