@@ -117,6 +117,43 @@ async fn topic_produce_consume_commands() {
         serde_json::from_str(&ok(strata(&server, &["topic", "describe", "cli"], None))).unwrap();
     assert_eq!(described["partitions"][0]["end_offset"], 126);
 
+    // Range reads and SQL from the command line.
+    let out = ok(strata(
+        &server,
+        &["range", "cli", "--partition", "1", "--limit", "3"],
+        None,
+    ));
+    let offsets: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["offset"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(offsets, [0, 1, 2]);
+    let csv = ok(strata(&server, &["range", "cli", "--format", "csv"], None));
+    assert_eq!(csv.lines().count(), 252, "a header and 251 records");
+    let table = ok(strata(
+        &server,
+        &[
+            "query",
+            "SELECT \"partition\", count(*) AS n FROM cli GROUP BY \"partition\" ORDER BY 1",
+        ],
+        None,
+    ));
+    assert!(table.contains("| partition | n   |"), "{table}");
+    assert!(table.contains("| 0         | 126 |"), "{table}");
+    let json_out = ok(strata(
+        &server,
+        &["query", "SELECT count(*) AS n FROM cli", "--format", "json"],
+        None,
+    ));
+    assert_eq!(json_out.trim(), r#"{"columns":["n"],"rows":[[251]]}"#);
+    let bad = strata(&server, &["query", "SELECT * FROM nowhere"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid_request"));
+
     let failed = strata(&server, &["topic", "create", "cli"], None);
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stderr).contains("topic_exists"));
