@@ -18,6 +18,7 @@ use arrow::compute::kernels::boolean::and;
 use arrow::compute::kernels::cmp::{eq, gt_eq, lt};
 use arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use arrow::datatypes::SchemaRef;
+use datafusion::physical_plan::metrics::Count;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use strata_broker::Broker;
 use strata_broker::batch::RecordView;
@@ -28,6 +29,20 @@ use strata_tiering::{ColdSnapshot, Tiering};
 use tokio::sync::mpsc;
 
 use crate::error::{QueryError, Result};
+
+/// What a scan read and skipped (shown by `EXPLAIN ANALYZE`).
+#[derive(Debug, Clone, Default)]
+pub struct ScanMetrics {
+    /// Cold files opened.
+    pub cold_files: Count,
+    /// Row groups read from them, and skipped by their statistics.
+    pub row_groups_read: Count,
+    pub row_groups_pruned: Count,
+    /// Rows decoded from cold files (pages outside the wanted rows are skipped).
+    pub cold_rows: Count,
+    /// Records read from local segments.
+    pub hot_records: Count,
+}
 
 /// Rows per batch a scan yields.
 pub const BATCH_ROWS: usize = 8192;
@@ -298,12 +313,13 @@ pub fn scan_partition(
     tiering: Arc<Tiering>,
     part: Arc<PartitionSnapshot>,
     spec: Arc<ScanSpec>,
+    metrics: ScanMetrics,
 ) -> BatchStream {
     let (tx, rx) = mpsc::channel::<Result<RecordBatch>>(2);
     let task = tokio::spawn(async move {
         let mut left = spec.limit.unwrap_or(u64::MAX);
-        let result = match scan_cold(&tiering, &part, &spec, &tx, &mut left).await {
-            Ok(true) if left > 0 => scan_hot(part, spec, tx.clone(), left).await,
+        let result = match scan_cold(&tiering, &part, &spec, &tx, &mut left, &metrics).await {
+            Ok(true) if left > 0 => scan_hot(part, spec, tx.clone(), left, metrics).await,
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
@@ -340,7 +356,9 @@ pub fn scan_topic(
     limit: Option<u64>,
 ) -> BatchStream {
     let batches = stream::iter(snapshot.partitions)
-        .map(move |part| scan_partition(tiering.clone(), part, spec.clone()))
+        .map(move |part| {
+            scan_partition(tiering.clone(), part, spec.clone(), ScanMetrics::default())
+        })
         .flatten();
     match limit {
         None => batches.boxed(),
@@ -377,6 +395,7 @@ async fn scan_cold(
     spec: &ScanSpec,
     tx: &mpsc::Sender<Result<RecordBatch>>,
     left: &mut u64,
+    metrics: &ScanMetrics,
 ) -> Result<bool> {
     let hi = spec.offsets.end.min(part.cold_end());
     let read = spec.read_columns();
@@ -391,9 +410,16 @@ async fn scan_cold(
             to_ms: spec.to_ms,
             columns: &read,
         };
-        let Some(mut batches) = tiering.scan_file(&scan, BATCH_ROWS).await? else {
+        let Some(opened) = tiering.scan_file(&scan, BATCH_ROWS).await? else {
             continue;
         };
+        metrics.cold_files.add(1);
+        metrics.row_groups_read.add(opened.row_groups);
+        metrics
+            .row_groups_pruned
+            .add(opened.row_groups_total - opened.row_groups);
+        metrics.cold_rows.add(opened.rows);
+        let mut batches = opened.batches;
         while let Some(batch) = batches.try_next().await.map_err(QueryError::from)? {
             let batch = spec.filter_cold(batch, &read)?;
             if batch.num_rows() == 0 {
@@ -418,6 +444,7 @@ async fn scan_hot(
     spec: Arc<ScanSpec>,
     tx: mpsc::Sender<Result<RecordBatch>>,
     left: u64,
+    metrics: ScanMetrics,
 ) -> Result<()> {
     let range = part.hot_range(&spec);
     if range.is_empty() {
@@ -435,7 +462,8 @@ async fn scan_hot(
         };
         for r in part.hot.ranges_for(range, spec.from_ms, spec.to_ms) {
             let mut cursor = part.hot.cursor(r.start, r.end)?;
-            cursor.for_each_record(|record| reader.visit(record))?;
+            let next = cursor.for_each_record(|record| reader.visit(record))?;
+            metrics.hot_records.add((next - r.start) as usize);
             if let Some(e) = reader.error.take() {
                 return Err(e);
             }

@@ -23,6 +23,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -34,7 +35,7 @@ use strata_tiering::Tiering;
 use strata_tiering::convert::schema;
 
 use crate::error::QueryError;
-use crate::scan::{self, PartitionSnapshot, ScanSpec, col};
+use crate::scan::{self, PartitionSnapshot, ScanMetrics, ScanSpec, col};
 
 /// A topic as a table of `partition, offset, timestamp, key, value, headers`.
 #[derive(Debug)]
@@ -332,6 +333,7 @@ pub struct TopicScanExec {
     parts: Vec<Arc<PartitionSnapshot>>,
     spec: Arc<ScanSpec>,
     properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl TopicScanExec {
@@ -353,6 +355,7 @@ impl TopicScanExec {
             parts: snapshot.partitions,
             spec: Arc::new(spec),
             properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 }
@@ -420,6 +423,10 @@ impl ExecutionPlan for TopicScanExec {
         Ok(self)
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -428,7 +435,16 @@ impl ExecutionPlan for TopicScanExec {
         let part = self.parts.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!("TopicScanExec has no partition {partition}"))
         })?;
-        let batches = scan::scan_partition(self.tiering.clone(), part, self.spec.clone())
+        let counter =
+            |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
+        let metrics = ScanMetrics {
+            cold_files: counter("cold_files_read"),
+            row_groups_read: counter("row_groups_read"),
+            row_groups_pruned: counter("row_groups_pruned"),
+            cold_rows: counter("cold_rows_decoded"),
+            hot_records: counter("hot_records_read"),
+        };
+        let batches = scan::scan_partition(self.tiering.clone(), part, self.spec.clone(), metrics)
             .map_err(DataFusionError::from);
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.properties.eq_properties.schema().clone(),

@@ -163,6 +163,17 @@ pub async fn read_records(
 /// A stream of record batches decoded from one cold file.
 pub type ColdBatchStream = ParquetRecordBatchStream<ParquetObjectReader>;
 
+/// A cold file opened for a scan, with what its statistics pruned.
+pub struct OpenedScan {
+    pub batches: ColdBatchStream,
+    /// Row groups that will be read.
+    pub row_groups: usize,
+    /// Row groups of the file.
+    pub row_groups_total: usize,
+    /// Rows selected inside those row groups (before exact filtering).
+    pub rows: usize,
+}
+
 /// What a scan wants from one cold file.
 #[derive(Debug, Clone)]
 pub struct FileScan<'a> {
@@ -182,7 +193,8 @@ pub struct FileScan<'a> {
 const TIMESTAMP_COLUMN: usize = 2;
 
 /// Opens a stream of the rows of `scan.file` that can match `scan`, or
-/// `None` when its statistics rule every row out. Offsets are dense inside
+/// `None` when the manifest's ranges rule every row out (a file whose
+/// row-group statistics rule every row out opens with no row groups). Offsets are dense inside
 /// a file, so the offset range becomes a row range; the time bounds drop
 /// row groups by their statistics and pages by the page index.
 pub async fn scan_file(
@@ -190,7 +202,7 @@ pub async fn scan_file(
     footers: &FooterCache,
     scan: &FileScan<'_>,
     batch_rows: usize,
-) -> Result<Option<ColdBatchStream>> {
+) -> Result<Option<OpenedScan>> {
     let file = scan.file;
     let lo = scan.offsets.start.max(file.first_offset) - file.first_offset;
     let hi = scan
@@ -206,22 +218,25 @@ pub async fn scan_file(
     }
     let (reader, metadata) = footers.open(store, file).await?;
     let plan = plan_rows(metadata.metadata(), lo..hi, scan.from_ms, scan.to_ms);
-    if plan.ranges.is_empty() {
-        return Ok(None);
-    }
+    let row_groups_total = metadata.metadata().num_row_groups();
+    let (row_groups, rows) = (plan.groups.len(), plan.ranges.iter().map(|r| r.len()).sum());
     let mask = ProjectionMask::roots(
         metadata.metadata().file_metadata().schema_descr(),
         scan.columns.iter().copied(),
     );
     let selection = RowSelection::from_consecutive_ranges(plan.ranges.into_iter(), plan.rows);
-    Ok(Some(
-        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
-            .with_row_groups(plan.groups)
-            .with_row_selection(selection)
-            .with_projection(mask)
-            .with_batch_size(batch_rows)
-            .build()?,
-    ))
+    let batches = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+        .with_row_groups(plan.groups)
+        .with_row_selection(selection)
+        .with_projection(mask)
+        .with_batch_size(batch_rows)
+        .build()?;
+    Ok(Some(OpenedScan {
+        batches,
+        row_groups,
+        row_groups_total,
+        rows,
+    }))
 }
 
 /// Row groups to read and the row ranges within them (counted across the

@@ -271,7 +271,7 @@ impl Tiering {
         &self,
         scan: &cold_read::FileScan<'_>,
         batch_rows: usize,
-    ) -> Result<Option<cold_read::ColdBatchStream>> {
+    ) -> Result<Option<cold_read::OpenedScan>> {
         cold_read::scan_file(&self.cold.store, &self.footers, scan, batch_rows).await
     }
 
