@@ -5,11 +5,12 @@
 # files with the same SQL (when `duckdb` is installed in the test venv), and
 # the server's peak RSS while it streams the full history (> 2 GiB of NDJSON).
 #
-#   scripts/bench-query.sh [RUNS] [RECORDS]      defaults: 5 runs, 10,000,000 records
+#   scripts/bench-query.sh [RUNS] [RECORDS]      defaults: 5 runs, 13,000,000 records
+#   (13 M records make the full-history NDJSON result 2.3 GiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
-records=${2:-10000000}
+records=${2:-13000000}
 port=18182
 server="http://127.0.0.1:$port"
 data=$(mktemp -d /tmp/strata-bench-query.XXXXXX)

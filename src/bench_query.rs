@@ -61,15 +61,16 @@ pub async fn run(client: &Client, args: QueryBench) -> Result<()> {
         let arrow = query.contains("arrow");
         let path = format!("/v1/topics/{topic}/range?{query}");
         let mut times = Vec::new();
-        let mut rows = 0;
+        let (mut rows, mut bytes) = (0, 0);
         for _ in 0..args.runs {
             let started = Instant::now();
-            rows = read_range(client, &path, arrow).await?;
+            (rows, bytes) = read_range(client, &path, arrow).await?;
             times.push(started.elapsed().as_secs_f64());
         }
         let t = median(&mut times);
         println!(
-            "{name}: {rows} records, median {:.3} s, {:.0} records/s",
+            "{name}: {rows} records ({:.2} GiB), median {:.3} s, {:.0} records/s",
+            bytes as f64 / f64::from(1 << 30),
             t,
             rows as f64 / t
         );
@@ -149,24 +150,27 @@ fn median(times: &mut [f64]) -> f64 {
     times[times.len() / 2]
 }
 
-/// Reads a range response to the end and counts its records.
-async fn read_range(client: &Client, path: &str, arrow: bool) -> Result<u64> {
+/// Reads a range response to the end; returns its records and bytes.
+async fn read_range(client: &Client, path: &str, arrow: bool) -> Result<(u64, u64)> {
     let response = client.send(client.request(Method::GET, path)).await?;
     if !arrow {
-        let mut lines = 0u64;
+        let (mut lines, mut bytes) = (0u64, 0u64);
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            lines += memchr_count(&chunk.context("reading the range")?);
+            let chunk = chunk.context("reading the range")?;
+            lines += memchr_count(&chunk);
+            bytes += chunk.len() as u64;
         }
-        return Ok(lines);
+        return Ok((lines, bytes));
     }
-    let bytes: Bytes = response.bytes().await.context("reading the range")?;
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    let body: Bytes = response.bytes().await.context("reading the range")?;
+    let bytes = body.len() as u64;
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)?;
     let mut rows = 0u64;
     for batch in reader {
         rows += batch?.num_rows() as u64;
     }
-    Ok(rows)
+    Ok((rows, bytes))
 }
 
 fn memchr_count(bytes: &[u8]) -> u64 {
