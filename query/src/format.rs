@@ -84,6 +84,10 @@ const PARQUET_ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
 pub struct Encoder {
     inner: Inner,
     rows: u64,
+    /// The schema written: the input's, with `Utf8View` columns as `Utf8`.
+    schema: SchemaRef,
+    /// Whether batches need casting to `schema`.
+    cast: bool,
 }
 
 enum Inner {
@@ -110,8 +114,12 @@ enum Inner {
 }
 
 impl Encoder {
-    /// An encoder of `format` for batches of `schema`.
+    /// An encoder of `format` for batches of `schema`. String views (the
+    /// SQL engine's strings) are written as plain strings, so every output
+    /// has the types the API documents.
     pub fn new(format: Format, shape: Shape, schema: &SchemaRef) -> Result<Self> {
+        let input = schema;
+        let schema = &plain_strings(input);
         let inner = match (format, shape) {
             (Format::Arrow, _) => Inner::Arrow {
                 writer: StreamWriter::try_new(Vec::new(), schema)?,
@@ -141,7 +149,12 @@ impl Encoder {
                 schema: csv_schema(schema),
             },
         };
-        Ok(Self { inner, rows: 0 })
+        Ok(Self {
+            inner,
+            rows: 0,
+            cast: schema != input,
+            schema: schema.clone(),
+        })
     }
 
     /// Bytes that open the body.
@@ -172,6 +185,13 @@ impl Encoder {
 
     /// The bytes of one batch.
     pub fn batch(&mut self, batch: &RecordBatch) -> Result<Bytes> {
+        let cast;
+        let batch = if self.cast {
+            cast = cast_batch(batch, &self.schema)?;
+            &cast
+        } else {
+            batch
+        };
         let first = self.rows == 0;
         self.rows += batch.num_rows() as u64;
         let out = match &mut self.inner {
@@ -225,6 +245,42 @@ impl Encoder {
         };
         Ok(out.into())
     }
+}
+
+/// `schema` with top-level `Utf8View` fields as `Utf8`.
+fn plain_strings(schema: &SchemaRef) -> SchemaRef {
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| f.data_type() == &DataType::Utf8View)
+    {
+        return schema.clone();
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options =
+        arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?)
 }
 
 fn json_writer(mode: StructMode) -> arrow::json::Writer<Vec<u8>, LineDelimited> {

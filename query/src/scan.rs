@@ -12,7 +12,7 @@
 use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray, RecordBatch, Scalar, StringArray};
+use arrow::array::{Array, BooleanArray, RecordBatch, Scalar, StringArray, StringViewArray};
 use arrow::array::{RecordBatchOptions, TimestampMillisecondArray};
 use arrow::compute::kernels::boolean::and;
 use arrow::compute::kernels::cmp::{eq, gt_eq, lt};
@@ -24,7 +24,7 @@ use strata_broker::Broker;
 use strata_broker::batch::RecordView;
 use strata_broker::cursor::LogSnapshot;
 use strata_tiering::cold_read::FileScan;
-use strata_tiering::convert::{BatchBuilder, schema};
+use strata_tiering::convert::{BatchBuilder, schema, view_schema};
 use strata_tiering::{ColdSnapshot, Tiering};
 use tokio::sync::mpsc;
 
@@ -75,6 +75,8 @@ pub struct ScanSpec {
     pub columns: Vec<usize>,
     /// At most this many rows per partition.
     pub limit: Option<u64>,
+    /// `key` and `value` as `Utf8View` (for the SQL engine) instead of `Utf8`.
+    pub string_views: bool,
 }
 
 impl Default for ScanSpec {
@@ -86,6 +88,7 @@ impl Default for ScanSpec {
             key: None,
             columns: col::ALL.to_vec(),
             limit: None,
+            string_views: false,
         }
     }
 }
@@ -93,7 +96,12 @@ impl Default for ScanSpec {
 impl ScanSpec {
     /// The schema of the batches the scan yields.
     pub fn output_schema(&self) -> Result<SchemaRef> {
-        Ok(Arc::new(schema().project(&self.columns)?))
+        let full = if self.string_views {
+            view_schema()
+        } else {
+            schema()
+        };
+        Ok(Arc::new(full.project(&self.columns)?))
     }
 
     /// Columns decoded from cold files: the output plus what the filters need.
@@ -148,9 +156,13 @@ impl ScanSpec {
             }
         }
         if let (Some(key), Some(i)) = (&self.key, position(col::KEY)) {
-            let wanted = StringArray::new_scalar(key.as_str());
+            let keys = batch.column(i);
             // A null key never matches: nulls become false.
-            let matches = eq(batch.column(i), &wanted)?;
+            let matches = if keys.data_type() == &arrow::datatypes::DataType::Utf8View {
+                eq(keys, &StringViewArray::new_scalar(key.as_str()))?
+            } else {
+                eq(keys, &StringArray::new_scalar(key.as_str()))?
+            };
             combine(if matches.null_count() > 0 {
                 prep_null_mask_filter(&matches)
             } else {
@@ -173,10 +185,22 @@ fn timestamp_tz(array: &dyn Array) -> Option<Arc<str>> {
     }
 }
 
-/// `batch` restricted to `columns`, labelled with `schema` (keeps the row
-/// count when no column is left, as `count(*)` needs).
+/// `batch` restricted to `columns`, labelled with `schema` and cast to its
+/// types where they differ (hot batches are built with `Utf8` strings; keeps
+/// the row count when no column is left, as `count(*)` needs).
 fn project(batch: &RecordBatch, columns: &[usize], schema: &SchemaRef) -> Result<RecordBatch> {
-    let arrays = columns.iter().map(|&i| batch.column(i).clone()).collect();
+    let arrays = columns
+        .iter()
+        .zip(schema.fields())
+        .map(|(&i, field)| {
+            let array = batch.column(i);
+            if array.data_type() == field.data_type() {
+                Ok(array.clone())
+            } else {
+                arrow::compute::cast(array, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     Ok(RecordBatch::try_new_with_options(
         schema.clone(),
@@ -409,6 +433,7 @@ async fn scan_cold(
             from_ms: spec.from_ms,
             to_ms: spec.to_ms,
             columns: &read,
+            string_views: spec.string_views,
         };
         let Some(opened) = tiering.scan_file(&scan, BATCH_ROWS).await? else {
             continue;

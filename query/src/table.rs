@@ -32,7 +32,7 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 use strata_broker::Broker;
 use strata_tiering::Tiering;
-use strata_tiering::convert::schema;
+use strata_tiering::convert::{schema, view_schema};
 
 use crate::error::QueryError;
 use crate::scan::{self, PartitionSnapshot, ScanMetrics, ScanSpec, col};
@@ -59,7 +59,7 @@ impl TopicTable {
 #[async_trait]
 impl TableProvider for TopicTable {
     fn schema(&self) -> SchemaRef {
-        schema()
+        view_schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -106,6 +106,7 @@ impl TableProvider for TopicTable {
             key: None,
             columns: projection.cloned().unwrap_or_else(|| col::ALL.to_vec()),
             limit: limit.map(|l| l as u64),
+            string_views: true,
         };
         let output = spec.output_schema()?;
         if ids.is_empty() || spec.offsets.is_empty() || bounds.time_is_empty() {

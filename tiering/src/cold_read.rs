@@ -187,6 +187,8 @@ pub struct FileScan<'a> {
     pub to_ms: Option<i64>,
     /// Columns of [`crate::convert::schema`] to decode, by index, ascending.
     pub columns: &'a [usize],
+    /// Decode `key` and `value` as `Utf8View` ([`crate::convert::view_schema`]).
+    pub string_views: bool,
 }
 
 /// Column of `timestamp` in every cold file.
@@ -216,7 +218,11 @@ pub async fn scan_file(
     {
         return Ok(None);
     }
-    let (reader, metadata) = footers.open(store, file).await?;
+    let (reader, mut metadata) = footers.open(store, file).await?;
+    if scan.string_views {
+        let options = ArrowReaderOptions::new().with_schema(crate::convert::view_schema());
+        metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), options)?;
+    }
     let plan = plan_rows(metadata.metadata(), lo..hi, scan.from_ms, scan.to_ms);
     let row_groups_total = metadata.metadata().num_row_groups();
     let (row_groups, rows) = (plan.groups.len(), plan.ranges.iter().map(|r| r.len()).sum());

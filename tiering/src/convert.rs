@@ -50,7 +50,25 @@ pub const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts of one file uploaded concurrently.
 pub const UPLOADS_IN_FLIGHT: usize = 2;
 
-/// The Arrow schema of every cold file (and of SQL tables over topics).
+/// [`schema`] with `key` and `value` as `Utf8View`: the types the SQL
+/// engine reads them as (decoding dictionary-encoded strings into views
+/// copies nothing, and short keys compare inline).
+pub fn view_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let fields: Vec<Field> = schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        Arc::new(Schema::new(fields))
+    });
+    SCHEMA.clone()
+}
+
+/// The Arrow schema of every cold file (and of range reads).
 pub fn schema() -> SchemaRef {
     static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         let entries = Field::new(
