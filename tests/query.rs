@@ -731,7 +731,7 @@ async fn queries_over_their_time_or_memory_limit_fail_alone() {
 async fn queries_beyond_the_concurrency_limit_are_told_to_retry() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("strata.toml");
-    std::fs::write(&config, "[query]\nmax_concurrent = 1\n").unwrap();
+    std::fs::write(&config, "[query]\nmax_concurrent = 1\ntimeout_ms = 3000\n").unwrap();
     let data = dir.path().join("data");
     let server = ChildServer::spawn(binary(), &data, &["--config", config.to_str().unwrap()]);
     let api = &server.api;
@@ -760,9 +760,11 @@ async fn queries_beyond_the_concurrency_limit_are_told_to_retry() {
     // Produce and consume are not queries: they go on.
     let (status, _) = api.get("/health").await;
     assert_eq!(status, StatusCode::OK);
-    drop(streaming);
+    // A client that stops reading does not keep the slot past the time
+    // limit (3 s here).
+    let started = std::time::Instant::now();
     eventually(
-        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(15),
         "the slot is free again",
         || async {
             let (status, body) = api
@@ -772,6 +774,8 @@ async fn queries_beyond_the_concurrency_limit_are_told_to_retry() {
         },
     )
     .await;
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    drop(streaming);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -347,17 +347,19 @@ where
         Some(batch) => first.extend_from_slice(&encoder.batch(&batch?)?),
         None => done = true,
     }
-    if tx.send(Ok(first.into())).await.is_err() {
+    // Sends count against the time limit too: a client that stops reading
+    // must not hold its query (and its slot) forever.
+    if before(deadline, tx.send(Ok(first.into()))).await?.is_err() {
         return Ok(());
     }
     if !done {
         while let Some(batch) = before(deadline, batches.next()).await? {
             let chunk = encoder.batch(&batch?)?;
-            if tx.send(Ok(chunk)).await.is_err() {
+            if before(deadline, tx.send(Ok(chunk))).await?.is_err() {
                 return Ok(());
             }
         }
     }
-    let _ = tx.send(Ok(encoder.finish()?)).await;
+    let _ = before(deadline, tx.send(Ok(encoder.finish()?))).await?;
     Ok(())
 }
