@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
+use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::StreamWriter;
 use arrow::json::writer::LineDelimited;
 use arrow::json::{StructMode, WriterBuilder};
@@ -19,6 +19,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use strata_broker::http::render::{RecordFields, write_fields};
 use strata_broker::timestamp::TimestampWriter;
+use strata_tiering::convert::RecordColumns;
 
 use crate::error::{QueryError, Result};
 use crate::scan::col;
@@ -394,54 +395,18 @@ fn write_records(
     first: bool,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let bad = |what: &str| QueryError::Internal(format!("record output: unexpected {what} column"));
-    let partitions = batch
-        .column(col::PARTITION)
-        .as_primitive_opt::<Int32Type>()
-        .ok_or_else(|| bad("partition"))?;
-    let offsets = batch
-        .column(col::OFFSET)
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(|| bad("offset"))?;
-    let stamps = batch
-        .column(col::TIMESTAMP)
-        .as_primitive_opt::<arrow::datatypes::TimestampMillisecondType>()
-        .ok_or_else(|| bad("timestamp"))?;
-    let keys = batch
-        .column(col::KEY)
-        .as_string_opt::<i32>()
-        .ok_or_else(|| bad("key"))?;
-    let values = batch
-        .column(col::VALUE)
-        .as_string_opt::<i32>()
-        .ok_or_else(|| bad("value"))?;
-    let headers = batch
-        .column(col::HEADERS)
-        .as_map_opt()
-        .ok_or_else(|| bad("headers"))?;
-    let header_keys = headers
-        .keys()
-        .as_string_opt::<i32>()
-        .ok_or_else(|| bad("headers key"))?;
-    let header_values = headers
-        .values()
-        .as_string_opt::<i32>()
-        .ok_or_else(|| bad("headers value"))?;
-    let bounds = headers.value_offsets();
+    let columns = RecordColumns::new(batch)?;
     for i in 0..batch.num_rows() {
         let fields = RecordFields {
-            offset: offsets.value(i) as u64,
-            timestamp: stamps.value(i),
-            key: keys.is_valid(i).then(|| keys.value(i).as_bytes()),
-            value: values.value(i).as_bytes(),
+            offset: columns.offset(i),
+            timestamp: columns.timestamp(i),
+            key: columns.key(i).map(str::as_bytes),
+            value: columns.value(i).as_bytes(),
         };
-        let header_pairs = (bounds[i] as usize..bounds[i + 1] as usize).map(|j| {
-            (
-                header_keys.value(j).as_bytes(),
-                header_values.value(j).as_bytes(),
-            )
-        });
-        let partition = partitions.value(i) as u32;
+        let header_pairs = columns
+            .headers(i)
+            .map(|(name, value)| (name.as_bytes(), value.as_bytes()));
+        let partition = columns.partition(i);
         match format {
             Format::Json => {
                 if !(first && i == 0) {

@@ -168,12 +168,22 @@ impl QueryService {
 
     /// Runs one SQL query.
     pub async fn sql(&self, sql: String, format: Format) -> Result<Output> {
+        self.run_sql("sql", sql, format, Shape::Table).await
+    }
+
+    /// Runs `sql` within the limits (a slot, the time limit).
+    async fn run_sql(
+        &self,
+        kind: &'static str,
+        sql: String,
+        format: Format,
+        shape: Shape,
+    ) -> Result<Output> {
         let permit = self.permit()?;
         let engine = self.sql.clone();
         let run = async move { sql_batches(&engine, &sql).await };
         let limits = Limits::new(permit, self.config.timeout);
-        self.stream("sql", format, Shape::Table, Some(limits), run)
-            .await
+        self.stream(kind, format, shape, Some(limits), run).await
     }
 
     /// Stores a view after checking that its SQL plans.
@@ -216,24 +226,19 @@ impl QueryService {
             return Err(QueryError::ViewNotFound(name.chars().take(128).collect()));
         }
         let sql = format!("SELECT * FROM {}", quote_identifier(name));
-        let permit = self.permit()?;
-        let engine = self.sql.clone();
-        let run = async move { sql_batches(&engine, &sql).await };
-        let limits = Limits::new(permit, self.config.timeout);
-        self.stream("view", format, Shape::Table, Some(limits), run)
-            .await
+        self.run_sql("view", sql, format, Shape::Table).await
     }
 
     /// The table a topic's change log describes at `as_of_ms`.
     pub async fn snapshot(&self, topic: &str, as_of_ms: i64, format: Format) -> Result<Output> {
         self.broker.topic(topic)?;
-        let sql = snapshot_sql(topic, as_of_ms);
-        let permit = self.permit()?;
-        let engine = self.sql.clone();
-        let run = async move { sql_batches(&engine, &sql).await };
-        let limits = Limits::new(permit, self.config.timeout);
-        self.stream("snapshot", format, Shape::Records, Some(limits), run)
-            .await
+        self.run_sql(
+            "snapshot",
+            snapshot_sql(topic, as_of_ms),
+            format,
+            Shape::Records,
+        )
+        .await
     }
 
     fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType};
-use arrow_array::{Array, RecordBatch};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -30,7 +30,8 @@ use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
 use strata_broker::cold::ColdRecord;
 
-use crate::error::{Result, TieringError};
+use crate::convert::RecordColumns;
+use crate::error::Result;
 use crate::manifest::ColdFile;
 
 /// Rows per batch when reading back.
@@ -362,47 +363,16 @@ pub async fn offset_for_timestamp(
 
 /// The rows of a cold-file batch as records.
 pub fn records_of(batch: &RecordBatch) -> Result<Vec<ColdRecord>> {
-    let bad =
-        |what: &str| TieringError::Internal(format!("cold file has an unexpected {what} column"));
-    let offsets = batch
-        .column(1)
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(|| bad("offset"))?;
-    let stamps = batch
-        .column(2)
-        .as_primitive_opt::<TimestampMillisecondType>()
-        .ok_or_else(|| bad("timestamp"))?;
-    let keys = batch
-        .column(3)
-        .as_string_opt::<i32>()
-        .ok_or_else(|| bad("key"))?;
-    let values = batch
-        .column(4)
-        .as_string_opt::<i32>()
-        .ok_or_else(|| bad("value"))?;
-    let headers = batch.column(5).as_map_opt().ok_or_else(|| bad("headers"))?;
-    let header_keys = headers
-        .keys()
-        .as_string_opt::<i32>()
-        .ok_or_else(|| bad("headers key"))?;
-    let header_values = headers
-        .values()
-        .as_string_opt::<i32>()
-        .ok_or_else(|| bad("headers value"))?;
-    let bounds = headers.value_offsets();
+    let columns = RecordColumns::new(batch)?;
     Ok((0..batch.num_rows())
         .map(|i| ColdRecord {
-            offset: offsets.value(i) as u64,
-            timestamp: stamps.value(i),
-            key: keys.is_valid(i).then(|| keys.value(i).to_string()),
-            value: values.value(i).to_string(),
-            headers: (bounds[i] as usize..bounds[i + 1] as usize)
-                .map(|j| {
-                    (
-                        header_keys.value(j).to_string(),
-                        header_values.value(j).to_string(),
-                    )
-                })
+            offset: columns.offset(i),
+            timestamp: columns.timestamp(i),
+            key: columns.key(i).map(str::to_string),
+            value: columns.value(i).to_string(),
+            headers: columns
+                .headers(i)
+                .map(|(name, value)| (name.to_string(), value.to_string()))
                 .collect(),
         })
         .collect())

@@ -21,7 +21,10 @@ use arrow_array::builder::{
     Int32Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
     TimestampMillisecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::{
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use object_store::ObjectStore;
@@ -116,6 +119,88 @@ fn writer_properties() -> WriterProperties {
         // comparison per row and bytes in every page header for nothing.
         .set_column_statistics_enabled(ColumnPath::from("value"), EnabledStatistics::None)
         .build()
+}
+
+/// Typed access to the rows of a batch of [`schema`] (as read back from a
+/// cold file, or built by [`BatchBuilder`]).
+pub struct RecordColumns<'a> {
+    partitions: &'a Int32Array,
+    offsets: &'a Int64Array,
+    stamps: &'a TimestampMillisecondArray,
+    keys: &'a StringArray,
+    values: &'a StringArray,
+    header_bounds: &'a [i32],
+    header_keys: &'a StringArray,
+    header_values: &'a StringArray,
+}
+
+impl<'a> RecordColumns<'a> {
+    /// The columns of `batch`, which must have the six columns of [`schema`].
+    pub fn new(batch: &'a RecordBatch) -> Result<Self> {
+        let bad = |what: &str| {
+            TieringError::Internal(format!("a record batch has an unexpected {what} column"))
+        };
+        if batch.num_columns() != 6 {
+            return Err(bad("number of"));
+        }
+        let headers = batch.column(5).as_map_opt().ok_or_else(|| bad("headers"))?;
+        Ok(Self {
+            partitions: batch
+                .column(0)
+                .as_primitive_opt()
+                .ok_or_else(|| bad("partition"))?,
+            offsets: batch
+                .column(1)
+                .as_primitive_opt()
+                .ok_or_else(|| bad("offset"))?,
+            stamps: batch
+                .column(2)
+                .as_primitive_opt()
+                .ok_or_else(|| bad("timestamp"))?,
+            keys: batch.column(3).as_string_opt().ok_or_else(|| bad("key"))?,
+            values: batch
+                .column(4)
+                .as_string_opt()
+                .ok_or_else(|| bad("value"))?,
+            header_bounds: headers.value_offsets(),
+            header_keys: headers
+                .keys()
+                .as_string_opt()
+                .ok_or_else(|| bad("headers key"))?,
+            header_values: headers
+                .values()
+                .as_string_opt()
+                .ok_or_else(|| bad("headers value"))?,
+        })
+    }
+
+    pub fn partition(&self, row: usize) -> u32 {
+        self.partitions.value(row) as u32
+    }
+
+    pub fn offset(&self, row: usize) -> u64 {
+        self.offsets.value(row) as u64
+    }
+
+    pub fn timestamp(&self, row: usize) -> i64 {
+        self.stamps.value(row)
+    }
+
+    pub fn key(&self, row: usize) -> Option<&'a str> {
+        self.keys.is_valid(row).then(|| self.keys.value(row))
+    }
+
+    /// The record's JSON text.
+    pub fn value(&self, row: usize) -> &'a str {
+        self.values.value(row)
+    }
+
+    /// The record's headers, in produce order.
+    pub fn headers(&self, row: usize) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        let (keys, values) = (self.header_keys, self.header_values);
+        let range = self.header_bounds[row] as usize..self.header_bounds[row + 1] as usize;
+        range.map(move |j| (keys.value(j), values.value(j)))
+    }
 }
 
 /// Accumulates records into Arrow arrays of [`schema`].
