@@ -29,8 +29,8 @@ pub struct QueryBench {
     #[arg(long, default_value_t = 30)]
     days: u64,
     /// Runs of each measurement (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
     /// A Python with `duckdb` installed: time DuckDB on the same files.
     #[arg(long)]
     duckdb_python: Option<String>,
@@ -130,7 +130,7 @@ pub async fn run(client: &Client, args: QueryBench) -> Result<()> {
         let glob = format!("{cold}/{topic}/**/*.parquet");
         for (name, text) in [("full history", &full_sql), ("one day", &day_sql)] {
             let duck_sql = text.replace("\"{TABLE}\"", &format!("read_parquet('{glob}')"));
-            let t = duckdb_median(python, &duck_sql, args.runs)?;
+            let t = duckdb_median(python, &duck_sql, usize::from(args.runs))?;
             let ours = time_of(&format!("sql aggregate, {name}"));
             println!(
                 "duckdb sql aggregate, {name}: median {t:.3} s; strata / duckdb = {:.2}",
