@@ -431,7 +431,7 @@ fn write_csv_record<'h>(
     fields: RecordFields<'_>,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
 ) {
-    use strata_broker::http::render::{write_int, write_str};
+    use strata_broker::http::render::{write_headers, write_int};
     write_int(out, u64::from(partition));
     out.push(b',');
     write_int(out, fields.offset);
@@ -444,16 +444,8 @@ fn write_csv_record<'h>(
     out.push(b',');
     write_csv_field(out, fields.value);
     out.push(b',');
-    let mut object = vec![b'{'];
-    for (i, (name, value)) in headers.enumerate() {
-        if i > 0 {
-            object.push(b',');
-        }
-        write_str(&mut object, name);
-        object.push(b':');
-        write_str(&mut object, value);
-    }
-    object.push(b'}');
+    let mut object = Vec::new();
+    write_headers(&mut object, headers);
     write_csv_field(out, &object);
     out.push(b'\n');
 }

@@ -72,7 +72,14 @@ pub fn write_fields<'h>(
     }
     out.extend_from_slice(b",\"value\":");
     out.extend_from_slice(record.value);
-    out.extend_from_slice(b",\"headers\":{");
+    out.extend_from_slice(b",\"headers\":");
+    write_headers(out, headers);
+    out.push(b'}');
+}
+
+/// Appends headers as a JSON object of strings (`{}` when there are none).
+pub fn write_headers<'h>(out: &mut Vec<u8>, headers: impl Iterator<Item = (&'h [u8], &'h [u8])>) {
+    out.push(b'{');
     for (i, (name, value)) in headers.enumerate() {
         if i > 0 {
             out.push(b',');
@@ -81,7 +88,7 @@ pub fn write_fields<'h>(
         out.push(b':');
         write_str(out, value);
     }
-    out.extend_from_slice(b"}}");
+    out.push(b'}');
 }
 
 /// Appends a decimal integer.
