@@ -5,6 +5,12 @@
 # SIGKILL crash tests). Installs and starts what the tests need: an
 # S3-compatible server on loopback (MinIO if present, else moto from PyPI)
 # and pyarrow as an independent Parquet reader.
+#
+#   scripts/test.sh [cargo test args]
+#   S3_SERVER=garage scripts/test.sh [cargo test args]
+#       runs against Garage instead (built from crates.io into target/garage
+#       on first use, ~15 min on 2 cores): a store that checks signatures
+#       but ignores conditional writes, so AWS_CONDITIONAL_PUT=disabled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +51,36 @@ bucket=strata-test
 if [ -n "${S3_ENDPOINT:-}" ]; then
   echo "== S3: using $S3_ENDPOINT"
   export AWS_ENDPOINT=$S3_ENDPOINT
+elif [ "${S3_SERVER:-}" = garage ]; then
+  garage=target/garage/bin/garage
+  if [ ! -x "$garage" ]; then
+    echo "== installing Garage 2.5.0 from crates.io into target/garage"
+    cargo install garage --version 2.5.0 --locked --no-default-features \
+      --features bundled-libs,sqlite --root target/garage
+  fi
+  port=$(free_port)
+  minio_dir=$(mktemp -d)
+  # Garage wants its own key formats: GK + 24 hex digits, 64 hex digits.
+  export AWS_ACCESS_KEY_ID=GK0123456789abcdef01234567
+  export AWS_SECRET_ACCESS_KEY=$(printf 'strata-garage-test%.0s' 1 2 3 4 | sha256sum | cut -c1-64)
+  export AWS_REGION=garage AWS_CONDITIONAL_PUT=disabled
+  cat >"$minio_dir/garage.toml" <<TOML
+metadata_dir = "$minio_dir/meta"
+data_dir = "$minio_dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$(free_port)"
+rpc_secret = "$(printf 'strata-garage-rpc' | sha256sum | cut -c1-64)"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$port"
+TOML
+  echo "== S3: starting Garage on 127.0.0.1:$port (no conditional writes)"
+  GARAGE_DEFAULT_ACCESS_KEY=$AWS_ACCESS_KEY_ID GARAGE_DEFAULT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
+    GARAGE_DEFAULT_BUCKET=$bucket "$garage" -c "$minio_dir/garage.toml" server --single-node \
+    --default-bucket >"$minio_dir.log" 2>&1 &
+  s3_pid=$!
+  export AWS_ENDPOINT="http://127.0.0.1:$port"
 elif command -v minio >/dev/null 2>&1; then
   port=$(free_port)
   minio_dir=$(mktemp -d)
@@ -62,16 +98,26 @@ else
 fi
 for _ in $(seq 100); do curl -s -o /dev/null "$AWS_ENDPOINT" && break; sleep 0.2; done
 "$venv/bin/python" - "$AWS_ENDPOINT" "$bucket" <<'PY'
-import sys, urllib.request
+import os, sys, time, urllib.request
 endpoint, bucket = sys.argv[1], sys.argv[2]
-# moto accepts an unsigned PUT; MinIO and AWS need a signed one (boto3 ships with moto).
-try:
-    import boto3
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-        s3.create_bucket(Bucket=bucket)
-except ImportError:
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT"))
+# moto accepts an unsigned PUT; MinIO and AWS need a signed one (boto3 ships
+# with moto). Garage creates its default bucket a moment after it listens.
+deadline = time.monotonic() + 30
+while True:
+    try:
+        try:
+            import boto3
+        except ImportError:
+            urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT"))
+            break
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name=os.environ["AWS_REGION"])
+        if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+            s3.create_bucket(Bucket=bucket)
+        break
+    except Exception:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
 PY
 export STRATA_TEST_S3="s3://$bucket/ci-$$"
 

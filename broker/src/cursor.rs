@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use crate::batch::RecordView;
 use crate::batch::{BATCH_HEADER_LEN, BatchView, Peek, peek_batch};
+use crate::block_reader::BlockReader;
 use crate::error::{BrokerError, Result};
-use crate::segment::{BlockReader, Segment, SegmentInfo};
+use crate::segment::{Segment, SegmentInfo};
 
 /// A partition's log pinned at one moment: its end offset then, and every
 /// segment it had. Segments that retention deletes afterwards stay readable

@@ -13,6 +13,7 @@
 //! [`Partition::segments`] and [`Partition::cursor`].
 
 pub mod batch;
+mod block_reader;
 pub mod broker;
 pub mod cold;
 pub mod config;

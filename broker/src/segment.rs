@@ -13,13 +13,11 @@ use std::path::{Path, PathBuf};
 use parking_lot::RwLock;
 
 use crate::batch::{BatchView, Peek, peek_batch};
+use crate::block_reader::BlockReader;
 use crate::durable::write_atomic;
 use crate::error::{BrokerError, IoContext, Result};
 use crate::index::{OffsetIndex, SegmentIndex, TimeIndex};
 use crate::tail::BLOCK;
-
-/// Bytes read from a segment file at a time by scans and cursors.
-pub const READ_CHUNK: usize = 256 * 1024;
 
 /// File name of the log of the segment starting at `base_offset`.
 pub fn log_file_name(base_offset: u64) -> String {
@@ -390,7 +388,7 @@ fn truncate(path: &Path, len: u64) -> Result<()> {
 
 /// True when `file[from..to]` is all zeros (less than one block of it).
 fn is_zero_padding(file: &File, from: u64, to: u64) -> Result<bool> {
-    if to - from >= crate::tail::BLOCK as u64 {
+    if to - from >= BLOCK as u64 {
         return Ok(false);
     }
     let mut bytes = vec![0u8; (to - from) as usize];
@@ -415,89 +413,6 @@ fn load_indexes(log_path: &Path, log_len: u64) -> Option<(OffsetIndex, TimeIndex
         OffsetIndex::decode(&offsets, log_len)?,
         TimeIndex::decode(&times)?,
     ))
-}
-
-/// Reads a segment file through a reusable buffer. In direct mode reads go
-/// around the page cache (`O_DIRECT` handles, block-aligned reads into an
-/// aligned buffer): a bulk reader such as the offloader then costs no
-/// page-cache copy, which on the reference machine was half its CPU.
-#[derive(Debug, Default)]
-pub(crate) struct BlockReader {
-    raw: Vec<u8>,
-    /// Index in `raw` of the first buffered byte (block-aligned in direct mode).
-    off: usize,
-    len: usize,
-    /// File position of the first buffered byte.
-    start: u64,
-    direct: bool,
-}
-
-impl BlockReader {
-    /// A reader for `O_DIRECT` handles.
-    pub(crate) fn direct() -> Self {
-        Self {
-            direct: true,
-            ..Self::default()
-        }
-    }
-
-    /// Forgets the buffered bytes; call before reading another file.
-    pub(crate) fn reset(&mut self) {
-        self.len = 0;
-        self.start = 0;
-    }
-
-    /// Bytes from `pos`: at least `need` of them unless `limit` comes first.
-    pub(crate) fn read(
-        &mut self,
-        file: &File,
-        pos: u64,
-        need: usize,
-        limit: u64,
-    ) -> std::io::Result<&[u8]> {
-        let wanted_end = (pos + need as u64).min(limit);
-        if pos < self.start || wanted_end > self.start + self.len as u64 {
-            let block = if self.direct { BLOCK as u64 } else { 1 };
-            let start = pos / block * block;
-            let want =
-                ((pos - start) as usize + need.max(READ_CHUNK)).min((limit - start) as usize);
-            let want = want.div_ceil(block as usize) * block as usize;
-            if self.raw.len() < want + BLOCK {
-                self.raw = vec![0u8; want + BLOCK];
-            }
-            self.off = if self.direct {
-                self.raw.as_ptr().align_offset(BLOCK)
-            } else {
-                0
-            };
-            let n = read_up_to(file, &mut self.raw[self.off..self.off + want], start)?;
-            self.start = start;
-            self.len = n;
-            if start + (n as u64) < wanted_end {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "segment shorter than expected",
-                ));
-            }
-        }
-        let from = self.off + (pos - self.start) as usize;
-        let to = self.off + ((limit - self.start) as usize).min(self.len);
-        Ok(&self.raw[from..to])
-    }
-}
-
-/// Reads into `buf` from `pos` until it is full or the file ends.
-fn read_up_to(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], pos + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// Walks the batches of `file` from `pos` (holding `offset`) to `len`,

@@ -31,24 +31,78 @@ use parquet::file::statistics::Statistics;
 use strata_broker::cold::ColdRecord;
 
 use crate::convert::RecordColumns;
-use crate::error::Result;
+use crate::error::{Result, TieringError};
 use crate::manifest::ColdFile;
 
 /// Rows per batch when reading back.
 const READ_BATCH_ROWS: usize = 8192;
 
-/// Parsed footers (with page indexes) of recently read cold files. A
-/// consumer reads the same file request after request; each footer costs
-/// ranged GETs to fetch and CPU to decode, so recent ones are kept.
+/// What recent reads of cold files left behind for the next ones: parsed
+/// footers (with page indexes) and decoded windows of rows. A consumer
+/// reads the same file request after request; each footer costs ranged GETs
+/// to fetch and CPU to decode, and the pages under one request of a few
+/// thousand records also hold its neighbours (a page of offsets covers
+/// ~128 K rows), so consumed rows are decoded [`WINDOW_ROWS`] at a time and
+/// the windows kept, bounded by [`WINDOWS_CACHED_BYTES`].
 #[derive(Debug, Default)]
-pub struct FooterCache {
-    entries: Mutex<VecDeque<(String, ArrowReaderMetadata)>>,
+pub struct ReadCache {
+    footers: Mutex<VecDeque<(String, ArrowReaderMetadata)>>,
+    windows: Mutex<Windows>,
 }
 
-/// Footers kept by a [`FooterCache`].
+/// Footers kept by a [`ReadCache`].
 const FOOTERS_CACHED: usize = 64;
+/// Rows of a cold file decoded together for consumers (row groups hold a
+/// whole number of them).
+pub const WINDOW_ROWS: u64 = 32 * 1024;
+/// Bytes of decoded windows a [`ReadCache`] keeps (least recently used go
+/// first): a dozen windows of ~130-byte records, so a dozen consumers
+/// reading cold data side by side each keep theirs.
+pub const WINDOWS_CACHED_BYTES: usize = 64 << 20;
 
-impl FooterCache {
+/// Decoded windows, least recently used first.
+#[derive(Debug, Default)]
+struct Windows {
+    entries: VecDeque<Window>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Window {
+    path: String,
+    index: u64,
+    batches: Arc<[RecordBatch]>,
+    bytes: usize,
+}
+
+impl Windows {
+    fn get(&mut self, path: &str, index: u64) -> Option<Arc<[RecordBatch]>> {
+        let at = self
+            .entries
+            .iter()
+            .position(|w| w.index == index && w.path == path)?;
+        let window = self.entries.remove(at)?;
+        let batches = window.batches.clone();
+        self.entries.push_back(window);
+        Some(batches)
+    }
+
+    fn insert(&mut self, window: Window) {
+        if self.get(&window.path, window.index).is_some() {
+            return; // another reader decoded it meanwhile
+        }
+        self.bytes += window.bytes;
+        self.entries.push_back(window);
+        while self.bytes > WINDOWS_CACHED_BYTES {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= old.bytes;
+        }
+    }
+}
+
+impl ReadCache {
     /// A reader of `file` and its footer, from the cache when there.
     async fn open(
         &self,
@@ -58,7 +112,7 @@ impl FooterCache {
         let mut reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str()))
             .with_file_size(file.bytes);
         let cached = {
-            let entries = self.entries.lock();
+            let entries = self.footers.lock();
             entries
                 .iter()
                 .find(|(path, _)| *path == file.path)
@@ -69,7 +123,7 @@ impl FooterCache {
         }
         let options = ArrowReaderOptions::new().with_page_index(true);
         let metadata = ArrowReaderMetadata::load_async(&mut reader, options).await?;
-        let mut entries = self.entries.lock();
+        let mut entries = self.footers.lock();
         entries.push_back((file.path.clone(), metadata.clone()));
         if entries.len() > FOOTERS_CACHED {
             entries.pop_front();
@@ -77,22 +131,60 @@ impl FooterCache {
         Ok((reader, metadata))
     }
 
-    /// Forgets the footers of files under `prefix` (a deleted topic: a new
-    /// topic of the same name writes new files under the same names).
+    /// Rows `[index * WINDOW_ROWS, (index + 1) * WINDOW_ROWS)` of `file`
+    /// (fewer in its last window), decoded, from the cache when there.
+    async fn window(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        file: &ColdFile,
+        index: u64,
+    ) -> Result<Arc<[RecordBatch]>> {
+        if let Some(batches) = self.windows.lock().get(&file.path, index) {
+            return Ok(batches);
+        }
+        let first = index * WINDOW_ROWS;
+        let rows = WINDOW_ROWS.min(file.records.saturating_sub(first)) as usize;
+        let (reader, metadata) = self.open(store, file).await?;
+        let selection = RowSelection::from(vec![
+            RowSelector::skip(first as usize),
+            RowSelector::select(rows),
+        ]);
+        let batches: Vec<RecordBatch> =
+            ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+                .with_row_selection(selection)
+                .with_batch_size(rows.max(1))
+                .build()?
+                .try_collect()
+                .await?;
+        let batches: Arc<[RecordBatch]> = batches.into();
+        self.windows.lock().insert(Window {
+            path: file.path.clone(),
+            index,
+            bytes: batches.iter().map(|b| b.get_array_memory_size()).sum(),
+            batches: batches.clone(),
+        });
+        Ok(batches)
+    }
+
+    /// Forgets what was read from files under `prefix` (a deleted topic: a
+    /// new topic of the same name writes new files under the same names).
     pub fn forget(&self, prefix: &str) {
-        self.entries
+        self.footers
             .lock()
             .retain(|(path, _)| !path.starts_with(prefix));
+        let mut windows = self.windows.lock();
+        windows.entries.retain(|w| !w.path.starts_with(prefix));
+        windows.bytes = windows.entries.iter().map(|w| w.bytes).sum();
     }
 }
 
 async fn open(
     store: &Arc<dyn ObjectStore>,
-    footers: &FooterCache,
+    cache: &ReadCache,
     file: &ColdFile,
     pick: impl Fn(&RowGroupMetaData) -> bool,
 ) -> Result<Option<ParquetRecordBatchStream<ParquetObjectReader>>> {
-    let (reader, metadata) = footers.open(store, file).await?;
+    let (reader, metadata) = cache.open(store, file).await?;
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
     let groups: Vec<usize> = builder
         .metadata()
@@ -115,12 +207,11 @@ async fn open(
 
 /// Records from `from` on in `files` (the manifest's files from that
 /// offset), up to `max_records` or about `max_bytes`. Offsets are dense
-/// and sorted inside a file, so the rows wanted are known by position: the
-/// reader gets a row selection and, with the page index, decodes only the
-/// pages that hold them.
+/// and sorted inside a file, so the rows wanted are known by position; they
+/// come from the cache's decoded windows (see [`ReadCache`]).
 pub async fn read_records(
     store: &Arc<dyn ObjectStore>,
-    footers: &FooterCache,
+    cache: &ReadCache,
     files: &[ColdFile],
     from: u64,
     max_records: u64,
@@ -129,29 +220,36 @@ pub async fn read_records(
     let mut out = Vec::new();
     let mut bytes = 0u64;
     for file in files {
-        let skip = from.saturating_sub(file.first_offset);
-        let take = (max_records - out.len() as u64).min(file.records.saturating_sub(skip));
-        if take == 0 {
-            continue;
-        }
-        let (reader, metadata) = footers.open(store, file).await?;
-        let selection = RowSelection::from(vec![
-            RowSelector::skip(skip as usize),
-            RowSelector::select(take as usize),
-        ]);
-        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
-            .with_row_selection(selection)
-            .with_batch_size(READ_BATCH_ROWS.min(take as usize))
-            .build()?;
-        while let Some(batch) = stream.try_next().await? {
-            for record in records_of(&batch)? {
-                let size = (record.value.len() + record.key.as_ref().map_or(0, String::len)) as u64;
-                if out.len() as u64 >= max_records || (!out.is_empty() && bytes + size > max_bytes)
-                {
-                    return Ok(out);
+        let mut row = from.saturating_sub(file.first_offset);
+        while row < file.records {
+            let index = row / WINDOW_ROWS;
+            let window_end = ((index + 1) * WINDOW_ROWS).min(file.records);
+            let mut first = index * WINDOW_ROWS;
+            for batch in cache.window(store, file, index).await?.iter() {
+                let n = batch.num_rows() as u64;
+                if row < first + n {
+                    let columns = RecordColumns::new(batch)?;
+                    for i in (row - first) as usize..n as usize {
+                        let record = record_at(&columns, i);
+                        let size = (record.value.len() + record.key.as_ref().map_or(0, String::len))
+                            as u64;
+                        if out.len() as u64 >= max_records
+                            || (!out.is_empty() && bytes + size > max_bytes)
+                        {
+                            return Ok(out);
+                        }
+                        bytes += size;
+                        out.push(record);
+                    }
+                    row = first + n;
                 }
-                bytes += size;
-                out.push(record);
+                first += n;
+            }
+            if row < window_end {
+                return Err(TieringError::Internal(format!(
+                    "{} holds fewer rows than its manifest entry says",
+                    file.path
+                )));
             }
         }
         if out.len() as u64 >= max_records {
@@ -202,7 +300,7 @@ const TIMESTAMP_COLUMN: usize = 2;
 /// row groups by their statistics and pages by the page index.
 pub async fn scan_file(
     store: &Arc<dyn ObjectStore>,
-    footers: &FooterCache,
+    cache: &ReadCache,
     scan: &FileScan<'_>,
     batch_rows: usize,
 ) -> Result<Option<OpenedScan>> {
@@ -219,7 +317,7 @@ pub async fn scan_file(
     {
         return Ok(None);
     }
-    let (reader, mut metadata) = footers.open(store, file).await?;
+    let (reader, mut metadata) = cache.open(store, file).await?;
     if scan.string_views {
         let options = ArrowReaderOptions::new().with_schema(crate::convert::view_schema());
         metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), options)?;
@@ -338,7 +436,7 @@ fn page_rows(
 /// The earliest record with `timestamp >= target` in `files`, as (offset, timestamp).
 pub async fn offset_for_timestamp(
     store: &Arc<dyn ObjectStore>,
-    footers: &FooterCache,
+    cache: &ReadCache,
     files: &[ColdFile],
     target: i64,
 ) -> Result<Option<(u64, i64)>> {
@@ -347,7 +445,7 @@ pub async fn offset_for_timestamp(
             Some(Statistics::Int64(s)) => s.max_opt().is_none_or(|&max| max >= target),
             _ => true,
         };
-        let Some(mut stream) = open(store, footers, file, pick).await? else {
+        let Some(mut stream) = open(store, cache, file, pick).await? else {
             continue;
         };
         while let Some(batch) = stream.try_next().await? {
@@ -361,19 +459,48 @@ pub async fn offset_for_timestamp(
     Ok(None)
 }
 
-/// The rows of a cold-file batch as records.
-pub fn records_of(batch: &RecordBatch) -> Result<Vec<ColdRecord>> {
-    let columns = RecordColumns::new(batch)?;
-    Ok((0..batch.num_rows())
-        .map(|i| ColdRecord {
-            offset: columns.offset(i),
-            timestamp: columns.timestamp(i),
-            key: columns.key(i).map(str::to_string),
-            value: columns.value(i).to_string(),
-            headers: columns
-                .headers(i)
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect(),
-        })
-        .collect())
+/// Row `i` of a cold-file batch as a record.
+fn record_at(columns: &RecordColumns<'_>, i: usize) -> ColdRecord {
+    ColdRecord {
+        offset: columns.offset(i),
+        timestamp: columns.timestamp(i),
+        key: columns.key(i).map(str::to_string),
+        value: columns.value(i).to_string(),
+        headers: columns
+            .headers(i)
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(path: &str, index: u64, bytes: usize) -> Window {
+        Window {
+            path: path.into(),
+            index,
+            batches: Arc::from(Vec::new()),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn windows_evict_the_least_recently_used_beyond_the_byte_budget() {
+        let mut windows = Windows::default();
+        let third = WINDOWS_CACHED_BYTES / 3;
+        windows.insert(window("a", 0, third));
+        windows.insert(window("a", 1, third));
+        windows.insert(window("b", 0, third));
+        assert!(windows.get("a", 0).is_some(), "a/0 now most recently used");
+        windows.insert(window("b", 1, third));
+        assert!(windows.get("a", 1).is_none(), "least recently used went");
+        assert!(windows.get("a", 0).is_some() && windows.get("b", 0).is_some());
+        assert!(windows.get("b", 1).is_some());
+        assert_eq!(windows.bytes, 3 * third);
+        // Inserting a window that is already there changes nothing.
+        windows.insert(window("b", 1, third));
+        assert_eq!((windows.entries.len(), windows.bytes), (3, 3 * third));
+    }
 }

@@ -77,7 +77,7 @@ pub struct Tiering {
     /// Serialises offloads of one partition (background pass and `tiering/run`).
     offloading: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Footers of recently read cold files.
-    footers: cold_read::FooterCache,
+    cache: cold_read::ReadCache,
     /// Topics whose description this process has stored.
     described: Mutex<std::collections::HashSet<String>>,
     /// Topics whose cold data is deleted while their local deletion is
@@ -154,7 +154,7 @@ impl Tiering {
             offloading: Mutex::default(),
             described: Mutex::default(),
             deleting: Mutex::default(),
-            footers: cold_read::FooterCache::default(),
+            cache: cold_read::ReadCache::default(),
             pending_deletes: Mutex::default(),
             readers: Arc::default(),
         });
@@ -272,7 +272,7 @@ impl Tiering {
         scan: &cold_read::FileScan<'_>,
         batch_rows: usize,
     ) -> Result<Option<cold_read::OpenedScan>> {
-        cold_read::scan_file(&self.cold.store, &self.footers, scan, batch_rows).await
+        cold_read::scan_file(&self.cold.store, &self.cache, scan, batch_rows).await
     }
 
     fn cached(&self, topic: &str, partition: u32) -> Option<Arc<Manifest>> {
@@ -670,7 +670,7 @@ impl ColdTier for Tiering {
             let manifest = self.manifest(topic, partition).await.map_err(to_broker)?;
             cold_read::read_records(
                 &self.cold.store,
-                &self.footers,
+                &self.cache,
                 manifest.files_from(from),
                 from,
                 max_records,
@@ -689,14 +689,9 @@ impl ColdTier for Tiering {
     ) -> BoxFuture<'a, strata_broker::Result<Option<(u64, i64)>>> {
         Box::pin(async move {
             let manifest = self.manifest(topic, partition).await.map_err(to_broker)?;
-            cold_read::offset_for_timestamp(
-                &self.cold.store,
-                &self.footers,
-                &manifest.files,
-                target,
-            )
-            .await
-            .map_err(to_broker)
+            cold_read::offset_for_timestamp(&self.cold.store, &self.cache, &manifest.files, target)
+                .await
+                .map_err(to_broker)
         })
     }
 
@@ -721,7 +716,7 @@ impl ColdTier for Tiering {
             }
             self.committed.lock().retain(|(t, _), _| t != topic);
             self.described.lock().remove(topic);
-            self.footers
+            self.cache
                 .forget(&format!("{}/", self.cold.root.topic(topic)));
             self.manifests.delete_topic(topic).await.map_err(to_broker)
         })
