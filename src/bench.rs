@@ -42,6 +42,10 @@ pub struct OffloadBench {
     /// Cold tier to offload to (default: a temporary file:// directory).
     #[arg(long)]
     object_store: Option<String>,
+    /// Words the records' padding is drawn from (1 to 32): fewer words,
+    /// more compressible records and less work for zstd.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=32))]
+    vocabulary: u64,
 }
 
 #[derive(Args)]
@@ -119,7 +123,7 @@ pub(crate) async fn ensure_topic(client: &Client, topic: &str, partitions: u32) 
 }
 
 /// A `{"records": [...]}` body of `count` records of about `size` bytes each.
-fn batch_body(count: usize, size: usize, salt: usize) -> (Bytes, usize) {
+fn batch_body(count: usize, size: usize, salt: usize, vocabulary: usize) -> (Bytes, usize) {
     let mut body = String::from("{\"records\":[");
     let mut record_bytes = 0;
     for i in 0..count {
@@ -133,7 +137,7 @@ fn batch_body(count: usize, size: usize, salt: usize) -> (Bytes, usize) {
             n % 100_000
         );
         let pad = size.saturating_sub(head.len() + 4);
-        let record = format!("{head}{}\"}}}}", pseudo_random_text(n, pad));
+        let record = format!("{head}{}\"}}}}", pseudo_random_text(n, pad, vocabulary));
         record_bytes += record.len();
         body.push_str(&record);
     }
@@ -143,7 +147,7 @@ fn batch_body(count: usize, size: usize, salt: usize) -> (Bytes, usize) {
 
 async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
     ensure_topic(client, &args.topic, args.partitions).await?;
-    let (body, record_bytes) = batch_body(args.batch_size, args.record_size, 0);
+    let (body, record_bytes) = batch_body(args.batch_size, args.record_size, 0, VOCABULARY.len());
     let path = format!("/v1/topics/{}/records", args.topic);
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
@@ -327,7 +331,7 @@ async fn load(client: &Client, topic: &str, records: u64, record_size: usize) ->
                 if i >= requests {
                     return anyhow::Ok(());
                 }
-                let (body, _) = batch_body(batch, record_size, i as usize);
+                let (body, _) = batch_body(batch, record_size, i as usize, VOCABULARY.len());
                 let request = client
                     .request(Method::POST, &path)
                     .header("content-type", "application/json")
@@ -369,7 +373,12 @@ async fn offload(args: OffloadBench) -> Result<()> {
     let batch = 1000usize;
     let loading = Instant::now();
     for i in 0..args.records.div_ceil(batch as u64) {
-        let (body, _) = batch_body(batch, args.record_size, i as usize);
+        let (body, _) = batch_body(
+            batch,
+            args.record_size,
+            i as usize,
+            args.vocabulary as usize,
+        );
         let records = parse_body(&body, BodyFormat::Json, 1 << 20)?;
         topic.produce(&records, strata_broker::timestamp::now_ms())?;
     }
@@ -397,12 +406,14 @@ async fn offload(args: OffloadBench) -> Result<()> {
     )
     .await?;
     let rss_before = peak_rss_mib();
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), cpu_seconds());
     let summary = tiering.offload_topic("bench-offload", false).await?;
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     println!(
         "bench offload: {} records in {} files in {secs:.2} s: {:.0} records/s, {:.0} MB/s of segments, \
-         compression {:.1}x (segments {:.0} MB -> Parquet {:.0} MB), peak RSS {} MiB (before offload {} MiB)",
+         compression {:.1}x (segments {:.0} MB -> Parquet {:.0} MB), CPU {cpu:.2} s ({:.0} % of the time), \
+         peak RSS {} MiB (before offload {} MiB)",
         summary.records,
         summary.files,
         summary.records as f64 / secs,
@@ -410,10 +421,23 @@ async fn offload(args: OffloadBench) -> Result<()> {
         segment_bytes as f64 / summary.bytes.max(1) as f64,
         segment_bytes as f64 / 1e6,
         summary.bytes as f64 / 1e6,
+        100.0 * cpu / secs,
         peak_rss_mib(),
         rss_before,
     );
     Ok(())
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// This process's peak resident set (VmHWM), in MiB.
@@ -428,23 +452,26 @@ fn peak_rss_mib() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
-/// About `len` bytes of words drawn from a small vocabulary: text that
-/// compresses like log and event payloads do, not like a run of one byte
-/// (a xorshift sequence seeded by `seed` picks the words).
-pub(crate) fn pseudo_random_text(seed: usize, len: usize) -> String {
-    const WORDS: [&str; 32] = [
-        "alpha", "bravo", "cart", "delta", "echo", "fox", "golf", "hotel", "india", "juliet",
-        "kilo", "lima", "mike", "nov", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
-        "user", "view", "click", "page", "home", "search", "buy", "login", "error", "ok", "mobile",
-        "web",
-    ];
+/// The words of [`pseudo_random_text`].
+const VOCABULARY: [&str; 32] = [
+    "alpha", "bravo", "cart", "delta", "echo", "fox", "golf", "hotel", "india", "juliet", "kilo",
+    "lima", "mike", "nov", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "user", "view",
+    "click", "page", "home", "search", "buy", "login", "error", "ok", "mobile", "web",
+];
+
+/// About `len` bytes of words drawn from the first `vocabulary` words of
+/// [`VOCABULARY`]: with all 32, text that compresses like log and event
+/// payloads do, not like a run of one byte (a xorshift sequence seeded by
+/// `seed` picks the words).
+pub(crate) fn pseudo_random_text(seed: usize, len: usize, vocabulary: usize) -> String {
+    let words = &VOCABULARY[..vocabulary.clamp(1, VOCABULARY.len())];
     let mut x = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut text = String::with_capacity(len + 8);
     while text.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        text.push_str(WORDS[(x % 32) as usize]);
+        text.push_str(words[(x % words.len() as u64) as usize]);
         text.push(' ');
     }
     text.truncate(len);

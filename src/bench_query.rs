@@ -267,6 +267,7 @@ fn body(first: u64, count: u64, total: u64, start_ms: i64, span: i64) -> Bytes {
         out.push_str(&pseudo_random_text(
             n as usize,
             120usize.saturating_sub(head.len()),
+            32,
         ));
         out.push_str("\"}}");
     }
