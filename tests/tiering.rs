@@ -206,7 +206,17 @@ async fn crashes_in_the_middle_of_an_offload_lose_and_double_nothing() {
         let status = server.wait_exit();
         assert!(!status.success(), "{step}: the crash point fired");
 
+        // As a crash in the middle of a local upload leaves it: a staging
+        // file, which object_store's listings do not show.
+        let staged = dir
+            .path()
+            .join("cold/crashy/0/00000000000000000000-00000000000000000009.parquet#42");
+        std::fs::write(&staged, b"half a file").unwrap();
         let server = ChildServer::spawn(binary(), dir.path(), &[]);
+        assert!(
+            !staged.exists(),
+            "{step}: staged uploads are removed on start"
+        );
         assert_eq!(
             all_records(&server, "crashy").await,
             before,
@@ -282,6 +292,90 @@ async fn kill9_at_random_points_of_an_offload() {
         let script = "import sys, glob, pyarrow.parquet as pq; print(sum(pq.read_metadata(p).num_rows for p in glob.glob(sys.argv[1] + '/*/*.parquet')))";
         let out = run_python(&python, script, &dir.path().join("cold/killed"));
         assert_eq!(out.trim(), "3000");
+    }
+}
+
+/// Open multipart uploads under `prefix` of `bucket`, as the S3 server
+/// lists them (object_store cannot list them; boto3 ships with moto).
+fn open_uploads(python: &Path, endpoint: &str, bucket: &str, prefix: &str) -> usize {
+    let script = "import os, sys, boto3\n\
+        endpoint, bucket, prefix = sys.argv[1].split('|')\n\
+        s3 = boto3.client('s3', endpoint_url=endpoint, region_name=os.environ.get('AWS_REGION', 'us-east-1'))\n\
+        print(len(s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get('Uploads', [])))";
+    let arg = format!("{endpoint}|{bucket}|{prefix}");
+    run_python(python, script, Path::new(&arg))
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_short_by_a_crash_is_aborted_on_restart() {
+    let Some((s3, url)) = test_s3("mpu") else {
+        eprintln!("no S3 server (run scripts/test.sh): skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--object-store", url.as_str()];
+    // ~14 MB of values that barely compress: a Parquet file of two parts.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let records: Vec<Value> = (0..36_000)
+        .map(|i| {
+            let text: String = (0..400)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    alphabet[(x % 64) as usize] as char
+                })
+                .collect();
+            json!({"value": {"i": i, "noise": text}, "partition": 0})
+        })
+        .collect();
+
+    let server = ChildServer::spawn_with_env(
+        binary(),
+        &data,
+        &args,
+        &[("STRATA_CRASH_AT", "during_upload")],
+    );
+    server
+        .api
+        .create_topic("big", 2, json!({"local_retention_bytes": 0}))
+        .await;
+    for chunk in records.chunks(500) {
+        server.api.produce("big", chunk).await;
+    }
+    let url_run = format!("{}/v1/topics/big/tiering/run?roll=true", server.api.base);
+    let outcome = server.api.http.post(url_run).send().await;
+    assert!(outcome.is_err() || !outcome.unwrap().status().is_success());
+    assert!(!server.wait_exit().success(), "the crash point fired");
+    let notes = || std::fs::read_dir(data.join("uploads")).unwrap().count();
+    assert_eq!(notes(), 1, "the open upload is in the journal");
+    let (bucket, prefix) = url
+        .trim_start_matches("s3://")
+        .split_once('/')
+        .expect("s3://bucket/prefix");
+    let endpoint = format!("http://{s3}");
+    let python = test_python();
+    if let Some(python) = &python {
+        assert_eq!(open_uploads(python, &endpoint, bucket, prefix), 1);
+    }
+
+    let server = ChildServer::spawn(binary(), &data, &args);
+    assert_eq!(notes(), 0, "aborted on start");
+    if let Some(python) = &python {
+        assert_eq!(open_uploads(python, &endpoint, bucket, prefix), 0);
+    }
+    let summary = offload(&server, "big").await;
+    assert_eq!(summary["records"], 36_000, "{summary}");
+    assert_eq!(notes(), 0, "a completed upload leaves the journal");
+    let got = all_records(&server, "big").await;
+    assert_eq!(got[0].len(), 36_000);
+    for (record, want) in got[0].iter().zip(&records) {
+        assert_eq!(record["value"], want["value"]);
     }
 }
 

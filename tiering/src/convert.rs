@@ -11,8 +11,9 @@
 //!
 //! The segment is read, built into batches of [`BATCH_ROWS`] and encoded on
 //! a blocking thread; finished chunks of the file go through a one-slot
-//! channel to a multipart upload: memory stays bounded by one batch, one
-//! compressed row group and a few upload parts, whatever the segment's size.
+//! channel to its upload ([`crate::upload`]): memory stays bounded by one
+//! batch, one compressed row group and a few upload parts, whatever the
+//! segment's size.
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, LazyLock};
@@ -27,8 +28,6 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use object_store::ObjectStore;
-use object_store::buffered::BufWriter;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
@@ -37,21 +36,17 @@ use parquet::schema::types::ColumnPath;
 use strata_broker::Partition;
 use strata_broker::batch::RecordView;
 use strata_broker::segment::SegmentInfo;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::error::{Result, TieringError};
 use crate::manifest::ColdFile;
 use crate::paths::DataFilePath;
+use crate::upload::{FileUpload, UPLOAD_PART_BYTES};
 
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 1 << 20;
 /// Rows per Arrow batch handed from the segment reader to the writer.
 pub const BATCH_ROWS: usize = 32 * 1024;
-/// Bytes of each multipart upload part.
-pub const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
-/// Parts of one file uploaded concurrently.
-pub const UPLOADS_IN_FLIGHT: usize = 2;
 
 /// [`schema`] with `key` and `value` as `Utf8View`: the types the SQL
 /// engine reads them as (decoding dictionary-encoded strings into views
@@ -297,14 +292,15 @@ struct Stats {
 }
 
 /// Writes the records of one sealed `segment` of `partition` as a Parquet
-/// file at `path` and returns its manifest entry. Idempotent: the same
-/// segment always yields the same path, and a retry overwrites it.
+/// file at `path` through `upload` and returns its manifest entry.
+/// Idempotent: the same segment always yields the same path, and a retry
+/// overwrites it.
 ///
 /// Reading, Arrow building, Parquet encoding and compression all run on a
 /// blocking thread, which hands finished chunks of the file to this task
 /// for upload: the async runtime's workers stay free to serve requests.
 pub async fn write_segment(
-    store: Arc<dyn ObjectStore>,
+    mut upload: FileUpload,
     path: &DataFilePath,
     partition: Arc<Partition>,
     segment: &SegmentInfo,
@@ -312,7 +308,6 @@ pub async fn write_segment(
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let (base, end) = (segment.base_offset, segment.end_offset);
     let encoder = tokio::task::spawn_blocking(move || encode_segment(&partition, base, end, tx));
-    let mut upload = upload(store, path);
     let uploaded: Result<()> = async {
         while let Some(chunk) = rx.recv().await {
             upload.put(chunk).await?;
@@ -325,11 +320,7 @@ pub async fn write_segment(
         .map_err(|e| TieringError::Internal(format!("segment encoder failed: {e}")))?;
     let finished = match (uploaded, encoded) {
         (Ok(()), Ok((stats, bytes))) if stats.records == end - base => {
-            upload
-                .shutdown()
-                .await
-                .map_err(|e| TieringError::Internal(format!("completing the upload: {e}")))?;
-            Ok((stats, bytes))
+            upload.finish().await.map(|()| (stats, bytes))
         }
         (Ok(()), Ok((stats, _))) => Err(TieringError::Internal(format!(
             "segment {base}..{end} yielded {} records",
@@ -341,9 +332,7 @@ pub async fn write_segment(
         Ok(done) => done,
         Err(e) => {
             // Don't leave parts of an unfinished multipart upload behind.
-            if let Err(abort) = upload.abort().await {
-                tracing::debug!(path = %path.0, error = %abort, "could not abort an upload");
-            }
+            upload.abort().await;
             return Err(e);
         }
     };
@@ -358,8 +347,8 @@ pub async fn write_segment(
     })
 }
 
-/// A `Write` that ships the Parquet file in chunks of [`UPLOAD_PART_BYTES`]
-/// to the uploading task.
+/// A `Write` that ships the Parquet file in chunks of exactly
+/// [`UPLOAD_PART_BYTES`] (the last one shorter) to the uploading task.
 struct ChunkSink {
     tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
@@ -384,11 +373,17 @@ impl ChunkSink {
 
 impl std::io::Write for ChunkSink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        self.written += data.len() as u64;
-        if self.buf.len() >= UPLOAD_PART_BYTES {
-            self.ship()?;
+        // Every chunk but the last is exactly one upload part long.
+        let mut rest = data;
+        while !rest.is_empty() {
+            let take = (UPLOAD_PART_BYTES - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() == UPLOAD_PART_BYTES {
+                self.ship()?;
+            }
         }
+        self.written += data.len() as u64;
         Ok(data.len())
     }
 
@@ -419,13 +414,6 @@ fn encode_segment(
     sink.ship()
         .map_err(|e| TieringError::Internal(format!("handing the file to the upload: {e}")))?;
     Ok((stats, sink.written))
-}
-
-/// The multipart upload of one file: parts of [`UPLOAD_PART_BYTES`], at
-/// most [`UPLOADS_IN_FLIGHT`] at a time, which bounds its memory.
-fn upload(store: Arc<dyn ObjectStore>, path: &DataFilePath) -> BufWriter {
-    BufWriter::with_capacity(store, path.0.clone(), UPLOAD_PART_BYTES)
-        .with_max_concurrency(UPLOADS_IN_FLIGHT)
 }
 
 /// Reads offsets `[base, end)` and hands them to `emit` as record batches.

@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod offloader;
 pub mod paths;
 pub mod store;
+pub mod upload;
 
 pub use error::{Result, TieringError};
 pub use offloader::{ColdSnapshot, OffloadSummary, ReadPin, Tiering, TieringConfig, to_broker};

@@ -23,6 +23,7 @@ use crate::error::{Result, TieringError};
 use crate::lease::Lease;
 use crate::manifest::{Manifest, ManifestStore};
 use crate::store::ColdStore;
+use crate::upload::{FileUpload, UploadJournal};
 
 /// How the offloader runs.
 #[derive(Debug, Clone)]
@@ -32,7 +33,8 @@ pub struct TieringConfig {
     /// A sealed segment is offloaded only once it is this old.
     pub offload_after: Duration,
     /// Crash tests only: abort the process at this step of an offload
-    /// (`after_upload` or `after_commit`), to prove recovery from it.
+    /// (`during_upload`: once the first part of a multipart upload is
+    /// stored; `after_upload`; `after_commit`), to prove recovery from it.
     pub crash_at: Option<String>,
 }
 
@@ -78,6 +80,8 @@ pub struct Tiering {
     offloading: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Footers of recently read cold files.
     cache: cold_read::ReadCache,
+    /// Multipart uploads in progress, so a crash's can be aborted.
+    uploads: Arc<UploadJournal>,
     /// Topics whose description this process has stored.
     described: Mutex<std::collections::HashSet<String>>,
     /// Topics whose cold data is deleted while their local deletion is
@@ -142,6 +146,10 @@ impl Tiering {
         owner: &str,
     ) -> Result<Arc<Self>> {
         let lease = Lease::acquire(&cold, owner).await?;
+        let uploads = Arc::new(UploadJournal::open(&broker.config().data_dir)?);
+        if let Some(multipart) = &cold.multipart {
+            uploads.abort_abandoned(multipart.as_ref()).await;
+        }
         let manifests =
             ManifestStore::new(cold.store.clone(), cold.root.clone(), cold.conditional_put);
         let tiering = Arc::new(Self {
@@ -155,6 +163,7 @@ impl Tiering {
             described: Mutex::default(),
             deleting: Mutex::default(),
             cache: cold_read::ReadCache::default(),
+            uploads,
             pending_deletes: Mutex::default(),
             readers: Arc::default(),
         });
@@ -208,6 +217,7 @@ impl Tiering {
             .root
             .topic(&manifest.topic)
             .join(manifest.partition.to_string());
+        self.cold.remove_staged_uploads(&dir).await?;
         let listed: Vec<object_store::ObjectMeta> =
             self.cold.store.list(Some(&dir)).try_collect().await?;
         for object in listed {
@@ -410,7 +420,9 @@ impl Tiering {
                 segment.base_offset,
                 segment.end_offset - 1,
             );
-            let file = write_segment(self.cold.store.clone(), &path, p.clone(), &segment).await?;
+            let crash = self.config.crash_at.as_deref() == Some("during_upload");
+            let upload = FileUpload::new(&self.cold, &self.uploads, path.0.clone(), crash);
+            let file = write_segment(upload, &path, p.clone(), &segment).await?;
             self.cold.make_durable(&path.0).await?;
             self.crash_point("after_upload");
             let next = manifest.with_file(file.clone())?;

@@ -6,15 +6,19 @@ use std::time::Duration;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 
 use crate::error::{Result, TieringError};
 use crate::paths::ColdRoot;
 
 /// An object store and the root under which Strata keeps its files.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ColdStore {
     pub store: Arc<dyn ObjectStore>,
+    /// The same store, on stores whose multipart uploads can be aborted by
+    /// id (S3, memory): their uploads are journaled (see [`crate::upload`]).
+    pub multipart: Option<Arc<dyn MultipartStore>>,
     pub root: ColdRoot,
     /// What the store promises for conditional writes (`PutMode::Create`).
     pub conditional_put: bool,
@@ -26,6 +30,18 @@ pub struct ColdStore {
     /// For `file://` stores: the directory, so that committed objects can be
     /// fsynced (the local object store writes without fsync).
     local_root: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for ColdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColdStore")
+            .field("url", &self.url)
+            .field("root", &self.root)
+            .field("conditional_put", &self.conditional_put)
+            .field("conditional_update", &self.conditional_update)
+            .field("journaled_uploads", &self.multipart.is_some())
+            .finish()
+    }
 }
 
 /// Retries with exponential backoff on transient errors (5xx, timeouts).
@@ -57,6 +73,7 @@ impl ColdStore {
             let store = LocalFileSystem::new_with_prefix(path)?;
             return Ok(Self {
                 store: Arc::new(store),
+                multipart: None,
                 root: ColdRoot::new(""),
                 conditional_put: true,
                 conditional_update: false,
@@ -65,8 +82,10 @@ impl ColdStore {
             });
         }
         if url == "memory://" || url.starts_with("memory://") {
+            let store = Arc::new(InMemory::new());
             return Ok(Self {
-                store: Arc::new(InMemory::new()),
+                store: store.clone(),
+                multipart: Some(store),
                 root: ColdRoot::new(url.trim_start_matches("memory://")),
                 conditional_put: true,
                 conditional_update: true,
@@ -90,8 +109,10 @@ impl ColdStore {
             if conditional_put {
                 builder = builder.with_conditional_put(S3ConditionalPut::ETagMatch);
             }
+            let store = Arc::new(builder.build()?);
             return Ok(Self {
-                store: Arc::new(builder.build()?),
+                store: store.clone(),
+                multipart: Some(store),
                 root: ColdRoot::new(prefix),
                 conditional_put,
                 conditional_update: conditional_put,
@@ -102,6 +123,37 @@ impl ColdStore {
         Err(TieringError::Config(format!(
             "object store URL must start with file://, s3:// or memory://, got {url:?}"
         )))
+    }
+
+    /// `file://` stores only: deletes under `dir` the staging files
+    /// (`<name>#<n>`) of uploads that a crash cut short, which listings do
+    /// not show. Run before any upload starts. Returns how many went.
+    pub async fn remove_staged_uploads(&self, dir: &object_store::path::Path) -> Result<usize> {
+        let Some(root) = &self.local_root else {
+            return Ok(0);
+        };
+        let dir = root.join(dir.as_ref());
+        tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return Ok(0);
+            };
+            let mut removed = 0;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let staged = name.to_str().and_then(|n| n.rsplit_once('#')).is_some_and(
+                    |(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
+                );
+                if staged {
+                    tracing::info!(path = %entry.path().display(), "removing an upload a crash cut short");
+                    std::fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| TieringError::Internal(e.to_string()))?
+        .map_err(|e: std::io::Error| TieringError::Internal(format!("removing staged uploads: {e}")))
     }
 
     /// Makes a written object durable. A no-op for S3 (a completed PUT is

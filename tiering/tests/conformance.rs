@@ -220,6 +220,73 @@ async fn retention(url: &str) {
     assert!(f.broker.topic("ret").unwrap().partitions()[0].start_offset() >= 100);
 }
 
+/// Bytes that do not repeat (a xorshift sequence), so sizes are exact.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A file of several parts goes up as a multipart upload (journaled where
+/// the store can abort uploads by id) and reads back byte for byte; an
+/// upload given up leaves no object and no journal entry; a single-part
+/// file is one PUT.
+async fn uploads(url: &str) {
+    use object_store::ObjectStoreExt;
+    use strata_tiering::upload::{FileUpload, UPLOAD_PART_BYTES, UploadJournal};
+    let dir = tempfile::tempdir().unwrap();
+    let cold = ColdStore::open(url).unwrap();
+    let journal = Arc::new(UploadJournal::open(dir.path()).unwrap());
+    let journal_entries = || {
+        std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .count()
+    };
+    let root = cold.root.topic("uploads");
+    for (name, parts) in [("three.parquet", 3usize), ("one.parquet", 1)] {
+        let path = root.clone().join(name);
+        let chunks: Vec<Vec<u8>> = (0..parts)
+            .map(|i| {
+                let len = if i + 1 < parts {
+                    UPLOAD_PART_BYTES
+                } else {
+                    1234
+                };
+                noise(len, i as u64 + 7)
+            })
+            .collect();
+        let mut upload = FileUpload::new(&cold, &journal, path.clone(), false);
+        for chunk in &chunks {
+            upload.put(bytes::Bytes::from(chunk.clone())).await.unwrap();
+        }
+        upload.finish().await.unwrap();
+        let stored = cold.store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(stored.to_vec(), chunks.concat(), "{name} reads back");
+        assert_eq!(journal_entries(), 0, "{name}: the journal is empty");
+    }
+    let path = root.join("given-up.parquet");
+    let mut upload = FileUpload::new(&cold, &journal, path.clone(), false);
+    for seed in 0..3 {
+        let chunk = noise(UPLOAD_PART_BYTES, seed);
+        upload.put(bytes::Bytes::from(chunk)).await.unwrap();
+    }
+    if cold.multipart.is_some() {
+        assert_eq!(journal_entries(), 1, "an open multipart upload is noted");
+    }
+    upload.abort().await;
+    assert!(matches!(
+        cold.store.head(&path).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+    assert_eq!(journal_entries(), 0, "an aborted upload leaves the journal");
+}
+
 /// Consumes a cold file of several decode windows (`WINDOW_ROWS`) in
 /// requests that start and end inside windows and cross their edges: every
 /// record exactly once, in order, each from its own row.
@@ -282,24 +349,23 @@ async fn retention_on_memory_and_file_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store() {
     conformance("memory://").await;
+    uploads("memory://").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_store() {
     let dir = tempfile::tempdir().unwrap();
     conformance(&format!("file://{}", dir.path().display())).await;
+    uploads(&format!("file://{}", dir.path().display())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store() {
     match std::env::var("STRATA_TEST_S3") {
         Ok(url) => {
-            conformance(&format!(
-                "{}/{}",
-                url.trim_end_matches('/'),
-                std::process::id()
-            ))
-            .await
+            let url = format!("{}/{}", url.trim_end_matches('/'), std::process::id());
+            conformance(&url).await;
+            uploads(&url).await;
         }
         Err(_) => {
             eprintln!("STRATA_TEST_S3 is not set: the S3 run of the conformance suite is skipped")
