@@ -351,24 +351,51 @@ pub async fn write_segment(
 /// [`UPLOAD_PART_BYTES`] (the last one shorter) to the uploading task.
 struct ChunkSink {
     tx: mpsc::Sender<Bytes>,
+    /// The chunk being filled: `buf[start..]`, with `start` chosen so that
+    /// the chunk is block-aligned in memory, as direct I/O wants.
     buf: Vec<u8>,
+    start: usize,
     /// Bytes of the file so far.
     written: u64,
 }
 
 impl ChunkSink {
+    fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        let (buf, start) = aligned_chunk();
+        Self {
+            tx,
+            buf,
+            start,
+            written: 0,
+        }
+    }
+
+    fn filled(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
     fn ship(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
+        if self.filled() == 0 {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(UPLOAD_PART_BYTES),
-        ));
+        let (next, start) = aligned_chunk();
+        let buf = std::mem::replace(&mut self.buf, next);
+        // `Bytes::from` keeps the vector's allocation, so the slice stays aligned.
+        let chunk = Bytes::from(buf).slice(std::mem::replace(&mut self.start, start)..);
         self.tx
             .blocking_send(chunk)
             .map_err(|_| std::io::Error::other("the upload stopped"))
     }
+}
+
+/// An empty buffer for one upload part and the index at which the part
+/// starts block-aligned.
+fn aligned_chunk() -> (Vec<u8>, usize) {
+    let block = crate::upload::DIRECT_BLOCK;
+    let mut buf: Vec<u8> = Vec::with_capacity(UPLOAD_PART_BYTES + block);
+    let start = buf.as_ptr().align_offset(block);
+    buf.resize(start, 0);
+    (buf, start)
 }
 
 impl std::io::Write for ChunkSink {
@@ -376,10 +403,10 @@ impl std::io::Write for ChunkSink {
         // Every chunk but the last is exactly one upload part long.
         let mut rest = data;
         while !rest.is_empty() {
-            let take = (UPLOAD_PART_BYTES - self.buf.len()).min(rest.len());
+            let take = (UPLOAD_PART_BYTES - self.filled()).min(rest.len());
             self.buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
-            if self.buf.len() == UPLOAD_PART_BYTES {
+            if self.filled() == UPLOAD_PART_BYTES {
                 self.ship()?;
             }
         }
@@ -400,11 +427,7 @@ fn encode_segment(
     end: u64,
     tx: mpsc::Sender<Bytes>,
 ) -> Result<(Stats, u64)> {
-    let sink = ChunkSink {
-        tx,
-        buf: Vec::with_capacity(UPLOAD_PART_BYTES),
-        written: 0,
-    };
+    let sink = ChunkSink::new(tx);
     let mut writer = ArrowWriter::try_new(sink, schema(), Some(writer_properties()))?;
     let stats = read_segment(partition, base, end, &mut |batch| {
         writer.write(&batch).map_err(TieringError::from)

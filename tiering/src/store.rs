@@ -29,7 +29,7 @@ pub struct ColdStore {
     pub url: String,
     /// For `file://` stores: the directory, so that committed objects can be
     /// fsynced (the local object store writes without fsync).
-    local_root: Option<std::path::PathBuf>,
+    pub(crate) local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ColdStore {
