@@ -71,9 +71,18 @@ impl UploadJournal {
         };
         let bytes = serde_json::to_vec(&entry)
             .map_err(|e| TieringError::Internal(format!("encoding an upload note: {e}")))?;
+        // Object paths can be longer than a file name may be: name the note
+        // by a digest of the path, and the time, so a retry of the same
+        // path never overwrites the note of an upload not yet aborted.
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::hash::DefaultHasher::new();
+            path.as_ref().hash(&mut hasher);
+            hasher.finish()
+        };
         let name = self
             .dir
-            .join(format!("{}.json", path.as_ref().replace('/', "~")));
+            .join(format!("{digest:016x}-{}.json", unique_suffix()));
         let file = name.clone();
         tokio::task::spawn_blocking(move || strata_broker::durable::write_atomic(&file, &bytes))
             .await
@@ -296,7 +305,13 @@ impl JournaledUpload {
             Some(open) => open,
             None => {
                 let id = self.multipart.create_multipart(&self.path).await?;
-                let note = self.journal.record(&self.path, &id).await?;
+                let note = match self.journal.record(&self.path, &id).await {
+                    Ok(note) => note,
+                    Err(e) => {
+                        let _ = self.multipart.abort_multipart(&self.path, &id).await;
+                        return Err(e);
+                    }
+                };
                 self.open.insert(OpenUpload {
                     id,
                     note,
@@ -325,10 +340,8 @@ impl JournaledUpload {
 
 impl LocalUpload {
     fn new(target: PathBuf) -> Self {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut staging = target.clone().into_os_string();
-        staging.push(format!("#{}{n}", std::process::id()));
+        staging.push(format!("#{}", unique_suffix()));
         Self {
             target,
             staging: staging.into(),
@@ -392,6 +405,15 @@ impl LocalUpload {
         })
         .await
     }
+}
+
+/// Digits that differ between uploads: this process's id and the time in
+/// nanoseconds (uploads of one path never run at the same time).
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}{nanos}", std::process::id())
 }
 
 /// The block size direct I/O is aligned to.
