@@ -29,6 +29,9 @@ pub mod partitioner;
 pub mod produce;
 pub mod segment;
 mod tail;
+
+/// The block size of direct I/O (alignment of offsets, lengths and buffers).
+pub use tail::BLOCK;
 pub mod timestamp;
 pub mod topic;
 

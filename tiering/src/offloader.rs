@@ -78,7 +78,7 @@ pub struct Tiering {
     committed: Mutex<HashMap<PartitionKey, Arc<Manifest>>>,
     /// Serialises offloads of one partition (background pass and `tiering/run`).
     offloading: Mutex<HashMap<PartitionKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Footers of recently read cold files.
+    /// Footers and decoded row windows of recently read cold files.
     cache: cold_read::ReadCache,
     /// Multipart uploads in progress, so a crash's can be aborted.
     uploads: Arc<UploadJournal>,

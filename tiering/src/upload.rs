@@ -416,8 +416,8 @@ fn unique_suffix() -> String {
     format!("{}{nanos}", std::process::id())
 }
 
-/// The block size direct I/O is aligned to.
-pub const DIRECT_BLOCK: usize = 4096;
+/// The block size direct I/O is aligned to (the broker's, for segments).
+pub use strata_broker::BLOCK as DIRECT_BLOCK;
 
 /// Creates the staging file (and its directory), with `O_DIRECT` when the
 /// file system allows it; returns whether it did.
