@@ -441,9 +441,7 @@ fn api_is_cloneable_for_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_disk_budget_answers_503_with_retry_after() {
-    let dir = tempfile::TempDir::new().unwrap().keep();
     let config = strata_broker::BrokerConfig {
-        data_dir: dir,
         max_local_bytes: 20_000,
         ..strata_broker::BrokerConfig::default()
     };

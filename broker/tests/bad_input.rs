@@ -47,9 +47,7 @@ async fn produce_raw(
 }
 
 async fn start() -> TestServer {
-    let dir = tempfile::TempDir::new().unwrap().keep();
     let config = BrokerConfig {
-        data_dir: dir,
         max_request_bytes: 64 * 1024,
         max_record_bytes: 1024,
         ..BrokerConfig::default()

@@ -223,9 +223,15 @@ impl TestServer {
         Self::start_in(config, Some(dir)).await
     }
 
-    /// A server with `config` (its `data_dir` is used as is).
+    /// A server on a fresh temporary data directory (removed when the
+    /// server is dropped), with the settings of `config` other than `data_dir`.
     pub async fn start_with(config: BrokerConfig) -> Self {
-        Self::start_in(config, None).await
+        let dir = TempDir::new().expect("temp dir");
+        let config = BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..config
+        };
+        Self::start_in(config, Some(dir)).await
     }
 
     async fn start_in(config: BrokerConfig, dir: Option<TempDir>) -> Self {
