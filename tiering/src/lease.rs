@@ -9,8 +9,12 @@
 //! take it; elsewhere (the local file system: `Create` only; Garage: none)
 //! the last writer wins, and the check before every commit narrows the
 //! window in which two servers could both commit to the time between that
-//! check and the commit.
+//! check and the commit. On the local file system a server also holds an
+//! exclusive OS lock on `<root>/_lease.lock` for as long as it lives, so
+//! two processes cannot both own a `file://` prefix there either; the lock
+//! goes with the process, also when it is killed.
 
+use std::fs::{File, TryLockError};
 use std::sync::Arc;
 
 use object_store::path::Path;
@@ -40,12 +44,18 @@ pub struct Lease {
     epoch: u64,
     conditional: bool,
     compare_and_swap: bool,
+    /// `file://` only: held open for the lease's life; closing it unlocks.
+    _local_lock: Option<File>,
 }
 
 impl Lease {
     /// Takes the lease for `owner` (a name stable across restarts of the
     /// same server), or fails with the current owner and expiry.
     pub async fn acquire(cold: &ColdStore, owner: &str) -> Result<Self> {
+        let local_lock = match &cold.local_root {
+            Some(root) => Some(lock_local_root(root, &cold.url)?),
+            None => None,
+        };
         let path = cold.root.path().clone().join("_lease.json");
         let current = read(cold.store.as_ref(), &path).await?;
         let now = strata_broker::timestamp::now_ms();
@@ -68,6 +78,7 @@ impl Lease {
             epoch,
             conditional: cold.conditional_put,
             compare_and_swap: cold.conditional_update,
+            _local_lock: local_lock,
         };
         let mode = match &current {
             None if lease.conditional => PutMode::Create,
@@ -152,6 +163,26 @@ impl Lease {
     }
 }
 
+/// Takes the exclusive OS lock of a `file://` cold tier rooted at `root`,
+/// or fails at once if another process (or another lease in this one)
+/// holds it.
+fn lock_local_root(root: &std::path::Path, url: &str) -> Result<File> {
+    let path = root.join("_lease.lock");
+    let file = File::create(&path)
+        .map_err(|e| TieringError::Config(format!("cannot create {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(TieringError::Config(format!(
+            "the cold tier {url} is in use by another server on this machine ({} is locked)",
+            path.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(TieringError::Config(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 async fn read(store: &dyn ObjectStore, path: &Path) -> Result<Option<(LeaseFile, UpdateVersion)>> {
     let found = match store.get(path).await {
         Ok(found) => found,
@@ -176,8 +207,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_owner_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let cold = ColdStore::open(&format!("file://{}", dir.path().display())).unwrap();
+        let cold = ColdStore::open("memory://").unwrap();
         let first = Lease::acquire(&cold, "server-a").await.unwrap();
         first.check().await.unwrap();
         assert!(
@@ -191,6 +221,23 @@ mod tests {
         again.release().await;
         let b = Lease::acquire(&cold, "server-b").await.unwrap();
         assert!(again.check().await.is_err());
+        b.check().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_local_root_is_locked_while_its_lease_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let cold = ColdStore::open(&format!("file://{}", dir.path().display())).unwrap();
+        let first = Lease::acquire(&cold, "server-a").await.unwrap();
+        first.release().await;
+        // Released in the file, but the holder still lives: even its own
+        // name cannot take the prefix twice.
+        for owner in ["server-a", "server-b"] {
+            let refused = Lease::acquire(&cold, owner).await.unwrap_err();
+            assert!(refused.to_string().contains("in use"), "{refused}");
+        }
+        drop(first);
+        let b = Lease::acquire(&cold, "server-b").await.unwrap();
         b.check().await.unwrap();
     }
 }
