@@ -36,6 +36,10 @@ pub struct TieringConfig {
     /// (`during_upload`: once the first part of a multipart upload is
     /// stored; `after_upload`; `after_commit`), to prove recovery from it.
     pub crash_at: Option<String>,
+    /// How long a file dropped by retention stays in the object store, so
+    /// that reads which listed it just before can finish; reads pinned
+    /// before the drop keep it longer (see [`ColdSnapshot`]).
+    pub object_delete_grace: Duration,
 }
 
 impl Default for TieringConfig {
@@ -44,6 +48,7 @@ impl Default for TieringConfig {
             interval: Duration::from_secs(5),
             offload_after: Duration::ZERO,
             crash_at: None,
+            object_delete_grace: Duration::from_secs(60),
         }
     }
 }
@@ -131,9 +136,6 @@ pub struct ColdSnapshot {
     pub manifest: Arc<Manifest>,
     _pin: ReadPin,
 }
-
-/// How long an object dropped by retention stays readable.
-const OBJECT_DELETE_GRACE_MS: i64 = 60_000;
 
 impl Tiering {
     /// Loads the manifest of every partition of every topic.
@@ -511,11 +513,12 @@ impl Tiering {
     /// running read can still use (every read began after the drop).
     async fn delete_due_objects(&self) {
         let now = strata_broker::timestamp::now_ms();
+        let grace = i64::try_from(self.config.object_delete_grace.as_millis()).unwrap_or(i64::MAX);
         let oldest_read = self.readers.oldest_start().unwrap_or(i64::MAX);
         let due: Vec<object_store::path::Path> = {
             let mut pending = self.pending_deletes.lock();
             let (due, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(dropped, _)| {
-                *dropped + OBJECT_DELETE_GRACE_MS <= now && *dropped < oldest_read
+                dropped.saturating_add(grace) <= now && *dropped < oldest_read
             });
             *pending = later;
             due.into_iter().map(|(_, path)| path).collect()
@@ -679,11 +682,14 @@ impl ColdTier for Tiering {
         max_bytes: u64,
     ) -> BoxFuture<'a, strata_broker::Result<Vec<ColdRecord>>> {
         Box::pin(async move {
-            let manifest = self.manifest(topic, partition).await.map_err(to_broker)?;
+            let snapshot = self
+                .cold_snapshot(topic, partition)
+                .await
+                .map_err(to_broker)?;
             cold_read::read_records(
                 &self.cold.store,
                 &self.cache,
-                manifest.files_from(from),
+                snapshot.manifest.files_from(from),
                 from,
                 max_records,
                 max_bytes,
@@ -700,8 +706,12 @@ impl ColdTier for Tiering {
         target: i64,
     ) -> BoxFuture<'a, strata_broker::Result<Option<(u64, i64)>>> {
         Box::pin(async move {
-            let manifest = self.manifest(topic, partition).await.map_err(to_broker)?;
-            cold_read::offset_for_timestamp(&self.cold.store, &self.cache, &manifest.files, target)
+            let snapshot = self
+                .cold_snapshot(topic, partition)
+                .await
+                .map_err(to_broker)?;
+            let files = &snapshot.manifest.files;
+            cold_read::offset_for_timestamp(&self.cold.store, &self.cache, files, target)
                 .await
                 .map_err(to_broker)
         })

@@ -3,12 +3,17 @@
 //! (`s3://bucket/prefix`, with the usual `AWS_*` variables) when set.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 
 use serde_json::json;
 use strata_broker::cold::ColdTier;
 use strata_broker::produce::{BodyFormat, parse_body};
 use strata_broker::{Broker, BrokerConfig, TopicConfigOverrides};
-use strata_tiering::manifest::ManifestStore;
+use strata_tiering::cold_read::FileScan;
+use strata_tiering::manifest::{ColdFile, ManifestStore};
 use strata_tiering::{ColdStore, Tiering, TieringConfig, TieringError};
 
 struct Fixture {
@@ -336,6 +341,106 @@ async fn reads_across_windows(url: &str) {
     }
 }
 
+/// Retention never deletes a file under a read that listed it: with no
+/// grace period at all, a file dropped from the manifest while a snapshot
+/// lists it stays whole and readable, and goes once the snapshot is dropped.
+async fn pinned_reads_outlive_retention(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig {
+        data_dir: dir.path().join("data"),
+        ..BrokerConfig::default()
+    };
+    let broker = Arc::new(Broker::open(config).unwrap());
+    let cold = ColdStore::open(url).unwrap();
+    let impatient = TieringConfig {
+        object_delete_grace: Duration::ZERO,
+        ..TieringConfig::default()
+    };
+    let tiering = Tiering::open(broker.clone(), cold.clone(), impatient, "conformance")
+        .await
+        .unwrap();
+    let overrides = TopicConfigOverrides {
+        retention_ms: Some(1_500),
+        local_retention_bytes: Some(0),
+        ..Default::default()
+    };
+    broker.create_topic("pinned", Some(1), &overrides).unwrap();
+    let now = strata_broker::timestamp::now_ms();
+    let records: Vec<serde_json::Value> = (0..50)
+        .map(|i| json!({"value": i, "timestamp": now}))
+        .collect();
+    produce(&broker, "pinned", &records);
+    assert_eq!(
+        tiering.offload_topic("pinned", true).await.unwrap().files,
+        1
+    );
+
+    let snapshot = tiering.cold_snapshot("pinned", 0).await.unwrap();
+    let file = snapshot.manifest.files[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tiering.stats("pinned", 0).files > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "retention never dropped the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tiering.offload_topic("pinned", false).await.unwrap();
+    }
+    assert_eq!(tiering.stats("pinned", 0).start_offset, 50);
+    let path = object_store::path::Path::from(file.path.as_str());
+    cold.store.head(&path).await.expect("a pinned file stays");
+    assert_eq!(
+        count_offsets(&tiering, &file).await,
+        (0..50).collect::<Vec<u64>>()
+    );
+
+    drop(snapshot);
+    tiering.offload_topic("pinned", false).await.unwrap();
+    assert!(
+        matches!(
+            cold.store.head(&path).await,
+            Err(object_store::Error::NotFound { .. })
+        ),
+        "unpinned and past its (zero) grace period, the file is deleted"
+    );
+}
+
+/// Every offset in `file`, read as a query scan reads it.
+async fn count_offsets(tiering: &Tiering, file: &ColdFile) -> Vec<u64> {
+    let scan = FileScan {
+        file,
+        offsets: 0..u64::MAX,
+        from_ms: None,
+        to_ms: None,
+        columns: &[1],
+        string_views: false,
+    };
+    let opened = tiering.scan_file(&scan, 1024).await.unwrap().expect("rows");
+    let batches: Vec<_> = opened.batches.try_collect().await.unwrap();
+    batches
+        .iter()
+        .flat_map(|b| {
+            let offsets = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .expect("offset column");
+            offsets
+                .values()
+                .iter()
+                .map(|&o| o as u64)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_reads_outlive_retention_on_memory_and_file_stores() {
+    pinned_reads_outlive_retention("memory://").await;
+    let dir = tempfile::tempdir().unwrap();
+    pinned_reads_outlive_retention(&format!("file://{}", dir.path().display())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_across_windows_on_memory_and_file_stores() {
     reads_across_windows("memory://").await;
@@ -370,6 +475,7 @@ async fn s3_store() {
             let url = format!("{}/{}", url.trim_end_matches('/'), std::process::id());
             conformance(&url).await;
             uploads(&url).await;
+            pinned_reads_outlive_retention(&url).await;
         }
         Err(_) => {
             eprintln!("STRATA_TEST_S3 is not set: the S3 run of the conformance suite is skipped")
