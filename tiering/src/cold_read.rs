@@ -123,6 +123,14 @@ impl ReadCache {
         }
         let options = ArrowReaderOptions::new().with_page_index(true);
         let metadata = ArrowReaderMetadata::load_async(&mut reader, options).await?;
+        // Reads index columns by position: a file of another shape is refused
+        // here rather than read as if it were one of ours.
+        if metadata.schema().fields() != crate::convert::schema().fields() {
+            return Err(TieringError::CorruptFile {
+                path: file.path.clone(),
+                message: format!("unexpected columns {:?}", metadata.schema().fields()),
+            });
+        }
         let mut entries = self.footers.lock();
         entries.push_back((file.path.clone(), metadata.clone()));
         if entries.len() > FOOTERS_CACHED {
@@ -385,8 +393,9 @@ fn plan_rows(
             let a = want.start.max(group.start + page.start);
             let b = want.end.min(group.start + page.end);
             if a < b {
-                let base = plan.rows as u64 - group.start;
-                plan.ranges.push((base + a) as usize..(base + b) as usize);
+                // Counted across the chosen groups only: skipped groups add nothing.
+                let chosen = |offset: u64| plan.rows + (offset - group.start) as usize;
+                plan.ranges.push(chosen(a)..chosen(b));
             }
         }
         if plan.ranges.len() > before {
@@ -484,6 +493,48 @@ mod tests {
             batches: Arc::from(Vec::new()),
             bytes,
         }
+    }
+
+    /// Metadata of a file of rows 0..25 (offset and time = row number) in
+    /// row groups of 10, with the page index.
+    fn three_row_groups() -> ParquetMetaData {
+        use arrow_array::{Int32Array, Int64Array};
+        use parquet::arrow::ArrowWriter;
+        use parquet::file::properties::{EnabledStatistics, WriterProperties};
+        let rows: Vec<i64> = (0..25).collect();
+        let batch = RecordBatch::try_from_iter([
+            ("partition", Arc::new(Int32Array::from(vec![0; 25])) as _),
+            ("offset", Arc::new(Int64Array::from(rows.clone())) as _),
+            ("timestamp", Arc::new(Int64Array::from(rows)) as _),
+        ])
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(10))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .build();
+        let mut file = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let options = ArrowReaderOptions::new().with_page_index(true);
+        let meta = ArrowReaderMetadata::load(&bytes::Bytes::from(file), options).unwrap();
+        meta.metadata().as_ref().clone()
+    }
+
+    #[test]
+    fn row_plans_count_rows_of_the_chosen_groups_only() {
+        let meta = three_row_groups();
+        assert_eq!(meta.num_row_groups(), 3);
+        // Starting in the second group: the first is skipped and counts for nothing.
+        let plan = plan_rows(&meta, 15..22, None, None);
+        assert_eq!(plan.groups, vec![1, 2]);
+        assert_eq!(plan.ranges, vec![5..10, 10..12]);
+        assert_eq!(plan.rows, 15);
+        // A time range that only the last group can hold.
+        let plan = plan_rows(&meta, 0..25, Some(21), Some(23));
+        assert_eq!(plan.groups, vec![2]);
+        assert_eq!(plan.ranges, vec![0..5]);
+        assert_eq!(plan.rows, 5);
     }
 
     #[test]

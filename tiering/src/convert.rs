@@ -315,9 +315,14 @@ pub async fn write_segment(
         Ok(())
     }
     .await;
-    let encoded = encoder
-        .await
-        .map_err(|e| TieringError::Internal(format!("segment encoder failed: {e}")))?;
+    // An upload that gave up reads no more chunks: closing the channel makes
+    // the encoder's next hand-off fail instead of waiting for ever.
+    drop(rx);
+    let encoded = encoder.await.unwrap_or_else(|e| {
+        Err(TieringError::Internal(format!(
+            "segment encoder failed: {e}"
+        )))
+    });
     let finished = match (uploaded, encoded) {
         (Ok(()), Ok((stats, bytes))) if stats.records == end - base => {
             upload.finish().await.map(|()| (stats, bytes))

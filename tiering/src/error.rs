@@ -19,6 +19,9 @@ pub enum TieringError {
     /// A manifest that does not parse or breaks its invariants.
     #[error("corrupt manifest {path}: {message}")]
     CorruptManifest { path: String, message: String },
+    /// A cold file whose schema is not the one Strata writes.
+    #[error("cold file {path} is not in Strata's format: {message}")]
+    CorruptFile { path: String, message: String },
     /// Another writer committed the manifest version this one wanted.
     #[error("manifest {path} was committed concurrently")]
     Conflict { path: String },

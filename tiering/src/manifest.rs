@@ -297,16 +297,20 @@ impl ManifestStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        let prefix = self.root.topic(topic);
-        let locations = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|meta| meta.location)
-            .boxed();
-        self.store
-            .delete_stream(locations)
-            .try_collect::<Vec<_>>()
-            .await?;
+        // Manifests first: a deletion cut short leaves unreferenced data
+        // files, never a manifest that lists deleted ones.
+        let topic_dir = self.root.topic(topic);
+        for prefix in [topic_dir.clone().join("_manifest"), topic_dir] {
+            let locations = self
+                .store
+                .list(Some(&prefix))
+                .map_ok(|meta| meta.location)
+                .boxed();
+            self.store
+                .delete_stream(locations)
+                .try_for_each(|_| futures::future::ready(Ok(())))
+                .await?;
+        }
         Ok(())
     }
 }

@@ -248,10 +248,15 @@ impl Tiering {
             .lock()
             .get(&(topic.to_string(), partition))
             .cloned();
-        match cached {
-            Some(m) => Ok(m),
-            None => Ok(self.remember(self.manifests.load(topic, partition).await?)),
+        if let Some(m) = cached {
+            return Ok(m);
         }
+        let loaded = self.manifests.load(topic, partition).await?;
+        if self.deleting_named(topic) {
+            // Not cached: it would outlive the deletion under the same name.
+            return Ok(Arc::new(loaded));
+        }
+        Ok(self.remember(loaded))
     }
 
     /// The partition's cold tier as last committed, pinned for a read (see
@@ -719,9 +724,7 @@ impl ColdTier for Tiering {
 
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, strata_broker::Result<()>> {
         Box::pin(async move {
-            if let Ok(doomed) = self.broker.topic(topic) {
-                self.deleting.lock().push(Arc::downgrade(&doomed));
-            }
+            let mut mark = DeletionMark::new(self, topic);
             // Let offloads already running finish (their commits would
             // otherwise recreate objects after the deletion), and hold
             // every partition's offload lock while deleting.
@@ -736,11 +739,72 @@ impl ColdTier for Tiering {
             for lock in &locks {
                 held.push(lock.lock().await);
             }
-            self.committed.lock().retain(|(t, _), _| t != topic);
-            self.described.lock().remove(topic);
-            self.cache
-                .forget(&format!("{}/", self.cold.root.topic(topic)));
-            self.manifests.delete_topic(topic).await.map_err(to_broker)
+            let prefix = format!("{}/", self.cold.root.topic(topic));
+            // Its objects go with the topic; a queued deletion could
+            // otherwise hit a re-created topic's file of the same name.
+            self.pending_deletes
+                .lock()
+                .retain(|(_, path)| !path.as_ref().starts_with(&prefix));
+            self.forget_topic(topic, &prefix);
+            self.manifests
+                .delete_topic(topic)
+                .await
+                .map_err(to_broker)?;
+            // Reads that ran during the deletion may have cached what it removed.
+            self.forget_topic(topic, &prefix);
+            mark.done = true;
+            Ok(())
         })
+    }
+}
+
+impl Tiering {
+    fn forget_topic(&self, topic: &str, prefix: &str) {
+        self.committed.lock().retain(|(t, _), _| t != topic);
+        self.described.lock().remove(topic);
+        self.cache.forget(prefix);
+    }
+
+    /// True while a topic of this name is being deleted (or its deleted
+    /// `Topic` is still held by a reader).
+    fn deleting_named(&self, name: &str) -> bool {
+        self.deleting
+            .lock()
+            .iter()
+            .any(|t| t.upgrade().is_some_and(|t| t.name() == name))
+    }
+}
+
+/// Marks a topic as being deleted, so it is not offloaded again nor its
+/// manifests cached; a deletion that fails or is abandoned (its request
+/// dropped) unmarks it, so the topic, still there, is offloaded as before.
+struct DeletionMark<'a> {
+    tiering: &'a Tiering,
+    topic: Option<std::sync::Weak<Topic>>,
+    done: bool,
+}
+
+impl<'a> DeletionMark<'a> {
+    fn new(tiering: &'a Tiering, name: &str) -> Self {
+        let topic = tiering.broker.topic(name).ok().map(|t| Arc::downgrade(&t));
+        if let Some(topic) = &topic {
+            tiering.deleting.lock().push(topic.clone());
+        }
+        Self {
+            tiering,
+            topic,
+            done: false,
+        }
+    }
+}
+
+impl Drop for DeletionMark<'_> {
+    fn drop(&mut self) {
+        if let (false, Some(topic)) = (self.done, &self.topic) {
+            self.tiering
+                .deleting
+                .lock()
+                .retain(|t| !std::sync::Weak::ptr_eq(t, topic));
+        }
     }
 }

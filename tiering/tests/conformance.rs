@@ -405,6 +405,75 @@ async fn pinned_reads_outlive_retention(url: &str) {
     );
 }
 
+/// A topic deleted and created again under the same name writes files of
+/// the same names; a deletion the old topic's retention had queued must
+/// not take the new topic's file.
+async fn a_recreated_topic_keeps_its_files(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig {
+        data_dir: dir.path().join("data"),
+        ..BrokerConfig::default()
+    };
+    let broker = Arc::new(Broker::open(config).unwrap());
+    let cold = ColdStore::open(url).unwrap();
+    let impatient = TieringConfig {
+        object_delete_grace: Duration::ZERO,
+        ..TieringConfig::default()
+    };
+    let tiering = Tiering::open(broker.clone(), cold.clone(), impatient, "conformance")
+        .await
+        .unwrap();
+    let short = TopicConfigOverrides {
+        retention_ms: Some(1_000),
+        local_retention_bytes: Some(0),
+        ..Default::default()
+    };
+    broker.create_topic("again", Some(1), &short).unwrap();
+    let now = strata_broker::timestamp::now_ms();
+    let records: Vec<serde_json::Value> = (0..20)
+        .map(|i| json!({"value": i, "timestamp": now}))
+        .collect();
+    produce(&broker, "again", &records);
+    tiering.offload_topic("again", true).await.unwrap();
+    // A pinned read keeps the expired file queued for deletion.
+    let pin = tiering.cold_snapshot("again", 0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tiering.stats("again", 0).files > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "retention never dropped the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tiering.offload_topic("again", false).await.unwrap();
+    }
+    tiering.delete_topic("again").await.unwrap();
+    broker.delete_topic("again").unwrap();
+
+    broker
+        .create_topic("again", Some(1), &TopicConfigOverrides::default())
+        .unwrap();
+    produce(&broker, "again", &records);
+    assert_eq!(tiering.offload_topic("again", true).await.unwrap().files, 1);
+    let file = tiering
+        .cold_snapshot("again", 0)
+        .await
+        .unwrap()
+        .manifest
+        .files[0]
+        .clone();
+    drop(pin);
+    tiering.offload_topic("again", false).await.unwrap();
+    let path = object_store::path::Path::from(file.path.as_str());
+    cold.store
+        .head(&path)
+        .await
+        .expect("the new topic's file stays");
+    assert_eq!(
+        count_offsets(&tiering, &file).await,
+        (0..20).collect::<Vec<u64>>()
+    );
+}
+
 /// Every offset in `file`, read as a query scan reads it.
 async fn count_offsets(tiering: &Tiering, file: &ColdFile) -> Vec<u64> {
     let scan = FileScan {
@@ -434,11 +503,73 @@ async fn count_offsets(tiering: &Tiering, file: &ColdFile) -> Vec<u64> {
         .collect()
 }
 
+/// An upload that fails part-way through a file fails the offload (the
+/// encoder, still holding chunks, is not left waiting for a reader that is
+/// gone), and the next pass, once the store works again, completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_fails_the_offload_and_the_next_pass_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cold");
+    let f = fixture(&format!("file://{}", root.display())).await;
+    let overrides = TopicConfigOverrides {
+        segment_bytes: Some(256 << 20),
+        ..Default::default()
+    };
+    f.broker.create_topic("stuck", Some(1), &overrides).unwrap();
+    // ~40 MB of text zstd cannot shrink much: a file of several 8 MiB parts.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut produced = 0u64;
+    for batch in 0..80u64 {
+        let records: Vec<serde_json::Value> = (0..500u64)
+            .map(|i| {
+                let seed = (batch * 500 + i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let text: String = noise(1000, seed)
+                    .iter()
+                    .map(|b| ALPHABET[(b & 63) as usize] as char)
+                    .collect();
+                json!({ "value": text })
+            })
+            .collect();
+        produce(&f.broker, "stuck", &records);
+        produced += records.len() as u64;
+    }
+    // The partition's data directory cannot be created: every upload fails.
+    std::fs::create_dir_all(root.join("stuck")).unwrap();
+    std::fs::write(root.join("stuck").join("0"), b"in the way").unwrap();
+    let failed = tokio::time::timeout(
+        Duration::from_secs(300),
+        f.tiering.offload_topic("stuck", true),
+    )
+    .await
+    .expect("a failed upload ends the offload");
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(f.tiering.stats("stuck", 0).files, 0);
+
+    std::fs::remove_file(root.join("stuck").join("0")).unwrap();
+    let done = tokio::time::timeout(
+        Duration::from_secs(300),
+        f.tiering.offload_topic("stuck", false),
+    )
+    .await
+    .expect("the retry ends")
+    .unwrap();
+    assert_eq!((done.files, done.records), (1, produced));
+    let parts = done.bytes / strata_tiering::upload::UPLOAD_PART_BYTES as u64;
+    assert!(
+        parts >= 3,
+        "{} bytes: too few parts to fill the hand-off",
+        done.bytes
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_reads_outlive_retention_on_memory_and_file_stores() {
     pinned_reads_outlive_retention("memory://").await;
+    a_recreated_topic_keeps_its_files("memory://").await;
     let dir = tempfile::tempdir().unwrap();
-    pinned_reads_outlive_retention(&format!("file://{}", dir.path().display())).await;
+    let url = format!("file://{}", dir.path().display());
+    pinned_reads_outlive_retention(&url).await;
+    a_recreated_topic_keeps_its_files(&url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
