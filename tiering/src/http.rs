@@ -9,6 +9,7 @@ use axum::response::Response;
 use axum::routing::post;
 use strata_broker::http::{ApiError, ApiPath, Params, json_response};
 
+use crate::error::TieringError;
 use crate::offloader::{Tiering, to_api};
 
 /// The tiering routes.
@@ -33,7 +34,11 @@ async fn run(
             )));
         }
     };
-    let summary = tiering.offload_topic(&topic, roll).await.map_err(to_api)?;
+    // Its own task: a client that hangs up does not cut the offload short.
+    let summary = tokio::spawn(async move { tiering.offload_topic(&topic, roll).await })
+        .await
+        .unwrap_or_else(|e| Err(TieringError::Internal(format!("offload task: {e}"))))
+        .map_err(to_api)?;
     let body =
         serde_json::to_vec(&summary).map_err(|e| ApiError::invalid_request(e.to_string()))?;
     Ok(json_response(StatusCode::OK, body))

@@ -174,6 +174,9 @@ pub struct JournaledUpload {
     open: Option<OpenUpload>,
     /// Crash tests only: abort the process once the first part is stored.
     crash_after_first_part: bool,
+    /// Parts sent at once: [`UPLOADS_IN_FLIGHT`], or 1 where the store
+    /// needs parts in order.
+    in_flight_limit: usize,
 }
 
 struct OpenUpload {
@@ -217,6 +220,13 @@ impl FileUpload {
                 held: None,
                 open: None,
                 crash_after_first_part,
+                // object_store 0.13's in-memory store loses (or panics on) a
+                // part that arrives before the one in front of it.
+                in_flight_limit: if cold.url.starts_with("memory://") {
+                    1
+                } else {
+                    UPLOADS_IN_FLIGHT
+                },
             }),
             None => Self::Buffered(
                 BufWriter::with_capacity(cold.store.clone(), path, UPLOAD_PART_BYTES)
@@ -299,7 +309,7 @@ impl JournaledUpload {
     }
 
     /// Sends `bytes` as the next part, opening (and noting) the upload first
-    /// if needed; waits while [`UPLOADS_IN_FLIGHT`] parts are on their way.
+    /// if needed; waits while `in_flight_limit` parts are on their way.
     async fn send_part(&mut self, bytes: Bytes) -> Result<()> {
         let open = match &mut self.open {
             Some(open) => open,
@@ -327,7 +337,7 @@ impl JournaledUpload {
                 .put_part(&path, &id, index, PutPayload::from(bytes))
                 .await
         }));
-        while open.in_flight.len() >= UPLOADS_IN_FLIGHT {
+        while open.in_flight.len() >= self.in_flight_limit {
             open.settle_one().await?;
             if self.crash_after_first_part && open.parts.len() == 1 {
                 tracing::warn!(path = %self.path, "crash test: aborting during an upload");
@@ -404,6 +414,42 @@ impl LocalUpload {
             _ => Ok(()),
         })
         .await
+    }
+}
+
+/// An upload dropped before it finished (its offload was cancelled) leaves
+/// no staging file behind.
+impl Drop for LocalUpload {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.staging);
+        }
+    }
+}
+
+/// An upload dropped while open (its offload was cancelled) is aborted in
+/// the background; if that cannot happen, the journal still names it for
+/// the next start.
+impl Drop for JournaledUpload {
+    fn drop(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        open.in_flight.iter().for_each(JoinHandle::abort);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (multipart, journal, path) = (
+            self.multipart.clone(),
+            self.journal.clone(),
+            self.path.clone(),
+        );
+        runtime.spawn(async move {
+            match multipart.abort_multipart(&path, &open.id).await {
+                Ok(()) => journal.remove(&open.note),
+                Err(e) => tracing::warn!(%path, error = %e, "could not abort a dropped upload"),
+            }
+        });
     }
 }
 

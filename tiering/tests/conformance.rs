@@ -279,7 +279,7 @@ async fn uploads(url: &str) {
         assert_eq!(stored.to_vec(), chunks.concat(), "{name} reads back");
         assert_eq!(journal_entries(), 0, "{name}: the journal is empty");
     }
-    let path = root.join("given-up.parquet");
+    let path = root.clone().join("given-up.parquet");
     let mut upload = FileUpload::new(&cold, &journal, path.clone(), false);
     for seed in 0..3 {
         let chunk = noise(UPLOAD_PART_BYTES, seed);
@@ -294,6 +294,41 @@ async fn uploads(url: &str) {
         Err(object_store::Error::NotFound { .. })
     ));
     assert_eq!(journal_entries(), 0, "an aborted upload leaves the journal");
+
+    // An upload dropped half-way (its offload cancelled) is aborted too.
+    let path = root.join("dropped.parquet");
+    let mut upload = FileUpload::new(&cold, &journal, path.clone(), false);
+    for seed in 0..3 {
+        let chunk = noise(UPLOAD_PART_BYTES, seed);
+        upload.put(bytes::Bytes::from(chunk)).await.unwrap();
+    }
+    drop(upload);
+    // On file://, staging files are `<name>#<digits>` beside the final name.
+    let staged = || match url.strip_prefix("file://") {
+        Some(dir) => std::fs::read_dir(std::path::Path::new(dir).join("uploads"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains('#')
+            })
+            .count(),
+        None => 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journal_entries() + staged() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a dropped upload was never aborted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(matches!(
+        cold.store.head(&path).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
 }
 
 /// Consumes a cold file of several decode windows (`WINDOW_ROWS`) in
