@@ -27,6 +27,9 @@ use crate::store::ColdStore;
 /// How long a lease lasts without renewal.
 pub const LEASE_MS: i64 = 30_000;
 
+/// How often a running server renews its lease, whatever it is doing.
+pub const RENEW_EVERY_MS: i64 = LEASE_MS / 3;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LeaseFile {
@@ -99,38 +102,68 @@ impl Lease {
     }
 
     /// Fails unless the lease is still this server's (same owner and epoch).
+    /// A lease past half its life is extended first, so that when this
+    /// returns `Ok` it has at least `LEASE_MS / 2` left and nobody else can
+    /// take it in that time (on stores with compare-and-swap the extension
+    /// is conditional on the version just read, so it cannot overwrite a
+    /// successor that took an expired lease a moment before).
     pub async fn check(&self) -> Result<()> {
-        match read(self.store.as_ref(), &self.path).await? {
-            Some((held, _)) if held.owner == self.owner && held.epoch == self.epoch => Ok(()),
-            other => Err(TieringError::Conflict {
-                path: format!(
-                    "{} (lease now held by {})",
-                    self.path,
-                    other.map_or("nobody".to_string(), |(held, _)| format!(
-                        "{} epoch {}",
-                        held.owner, held.epoch
-                    ))
-                ),
-            }),
-        }
+        self.hold(LEASE_MS / 2).await
     }
 
-    /// Extends the lease (after checking it is still held).
+    /// Extends the lease to a full `LEASE_MS` (after checking it is still held).
     pub async fn renew(&self) -> Result<()> {
-        self.check().await?;
-        self.write(
-            strata_broker::timestamp::now_ms() + LEASE_MS,
-            PutMode::Overwrite,
-        )
-        .await
+        self.hold(LEASE_MS).await
+    }
+
+    /// Checks the lease is this server's and extends it unless more than
+    /// `keep_ms` of it is left.
+    async fn hold(&self, keep_ms: i64) -> Result<()> {
+        let current = read(self.store.as_ref(), &self.path).await?;
+        let version = match current {
+            Some((held, version)) if held.owner == self.owner && held.epoch == self.epoch => {
+                let now = strata_broker::timestamp::now_ms();
+                if held.expires_ms - now >= keep_ms {
+                    return Ok(());
+                }
+                version
+            }
+            other => {
+                return Err(TieringError::Conflict {
+                    path: format!(
+                        "{} (lease now held by {})",
+                        self.path,
+                        other.map_or("nobody".to_string(), |(held, _)| format!(
+                            "{} epoch {}",
+                            held.owner, held.epoch
+                        ))
+                    ),
+                });
+            }
+        };
+        let mode = if self.compare_and_swap {
+            PutMode::Update(version)
+        } else {
+            PutMode::Overwrite
+        };
+        self.write(strata_broker::timestamp::now_ms() + LEASE_MS, mode)
+            .await
     }
 
     /// Gives the lease up (graceful shutdown), so a successor need not wait.
     pub async fn release(&self) {
-        if self.check().await.is_err() {
-            return;
-        }
-        if let Err(e) = self.write(0, PutMode::Overwrite).await {
+        let version = match read(self.store.as_ref(), &self.path).await {
+            Ok(Some((held, version))) if held.owner == self.owner && held.epoch == self.epoch => {
+                version
+            }
+            _ => return,
+        };
+        let mode = if self.compare_and_swap {
+            PutMode::Update(version)
+        } else {
+            PutMode::Overwrite
+        };
+        if let Err(e) = self.write(0, mode).await {
             tracing::warn!(error = %e, "could not release the cold tier's lease");
         }
     }
@@ -221,6 +254,42 @@ mod tests {
         again.release().await;
         let b = Lease::acquire(&cold, "server-b").await.unwrap();
         assert!(again.check().await.is_err());
+        b.check().await.unwrap();
+    }
+
+    /// Rewrites the lease file with another expiry, as time passing would.
+    async fn expire_at(cold: &ColdStore, expires_ms: i64) {
+        let path = cold.root.path().clone().join("_lease.json");
+        let (mut held, _) = read(cold.store.as_ref(), &path).await.unwrap().unwrap();
+        held.expires_ms = expires_ms;
+        let bytes = serde_json::to_vec(&held).unwrap();
+        cold.store.put(&path, PutPayload::from(bytes)).await.unwrap();
+    }
+
+    async fn expiry(cold: &ColdStore) -> i64 {
+        let path = cold.root.path().clone().join("_lease.json");
+        read(cold.store.as_ref(), &path).await.unwrap().unwrap().0.expires_ms
+    }
+
+    #[tokio::test]
+    async fn checks_extend_a_lease_past_half_its_life() {
+        let cold = ColdStore::open("memory://").unwrap();
+        let lease = Lease::acquire(&cold, "server-a").await.unwrap();
+        let now = strata_broker::timestamp::now_ms();
+        // Plenty left: the check writes nothing.
+        expire_at(&cold, now + LEASE_MS - 1_000).await;
+        lease.check().await.unwrap();
+        assert_eq!(expiry(&cold).await, now + LEASE_MS - 1_000);
+        // Expired, but nobody took it: the check takes it back for a full term.
+        expire_at(&cold, now - 1).await;
+        lease.check().await.unwrap();
+        assert!(expiry(&cold).await >= now + LEASE_MS);
+        // Expired and taken by another server: the check fails, and it
+        // cannot be renewed back.
+        expire_at(&cold, now - 1).await;
+        let b = Lease::acquire(&cold, "server-b").await.unwrap();
+        assert!(lease.check().await.is_err());
+        assert!(lease.renew().await.is_err());
         b.check().await.unwrap();
     }
 

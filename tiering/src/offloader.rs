@@ -608,6 +608,9 @@ impl Tiering {
     /// Runs offload passes (renewing the lease) every `interval` until
     /// `stopping` turns true, then gives the lease up.
     pub async fn run_background(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+        // Renewed on its own clock: a pass over a large backlog can take
+        // longer than the lease lasts.
+        let renewing = tokio::spawn(Self::renew_lease(self.clone(), stopping.clone()));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.interval) => {}
@@ -624,7 +627,21 @@ impl Tiering {
                 _ = stopping.wait_for(|s| *s) => break,
             }
         }
+        renewing.abort();
         self.lease.release().await;
+    }
+
+    async fn renew_lease(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+        let every = Duration::from_millis(crate::lease::RENEW_EVERY_MS as u64);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.lease.renew().await {
+                tracing::warn!(error = %e, "could not renew the cold tier's writer lease");
+            }
+        }
     }
 }
 
