@@ -52,9 +52,13 @@ pub struct ReadCache {
 
 /// Footers kept by a [`ReadCache`].
 const FOOTERS_CACHED: usize = 64;
-/// Rows of a cold file decoded together for consumers (row groups hold a
-/// whole number of them).
+/// Most rows of a cold file decoded together for consumers (row groups
+/// hold a whole number of them).
 pub const WINDOW_ROWS: u64 = 32 * 1024;
+/// Decoded bytes a window is sized for: files of large records get windows
+/// of fewer rows (a power of two, at least one), so what one consume
+/// request decodes stays bounded whatever the records' size.
+pub const WINDOW_BYTES: u64 = 8 << 20;
 /// Bytes of decoded windows a [`ReadCache`] keeps (least recently used go
 /// first): a dozen windows of ~130-byte records, so a dozen consumers
 /// reading cold data side by side each keep theirs.
@@ -139,19 +143,34 @@ impl ReadCache {
         Ok((reader, metadata))
     }
 
-    /// Rows `[index * WINDOW_ROWS, (index + 1) * WINDOW_ROWS)` of `file`
-    /// (fewer in its last window), decoded, from the cache when there.
+    /// Rows per window of `file`: [`WINDOW_ROWS`], or fewer so that a
+    /// window decodes to about [`WINDOW_BYTES`] (from the footer's
+    /// uncompressed sizes).
+    async fn window_rows(&self, store: &Arc<dyn ObjectStore>, file: &ColdFile) -> Result<u64> {
+        let (_, metadata) = self.open(store, file).await?;
+        let groups = metadata.metadata().row_groups();
+        let rows: u64 = groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum();
+        let bytes: u64 = groups
+            .iter()
+            .map(|rg| rg.total_byte_size().max(0) as u64)
+            .sum();
+        Ok(window_rows_for(bytes / rows.max(1)))
+    }
+
+    /// Rows `[index * rows, (index + 1) * rows)` of `file` (fewer in its
+    /// last window), decoded, from the cache when there.
     async fn window(
         &self,
         store: &Arc<dyn ObjectStore>,
         file: &ColdFile,
         index: u64,
+        window_rows: u64,
     ) -> Result<Arc<[RecordBatch]>> {
         if let Some(batches) = self.windows.lock().get(&file.path, index) {
             return Ok(batches);
         }
-        let first = index * WINDOW_ROWS;
-        let rows = WINDOW_ROWS.min(file.records.saturating_sub(first)) as usize;
+        let first = index * window_rows;
+        let rows = window_rows.min(file.records.saturating_sub(first)) as usize;
         let (reader, metadata) = self.open(store, file).await?;
         let selection = RowSelection::from(vec![
             RowSelector::skip(first as usize),
@@ -229,11 +248,12 @@ pub async fn read_records(
     let mut bytes = 0u64;
     for file in files {
         let mut row = from.saturating_sub(file.first_offset);
+        let window_rows = cache.window_rows(store, file).await?;
         while row < file.records {
-            let index = row / WINDOW_ROWS;
-            let window_end = ((index + 1) * WINDOW_ROWS).min(file.records);
-            let mut first = index * WINDOW_ROWS;
-            for batch in cache.window(store, file, index).await?.iter() {
+            let index = row / window_rows;
+            let window_end = ((index + 1) * window_rows).min(file.records);
+            let mut first = index * window_rows;
+            for batch in cache.window(store, file, index, window_rows).await?.iter() {
                 let n = batch.num_rows() as u64;
                 if row < first + n {
                     let columns = RecordColumns::new(batch)?;
@@ -265,6 +285,17 @@ pub async fn read_records(
         }
     }
     Ok(out)
+}
+
+/// Rows per window for rows of `row_bytes` (uncompressed) each: the
+/// largest power of two up to [`WINDOW_ROWS`] whose rows fit in
+/// [`WINDOW_BYTES`], and at least one.
+fn window_rows_for(row_bytes: u64) -> u64 {
+    let fit = WINDOW_BYTES / row_bytes.max(1);
+    if fit == 0 {
+        return 1;
+    }
+    (1u64 << fit.ilog2()).min(WINDOW_ROWS)
 }
 
 /// A stream of record batches decoded from one cold file.
@@ -519,6 +550,21 @@ mod tests {
         let options = ArrowReaderOptions::new().with_page_index(true);
         let meta = ArrowReaderMetadata::load(&bytes::Bytes::from(file), options).unwrap();
         meta.metadata().as_ref().clone()
+    }
+
+    #[test]
+    fn windows_of_large_records_hold_fewer_rows() {
+        assert_eq!(window_rows_for(150), WINDOW_ROWS, "small records: the most");
+        assert_eq!(window_rows_for(0), WINDOW_ROWS);
+        assert_eq!(window_rows_for(4096), 2048);
+        assert_eq!(window_rows_for(5000), 1024, "a power of two that fits");
+        assert_eq!(window_rows_for(WINDOW_BYTES), 1);
+        assert_eq!(window_rows_for(10 * WINDOW_BYTES), 1, "at least one row");
+        for bytes in [1, 100, 777, 4096, 70_000, 1 << 20] {
+            let rows = window_rows_for(bytes);
+            assert!(rows.is_power_of_two() && rows <= WINDOW_ROWS);
+            assert!(rows == 1 || rows * bytes <= WINDOW_BYTES);
+        }
     }
 
     #[test]

@@ -263,12 +263,20 @@ mod tests {
         let (mut held, _) = read(cold.store.as_ref(), &path).await.unwrap().unwrap();
         held.expires_ms = expires_ms;
         let bytes = serde_json::to_vec(&held).unwrap();
-        cold.store.put(&path, PutPayload::from(bytes)).await.unwrap();
+        cold.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .unwrap();
     }
 
     async fn expiry(cold: &ColdStore) -> i64 {
         let path = cold.root.path().clone().join("_lease.json");
-        read(cold.store.as_ref(), &path).await.unwrap().unwrap().0.expires_ms
+        read(cold.store.as_ref(), &path)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .expires_ms
     }
 
     #[tokio::test]
