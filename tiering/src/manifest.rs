@@ -138,7 +138,13 @@ impl Manifest {
                     f.path
                 ));
             }
-            expected = f.last_offset + 1;
+            let Some(next) = f.last_offset.checked_add(1) else {
+                return bad(format!(
+                    "file {} ends at the largest offset there is",
+                    f.path
+                ));
+            };
+            expected = next;
         }
         if !self.files.is_empty() && expected != self.end_offset {
             return bad(format!(

@@ -198,7 +198,7 @@ impl Tiering {
             if self.broker.topic(&meta.name).is_ok() {
                 continue;
             }
-            let mut starts = Vec::with_capacity(meta.partitions as usize);
+            let mut starts = Vec::new();
             for p in 0..meta.partitions {
                 starts.push(self.manifests.load(&meta.name, p).await?.end_offset);
             }
@@ -222,9 +222,11 @@ impl Tiering {
         self.cold.remove_staged_uploads(&dir).await?;
         let listed: Vec<object_store::ObjectMeta> =
             self.cold.store.list(Some(&dir)).try_collect().await?;
+        let committed: std::collections::HashSet<&str> =
+            manifest.files.iter().map(|f| f.path.as_str()).collect();
         for object in listed {
             let path = object.location.to_string();
-            if path.ends_with(".parquet") && !manifest.files.iter().any(|f| f.path == path) {
+            if path.ends_with(".parquet") && !committed.contains(path.as_str()) {
                 tracing::info!(%path, "removing an orphaned cold file");
                 object_store::ObjectStoreExt::delete(self.cold.store.as_ref(), &object.location)
                     .await?;
