@@ -271,6 +271,12 @@ pub struct RecordView<'a> {
 }
 
 impl<'a> RecordView<'a> {
+    /// Bytes of the record's key, value and headers: what a consume's
+    /// `max_bytes` budget counts.
+    pub fn data_len(&self) -> usize {
+        self.key.map_or(0, <[u8]>::len) + self.value.len() + self.headers.len()
+    }
+
     /// The record's headers as (name, value) byte pairs, in produce order.
     pub fn headers(&self) -> HeaderIter<'a> {
         HeaderIter {

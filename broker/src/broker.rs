@@ -143,11 +143,16 @@ impl Broker {
         fs::rename(&staged, &final_dir).context(|| format!("moving topic {name} into place"))?;
         sync_dir(&self.topics_dir())?;
         let partitions = meta.partitions;
-        let topic = Arc::new(Topic::open(
-            &final_dir,
-            meta,
-            self.config.index_interval_bytes,
-        )?);
+        let topic = match Topic::open(&final_dir, meta, self.config.index_interval_bytes) {
+            Ok(topic) => Arc::new(topic),
+            Err(e) => {
+                // Never visible and empty: take it away again, so the name
+                // can be created later and the next start does not trip on it.
+                let _ = fs::remove_dir_all(&final_dir);
+                let _ = sync_dir(&self.topics_dir());
+                return Err(e);
+            }
+        };
         sync_dir(&final_dir)?;
         self.topics.write().insert(name.clone(), topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
@@ -170,7 +175,10 @@ impl Broker {
             .config
             .data_dir
             .join("trash")
-            .join(format!("{name}.{}", crate::timestamp::now_ms()));
+            .join(crate::durable::fitting_file_name(
+                name,
+                &format!(".{}", crate::timestamp::now_ms()),
+            ));
         fs::rename(topic.dir(), &trash).context(|| format!("moving topic {name} to the trash"))?;
         sync_dir(&self.topics_dir())?;
         fs::remove_dir_all(&trash).context(|| format!("removing {}", trash.display()))?;

@@ -35,6 +35,15 @@ pub struct ColdRecord {
     pub headers: Vec<(String, String)>,
 }
 
+impl ColdRecord {
+    /// Bytes of the record's key, value and headers: what a consume's
+    /// `max_bytes` budget counts.
+    pub fn data_len(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.key.as_ref().map_or(0, String::len) + self.value.len() + headers
+    }
+}
+
 /// What the broker asks of a cold tier.
 pub trait ColdTier: Send + Sync + 'static {
     /// The partition's cold tier as last committed (no I/O).

@@ -14,9 +14,11 @@ pub const TMP_SUFFIX: &str = ".tmp";
 /// Atomically replaces `path` with `bytes`. When this returns, the new
 /// content is durable.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(TMP_SUFFIX);
-    let tmp = Path::new(&tmp_name);
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(fitting_file_name(&name, TMP_SUFFIX));
+    let tmp = tmp.as_path();
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -31,6 +33,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Longest file name most Linux file systems take, in bytes.
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// `{name}{suffix}`, or, when that is longer than a file name may be (a
+/// topic or group name near its 249-character limit plus a suffix), a
+/// fixed-length digest of `name` followed by `suffix`.
+pub fn fitting_file_name(name: &str, suffix: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    if name.len() + suffix.len() <= MAX_FILE_NAME_BYTES {
+        return format!("{name}{suffix}");
+    }
+    // SipHash with fixed keys: the same name gives the same digest (in one build).
+    let mut hasher = std::hash::DefaultHasher::new();
+    name.hash(&mut hasher);
+    format!("{:016x}{suffix}", hasher.finish())
 }
 
 /// Fsyncs a directory so that entries created, renamed or removed in it survive a crash.

@@ -243,13 +243,16 @@ impl Partition {
     pub fn wait_durable(&self, target: u64) -> Result<()> {
         let mut st = self.sync.lock();
         loop {
+            // Durable first: records a sync published before a later write
+            // failed are acknowledged, not reported as failed (a retry
+            // would double them).
+            if self.end_offset() >= target {
+                return Ok(());
+            }
             if let Some(reason) = &st.failed {
                 return Err(BrokerError::Internal(format!(
                     "an earlier write failed: {reason}"
                 )));
-            }
-            if self.end_offset() >= target {
-                return Ok(());
             }
             if st.in_progress {
                 self.synced.wait(&mut st);

@@ -481,3 +481,57 @@ async fn local_disk_budget_answers_503_with_retry_after() {
         accepted * 50
     );
 }
+
+/// A consume's `max_bytes` counts header bytes too: records whose headers
+/// are large fill a page as quickly as large values do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_bytes_counts_headers() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    api.create_topic("tagged", 1, json!({})).await;
+    let big = "h".repeat(100_000);
+    let records: Vec<Value> = (0..5)
+        .map(|i| json!({"value": i, "headers": {"trace": big}}))
+        .collect();
+    api.produce("tagged", &records).await;
+    let (status, page) = api
+        .get("/v1/topics/tagged/partitions/0/records?offset=0&max_bytes=250000")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let returned = page["records"].as_array().unwrap();
+    assert_eq!(
+        returned.len(),
+        2,
+        "two records' headers fit in 250,000 bytes"
+    );
+    assert_eq!(returned[1]["headers"]["trace"], json!(big));
+    assert_eq!(page["next_offset"], json!(2));
+}
+
+/// Names at their 249-character limit work everywhere a shorter name does:
+/// a topic is created, produced to, deleted and created again, and a group
+/// of such a name commits (their temporary and trash file names would
+/// otherwise pass the file system's 255-byte limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_at_the_length_limit_work_end_to_end() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    let long = "t".repeat(249);
+    for round in 0..2 {
+        api.create_topic(&long, 1, json!({})).await;
+        api.produce(&long, &[json!({"value": round})]).await;
+        let (status, body) = api.delete(&format!("/v1/topics/{long}")).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "round {round}: {body}");
+        let (status, _) = api.get(&format!("/v1/topics/{long}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    api.create_topic("short", 1, json!({})).await;
+    let group = "g".repeat(249);
+    let commit = json!({"offsets": [{"topic": "short", "partition": 0, "offset": 0}]});
+    let (status, body) = api
+        .post(&format!("/v1/groups/{group}/offsets"), &commit)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _) = api.get(&format!("/v1/groups/{group}/offsets")).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -259,8 +259,7 @@ pub async fn read_records(
                     let columns = RecordColumns::new(batch)?;
                     for i in (row - first) as usize..n as usize {
                         let record = record_at(&columns, i);
-                        let size = (record.value.len() + record.key.as_ref().map_or(0, String::len))
-                            as u64;
+                        let size = record.data_len() as u64;
                         if out.len() as u64 >= max_records
                             || (!out.is_empty() && bytes + size > max_bytes)
                         {

@@ -158,7 +158,7 @@ fn render_cold(
             out.push(b',');
         }
         write_cold_record(&mut out, &mut times, partition, record);
-        bytes += (record.value.len() + record.key.as_ref().map_or(0, String::len)) as u64;
+        bytes += record.data_len() as u64;
     }
     let next = records.last().map_or(from, |r| r.offset + 1);
     out.extend_from_slice(b"],\"next_offset\":");
@@ -202,7 +202,7 @@ fn read_records(
     let id = partition.id();
     let mut times = TimestampWriter::default();
     let next = cursor.for_each_record(|record| {
-        let size = (record.value.len() + record.key.map_or(0, <[u8]>::len)) as u64;
+        let size = record.data_len() as u64;
         if count >= max_records || (count > 0 && bytes + size > max_bytes) {
             return ControlFlow::Break(());
         }
