@@ -209,6 +209,14 @@ impl Partition {
     /// Appends one batch and returns its base offset. The batch is only in
     /// memory: call [`Partition::wait_durable`] before acknowledging it.
     pub fn append(&self, batch: &mut EncodedBatch, now_ms: i64) -> Result<u64> {
+        Ok(self.prepare_append(batch, now_ms)?.append(batch, now_ms))
+    }
+
+    /// Locks the writer and makes room for `batch` (checks that the
+    /// partition takes writes, rolls the segment if due): after this
+    /// succeeds, [`AppendSlot::append`] cannot fail. Lets a produce to
+    /// several partitions find every refusal before it appends anything.
+    pub fn prepare_append(&self, batch: &EncodedBatch, now_ms: i64) -> Result<AppendSlot<'_>> {
         let mut w = self.writer.lock();
         if self.closed.load(Ordering::Acquire) {
             return Err(BrokerError::Unavailable {
@@ -227,15 +235,10 @@ impl Partition {
         if self.should_roll(&w, len, count, now_ms) {
             self.roll_locked(&mut w)?;
         }
-        let base = w.next_offset;
-        batch.set_base_offset(base);
-        let position = w.tail.len();
-        w.tail.append(batch.as_bytes());
-        self.local_bytes.fetch_add(len, Ordering::Relaxed);
-        w.active.on_append(&batch.view(), position);
-        w.next_offset += count;
-        w.first_append_ms.get_or_insert(now_ms);
-        Ok(base)
+        Ok(AppendSlot {
+            partition: self,
+            writer: w,
+        })
     }
 
     /// Blocks until every offset below `target` is durable (fsynced) and
@@ -568,4 +571,30 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     }
     bases.sort_unstable();
     Ok(bases)
+}
+
+/// A partition's writer, locked and ready for one batch (see
+/// [`Partition::prepare_append`]).
+pub struct AppendSlot<'a> {
+    partition: &'a Partition,
+    writer: MutexGuard<'a, Writer>,
+}
+
+impl AppendSlot<'_> {
+    /// Appends `batch` to the tail (not yet durable: see
+    /// [`Partition::wait_durable`]) and returns its base offset.
+    pub fn append(mut self, batch: &mut EncodedBatch, now_ms: i64) -> u64 {
+        let w = &mut *self.writer;
+        let len = batch.as_bytes().len() as u64;
+        let count = u64::from(batch.view().record_count());
+        let base = w.next_offset;
+        batch.set_base_offset(base);
+        let position = w.tail.len();
+        w.tail.append(batch.as_bytes());
+        self.partition.local_bytes.fetch_add(len, Ordering::Relaxed);
+        w.active.on_append(&batch.view(), position);
+        w.next_offset += count;
+        w.first_append_ms.get_or_insert(now_ms);
+        base
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{ATTR_LOG_APPEND_TIME, BatchBuilder, Header};
+use crate::batch::{ATTR_LOG_APPEND_TIME, BatchBuilder, EncodedBatch, Header};
 use crate::config::{TimestampType, TopicConfig};
 use crate::error::{BrokerError, Result};
 use crate::partition::{LogConfig, Partition};
@@ -157,15 +157,25 @@ impl Topic {
         }
 
         let attributes = if log_append { ATTR_LOG_APPEND_TIME } else { 0 };
+        let mut batches: Vec<(usize, EncodedBatch)> = builders
+            .into_iter()
+            .enumerate()
+            .filter_map(|(p, builder)| Some((p, builder?.finish(now_ms, attributes))))
+            .collect();
+        // All or nothing: every partition is locked (in partition order, as
+        // every produce locks them) and made ready before any batch is
+        // appended, so a partition that refuses leaves the others untouched.
+        let slots = batches
+            .iter()
+            .map(|(p, batch)| self.partitions[*p].prepare_append(batch, now_ms))
+            .collect::<Result<Vec<_>>>()?;
         let mut base_offsets = vec![0u64; count as usize];
-        let mut pending = Vec::new();
-        for (p, builder) in builders.into_iter().enumerate() {
-            let Some(builder) = builder else { continue };
-            let mut batch = builder.finish(now_ms, attributes);
+        let mut pending = Vec::with_capacity(batches.len());
+        for (slot, (p, batch)) in slots.into_iter().zip(&mut batches) {
             let n = u64::from(batch.view().record_count());
-            let base = self.partitions[p].append(&mut batch, now_ms)?;
-            base_offsets[p] = base;
-            pending.push((p, base + n));
+            let base = slot.append(batch, now_ms);
+            base_offsets[*p] = base;
+            pending.push((*p, base + n));
         }
         for (p, target) in pending {
             self.partitions[p].wait_durable(target)?;

@@ -340,3 +340,37 @@ fn deleting_segments_never_breaks_a_read_in_progress() {
         "new reads start at the new start offset"
     );
 }
+
+/// A produce whose records go to several partitions is all or nothing: when
+/// one partition refuses (here: closed), none of the others takes its
+/// share, so a retry doubles nothing.
+#[test]
+fn a_produce_one_partition_refuses_writes_nothing() {
+    use strata_broker::produce::{BodyFormat, parse_body};
+    use strata_broker::{Broker, BrokerConfig, TopicConfigOverrides};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..BrokerConfig::default()
+    })
+    .unwrap();
+    let topic = broker
+        .create_topic("t", Some(2), &TopicConfigOverrides::default())
+        .unwrap();
+    let body = r#"{"records":[{"value":1,"partition":0},{"value":2,"partition":1}]}"#;
+    let records = parse_body(body.as_bytes(), BodyFormat::Json, 1 << 20).unwrap();
+    topic.partitions()[1].close().unwrap();
+    assert!(topic.produce(&records, 0).is_err(), "partition 1 is closed");
+
+    let alone = r#"{"records":[{"value":3,"partition":0}]}"#;
+    let records = parse_body(alone.as_bytes(), BodyFormat::Json, 1 << 20).unwrap();
+    let acks = topic.produce(&records, 0).unwrap();
+    assert_eq!(
+        acks[0].offset, 0,
+        "partition 0 took nothing from the refused produce"
+    );
+    assert_eq!(
+        values(&topic.partitions()[0], 0),
+        vec![(0, "3".to_string())]
+    );
+}
