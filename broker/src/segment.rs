@@ -136,8 +136,10 @@ impl Segment {
     ) -> Result<(Self, bool)> {
         let file = File::open(&path).context(|| format!("opening {}", path.display()))?;
         let len = file_len(&file, &path)?;
+        // The seal writes the time index last: if it exists, the seal
+        // completed, whether or not the index files still decode.
+        let had_index = path.with_extension("timeindex").exists();
         let indexes = load_indexes(&path, len);
-        let had_index = indexes.is_some();
         if let Some((offsets, times)) = indexes {
             let (last_rel, last_pos) = offsets.last().unwrap_or((0, 0));
             let tail = scan(
@@ -160,9 +162,9 @@ impl Segment {
         let mut index = SegmentIndex::new(index_interval);
         let scanned = scan(&file, len, base_offset, 0, base_offset, Some(&mut index))?;
         if let Some(problem) = scanned.problem {
-            // Without valid index files the segment was never sealed: a crash
-            // cut its last write short (a torn batch, or padding), and none of
-            // those bytes was acknowledged. With them, this is damage.
+            // Without a time index the segment was never sealed: a crash cut
+            // its last write short (a torn batch, or padding), and none of
+            // those bytes was acknowledged. With one, this is damage.
             if had_index && !is_zero_padding(&file, scanned.valid_len, len)? {
                 return Err(BrokerError::Corrupt {
                     path: path.display().to_string(),

@@ -280,7 +280,12 @@ fn zero_padding_of_an_unsealed_segment_is_trimmed() {
     }
     let files = segment_files(dir.path());
     let first = dir.path().join(&files[0]);
-    std::fs::remove_file(first.with_extension("index")).unwrap();
+    let unseal = || {
+        for extension in ["index", "timeindex"] {
+            std::fs::remove_file(first.with_extension(extension)).unwrap();
+        }
+    };
+    unseal();
     let clean = std::fs::read(&first).unwrap();
     let mut padded = clean.clone();
     padded.extend_from_slice(&[0u8; 1000]);
@@ -297,7 +302,7 @@ fn zero_padding_of_an_unsealed_segment_is_trimmed() {
     std::fs::write(&first, &damaged).unwrap();
     assert!(Partition::open(0, dir.path(), CONFIG).is_err());
     // Without index files it is the torn end of a roll: cut, and keep going.
-    std::fs::remove_file(first.with_extension("index")).unwrap();
+    unseal();
     let p = Partition::open(0, dir.path(), CONFIG).unwrap();
     assert_eq!(std::fs::read(&first).unwrap(), clean);
     assert_eq!(values(&p, 0).len(), 120);
@@ -373,4 +378,38 @@ fn a_produce_one_partition_refuses_writes_nothing() {
         values(&topic.partitions()[0], 0),
         vec![(0, "3".to_string())]
     );
+}
+
+/// A sealed segment whose index files are damaged and whose log is damaged
+/// too is reported as corrupt: it is not mistaken for a roll a crash cut
+/// short, which would truncate it and drop the (acknowledged) segments after it.
+#[test]
+fn a_damaged_sealed_segment_is_corrupt_not_an_unfinished_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+        for i in 0..40 {
+            append(&p, i * 10, 10, 0);
+        }
+        p.close().unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    let victim = dir.path().join(&files[0]);
+    std::fs::write(victim.with_extension("timeindex"), b"garbage").unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+
+    let error = Partition::open(0, dir.path(), CONFIG)
+        .err()
+        .expect("corrupt");
+    assert!(error.to_string().contains("damaged"), "{error}");
+    assert_eq!(
+        segment_files(dir.path()),
+        files,
+        "nothing truncated or dropped"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), bytes);
 }
