@@ -402,9 +402,9 @@ fn a_damaged_sealed_segment_is_corrupt_not_an_unfinished_roll() {
     bytes[middle] ^= 0xff;
     std::fs::write(&victim, &bytes).unwrap();
 
-    let error = Partition::open(0, dir.path(), CONFIG)
-        .err()
-        .expect("corrupt");
+    let Err(error) = Partition::open(0, dir.path(), CONFIG) else {
+        panic!("a damaged sealed segment opened");
+    };
     assert!(error.to_string().contains("damaged"), "{error}");
     assert_eq!(
         segment_files(dir.path()),
