@@ -118,6 +118,10 @@ pub struct LogCursor {
     reader: BlockReader,
     /// The `O_DIRECT` handle of the current segment, in direct mode.
     direct_file: Option<std::fs::File>,
+    /// Where the next batch must start: offsets are dense, and a batch's
+    /// base offset is not covered by its CRC, so this is what catches a
+    /// damaged one.
+    expected: Option<u64>,
 }
 
 impl LogCursor {
@@ -135,6 +139,7 @@ impl LogCursor {
             end_offset,
             reader: BlockReader::default(),
             direct_file: None,
+            expected: None,
         }
     }
 
@@ -220,6 +225,9 @@ impl LogCursor {
                         .transpose()?;
                 }
                 self.limit = self.segments.get(self.seg).map_or(0, |s| s.visible_len());
+                if let Some(next) = self.segments.get(self.seg) {
+                    self.expected = Some(next.base_offset());
+                }
                 continue;
             }
             let file = self.direct_file.as_ref().unwrap_or(seg.file());
@@ -239,6 +247,12 @@ impl LogCursor {
                 Err(e) => return Err(corrupt(seg, self.pos, &e.to_string())),
             };
             need = BATCH_HEADER_LEN;
+            if let Some(expected) = self.expected.filter(|&e| e != view.base_offset()) {
+                let found = view.base_offset();
+                let message = format!("batch starts at offset {found}, expected {expected}");
+                return Err(corrupt(seg, self.pos, &message));
+            }
+            self.expected = Some(view.next_offset());
             if view.base_offset() >= self.end_offset {
                 self.seg = self.segments.len();
                 return Ok(None);

@@ -413,3 +413,38 @@ fn a_damaged_sealed_segment_is_corrupt_not_an_unfinished_roll() {
     );
     assert_eq!(std::fs::read(&victim).unwrap(), bytes);
 }
+
+/// A batch's base offset is not covered by its CRC: a damaged one is caught
+/// by the readers' check that offsets continue, not served as other offsets.
+#[test]
+fn a_damaged_base_offset_is_caught_by_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+        for i in 0..40 {
+            append(&p, i * 10, 10, 0);
+        }
+        p.close().unwrap();
+    }
+    let first = dir.path().join(&segment_files(dir.path())[0]);
+    let mut bytes = std::fs::read(&first).unwrap();
+    // The second batch's base offset (the first 8 bytes of the batch).
+    let second = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    bytes[second] ^= 0x40;
+    std::fs::write(&first, &bytes).unwrap();
+
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    let mut cursor = p.cursor(0).unwrap();
+    let mut seen = Vec::new();
+    let read = cursor.for_each_record(|r| {
+        seen.push(r.offset);
+        ControlFlow::Continue(())
+    });
+    let error = read.expect_err("the damage is reported");
+    assert!(error.to_string().contains("expected 10"), "{error}");
+    assert_eq!(
+        seen,
+        (0..10).collect::<Vec<u64>>(),
+        "only the records before it"
+    );
+}
