@@ -16,6 +16,7 @@ use crate::config::ServeConfig;
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     init_logging();
+    raise_open_file_limit();
     let config = ServeConfig::load(&args)?;
     let broker_config = config.broker.clone();
     let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
@@ -124,4 +125,34 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
         _ = term.recv() => tracing::info!("received SIGTERM"),
     }
+}
+
+/// Every segment keeps its file open, so a server with many partitions and
+/// segments needs more descriptors than the usual soft limit of 1024: raise
+/// it to the hard limit (at most 2^20), as databases do.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    tracing::debug!(
+        ok,
+        from = limit.rlim_cur,
+        to = wanted,
+        "raising the open file limit"
+    );
 }
