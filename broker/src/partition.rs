@@ -400,12 +400,25 @@ impl Partition {
     /// Starts a new active segment; the old one is queued for sealing by the
     /// next leader (no I/O on it here, so appends are not held up).
     fn roll_locked(&self, w: &mut Writer) -> Result<()> {
+        let path = self.dir.join(crate::segment::log_file_name(w.next_offset));
+        let stray = path.is_file();
         let created = Segment::create(&self.dir, w.next_offset, self.config.index_interval_bytes)
             .and_then(|new| sync_dir(&self.dir).map(|()| new))
             .and_then(|new| Tail::open(new.path(), 0).map(|tail| (new, tail)));
         let (new, tail) = match created {
             Ok(created) => created,
+            Err(e) if !stray && self.undo_roll(&path) => {
+                // Nothing changed: appends go on into the current segment,
+                // and the next one retries the roll (out of descriptors, say).
+                tracing::warn!(partition = self.id, error = %e, "roll failed; will retry");
+                return Err(BrokerError::Unavailable {
+                    message: format!("partition {} could not roll its segment: {e}", self.id),
+                    retry_after_secs: 1,
+                });
+            }
             Err(e) => {
+                // A segment file that recovery would take for the next one
+                // stays behind: appending on would break density.
                 tracing::error!(partition = self.id, error = %e, "roll failed; partition is now read-only");
                 self.sync.lock().failed = Some(e.to_string());
                 return Err(e);
@@ -424,6 +437,18 @@ impl Partition {
         w.first_append_ms = None;
         tracing::debug!(partition = self.id, base = w.next_offset, "rolled segment");
         Ok(())
+    }
+
+    /// Removes the segment file a failed roll may have created at `path`
+    /// (durably); true when none is left.
+    fn undo_roll(&self, path: &Path) -> bool {
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() => {
+                fs::remove_file(path).is_ok() && sync_dir(&self.dir).is_ok()
+            }
+            Ok(_) => true, // not a segment of ours (the roll failed on it)
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
     }
 
     /// Writes and fsyncs what was appended, trims the active segment's

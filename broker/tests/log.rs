@@ -448,3 +448,27 @@ fn a_damaged_base_offset_is_caught_by_readers() {
         "only the records before it"
     );
 }
+
+/// A roll that fails before it changed anything (here the next segment's
+/// name is taken by a directory) is retryable: the partition stays
+/// writable, the next roll succeeds, and offsets stay dense.
+#[test]
+fn a_failed_roll_leaves_the_partition_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+        append(&p, 0, 10, 0);
+        let blocker = dir.path().join("00000000000000000010.log");
+        std::fs::create_dir(&blocker).unwrap();
+        let refused = p.roll().expect_err("the name is taken");
+        assert!(refused.to_string().contains("could not roll"), "{refused}");
+        assert_eq!(append(&p, 10, 10, 0), 10, "still writable");
+        std::fs::remove_dir(&blocker).unwrap();
+        assert!(p.roll().unwrap());
+        assert_eq!(append(&p, 20, 10, 0), 20);
+        p.close().unwrap();
+    }
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    let offsets: Vec<u64> = values(&p, 0).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(offsets, (0..30).collect::<Vec<u64>>());
+}
