@@ -207,10 +207,12 @@ async fn crashes_in_the_middle_of_an_offload_lose_and_double_nothing() {
         assert!(!status.success(), "{step}: the crash point fired");
 
         // As a crash in the middle of a local upload leaves it: a staging
-        // file, which object_store's listings do not show.
-        let staged = dir
-            .path()
-            .join("cold/crashy/0/00000000000000000000-00000000000000000009.parquet#42");
+        // file, which object_store's listings do not show. (Partitions
+        // offload side by side: the crash may have come before partition 0
+        // wrote anything, directory included.)
+        let partition_dir = dir.path().join("cold/crashy/0");
+        std::fs::create_dir_all(&partition_dir).unwrap();
+        let staged = partition_dir.join("00000000000000000000-00000000000000000009.parquet#42");
         std::fs::write(&staged, b"half a file").unwrap();
         let server = ChildServer::spawn(binary(), dir.path(), &[]);
         assert!(
