@@ -290,12 +290,27 @@ fn range_bounds(op: Operator, v: i64, exact: bool) -> Vec<Bound> {
     }
 }
 
-/// The column an expression reads, looking through casts (which keep order).
+/// The column an expression reads, looking through casts that keep every
+/// value distinct and in order (to `Int64`, or to a timestamp of
+/// millisecond or finer unit). A cast to a coarser unit, such as seconds,
+/// maps many values to one: bounds on it say nothing exact about the
+/// column, so it is not looked through (and nothing is pushed down).
 fn column_name(expr: &Expr) -> Option<&str> {
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+    let keeps_order = |to: &DataType| {
+        matches!(
+            to,
+            DataType::Int64
+                | DataType::Timestamp(
+                    TimeUnit::Millisecond | TimeUnit::Microsecond | TimeUnit::Nanosecond,
+                    _
+                )
+        )
+    };
     match expr {
         Expr::Column(c) => Some(c.name.as_str()),
-        Expr::Cast(cast) => column_name(&cast.expr),
-        Expr::TryCast(cast) => column_name(&cast.expr),
+        Expr::Cast(cast) if keeps_order(cast.field.data_type()) => column_name(&cast.expr),
+        Expr::TryCast(cast) if keeps_order(cast.field.data_type()) => column_name(&cast.expr),
         _ => None,
     }
 }
@@ -502,5 +517,26 @@ mod tests {
         let mut list = Bounds::default();
         assert!(list.apply(&column("partition").in_list(vec![lit(1i32), lit(4i32)], false)));
         assert!(list.has_partition(4) && !list.has_partition(2));
+    }
+
+    #[test]
+    fn casts_to_coarser_units_are_not_bounds() {
+        use datafusion::arrow::datatypes::{DataType, TimeUnit};
+        let cast = |to: DataType| {
+            Expr::Cast(datafusion::logical_expr::Cast::new(
+                Box::new(column("timestamp")),
+                to,
+            ))
+        };
+        // Every record of the second 1 matches: its milliseconds 1000..2000.
+        let second = lit(ScalarValue::TimestampSecond(Some(1), None));
+        let mut b = Bounds::default();
+        assert!(!b.apply(&cast(DataType::Timestamp(TimeUnit::Second, None)).eq(second)));
+        assert_eq!(b, Bounds::default(), "nothing pushed down");
+        // A cast to a finer unit keeps every value apart: still a bound.
+        let micros = lit(ScalarValue::TimestampMicrosecond(Some(1_500_000), None));
+        let mut b = Bounds::default();
+        assert!(b.apply(&cast(DataType::Timestamp(TimeUnit::Microsecond, None)).gt_eq(micros)));
+        assert_eq!(b.from_ms, Some(1500));
     }
 }

@@ -235,13 +235,20 @@ impl Tiering {
         Ok(())
     }
 
+    /// Caches `manifest` as the partition's latest, unless a newer version
+    /// is cached already (a slow load that read an older version must not
+    /// replace what a commit put there meanwhile); returns the one cached.
     fn remember(&self, manifest: Manifest) -> Arc<Manifest> {
-        let manifest = Arc::new(manifest);
-        self.committed.lock().insert(
-            (manifest.topic.clone(), manifest.partition),
-            manifest.clone(),
-        );
-        manifest
+        let mut committed = self.committed.lock();
+        let key = (manifest.topic.clone(), manifest.partition);
+        match committed.get(&key) {
+            Some(cached) if cached.version > manifest.version => cached.clone(),
+            _ => {
+                let manifest = Arc::new(manifest);
+                committed.insert(key, manifest.clone());
+                manifest
+            }
+        }
     }
 
     async fn manifest(&self, topic: &str, partition: u32) -> Result<Arc<Manifest>> {
@@ -825,5 +832,43 @@ impl Drop for DeletionMark<'_> {
                 .lock()
                 .retain(|t| !std::sync::Weak::ptr_eq(t, topic));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ColdFile;
+
+    #[tokio::test]
+    async fn a_slow_load_never_replaces_a_newer_cached_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Arc::new(
+            Broker::open(strata_broker::BrokerConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..strata_broker::BrokerConfig::default()
+            })
+            .unwrap(),
+        );
+        let cold = ColdStore::open("memory://").unwrap();
+        let tiering = Tiering::open(broker, cold, TieringConfig::default(), "test")
+            .await
+            .unwrap();
+        let loaded = Manifest::empty("t", 0);
+        let file = ColdFile {
+            path: "t/0/0-9.parquet".into(),
+            first_offset: 0,
+            last_offset: 9,
+            min_timestamp: 0,
+            max_timestamp: 0,
+            records: 10,
+            bytes: 100,
+        };
+        let committed = loaded.with_file(file).unwrap();
+        tiering.remember(committed.clone());
+        // The load began before the commit and ends after it.
+        let kept = tiering.remember(loaded);
+        assert_eq!(kept.version, committed.version);
+        assert_eq!(tiering.cached("t", 0).unwrap().end_offset, 10);
     }
 }
