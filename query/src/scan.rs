@@ -522,7 +522,10 @@ impl HotReader<'_> {
             return ControlFlow::Break(());
         }
         self.left -= 1;
-        if self.builder.len() >= BATCH_ROWS || self.left == 0 {
+        if self.builder.len() >= BATCH_ROWS
+            || self.builder.data_bytes() >= strata_tiering::convert::BATCH_BYTES
+            || self.left == 0
+        {
             if let Err(e) = self.flush() {
                 self.error = Some(e);
                 return ControlFlow::Break(());

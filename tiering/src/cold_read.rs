@@ -148,13 +148,7 @@ impl ReadCache {
     /// uncompressed sizes).
     async fn window_rows(&self, store: &Arc<dyn ObjectStore>, file: &ColdFile) -> Result<u64> {
         let (_, metadata) = self.open(store, file).await?;
-        let groups = metadata.metadata().row_groups();
-        let rows: u64 = groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum();
-        let bytes: u64 = groups
-            .iter()
-            .map(|rg| rg.total_byte_size().max(0) as u64)
-            .sum();
-        Ok(window_rows_for(bytes / rows.max(1)))
+        Ok(window_rows_for(bytes_per_row(metadata.metadata())))
     }
 
     /// Rows `[index * rows, (index + 1) * rows)` of `file` (fewer in its
@@ -286,6 +280,17 @@ pub async fn read_records(
     Ok(out)
 }
 
+/// Average uncompressed bytes of a row of a file (from its footer).
+fn bytes_per_row(meta: &ParquetMetaData) -> u64 {
+    let groups = meta.row_groups();
+    let rows: u64 = groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum();
+    let bytes: u64 = groups
+        .iter()
+        .map(|rg| rg.total_byte_size().max(0) as u64)
+        .sum();
+    bytes / rows.max(1)
+}
+
 /// Rows per window for rows of `row_bytes` (uncompressed) each: the
 /// largest power of two up to [`WINDOW_ROWS`] whose rows fit in
 /// [`WINDOW_BYTES`], and at least one.
@@ -361,6 +366,9 @@ pub async fn scan_file(
         metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), options)?;
     }
     let plan = plan_rows(metadata.metadata(), lo..hi, scan.from_ms, scan.to_ms);
+    // Batches of large records hold fewer rows, like consume windows.
+    let rows_fitting = window_rows_for(bytes_per_row(metadata.metadata()));
+    let batch_rows = batch_rows.min(usize::try_from(rows_fitting).unwrap_or(usize::MAX));
     let row_groups_total = metadata.metadata().num_row_groups();
     let (row_groups, rows) = (plan.groups.len(), plan.ranges.iter().map(|r| r.len()).sum());
     let mask = ProjectionMask::roots(

@@ -5,15 +5,16 @@
 //! `headers` map<utf8, utf8>. Rows are in offset order. zstd (level 1);
 //! statistics and the page index on every column, so readers prune row
 //! groups and pages by `offset` and `timestamp`. Row groups hold up to
-//! [`ROW_GROUP_ROWS`] rows: large enough to compress and write at full
-//! speed, small enough that a time or offset filter skips most of a big
-//! file; pages (~1 MiB) give finer pruning inside a row group.
+//! [`ROW_GROUP_ROWS`] rows (or [`ROW_GROUP_BYTES`] encoded, for large
+//! records): large enough to compress and write at full speed, small
+//! enough that a time or offset filter skips most of a big file; pages
+//! (~1 MiB) give finer pruning inside a row group.
 //!
-//! The segment is read, built into batches of [`BATCH_ROWS`] and encoded on
-//! a blocking thread; finished chunks of the file go through a one-slot
-//! channel to its upload ([`crate::upload`]): memory stays bounded by one
-//! batch, one compressed row group and a few upload parts, whatever the
-//! segment's size.
+//! The segment is read, built into batches of [`BATCH_ROWS`] rows (or
+//! [`BATCH_BYTES`] of record data) and encoded on a blocking thread;
+//! finished chunks of the file go through a one-slot channel to its upload
+//! ([`crate::upload`]): memory stays bounded by one batch, one encoded row
+//! group and a few upload parts, whatever the segment's or records' size.
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, LazyLock};
@@ -45,8 +46,15 @@ use crate::upload::{FileUpload, UPLOAD_PART_BYTES};
 
 /// Rows per Parquet row group.
 pub const ROW_GROUP_ROWS: usize = 1 << 20;
+/// Encoded bytes at which a row group is closed before [`ROW_GROUP_ROWS`]
+/// (records of kilobytes and more): the writer holds a row group's pages
+/// in memory until it closes.
+pub const ROW_GROUP_BYTES: usize = 64 << 20;
 /// Rows per Arrow batch handed from the segment reader to the writer.
 pub const BATCH_ROWS: usize = 32 * 1024;
+/// Bytes of record data (key, value, headers) at which a batch is handed
+/// on before [`BATCH_ROWS`]: batches of large records stay small.
+pub const BATCH_BYTES: usize = 8 << 20;
 
 /// [`schema`] with `key` and `value` as `Utf8View`: the types the SQL
 /// engine reads them as (decoding dictionary-encoded strings into views
@@ -207,6 +215,7 @@ pub struct BatchBuilder {
     value: StringBuilder,
     headers: MapBuilder<StringBuilder, StringBuilder>,
     rows: usize,
+    bytes: usize,
 }
 
 impl BatchBuilder {
@@ -225,6 +234,7 @@ impl BatchBuilder {
             value: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 128),
             headers: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
             rows: 0,
+            bytes: 0,
         }
     }
 
@@ -249,7 +259,20 @@ impl BatchBuilder {
         }
         self.headers.append(true)?;
         self.rows += 1;
+        self.bytes += record.data_len();
         Ok(())
+    }
+
+    /// Bytes of record data (keys, values, headers) appended since the last
+    /// [`BatchBuilder::finish`].
+    pub fn data_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the batch should be handed on: [`BATCH_ROWS`] rows or
+    /// [`BATCH_BYTES`] of record data.
+    pub fn is_full(&self) -> bool {
+        self.rows >= BATCH_ROWS || self.bytes >= BATCH_BYTES
     }
 
     /// Rows appended since the last [`BatchBuilder::finish`].
@@ -273,6 +296,7 @@ impl BatchBuilder {
             Arc::new(self.headers.finish()),
         ];
         self.rows = 0;
+        self.bytes = 0;
         Ok(RecordBatch::try_new(schema(), columns)?)
     }
 }
@@ -435,7 +459,11 @@ fn encode_segment(
     let sink = ChunkSink::new(tx);
     let mut writer = ArrowWriter::try_new(sink, schema(), Some(writer_properties()))?;
     let stats = read_segment(partition, base, end, &mut |batch| {
-        writer.write(&batch).map_err(TieringError::from)
+        writer.write(&batch)?;
+        if writer.in_progress_size() >= ROW_GROUP_BYTES {
+            writer.flush()?;
+        }
+        Ok(())
     })?;
     // `into_inner` writes the footer and hands the sink back.
     let mut sink = writer.into_inner()?;
@@ -471,7 +499,7 @@ fn read_segment(
         stats.records += 1;
         stats.min_timestamp = stats.min_timestamp.min(record.timestamp);
         stats.max_timestamp = stats.max_timestamp.max(record.timestamp);
-        let full = builder.rows == BATCH_ROWS;
+        let full = builder.is_full();
         if let Err(e) = if full {
             builder.finish().and_then(&mut *emit)
         } else {
