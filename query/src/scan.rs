@@ -390,26 +390,27 @@ pub fn scan_topic(
     }
 }
 
-/// Ends `batches` after `limit` rows, cutting the last batch.
+/// Ends `batches` after `limit` rows, cutting the last batch. Once the
+/// limit is reached `batches` is not polled again (it would go on scanning
+/// the next partitions for rows nobody wants).
 pub fn limit_rows(
     batches: impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static,
     limit: u64,
 ) -> BatchStream {
-    batches
-        .scan(limit, |left, item| {
-            let out = match item {
-                Ok(_) if *left == 0 => None,
-                Ok(batch) => {
-                    let take = (*left).min(batch.num_rows() as u64);
-                    *left -= take;
-                    Some(Ok(batch.slice(0, take as usize)))
-                }
-                Err(e) => Some(Err(e)),
-            };
-            futures::future::ready(out)
-        })
-        .try_filter(|b| futures::future::ready(b.num_rows() > 0))
-        .boxed()
+    stream::unfold((batches.boxed(), limit), |(mut batches, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        match batches.next().await? {
+            Ok(batch) => {
+                let take = left.min(batch.num_rows() as u64);
+                Some((Ok(batch.slice(0, take as usize)), (batches, left - take)))
+            }
+            Err(e) => Some((Err(e), (batches, left))),
+        }
+    })
+    .try_filter(|b| futures::future::ready(b.num_rows() > 0))
+    .boxed()
 }
 
 /// Sends the matching cold rows; false when the receiver is gone.
@@ -546,5 +547,30 @@ impl HotReader<'_> {
         // A closed channel means the reader went away: nothing to report.
         let _ = self.tx.blocking_send(Ok(batch));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::Int64Array;
+
+    use super::*;
+
+    fn rows(n: i64) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_from_iter([(
+            "offset",
+            Arc::new(Int64Array::from_iter_values(0..n)) as _,
+        )])
+        .unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_limit_stops_polling_once_reached() {
+        // The third item stands for the rest of a scan: reaching it is a bug.
+        let batches = stream::iter([rows(3), rows(4)])
+            .chain(stream::once(async { panic!("polled past the limit") }));
+        let got: Vec<RecordBatch> = limit_rows(batches, 5).try_collect().await.unwrap();
+        let counts: Vec<usize> = got.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(counts, vec![3, 2]);
     }
 }
