@@ -28,6 +28,8 @@ pub struct QueryFile {
     pub timeout_ms: Option<u64>,
     /// Memory all running SQL queries may hold together (default 256 MiB).
     pub memory_limit_bytes: Option<u64>,
+    /// Disk all running SQL queries' spill files may take (default 4 GiB).
+    pub spill_limit_bytes: Option<u64>,
     /// SQL queries running at once before `503` (default 8).
     pub max_concurrent: Option<usize>,
 }
@@ -41,6 +43,9 @@ impl QueryFile {
         }
         if let Some(bytes) = self.memory_limit_bytes {
             config.memory_limit = bytes.max(1024 * 1024) as usize;
+        }
+        if let Some(bytes) = self.spill_limit_bytes {
+            config.spill_limit = bytes;
         }
         if let Some(n) = self.max_concurrent {
             config.max_concurrent = n.max(1);

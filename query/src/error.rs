@@ -32,7 +32,7 @@ pub enum QueryError {
         "the query ran longer than its time limit ({0:?}); narrow the time range, add filters or aggregate"
     )]
     Timeout(Duration),
-    #[error("the query needs more memory than its limit allows: {0}")]
+    #[error("the query needs more memory or spill space than its limits allow: {0}")]
     MemoryLimit(String),
     #[error("{0} queries are already running; retry shortly")]
     Busy(usize),

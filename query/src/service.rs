@@ -30,6 +30,9 @@ pub struct QueryConfig {
     pub timeout: Duration,
     /// Memory all running SQL queries may hold together.
     pub memory_limit: usize,
+    /// Disk all running SQL queries' spill files may take together (the
+    /// data disk is the log's: a full one stops produce).
+    pub spill_limit: u64,
     /// SQL queries (and view reads, snapshots) running at once; more get `503`.
     pub max_concurrent: usize,
     /// Worker threads of the query runtime.
@@ -43,6 +46,7 @@ impl QueryConfig {
             data_dir,
             timeout: Duration::from_secs(60),
             memory_limit: 256 * 1024 * 1024,
+            spill_limit: 4 << 30,
             max_concurrent: 8,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
@@ -105,6 +109,7 @@ impl QueryService {
             &SqlConfig {
                 memory_limit: config.memory_limit,
                 spill_dir,
+                spill_limit: config.spill_limit,
                 target_partitions: config.threads,
             },
         )?;

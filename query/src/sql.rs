@@ -35,6 +35,8 @@ pub struct SqlConfig {
     pub memory_limit: usize,
     /// Where sorts and aggregations spill when they outgrow the memory limit.
     pub spill_dir: PathBuf,
+    /// Bytes all spill files together may take; a query that needs more fails.
+    pub spill_limit: u64,
     /// Partitions DataFusion plans for (parallelism within a query).
     pub target_partitions: usize,
 }
@@ -63,6 +65,7 @@ impl SqlEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit)))
             .with_temp_file_path(config.spill_dir.clone())
+            .with_max_temp_directory_size(config.spill_limit)
             .build_arc()?;
         Ok(Self {
             broker,
