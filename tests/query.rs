@@ -388,6 +388,19 @@ async fn sql_counts_groups_filters_and_json_across_both_tiers() {
     }
     let expected: Vec<Value> = pages.iter().map(|(p, (n, t))| json!([p, n, t])).collect();
     assert_eq!(body["rows"], json!(expected));
+    // `->` gives a union of JSON kinds: written as its member's text, in
+    // every format (`->>` gives the same text).
+    let q = "SELECT value->'page' AS a, value->>'page' AS b, value->'n' AS n FROM lake WHERE value <> 'null' ORDER BY \"partition\", \"offset\" LIMIT 3";
+    for format in ["json", "ndjson", "csv", "arrow"] {
+        let (status, body) = post_raw(api, "/v1/query", &json!({"sql": q, "format": format})).await;
+        assert_eq!(status, StatusCode::OK, "{format}: {body:?}");
+    }
+    let (status, body) = api.post("/v1/query", &sql(q)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for row in body["rows"].as_array().unwrap() {
+        assert_eq!(row[0], row[1], "{row}");
+        assert!(row[2].as_str().unwrap().parse::<i64>().is_ok(), "{row}");
+    }
 
     // Other formats of the same result.
     let q = "SELECT \"partition\", \"offset\", key, timestamp FROM lake WHERE \"offset\" < 2 ORDER BY \"partition\", \"offset\"";

@@ -253,7 +253,7 @@ fn plain_strings(schema: &SchemaRef) -> SchemaRef {
     if !schema
         .fields()
         .iter()
-        .any(|f| f.data_type() == &DataType::Utf8View)
+        .any(|f| matches!(f.data_type(), DataType::Utf8View | DataType::Union(..)))
     {
         return schema.clone();
     }
@@ -262,6 +262,13 @@ fn plain_strings(schema: &SchemaRef) -> SchemaRef {
         .iter()
         .map(|f| match f.data_type() {
             DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            // `value->'page'` (json_get) is a union of JSON kinds: written as
+            // the member's text, as `->>` would give it.
+            DataType::Union(..) => f
+                .as_ref()
+                .clone()
+                .with_data_type(DataType::Utf8)
+                .with_nullable(true),
             _ => f.as_ref().clone(),
         })
         .collect();
@@ -273,14 +280,38 @@ fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(c, f)| match c.data_type() {
+            DataType::Union(..) => union_as_text(c.as_ref()),
+            _ => Ok(arrow::compute::cast(c, f.data_type())?),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     Ok(RecordBatch::try_new_with_options(
         schema.clone(),
         columns,
         &options,
     )?)
+}
+
+/// Each value of a union as the text of the member it holds (a string as
+/// itself, a number or boolean as written, JSON arrays and objects as their
+/// JSON text); null where the member is null.
+fn union_as_text(array: &dyn Array) -> Result<Arc<dyn Array>> {
+    let union = array
+        .as_any()
+        .downcast_ref::<arrow::array::UnionArray>()
+        .ok_or_else(|| QueryError::Internal("a union column is not a UnionArray".into()))?;
+    let mut out = arrow::array::StringBuilder::with_capacity(union.len(), union.len() * 16);
+    for i in 0..union.len() {
+        let child = union.child(union.type_id(i));
+        let at = union.value_offset(i);
+        if child.data_type() == &DataType::Null || child.is_null(at) {
+            out.append_null();
+        } else {
+            out.append_value(arrow::util::display::array_value_to_string(child, at)?);
+        }
+    }
+    Ok(Arc::new(out.finish()))
 }
 
 fn json_writer(mode: StructMode) -> arrow::json::Writer<Vec<u8>, LineDelimited> {
