@@ -791,6 +791,44 @@ async fn queries_beyond_the_concurrency_limit_are_told_to_retry() {
     drop(streaming);
 }
 
+/// A query whose client hangs up stops at once and frees its slot, even
+/// one that has produced nothing yet (a long aggregation), long before its
+/// time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_whose_client_leaves_frees_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, "[query]\nmax_concurrent = 1\ntimeout_ms = 60000\n").unwrap();
+    let data = dir.path().join("data");
+    let server = ChildServer::spawn(binary(), &data, &["--config", config.to_str().unwrap()]);
+    let api = &server.api;
+    let endless = json!({"sql": "SELECT sum(v) FROM generate_series(1, 1000000000000) AS a(v)"});
+    let gave_up = api
+        .http
+        .post(format!("{}/v1/query", api.base))
+        .timeout(std::time::Duration::from_millis(500))
+        .json(&endless)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the aggregation is still running");
+    let started = std::time::Instant::now();
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the slot is free again",
+        || async {
+            let (status, body) = api
+                .post("/v1/query", &json!({"sql": "SELECT 2 AS n"}))
+                .await;
+            (status == StatusCode::OK).then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "freed when the client left, not at the 60 s limit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_match_a_reference_at_any_time() {
     let dir = tempfile::tempdir().unwrap();

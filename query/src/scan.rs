@@ -352,12 +352,14 @@ pub fn scan_partition(
         }
     });
     // The channel closing is the end only if the task finished: a task
-    // that panicked must not look like a short result.
+    // that panicked must not look like a short result. Dropping the stream
+    // (the reader went away) stops the task.
+    let task = AbortOnDrop(task);
     stream::unfold(Some((rx, task)), |state| async move {
-        let (mut rx, task) = state?;
+        let (mut rx, mut task) = state?;
         match rx.recv().await {
             Some(item) => Some((item, Some((rx, task)))),
-            None => match task.await {
+            None => match (&mut task.0).await {
                 Ok(()) => None,
                 Err(e) => Some((
                     Err(QueryError::Internal(format!(
@@ -413,6 +415,15 @@ pub fn limit_rows(
     .boxed()
 }
 
+/// A spawned task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Sends the matching cold rows; false when the receiver is gone.
 async fn scan_cold(
     tiering: &Tiering,
@@ -447,6 +458,9 @@ async fn scan_cold(
         metrics.cold_rows.add(opened.rows);
         let mut batches = opened.batches;
         while let Some(batch) = batches.try_next().await.map_err(QueryError::from)? {
+            if tx.is_closed() {
+                return Ok(false);
+            }
             let batch = spec.filter_cold(batch, &read)?;
             if batch.num_rows() == 0 {
                 continue;
@@ -515,6 +529,11 @@ struct HotReader<'a> {
 
 impl HotReader<'_> {
     fn visit(&mut self, record: &RecordView<'_>) -> ControlFlow<()> {
+        // A reader that went away is noticed between flushes too: a
+        // filter that matches little would otherwise scan on for nobody.
+        if record.offset.is_multiple_of(4096) && self.tx.is_closed() {
+            return ControlFlow::Break(());
+        }
         if !self.spec.matches(record) {
             return ControlFlow::Continue(());
         }

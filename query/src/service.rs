@@ -337,6 +337,31 @@ async fn before<T>(
     }
 }
 
+/// What waiting for the next batch gave.
+enum Next {
+    Batch(Result<datafusion::arrow::record_batch::RecordBatch>),
+    End,
+    /// The client went away first: the query stops (its stream is dropped).
+    Gone,
+}
+
+/// The next batch, unless the client goes away (or the deadline passes)
+/// first: a query that produces nothing for a while, such as a large
+/// aggregation, stops when its client leaves, not at its next batch.
+async fn next_batch(
+    batches: &mut BatchStream,
+    tx: &mpsc::Sender<Result<Bytes>>,
+    deadline: Option<(tokio::time::Instant, Duration)>,
+) -> Result<Next> {
+    before(deadline, async {
+        tokio::select! {
+            batch = batches.next() => batch.map_or(Next::End, Next::Batch),
+            () = tx.closed() => Next::Gone,
+        }
+    })
+    .await
+}
+
 async fn encode<F>(
     make: F,
     format: Format,
@@ -353,21 +378,26 @@ where
     // an error status instead of a cut-off body.
     let mut first = encoder.start()?.to_vec();
     let mut done = false;
-    match before(deadline, batches.next()).await? {
-        Some(batch) => first.extend_from_slice(&encoder.batch(&batch?)?),
-        None => done = true,
+    match next_batch(&mut batches, tx, deadline).await? {
+        Next::Batch(batch) => first.extend_from_slice(&encoder.batch(&batch?)?),
+        Next::End => done = true,
+        Next::Gone => return Ok(()),
     }
     // Sends count against the time limit too: a client that stops reading
     // must not hold its query (and its slot) forever.
     if before(deadline, tx.send(Ok(first.into()))).await?.is_err() {
         return Ok(());
     }
-    if !done {
-        while let Some(batch) = before(deadline, batches.next()).await? {
-            let chunk = encoder.batch(&batch?)?;
-            if before(deadline, tx.send(Ok(chunk))).await?.is_err() {
-                return Ok(());
+    while !done {
+        match next_batch(&mut batches, tx, deadline).await? {
+            Next::Batch(batch) => {
+                let chunk = encoder.batch(&batch?)?;
+                if before(deadline, tx.send(Ok(chunk))).await?.is_err() {
+                    return Ok(());
+                }
             }
+            Next::End => done = true,
+            Next::Gone => return Ok(()),
         }
     }
     let _ = before(deadline, tx.send(Ok(encoder.finish()?))).await?;
