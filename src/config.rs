@@ -32,6 +32,8 @@ pub struct QueryFile {
     pub spill_limit_bytes: Option<u64>,
     /// SQL queries running at once before `503` (default 8).
     pub max_concurrent: Option<usize>,
+    /// How long a response waits for a client that stopped reading (default 60000).
+    pub stalled_read_ms: Option<u64>,
 }
 
 impl QueryFile {
@@ -49,6 +51,9 @@ impl QueryFile {
         }
         if let Some(n) = self.max_concurrent {
             config.max_concurrent = n.max(1);
+        }
+        if let Some(ms) = self.stalled_read_ms {
+            config.stalled_read = Duration::from_millis(ms.max(1));
         }
         config
     }

@@ -829,6 +829,56 @@ async fn a_query_whose_client_leaves_frees_its_slot() {
     );
 }
 
+/// A range read whose client stays connected but stops reading is cut
+/// short after `stalled_read_ms`, so its snapshot does not pin segments
+/// and cold files for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_range_read_is_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, "[query]\nstalled_read_ms = 300\n").unwrap();
+    let data = dir.path().join("data");
+    let server = ChildServer::spawn(binary(), &data, &["--config", config.to_str().unwrap()]);
+    let api = &server.api;
+    create(api, "wide").await;
+    // ~30 MB of response: more than the channel and the socket buffers hold.
+    let text = "x".repeat(1000);
+    let records: Vec<Value> = (0..30_000)
+        .map(|i| json!({"value": {"i": i, "t": text}}))
+        .collect();
+    produce(api, "wide", &records).await;
+
+    let response = api
+        .http
+        .get(format!("{}/v1/topics/wide/range?format=ndjson", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Not reading: the server gives up on the client and ends the read.
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the stalled read ended",
+        || async {
+            let (_, metrics) = get_raw(api, "/metrics").await;
+            let metrics = String::from_utf8_lossy(&metrics).into_owned();
+            metrics
+                .lines()
+                .any(|l| l.starts_with("strata_queries_total{") && l.contains("kind=\"range\""))
+                .then_some(())
+        },
+    )
+    .await;
+    let received = match response.bytes().await {
+        Ok(body) => body.iter().filter(|&&b| b == b'\n').count(),
+        Err(_) => 0, // the connection ended without its last chunk
+    };
+    assert!(
+        received < records.len(),
+        "{received} lines: the response was cut short"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_match_a_reference_at_any_time() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,6 +35,10 @@ pub struct QueryConfig {
     pub spill_limit: u64,
     /// SQL queries (and view reads, snapshots) running at once; more get `503`.
     pub max_concurrent: usize,
+    /// How long a response waits for a client that stopped reading before
+    /// it is ended (range reads, which have no time limit, release their
+    /// snapshot then).
+    pub stalled_read: Duration,
     /// Worker threads of the query runtime.
     pub threads: usize,
 }
@@ -48,6 +52,7 @@ impl QueryConfig {
             memory_limit: 256 * 1024 * 1024,
             spill_limit: 4 << 30,
             max_concurrent: 8,
+            stalled_read: Duration::from_secs(60),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
@@ -270,13 +275,14 @@ impl QueryService {
     {
         let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(2);
         let started = Instant::now();
+        let stalled = self.config.stalled_read;
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| QueryError::Internal("the query runtime is stopped".into()))?;
         runtime.spawn(async move {
             let deadline = limits.as_ref().map(|l| (l.deadline, l.timeout));
-            let result = encode(make, format, shape, deadline, &tx).await;
+            let result = encode(make, format, shape, deadline, stalled, &tx).await;
             drop(limits);
             let outcome = if result.is_ok() { "ok" } else { "error" };
             metrics::counter!("strata_queries_total", "kind" => kind, "outcome" => outcome)
@@ -362,11 +368,24 @@ async fn next_batch(
     .await
 }
 
+/// Sends `chunk`; false when the client is gone or has not taken it for
+/// `stalled` (its response then ends, cut short).
+async fn send(
+    tx: &mpsc::Sender<Result<Bytes>>,
+    chunk: Bytes,
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    stalled: Duration,
+) -> Result<bool> {
+    let sent = before(deadline, tokio::time::timeout(stalled, tx.send(Ok(chunk)))).await?;
+    Ok(matches!(sent, Ok(Ok(()))))
+}
+
 async fn encode<F>(
     make: F,
     format: Format,
     shape: Shape,
     deadline: Option<(tokio::time::Instant, Duration)>,
+    stalled: Duration,
     tx: &mpsc::Sender<Result<Bytes>>,
 ) -> Result<()>
 where
@@ -385,14 +404,14 @@ where
     }
     // Sends count against the time limit too: a client that stops reading
     // must not hold its query (and its slot) forever.
-    if before(deadline, tx.send(Ok(first.into()))).await?.is_err() {
+    if !send(tx, first.into(), deadline, stalled).await? {
         return Ok(());
     }
     while !done {
         match next_batch(&mut batches, tx, deadline).await? {
             Next::Batch(batch) => {
                 let chunk = encoder.batch(&batch?)?;
-                if before(deadline, tx.send(Ok(chunk))).await?.is_err() {
+                if !send(tx, chunk, deadline, stalled).await? {
                     return Ok(());
                 }
             }
@@ -400,6 +419,6 @@ where
             Next::Gone => return Ok(()),
         }
     }
-    let _ = before(deadline, tx.send(Ok(encoder.finish()?))).await?;
+    send(tx, encoder.finish()?, deadline, stalled).await?;
     Ok(())
 }
