@@ -89,6 +89,21 @@ async fn loaded(dir: &Path, topic: &str, n: i64) -> (ChildServer, Vec<Value>) {
     (server, all)
 }
 
+/// Waits (at most `secs` seconds) until a query gets a slot and runs.
+async fn until_a_query_runs(api: &Api, secs: u64) {
+    eventually(
+        std::time::Duration::from_secs(secs),
+        "the slot is free again",
+        || async {
+            let (status, body) = api
+                .post("/v1/query", &json!({"sql": "SELECT 2 AS n"}))
+                .await;
+            (status == StatusCode::OK).then_some(body)
+        },
+    )
+    .await;
+}
+
 fn ts(record: &Value) -> i64 {
     let text = record["timestamp"].as_str().unwrap();
     chrono::DateTime::parse_from_rfc3339(text)
@@ -776,17 +791,7 @@ async fn queries_beyond_the_concurrency_limit_are_told_to_retry() {
     // A client that stops reading does not keep the slot past the time
     // limit (3 s here).
     let started = std::time::Instant::now();
-    eventually(
-        std::time::Duration::from_secs(15),
-        "the slot is free again",
-        || async {
-            let (status, body) = api
-                .post("/v1/query", &json!({"sql": "SELECT 2 AS n"}))
-                .await;
-            (status == StatusCode::OK).then_some(body)
-        },
-    )
-    .await;
+    until_a_query_runs(api, 15).await;
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
     drop(streaming);
 }
@@ -812,17 +817,7 @@ async fn a_query_whose_client_leaves_frees_its_slot() {
         .await;
     assert!(gave_up.is_err(), "the aggregation is still running");
     let started = std::time::Instant::now();
-    eventually(
-        std::time::Duration::from_secs(30),
-        "the slot is free again",
-        || async {
-            let (status, body) = api
-                .post("/v1/query", &json!({"sql": "SELECT 2 AS n"}))
-                .await;
-            (status == StatusCode::OK).then_some(body)
-        },
-    )
-    .await;
+    until_a_query_runs(api, 30).await;
     assert!(
         started.elapsed() < std::time::Duration::from_secs(20),
         "freed when the client left, not at the 60 s limit"

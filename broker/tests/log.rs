@@ -32,6 +32,18 @@ fn append(p: &Partition, first: u64, count: u64, now_ms: i64) -> u64 {
     base
 }
 
+/// A directory holding a closed partition of offsets 0..400 in batches of
+/// 10 (several segments of [`CONFIG`]).
+fn closed_partition_of_400() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+    for i in 0..40 {
+        append(&p, i * 10, 10, 0);
+    }
+    p.close().unwrap();
+    dir
+}
+
 fn values(p: &Partition, from: u64) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let mut cursor = p.cursor(from).unwrap();
@@ -221,14 +233,7 @@ fn offset_for_timestamp_scans_from_the_time_index() {
 
 #[test]
 fn a_crash_in_the_middle_of_a_roll_drops_the_unfinished_segment() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
-        for i in 0..40 {
-            append(&p, i * 10, 10, 0);
-        }
-        p.close().unwrap();
-    }
+    let dir = closed_partition_of_400();
     let files = segment_files(dir.path());
     assert!(files.len() >= 3, "{files:?}");
     // Make the second-to-last segment look like a roll the crash interrupted:
@@ -385,14 +390,7 @@ fn a_produce_one_partition_refuses_writes_nothing() {
 /// short, which would truncate it and drop the (acknowledged) segments after it.
 #[test]
 fn a_damaged_sealed_segment_is_corrupt_not_an_unfinished_roll() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
-        for i in 0..40 {
-            append(&p, i * 10, 10, 0);
-        }
-        p.close().unwrap();
-    }
+    let dir = closed_partition_of_400();
     let files = segment_files(dir.path());
     assert!(files.len() >= 3, "{files:?}");
     let victim = dir.path().join(&files[0]);
@@ -418,14 +416,7 @@ fn a_damaged_sealed_segment_is_corrupt_not_an_unfinished_roll() {
 /// by the readers' check that offsets continue, not served as other offsets.
 #[test]
 fn a_damaged_base_offset_is_caught_by_readers() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let p = Partition::open(0, dir.path(), CONFIG).unwrap();
-        for i in 0..40 {
-            append(&p, i * 10, 10, 0);
-        }
-        p.close().unwrap();
-    }
+    let dir = closed_partition_of_400();
     let first = dir.path().join(&segment_files(dir.path())[0]);
     let mut bytes = std::fs::read(&first).unwrap();
     // The second batch's base offset (the first 8 bytes of the batch).

@@ -19,28 +19,29 @@ use strata_tiering::{ColdStore, Tiering, TieringConfig, TieringError};
 struct Fixture {
     _dir: tempfile::TempDir,
     broker: Arc<Broker>,
+    cold: ColdStore,
     tiering: Arc<Tiering>,
 }
 
 async fn fixture(url: &str) -> Fixture {
+    fixture_with(url, TieringConfig::default()).await
+}
+
+async fn fixture_with(url: &str, config: TieringConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let config = BrokerConfig {
+    let broker_config = BrokerConfig {
         data_dir: dir.path().join("data"),
         ..BrokerConfig::default()
     };
-    let broker = Arc::new(Broker::open(config).unwrap());
+    let broker = Arc::new(Broker::open(broker_config).unwrap());
     let cold = ColdStore::open(url).unwrap();
-    let tiering = Tiering::open(
-        broker.clone(),
-        cold,
-        TieringConfig::default(),
-        "conformance",
-    )
-    .await
-    .unwrap();
+    let tiering = Tiering::open(broker.clone(), cold.clone(), config, "conformance")
+        .await
+        .unwrap();
     Fixture {
         _dir: dir,
         broker,
+        cold,
         tiering,
     }
 }
@@ -376,51 +377,66 @@ async fn reads_across_windows(url: &str) {
     }
 }
 
-/// Retention never deletes a file under a read that listed it: with no
-/// grace period at all, a file dropped from the manifest while a snapshot
-/// lists it stays whole and readable, and goes once the snapshot is dropped.
-async fn pinned_reads_outlive_retention(url: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = BrokerConfig {
-        data_dir: dir.path().join("data"),
-        ..BrokerConfig::default()
-    };
-    let broker = Arc::new(Broker::open(config).unwrap());
-    let cold = ColdStore::open(url).unwrap();
+/// A cold tier on `url` that deletes what retention drops as soon as no
+/// read pins it (no grace period), and a topic `topic` of `records`
+/// records stamped now that expire after `retention_ms`, all offloaded.
+async fn expiring_topic(
+    url: &str,
+    topic: &str,
+    records: usize,
+    retention_ms: i64,
+) -> (Fixture, Vec<serde_json::Value>) {
     let impatient = TieringConfig {
         object_delete_grace: Duration::ZERO,
         ..TieringConfig::default()
     };
-    let tiering = Tiering::open(broker.clone(), cold.clone(), impatient, "conformance")
-        .await
-        .unwrap();
+    let f = fixture_with(url, impatient).await;
     let overrides = TopicConfigOverrides {
-        retention_ms: Some(1_500),
+        retention_ms: Some(retention_ms),
         local_retention_bytes: Some(0),
         ..Default::default()
     };
-    broker.create_topic("pinned", Some(1), &overrides).unwrap();
+    f.broker.create_topic(topic, Some(1), &overrides).unwrap();
     let now = strata_broker::timestamp::now_ms();
-    let records: Vec<serde_json::Value> = (0..50)
+    let records: Vec<serde_json::Value> = (0..records)
         .map(|i| json!({"value": i, "timestamp": now}))
         .collect();
-    produce(&broker, "pinned", &records);
-    assert_eq!(
-        tiering.offload_topic("pinned", true).await.unwrap().files,
-        1
-    );
+    produce(&f.broker, topic, &records);
+    assert_eq!(f.tiering.offload_topic(topic, true).await.unwrap().files, 1);
+    (f, records)
+}
 
-    let snapshot = tiering.cold_snapshot("pinned", 0).await.unwrap();
-    let file = snapshot.manifest.files[0].clone();
+/// Runs offload passes until retention has dropped every file of
+/// partition 0 of `topic` from its manifest.
+async fn until_retention_drops_all(tiering: &Tiering, topic: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tiering.stats("pinned", 0).files > 0 {
+    while tiering.stats(topic, 0).files > 0 {
         assert!(
             Instant::now() < deadline,
             "retention never dropped the file"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-        tiering.offload_topic("pinned", false).await.unwrap();
+        tiering.offload_topic(topic, false).await.unwrap();
     }
+}
+
+/// Retention never deletes a file under a read that listed it: with no
+/// grace period at all, a file dropped from the manifest while a snapshot
+/// lists it stays whole and readable, and goes once the snapshot is dropped.
+async fn pinned_reads_outlive_retention(url: &str) {
+    let (
+        Fixture {
+            _dir,
+            cold,
+            tiering,
+            ..
+        },
+        _,
+    ) = expiring_topic(url, "pinned", 50, 1_500).await;
+
+    let snapshot = tiering.cold_snapshot("pinned", 0).await.unwrap();
+    let file = snapshot.manifest.files[0].clone();
+    until_retention_drops_all(&tiering, "pinned").await;
     assert_eq!(tiering.stats("pinned", 0).start_offset, 50);
     let path = object_store::path::Path::from(file.path.as_str());
     cold.store.head(&path).await.expect("a pinned file stays");
@@ -444,43 +460,18 @@ async fn pinned_reads_outlive_retention(url: &str) {
 /// the same names; a deletion the old topic's retention had queued must
 /// not take the new topic's file.
 async fn a_recreated_topic_keeps_its_files(url: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = BrokerConfig {
-        data_dir: dir.path().join("data"),
-        ..BrokerConfig::default()
-    };
-    let broker = Arc::new(Broker::open(config).unwrap());
-    let cold = ColdStore::open(url).unwrap();
-    let impatient = TieringConfig {
-        object_delete_grace: Duration::ZERO,
-        ..TieringConfig::default()
-    };
-    let tiering = Tiering::open(broker.clone(), cold.clone(), impatient, "conformance")
-        .await
-        .unwrap();
-    let short = TopicConfigOverrides {
-        retention_ms: Some(1_000),
-        local_retention_bytes: Some(0),
-        ..Default::default()
-    };
-    broker.create_topic("again", Some(1), &short).unwrap();
-    let now = strata_broker::timestamp::now_ms();
-    let records: Vec<serde_json::Value> = (0..20)
-        .map(|i| json!({"value": i, "timestamp": now}))
-        .collect();
-    produce(&broker, "again", &records);
-    tiering.offload_topic("again", true).await.unwrap();
+    let (
+        Fixture {
+            _dir,
+            broker,
+            cold,
+            tiering,
+        },
+        records,
+    ) = expiring_topic(url, "again", 20, 1_000).await;
     // A pinned read keeps the expired file queued for deletion.
     let pin = tiering.cold_snapshot("again", 0).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tiering.stats("again", 0).files > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "retention never dropped the file"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        tiering.offload_topic("again", false).await.unwrap();
-    }
+    until_retention_drops_all(&tiering, "again").await;
     tiering.delete_topic("again").await.unwrap();
     broker.delete_topic("again").unwrap();
 
