@@ -141,13 +141,11 @@ impl Lease {
                 });
             }
         };
-        let mode = if self.compare_and_swap {
-            PutMode::Update(version)
-        } else {
-            PutMode::Overwrite
-        };
-        self.write(strata_broker::timestamp::now_ms() + LEASE_MS, mode)
-            .await
+        self.write(
+            strata_broker::timestamp::now_ms() + LEASE_MS,
+            self.replacing(version),
+        )
+        .await
     }
 
     /// Gives the lease up (graceful shutdown), so a successor need not wait.
@@ -158,13 +156,18 @@ impl Lease {
             }
             _ => return,
         };
-        let mode = if self.compare_and_swap {
+        if let Err(e) = self.write(0, self.replacing(version)).await {
+            tracing::warn!(error = %e, "could not release the cold tier's lease");
+        }
+    }
+
+    /// How to replace the lease file read at `version`: only if it is
+    /// still that version, where the store can tell.
+    fn replacing(&self, version: UpdateVersion) -> PutMode {
+        if self.compare_and_swap {
             PutMode::Update(version)
         } else {
             PutMode::Overwrite
-        };
-        if let Err(e) = self.write(0, mode).await {
-            tracing::warn!(error = %e, "could not release the cold tier's lease");
         }
     }
 
