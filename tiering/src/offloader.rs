@@ -599,6 +599,22 @@ impl Tiering {
             .is_none_or(|age| age >= self.config.offload_after)
     }
 
+    /// Drops what this process cached of `topic` (objects under `prefix`).
+    fn forget_topic(&self, topic: &str, prefix: &str) {
+        self.committed.lock().retain(|(t, _), _| t != topic);
+        self.described.lock().remove(topic);
+        self.cache.forget(prefix);
+    }
+
+    /// True while a topic of this name is being deleted (or its deleted
+    /// `Topic` is still held by a reader).
+    fn deleting_named(&self, name: &str) -> bool {
+        self.deleting
+            .lock()
+            .iter()
+            .any(|t| t.upgrade().is_some_and(|t| t.name() == name))
+    }
+
     fn is_deleting(&self, topic: &Arc<Topic>) -> bool {
         let mut deleting = self.deleting.lock();
         deleting.retain(|t| t.strong_count() > 0);
@@ -781,23 +797,6 @@ impl ColdTier for Tiering {
             mark.done = true;
             Ok(())
         })
-    }
-}
-
-impl Tiering {
-    fn forget_topic(&self, topic: &str, prefix: &str) {
-        self.committed.lock().retain(|(t, _), _| t != topic);
-        self.described.lock().remove(topic);
-        self.cache.forget(prefix);
-    }
-
-    /// True while a topic of this name is being deleted (or its deleted
-    /// `Topic` is still held by a reader).
-    fn deleting_named(&self, name: &str) -> bool {
-        self.deleting
-            .lock()
-            .iter()
-            .any(|t| t.upgrade().is_some_and(|t| t.name() == name))
     }
 }
 
