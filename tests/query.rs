@@ -755,6 +755,94 @@ async fn queries_over_their_time_or_memory_limit_fail_alone() {
     );
 }
 
+/// Regression: `SELECT 1+1+…+1` of 3,000 terms (6 KB) overflowed a worker's
+/// stack and aborted the whole server (SIGABRT), as did a view with that SQL.
+/// Hostile shapes now get an answer, a result or `400` naming the limit,
+/// and the process stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_sql_gets_an_answer_and_the_server_stays_up() {
+    use strata_query::sql_limits::MAX_EXPRESSION_DEPTH;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(binary(), &dir.path().join("data"), &[]);
+    let api = &server.api;
+    api.create_topic("hostile", 1, json!({})).await;
+    api.produce("hostile", &[json!({"key": "k", "value": 1})])
+        .await;
+    // `first+1+1…` with `terms` terms in all.
+    let chain = |first: &str, terms: usize| format!("{first}{}", "+1".repeat(terms - 1));
+    let query = |sql: String| async move { api.post("/v1/query", &json!({ "sql": sql })).await };
+    let limit = MAX_EXPRESSION_DEPTH.to_string();
+    let refused = |(status, body): (StatusCode, Value)| {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+        body["error"]["message"].as_str().unwrap().to_string()
+    };
+
+    // The reported request, and far longer chains: 400 naming the limit.
+    for terms in [3000, MAX_EXPRESSION_DEPTH + 2, 200_000] {
+        let message = refused(query(format!("SELECT {}", chain("1", terms))).await);
+        assert!(message.contains(&limit), "{message}");
+    }
+    // A chain at the limit runs, over a constant and over a column
+    // (evaluated per row).
+    let terms = MAX_EXPRESSION_DEPTH + 1;
+    let (status, body) = query(format!("SELECT {} AS n", chain("1", terms))).await;
+    assert_eq!((status, &body["rows"]), (StatusCode::OK, &json!([[terms]])));
+    let sql = format!("SELECT {} AS n FROM hostile", chain("\"offset\"", terms));
+    let (status, body) = query(sql).await;
+    assert_eq!(
+        (status, &body["rows"]),
+        (StatusCode::OK, &json!([[terms - 1]]))
+    );
+    // Long OR chains, deep brackets, calls, prefix operators and CASEs: refused.
+    let or_chain = vec!["key = 'k'"; 5000].join(" OR ");
+    refused(query(format!("SELECT count(*) FROM hostile WHERE {or_chain}")).await);
+    for sql in [
+        format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000)),
+        format!("SELECT {}1{}", "abs(".repeat(5000), ")".repeat(5000)),
+        format!("SELECT {}1", "- ".repeat(100_000)),
+        format!("SELECT {}TRUE", "NOT ".repeat(100_000)),
+        format!(
+            "SELECT {}1{}",
+            "CASE WHEN TRUE THEN ".repeat(5000),
+            " END".repeat(5000)
+        ),
+    ] {
+        refused(query(sql).await);
+    }
+    // Wide rather than deep: huge IN lists and CASEs run.
+    let in_list = (0..20_000)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!("SELECT count(*) AS n FROM hostile WHERE \"offset\" IN ({in_list})");
+    let (status, body) = query(sql).await;
+    assert_eq!((status, &body["rows"]), (StatusCode::OK, &json!([[1]])));
+    let whens: String = (0..5000)
+        .map(|i| format!(" WHEN \"offset\" = {i} THEN {i}"))
+        .collect();
+    let (status, body) = query(format!("SELECT CASE{whens} END AS n FROM hostile")).await;
+    assert_eq!((status, &body["rows"]), (StatusCode::OK, &json!([[0]])));
+
+    // Views: the reported SQL is refused; a chain at the limit is stored
+    // and read.
+    let view = |name: &str, terms: usize| json!({"name": name, "sql": format!("SELECT {} AS n", chain("1", terms))});
+    let message = refused(api.post("/v1/views", &view("deep", 3000)).await);
+    assert!(message.contains(&limit), "{message}");
+    let (status, _) = api.get("/v1/views/deep").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api.post("/v1/views", &view("long", terms)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = api.get("/v1/views/long?format=json").await;
+    assert_eq!((status, &body["rows"]), (StatusCode::OK, &json!([[terms]])));
+
+    // Still up, still serving.
+    let (status, body) = api.get("/health").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(api.consume_all("hostile", 0, 0).await.len(), 1);
+    assert!(server.terminate().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_beyond_the_concurrency_limit_are_told_to_retry() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,6 +13,8 @@
 //!   predicates and projections pushed down;
 //! - [`sql`]: the SQL engine (DataFusion with JSON functions, a shared
 //!   memory pool that spills, no DDL or DML);
+//! - [`sql_limits`]: how long and how deep a SQL text may be, checked
+//!   before it is parsed (a deep tree would overflow the stack);
 //! - [`views`]: named SQL views stored durably on local disk;
 //! - [`format`]: ndjson, json, csv, Arrow IPC and Parquet output, one batch
 //!   at a time;
@@ -24,6 +26,7 @@ pub mod http;
 pub mod scan;
 pub mod service;
 pub mod sql;
+pub mod sql_limits;
 pub mod table;
 pub mod views;
 

@@ -19,6 +19,7 @@ use crate::error::{QueryError, Result};
 use crate::format::{Encoder, Format, Shape};
 use crate::scan::{self, BatchStream, ScanSpec};
 use crate::sql::{SqlConfig, SqlEngine, quote_identifier, snapshot_sql};
+use crate::sql_limits::QUERY_THREAD_STACK;
 use crate::views::{View, ViewStore};
 
 /// Limits of the query service.
@@ -121,6 +122,8 @@ impl QueryService {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads.max(1))
             .thread_name("strata-query")
+            // SQL trees are walked recursively (see `sql_limits`).
+            .thread_stack_size(QUERY_THREAD_STACK)
             .enable_all()
             .build()
             .map_err(|e| QueryError::Internal(format!("starting the query runtime: {e}")))?;
@@ -205,7 +208,13 @@ impl QueryService {
         if self.views.get(name).is_some() {
             return Err(QueryError::ViewExists(name.to_string()));
         }
-        self.sql.check(sql).await?;
+        // Planned on the query runtime, whose threads have the stack for it.
+        let engine = self.sql.clone();
+        let checked = sql.to_string();
+        self.query_runtime()?
+            .spawn(async move { engine.check(&checked).await })
+            .await
+            .map_err(|e| QueryError::Internal(format!("checking the view failed: {e}")))??;
         let view = View {
             name: name.to_string(),
             sql: sql.to_string(),
@@ -251,6 +260,12 @@ impl QueryService {
         .await
     }
 
+    fn query_runtime(&self) -> Result<&tokio::runtime::Runtime> {
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| QueryError::Internal("the query runtime is stopped".into()))
+    }
+
     fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
         self.permits
             .clone()
@@ -276,11 +291,7 @@ impl QueryService {
         let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(2);
         let started = Instant::now();
         let stalled = self.config.stalled_read;
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| QueryError::Internal("the query runtime is stopped".into()))?;
-        runtime.spawn(async move {
+        self.query_runtime()?.spawn(async move {
             let deadline = limits.as_ref().map(|l| (l.deadline, l.timeout));
             let result = encode(make, format, shape, deadline, stalled, &tx).await;
             drop(limits);

@@ -22,6 +22,7 @@ use strata_broker::Broker;
 use strata_tiering::Tiering;
 
 use crate::error::{QueryError, Result};
+use crate::sql_limits::check_sql;
 use crate::table::TopicTable;
 use crate::views::ViewStore;
 
@@ -87,6 +88,9 @@ impl SqlEngine {
 
     /// Checks that `sql` is one query that plans against the current topics
     /// and views (for storing it as a view).
+    ///
+    /// Must run on a thread with [`crate::sql_limits::QUERY_THREAD_STACK`]
+    /// of stack, as [`Self::execute`] must.
     pub async fn check(&self, sql: &str) -> Result<SchemaRef> {
         let ctx = self.session()?;
         let plan = self.plan(&ctx, sql).await?;
@@ -124,6 +128,8 @@ impl SqlEngine {
         depth: usize,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            // Before anything parses it: see `sql_limits`.
+            check_sql(&sql)?;
             let state = ctx.state();
             let dialect = state.config().options().sql_parser.dialect;
             let statement = state.sql_to_statement(&sql, &dialect)?;
