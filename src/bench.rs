@@ -353,9 +353,9 @@ async fn load(client: &Client, topic: &str, records: u64, record_size: usize) ->
 
 /// Loads `records` into a temporary broker, seals them, and times the offload.
 async fn offload(args: OffloadBench) -> Result<()> {
-    use strata_broker::produce::{BodyFormat, parse_body};
-    use strata_broker::{Broker, BrokerConfig, TopicConfigOverrides};
-    use strata_tiering::{ColdStore, Tiering, TieringConfig};
+    use strata_server::broker::produce::{BodyFormat, parse_body};
+    use strata_server::broker::{Broker, BrokerConfig, TopicConfigOverrides};
+    use strata_server::tiering::{ColdStore, Tiering, TieringConfig};
 
     let dir = tempfile::tempdir()?;
     let config = BrokerConfig {
@@ -380,7 +380,7 @@ async fn offload(args: OffloadBench) -> Result<()> {
             args.vocabulary as usize,
         );
         let records = parse_body(&body, BodyFormat::Json, 1 << 20)?;
-        topic.produce(&records, strata_broker::timestamp::now_ms())?;
+        topic.produce(&records, strata_server::broker::timestamp::now_ms())?;
     }
     let (mut segment_bytes, mut loaded) = (0u64, 0u64);
     for p in topic.partitions() {

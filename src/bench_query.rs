@@ -142,7 +142,7 @@ pub async fn run(client: &Client, args: QueryBench) -> Result<()> {
 }
 
 fn rfc3339(ms: i64) -> String {
-    strata_broker::timestamp::format_timestamp(ms)
+    strata_server::broker::timestamp::format_timestamp(ms)
 }
 
 fn median(times: &mut [f64]) -> f64 {

@@ -5,8 +5,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use std::time::Duration;
 
-use strata_broker::BrokerConfig;
-use strata_tiering::TieringConfig;
+use strata_server::broker::BrokerConfig;
+use strata_server::tiering::TieringConfig;
 
 use crate::ServeArgs;
 
@@ -38,8 +38,8 @@ pub struct QueryFile {
 
 impl QueryFile {
     /// The query service's settings for a server with data in `data_dir`.
-    pub fn config(&self, data_dir: &Path) -> strata_query::QueryConfig {
-        let mut config = strata_query::QueryConfig::new(data_dir.to_path_buf());
+    pub fn config(&self, data_dir: &Path) -> strata_server::query::QueryConfig {
+        let mut config = strata_server::query::QueryConfig::new(data_dir.to_path_buf());
         if let Some(ms) = self.timeout_ms {
             config.timeout = Duration::from_millis(ms.max(1));
         }

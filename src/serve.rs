@@ -1,14 +1,11 @@
 //! `strata serve`: open the data directory, listen, serve until SIGINT/SIGTERM.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use strata_broker::Broker;
-use strata_broker::http::AppState;
-use strata_tiering::{ColdStore, Tiering, TieringConfig};
+use strata_server::tiering::TieringConfig;
+use strata_server::{Server, ServerConfig};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::ServeArgs;
@@ -18,84 +15,28 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     init_logging();
     raise_open_file_limit();
     let config = ServeConfig::load(&args)?;
-    let broker_config = config.broker.clone();
-    let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
-        .await?
-        .with_context(|| {
-            format!(
-                "opening data directory {}",
-                config.broker.data_dir.display()
-            )
-        })?;
-    let broker = Arc::new(broker);
-    let url = match &config.object_store {
-        Some(url) => url.clone(),
-        None => default_cold_url(&config.broker.data_dir)?,
-    };
-    let cold = ColdStore::open(&url).with_context(|| format!("opening the cold tier {url}"))?;
-    let tiering_config = TieringConfig {
-        crash_at: std::env::var("STRATA_CRASH_AT").ok(),
-        ..config.tiering.clone()
-    };
-    let owner = server_id(&config.broker.data_dir)?;
-    let tiering = Tiering::open(broker.clone(), cold, tiering_config, &owner)
-        .await
-        .context("loading the cold tier's manifests")?;
-
-    let (stopping, stopping_rx) = watch::channel(false);
-    let state = AppState {
-        broker: broker.clone(),
-        metrics: strata_broker::metrics::prometheus_handle(),
-        stopping: stopping_rx.clone(),
-        cold: Some(tiering.clone()),
-    };
-    let query_config = config.query.config(&config.broker.data_dir);
-    let query = strata_query::QueryService::open(broker.clone(), tiering.clone(), query_config)
-        .context("starting the query service")?;
-    let routes = strata_broker::http::routes(state)
-        .merge(strata_tiering::http::router(tiering.clone()))
-        .merge(strata_query::http::router(Arc::new(query)));
-    let router = strata_broker::http::finish(routes);
-    let offloader = tokio::spawn(tiering.run_background(stopping_rx));
-
+    let data_dir = config.broker.data_dir.clone();
+    let server = Server::open(ServerConfig {
+        broker: config.broker.clone(),
+        object_store: config.object_store.clone(),
+        tiering: TieringConfig {
+            crash_at: std::env::var("STRATA_CRASH_AT")
+                .ok()
+                .map(|name| name.parse())
+                .transpose()?,
+            ..config.tiering.clone()
+        },
+        query: config.query.config(&data_dir),
+    })
+    .await
+    .with_context(|| format!("starting the server on {}", data_dir.display()))?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(data_dir = %config.broker.data_dir.display(), "strata ready: listening on http://{addr}");
-    strata_broker::http::serve(listener, broker, router, stopping, shutdown_signal()).await?;
-    // The offloader gives up its lease before the process exits.
-    offloader.await?;
+    tracing::info!(data_dir = %data_dir.display(), "strata ready: listening on http://{addr}");
+    server.run(listener, shutdown_signal()).await?;
     Ok(())
-}
-
-/// This server's name in the cold tier's writer lease: made once and kept
-/// in the data directory, so a restarted server takes its own lease back.
-fn server_id(data_dir: &std::path::Path) -> Result<String> {
-    let path = data_dir.join("server-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        return Ok(id.trim().to_string());
-    }
-    let id = format!(
-        "strata-{}-{}",
-        std::process::id(),
-        strata_broker::timestamp::now_ms()
-    );
-    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::File::open(&path)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("fsyncing {}", path.display()))?;
-    Ok(id)
-}
-
-/// `file://<data_dir>/cold`, the zero-configuration cold tier.
-fn default_cold_url(data_dir: &std::path::Path) -> Result<String> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let absolute = data_dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", data_dir.display()))?;
-    Ok(format!("file://{}/cold", absolute.display()))
 }
 
 fn init_logging() {

@@ -761,7 +761,7 @@ async fn queries_over_their_time_or_memory_limit_fail_alone() {
 /// and the process stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_sql_gets_an_answer_and_the_server_stays_up() {
-    use strata_query::sql_limits::MAX_EXPRESSION_DEPTH;
+    use strata_server::query::sql_limits::MAX_EXPRESSION_DEPTH;
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::spawn(binary(), &dir.path().join("data"), &[]);
     let api = &server.api;

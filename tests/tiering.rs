@@ -169,7 +169,7 @@ print(json.dumps(rows))
             assert!(seen.insert((p, offset)), "record {p}/{offset} twice");
             let want = &before[p][offset];
             assert_eq!(
-                strata_broker::timestamp::format_timestamp(row[2].as_i64().unwrap()),
+                strata_server::broker::timestamp::format_timestamp(row[2].as_i64().unwrap()),
                 want["timestamp"]
             );
             assert_eq!(row[3], want["key"]);

@@ -270,11 +270,29 @@ pub struct RecordView<'a> {
     header_count: u16,
 }
 
+/// Bytes that encode one header's two lengths (`name_len u16 | value_len u32`).
+const HEADER_LENGTHS_LEN: usize = 6;
+
+/// What a record weighs wherever the API budgets or reports bytes (a
+/// consume's `max_bytes`, hot or cold): its key, its value and its headers'
+/// names and values, without any encoding overhead. Both tiers count with
+/// this, so a page is cut at the same record whichever tier serves it.
+pub fn record_size(key_len: usize, value_len: usize, header_data_len: usize) -> usize {
+    key_len + value_len + header_data_len
+}
+
 impl<'a> RecordView<'a> {
-    /// Bytes of the record's key, value and headers: what a consume's
-    /// `max_bytes` budget counts.
+    /// The record's [`record_size`].
     pub fn data_len(&self) -> usize {
-        self.key.map_or(0, <[u8]>::len) + self.value.len() + self.headers.len()
+        let header_data = self
+            .headers
+            .len()
+            .saturating_sub(HEADER_LENGTHS_LEN * usize::from(self.header_count));
+        record_size(
+            self.key.map_or(0, <[u8]>::len),
+            self.value.len(),
+            header_data,
+        )
     }
 
     /// The record's headers as (name, value) byte pairs, in produce order.

@@ -14,12 +14,12 @@ use crate::segment::{Segment, SegmentInfo};
 /// through the snapshot until it is dropped (their files stay open), so a
 /// long read sees exactly the records that were there when it began.
 #[derive(Debug, Clone)]
-pub struct LogSnapshot {
+pub struct PinnedLog {
     segments: Vec<Arc<Segment>>,
     end_offset: u64,
 }
 
-impl LogSnapshot {
+impl PinnedLog {
     pub(crate) fn new(segments: Vec<Arc<Segment>>, end_offset: u64) -> Self {
         Self {
             segments,

@@ -1,10 +1,11 @@
-//! The broker's one error type. The HTTP edge (`http::error`) maps each variant
-//! to the status code and error code that `API.md` documents.
+//! The broker's one error type. The server crate (`api_error`) maps each
+//! variant to the status code and error code that docs/api.md documents.
 
 use std::io;
 
 /// Everything that can go wrong in the broker, from bad input to disk failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// The request as a whole is malformed: bad JSON, a bad parameter, a bad config value.
     #[error("{0}")]

@@ -8,30 +8,33 @@
 //! start, the tail of each partition is validated and a torn or corrupt end
 //! is truncated. Readers see only durable records and never block writers.
 //!
-//! [`http`] serves the API's topics, produce, consume and consumer-group
-//! routes; the tiering crate reads sealed segments through
-//! [`Partition::segments`] and [`Partition::cursor`].
+//! The broker knows nothing of HTTP, object stores or SQL: the server
+//! crate serves its routes, and the tiering crate reads sealed segments
+//! through [`Partition::segments`] and [`Partition::cursor`]. [`render`]
+//! writes records as the API's JSON objects, the one shape every read
+//! returns.
 
 pub mod batch;
 mod block_reader;
 pub mod broker;
-pub mod cold;
 pub mod config;
 pub mod cursor;
+pub mod direct_io;
 pub mod durable;
 pub mod error;
 pub mod groups;
-pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod page;
 pub mod partition;
 pub mod partitioner;
 pub mod produce;
+pub mod render;
 pub mod segment;
 mod tail;
 
 /// The block size of direct I/O (alignment of offsets, lengths and buffers).
-pub use tail::BLOCK;
+pub use direct_io::BLOCK;
 pub mod timestamp;
 pub mod topic;
 

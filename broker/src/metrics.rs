@@ -64,6 +64,10 @@ fn describe() {
         "HTTP request latency by route."
     );
     describe_gauge!(
+        "strata_consume_long_polls",
+        "Consumes waiting at the end of a partition for a record, per topic."
+    );
+    describe_gauge!(
         "strata_local_bytes",
         Unit::Bytes,
         "Bytes of segments on local disk, per topic."

@@ -14,6 +14,11 @@
 //! padding, fsyncs and seals it before it writes anything of the new one.
 //! So the log on disk is always a durable prefix, and recovery after a crash
 //! in the middle of a roll drops the unfinished newer segment.
+//!
+//! This file is longer than most (about 600 lines) on purpose: appends, the
+//! sync leader, rolls and retention share one lock protocol (the writer
+//! lock, the sealing queue, the sync state), and it can only be checked
+//! when it is read in one place.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,7 +30,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 
 use crate::batch::EncodedBatch;
-use crate::cursor::{LogCursor, LogSnapshot};
+use crate::cursor::{LogCursor, PinnedLog};
 use crate::durable::{TMP_SUFFIX, sync_dir};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::segment::{
@@ -501,10 +506,10 @@ impl Partition {
         self.segments.read().iter().map(|s| s.info()).collect()
     }
 
-    /// The log as it is now, pinned for a long read (see [`LogSnapshot`]).
-    pub fn snapshot(&self) -> LogSnapshot {
+    /// The log as it is now, pinned for a long read (see [`PinnedLog`]).
+    pub fn pin(&self) -> PinnedLog {
         let end = self.end_offset();
-        LogSnapshot::new(self.segments.read().clone(), end)
+        PinnedLog::new(self.segments.read().clone(), end)
     }
 
     /// A cursor from `from` up to the current end offset.

@@ -68,7 +68,7 @@ pub struct Segment {
 
 /// Where appends continue after recovering an active segment.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Tail {
+pub(crate) struct AppendPoint {
     pub position: u64,
     pub next_offset: u64,
     pub first_append_ms: Option<i64>,
@@ -207,7 +207,7 @@ impl Segment {
         path: PathBuf,
         base_offset: u64,
         index_interval: u32,
-    ) -> Result<(Self, Tail)> {
+    ) -> Result<(Self, AppendPoint)> {
         let file = File::open(&path).context(|| format!("opening {}", path.display()))?;
         let len = file_len(&file, &path)?;
         let mut index = SegmentIndex::new(index_interval);
@@ -227,7 +227,7 @@ impl Segment {
             // Stale indexes of a segment that is active again describe nothing.
             let _ = fs::remove_file(path.with_extension(ext));
         }
-        let tail = Tail {
+        let tail = AppendPoint {
             position: scanned.valid_len,
             next_offset: scanned.next_offset,
             first_append_ms: scanned.first_append_ms,
@@ -261,21 +261,11 @@ impl Segment {
     /// A read handle that bypasses the page cache where the filesystem
     /// allows it (see [`BlockReader::direct`]).
     pub(crate) fn open_direct(&self) -> Result<File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&self.path)
-        {
-            Ok(file) => Ok(file),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                File::open(&self.path).context(|| format!("opening {}", self.path.display()))
-            }
-            Err(source) => Err(BrokerError::Io {
-                context: format!("opening {}", self.path.display()),
-                source,
-            }),
-        }
+        let mut options = OpenOptions::new();
+        options.read(true);
+        crate::direct_io::open(&self.path, &options)
+            .map(|(file, _direct)| file)
+            .context(|| format!("opening {}", self.path.display()))
     }
 
     /// A consistent description of the visible part.

@@ -12,7 +12,7 @@
 //! I/O support the same aligned writes go through the page cache.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 
 use crate::error::{IoContext, Result};
 
-/// Alignment of every direct write: offset, length and memory.
-pub const BLOCK: usize = 4096;
+pub use crate::direct_io::BLOCK;
+use crate::direct_io::round_up;
 
 /// A growable byte buffer whose contents start at a `BLOCK`-aligned address.
 #[derive(Debug)]
@@ -33,8 +33,9 @@ struct AlignedBuf {
 
 impl AlignedBuf {
     fn with_capacity(capacity: usize) -> Self {
-        let raw = vec![0u8; capacity.max(BLOCK) + BLOCK];
-        let start = raw.as_ptr().align_offset(BLOCK);
+        let capacity = capacity.max(BLOCK);
+        let (mut raw, start) = crate::direct_io::aligned_vec(capacity);
+        raw.resize(start + capacity, 0);
         Self { raw, start, len: 0 }
     }
 
@@ -64,10 +65,6 @@ impl AlignedBuf {
         self.raw[self.start + self.len..self.start + padded].fill(0);
         &self.raw[self.start..self.start + padded]
     }
-}
-
-fn round_up(n: usize) -> usize {
-    n.div_ceil(BLOCK) * BLOCK
 }
 
 fn round_down(n: u64) -> u64 {
@@ -193,24 +190,11 @@ impl Tail {
 /// Opens a segment file for writing, with direct I/O when the filesystem
 /// allows it.
 fn open_for_append(path: &Path) -> Result<File> {
-    let direct = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path);
-    match direct {
-        Ok(file) => Ok(file),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::debug!(segment = %path.display(), "no direct I/O here; writing through the page cache");
-            OpenOptions::new()
-                .write(true)
-                .open(path)
-                .context(|| format!("opening {} for writing", path.display()))
-        }
-        Err(source) => Err(crate::error::BrokerError::Io {
-            context: format!("opening {} for writing", path.display()),
-            source,
-        }),
-    }
+    let mut options = OpenOptions::new();
+    options.write(true);
+    crate::direct_io::open(path, &options)
+        .map(|(file, _direct)| file)
+        .context(|| format!("opening {} for writing", path.display()))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The query crate's one error type. [`crate::http`] maps it to the API's
+//! The query crate's one error type. The server crate maps it to the API's
 //! statuses and codes, in one place.
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use strata_tiering::TieringError;
 
 /// Everything that can go wrong reading across the tiers.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum QueryError {
     /// The hot tier refused or failed (unknown topic, partition, ...).
     #[error(transparent)]

@@ -17,9 +17,9 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use strata_broker::http::render::{RecordFields, write_fields};
+use strata_broker::render::{RecordFields, write_fields};
 use strata_broker::timestamp::TimestampWriter;
-use strata_tiering::convert::RecordColumns;
+use strata_tiering::schema::RecordColumns;
 
 use crate::error::{QueryError, Result};
 use crate::scan::col;
@@ -462,7 +462,7 @@ fn write_csv_record<'h>(
     fields: RecordFields<'_>,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
 ) {
-    use strata_broker::http::render::{write_headers, write_int};
+    use strata_broker::render::{write_headers, write_int};
     write_int(out, u64::from(partition));
     out.push(b',');
     write_int(out, fields.offset);

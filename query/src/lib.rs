@@ -1,7 +1,7 @@
 //! # strata-query: reads across both tiers
 //!
 //! The reads that let the log replace a serving database. Every read pins
-//! the partitions it covers when it starts ([`scan::snapshot`]): offsets
+//! the partitions it covers when it starts ([`scan::pin_topic`]): offsets
 //! below the cold tier's end come from Parquet files on the object store,
 //! the rest from local segments, so each record is returned exactly once,
 //! also while the offloader and retention run underneath, and nothing
@@ -18,11 +18,11 @@
 //! - [`views`]: named SQL views stored durably on local disk;
 //! - [`format`]: ndjson, json, csv, Arrow IPC and Parquet output, one batch
 //!   at a time;
-//! - [`service`] and [`http`]: the query runtime, limits and the routes.
+//! - [`service`]: the query runtime and its limits (the server crate
+//!   serves its routes).
 
 pub mod error;
 pub mod format;
-pub mod http;
 pub mod scan;
 pub mod service;
 pub mod sql;

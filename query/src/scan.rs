@@ -22,10 +22,10 @@ use datafusion::physical_plan::metrics::Count;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use strata_broker::Broker;
 use strata_broker::batch::RecordView;
-use strata_broker::cursor::LogSnapshot;
+use strata_broker::cursor::PinnedLog;
 use strata_tiering::cold_read::FileScan;
-use strata_tiering::convert::{BatchBuilder, schema, view_schema};
-use strata_tiering::{ColdSnapshot, Tiering};
+use strata_tiering::schema::{ArrowBatchBuilder, schema, view_schema};
+use strata_tiering::{PinnedManifest, Tiering};
 use tokio::sync::mpsc;
 
 use crate::error::{QueryError, Result};
@@ -45,19 +45,9 @@ pub struct ScanMetrics {
 }
 
 /// Rows per batch a scan yields.
-pub const BATCH_ROWS: usize = 8192;
+pub const SCAN_BATCH_ROWS: usize = 8192;
 
-/// Column indexes of the topic schema ([`schema`]).
-pub mod col {
-    pub const PARTITION: usize = 0;
-    pub const OFFSET: usize = 1;
-    pub const TIMESTAMP: usize = 2;
-    pub const KEY: usize = 3;
-    pub const VALUE: usize = 4;
-    pub const HEADERS: usize = 5;
-    /// Every column, in order.
-    pub const ALL: [usize; 6] = [PARTITION, OFFSET, TIMESTAMP, KEY, VALUE, HEADERS];
-}
+pub use strata_tiering::schema::col;
 
 /// What a scan reads: filters that every returned row satisfies, and the
 /// columns it returns.
@@ -211,13 +201,13 @@ fn project(batch: &RecordBatch, columns: &[usize], schema: &SchemaRef) -> Result
 
 /// One partition pinned for a read.
 #[derive(Debug)]
-pub struct PartitionSnapshot {
+pub struct PinnedPartition {
     pub id: u32,
-    hot: LogSnapshot,
-    cold: ColdSnapshot,
+    hot: PinnedLog,
+    cold: PinnedManifest,
 }
 
-impl PartitionSnapshot {
+impl PinnedPartition {
     /// One past the last offset the read can see.
     pub fn end_offset(&self) -> u64 {
         self.hot.end_offset()
@@ -289,19 +279,19 @@ impl PartitionSnapshot {
 
 /// The partitions of one topic pinned for a read.
 #[derive(Debug)]
-pub struct TopicSnapshot {
+pub struct PinnedTopic {
     pub topic: String,
-    pub partitions: Vec<Arc<PartitionSnapshot>>,
+    pub partitions: Vec<Arc<PinnedPartition>>,
 }
 
 /// Pins `partitions` of `topic` (all when `None`); an unknown partition is
 /// `PartitionNotFound`.
-pub async fn snapshot(
+pub async fn pin_topic(
     broker: &Broker,
     tiering: &Tiering,
     topic: &str,
     partitions: Option<&[u32]>,
-) -> Result<TopicSnapshot> {
+) -> Result<PinnedTopic> {
     let topic = broker.topic(topic)?;
     let all = topic.partitions();
     let chosen: Vec<_> = match partitions {
@@ -314,15 +304,15 @@ pub async fn snapshot(
     let mut pinned = Vec::with_capacity(chosen.len());
     for p in chosen {
         // Hot first, then cold: see the module doc.
-        let hot = p.snapshot();
-        let cold = tiering.cold_snapshot(topic.name(), p.id()).await?;
-        pinned.push(Arc::new(PartitionSnapshot {
+        let hot = p.pin();
+        let cold = tiering.pin_manifest(topic.name(), p.id()).await?;
+        pinned.push(Arc::new(PinnedPartition {
             id: p.id(),
             hot,
             cold,
         }));
     }
-    Ok(TopicSnapshot {
+    Ok(PinnedTopic {
         topic: topic.name().to_string(),
         partitions: pinned,
     })
@@ -335,7 +325,7 @@ pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;
 /// first, then local segments. Reading runs ahead by at most two batches.
 pub fn scan_partition(
     tiering: Arc<Tiering>,
-    part: Arc<PartitionSnapshot>,
+    part: Arc<PinnedPartition>,
     spec: Arc<ScanSpec>,
     metrics: ScanMetrics,
 ) -> BatchStream {
@@ -377,7 +367,7 @@ pub fn scan_partition(
 /// `limit` rows in all.
 pub fn scan_topic(
     tiering: Arc<Tiering>,
-    snapshot: TopicSnapshot,
+    snapshot: PinnedTopic,
     spec: Arc<ScanSpec>,
     limit: Option<u64>,
 ) -> BatchStream {
@@ -427,7 +417,7 @@ impl Drop for AbortOnDrop {
 /// Sends the matching cold rows; false when the receiver is gone.
 async fn scan_cold(
     tiering: &Tiering,
-    part: &PartitionSnapshot,
+    part: &PinnedPartition,
     spec: &ScanSpec,
     tx: &mpsc::Sender<Result<RecordBatch>>,
     left: &mut u64,
@@ -447,7 +437,7 @@ async fn scan_cold(
             columns: &read,
             string_views: spec.string_views,
         };
-        let Some(opened) = tiering.scan_file(&scan, BATCH_ROWS).await? else {
+        let Some(opened) = tiering.scan_file(&scan, SCAN_BATCH_ROWS).await? else {
             continue;
         };
         metrics.cold_files.add(1);
@@ -480,7 +470,7 @@ async fn scan_cold(
 
 /// Sends the matching rows of local segments, read on a blocking thread.
 async fn scan_hot(
-    part: Arc<PartitionSnapshot>,
+    part: Arc<PinnedPartition>,
     spec: Arc<ScanSpec>,
     tx: mpsc::Sender<Result<RecordBatch>>,
     left: u64,
@@ -494,7 +484,7 @@ async fn scan_hot(
         let mut reader = HotReader {
             spec: &spec,
             partition: part.id,
-            builder: BatchBuilder::new(),
+            builder: ArrowBatchBuilder::new(),
             tx: &tx,
             left,
             error: None,
@@ -520,7 +510,7 @@ async fn scan_hot(
 struct HotReader<'a> {
     spec: &'a ScanSpec,
     partition: u32,
-    builder: BatchBuilder,
+    builder: ArrowBatchBuilder,
     tx: &'a mpsc::Sender<Result<RecordBatch>>,
     left: u64,
     error: Option<QueryError>,
@@ -542,8 +532,8 @@ impl HotReader<'_> {
             return ControlFlow::Break(());
         }
         self.left -= 1;
-        if self.builder.len() >= BATCH_ROWS
-            || self.builder.data_bytes() >= strata_tiering::convert::BATCH_BYTES
+        if self.builder.len() >= SCAN_BATCH_ROWS
+            || self.builder.data_bytes() >= strata_tiering::schema::BATCH_BYTES
             || self.left == 0
         {
             if let Err(e) = self.flush() {

@@ -170,7 +170,7 @@ impl QueryService {
         let read = async move {
             let partitions = request.partition.map(|p| vec![p]);
             let snapshot =
-                scan::snapshot(&broker, &tiering, &request.topic, partitions.as_deref()).await?;
+                scan::pin_topic(&broker, &tiering, &request.topic, partitions.as_deref()).await?;
             let schema = spec.output_schema()?;
             let batches = scan::scan_topic(tiering, snapshot, Arc::new(spec), request.limit);
             Ok((schema, batches))

@@ -32,10 +32,10 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 use strata_broker::Broker;
 use strata_tiering::Tiering;
-use strata_tiering::convert::{schema, view_schema};
+use strata_tiering::schema::{schema, view_schema};
 
 use crate::error::QueryError;
-use crate::scan::{self, PartitionSnapshot, ScanMetrics, ScanSpec, col};
+use crate::scan::{self, PinnedPartition, ScanMetrics, ScanSpec, col};
 
 /// A topic as a table of `partition, offset, timestamp, key, value, headers`.
 #[derive(Debug)]
@@ -112,7 +112,7 @@ impl TableProvider for TopicTable {
         if ids.is_empty() || spec.offsets.is_empty() || bounds.time_is_empty() {
             return Ok(Arc::new(EmptyExec::new(output)));
         }
-        let snapshot = scan::snapshot(&self.broker, &self.tiering, &self.topic, Some(&ids))
+        let snapshot = scan::pin_topic(&self.broker, &self.tiering, &self.topic, Some(&ids))
             .await
             .map_err(DataFusionError::from)?;
         Ok(Arc::new(TopicScanExec::new(
@@ -346,7 +346,7 @@ fn timestamp_ms(value: &ScalarValue) -> Option<(i64, bool)> {
 pub struct TopicScanExec {
     tiering: Arc<Tiering>,
     topic: String,
-    parts: Vec<Arc<PartitionSnapshot>>,
+    parts: Vec<Arc<PinnedPartition>>,
     spec: Arc<ScanSpec>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -355,7 +355,7 @@ pub struct TopicScanExec {
 impl TopicScanExec {
     fn new(
         tiering: Arc<Tiering>,
-        snapshot: scan::TopicSnapshot,
+        snapshot: scan::PinnedTopic,
         spec: ScanSpec,
         output: SchemaRef,
     ) -> Self {

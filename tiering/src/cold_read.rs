@@ -8,196 +8,30 @@
 // footer and page-index loading), so it stays until DataFusion moves on.
 #![allow(deprecated)]
 
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
-use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
-use object_store::path::Path;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
-};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream};
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
-use strata_broker::cold::ColdRecord;
+use strata_broker::page::PageBudget;
 
-use crate::convert::RecordColumns;
+use crate::partition_reads::ColdRecord;
+
 use crate::error::{Result, TieringError};
 use crate::manifest::ColdFile;
+use crate::read_cache::{ReadCache, bytes_per_row, window_rows_for};
+use crate::schema::{RecordColumns, col};
 
 /// Rows per batch when reading back.
 const READ_BATCH_ROWS: usize = 8192;
-
-/// What recent reads of cold files left behind for the next ones: parsed
-/// footers (with page indexes) and decoded windows of rows. A consumer
-/// reads the same file request after request; each footer costs ranged GETs
-/// to fetch and CPU to decode, and the pages under one request of a few
-/// thousand records also hold its neighbours (a page of offsets covers
-/// ~128 K rows), so consumed rows are decoded [`WINDOW_ROWS`] at a time and
-/// the windows kept, bounded by [`WINDOWS_CACHED_BYTES`].
-#[derive(Debug, Default)]
-pub struct ReadCache {
-    footers: Mutex<VecDeque<(String, ArrowReaderMetadata)>>,
-    windows: Mutex<Windows>,
-}
-
-/// Footers kept by a [`ReadCache`].
-const FOOTERS_CACHED: usize = 64;
-/// Most rows of a cold file decoded together for consumers (row groups
-/// hold a whole number of them).
-pub const WINDOW_ROWS: u64 = 32 * 1024;
-/// Decoded bytes a window is sized for: files of large records get windows
-/// of fewer rows (a power of two, at least one), so what one consume
-/// request decodes stays bounded whatever the records' size.
-pub const WINDOW_BYTES: u64 = 8 << 20;
-/// Bytes of decoded windows a [`ReadCache`] keeps (least recently used go
-/// first): a dozen windows of ~130-byte records, so a dozen consumers
-/// reading cold data side by side each keep theirs.
-pub const WINDOWS_CACHED_BYTES: usize = 64 << 20;
-
-/// Decoded windows, least recently used first.
-#[derive(Debug, Default)]
-struct Windows {
-    entries: VecDeque<Window>,
-    bytes: usize,
-}
-
-#[derive(Debug)]
-struct Window {
-    path: String,
-    index: u64,
-    batches: Arc<[RecordBatch]>,
-    bytes: usize,
-}
-
-impl Windows {
-    fn get(&mut self, path: &str, index: u64) -> Option<Arc<[RecordBatch]>> {
-        let at = self
-            .entries
-            .iter()
-            .position(|w| w.index == index && w.path == path)?;
-        let window = self.entries.remove(at)?;
-        let batches = window.batches.clone();
-        self.entries.push_back(window);
-        Some(batches)
-    }
-
-    fn insert(&mut self, window: Window) {
-        if self.get(&window.path, window.index).is_some() {
-            return; // another reader decoded it meanwhile
-        }
-        self.bytes += window.bytes;
-        self.entries.push_back(window);
-        while self.bytes > WINDOWS_CACHED_BYTES {
-            let Some(old) = self.entries.pop_front() else {
-                break;
-            };
-            self.bytes -= old.bytes;
-        }
-    }
-}
-
-impl ReadCache {
-    /// A reader of `file` and its footer, from the cache when there.
-    async fn open(
-        &self,
-        store: &Arc<dyn ObjectStore>,
-        file: &ColdFile,
-    ) -> Result<(ParquetObjectReader, ArrowReaderMetadata)> {
-        let mut reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str()))
-            .with_file_size(file.bytes);
-        let cached = {
-            let entries = self.footers.lock();
-            entries
-                .iter()
-                .find(|(path, _)| *path == file.path)
-                .map(|(_, m)| m.clone())
-        };
-        if let Some(metadata) = cached {
-            return Ok((reader, metadata));
-        }
-        let options = ArrowReaderOptions::new().with_page_index(true);
-        let metadata = ArrowReaderMetadata::load_async(&mut reader, options).await?;
-        // Reads index columns by position: a file of another shape is refused
-        // here rather than read as if it were one of ours.
-        if metadata.schema().fields() != crate::convert::schema().fields() {
-            return Err(TieringError::CorruptFile {
-                path: file.path.clone(),
-                message: format!("unexpected columns {:?}", metadata.schema().fields()),
-            });
-        }
-        let mut entries = self.footers.lock();
-        entries.push_back((file.path.clone(), metadata.clone()));
-        if entries.len() > FOOTERS_CACHED {
-            entries.pop_front();
-        }
-        Ok((reader, metadata))
-    }
-
-    /// Rows per window of `file`: [`WINDOW_ROWS`], or fewer so that a
-    /// window decodes to about [`WINDOW_BYTES`] (from the footer's
-    /// uncompressed sizes).
-    async fn window_rows(&self, store: &Arc<dyn ObjectStore>, file: &ColdFile) -> Result<u64> {
-        let (_, metadata) = self.open(store, file).await?;
-        Ok(window_rows_for(bytes_per_row(metadata.metadata())))
-    }
-
-    /// Rows `[index * rows, (index + 1) * rows)` of `file` (fewer in its
-    /// last window), decoded, from the cache when there.
-    async fn window(
-        &self,
-        store: &Arc<dyn ObjectStore>,
-        file: &ColdFile,
-        index: u64,
-        window_rows: u64,
-    ) -> Result<Arc<[RecordBatch]>> {
-        if let Some(batches) = self.windows.lock().get(&file.path, index) {
-            return Ok(batches);
-        }
-        let first = index * window_rows;
-        let rows = window_rows.min(file.records.saturating_sub(first)) as usize;
-        let (reader, metadata) = self.open(store, file).await?;
-        let selection = RowSelection::from(vec![
-            RowSelector::skip(first as usize),
-            RowSelector::select(rows),
-        ]);
-        let batches: Vec<RecordBatch> =
-            ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
-                .with_row_selection(selection)
-                .with_batch_size(rows.max(1))
-                .build()?
-                .try_collect()
-                .await?;
-        let batches: Arc<[RecordBatch]> = batches.into();
-        self.windows.lock().insert(Window {
-            path: file.path.clone(),
-            index,
-            bytes: batches.iter().map(|b| b.get_array_memory_size()).sum(),
-            batches: batches.clone(),
-        });
-        Ok(batches)
-    }
-
-    /// Forgets what was read from files under `prefix` (a deleted topic: a
-    /// new topic of the same name writes new files under the same names).
-    pub fn forget(&self, prefix: &str) {
-        self.footers
-            .lock()
-            .retain(|(path, _)| !path.starts_with(prefix));
-        let mut windows = self.windows.lock();
-        windows.entries.retain(|w| !w.path.starts_with(prefix));
-        windows.bytes = windows.entries.iter().map(|w| w.bytes).sum();
-    }
-}
 
 async fn open(
     store: &Arc<dyn ObjectStore>,
@@ -239,7 +73,7 @@ pub async fn read_records(
     max_bytes: u64,
 ) -> Result<Vec<ColdRecord>> {
     let mut out = Vec::new();
-    let mut bytes = 0u64;
+    let mut page = PageBudget::new(max_records, max_bytes);
     for file in files {
         let mut row = from.saturating_sub(file.first_offset);
         let window_rows = cache.window_rows(store, file).await?;
@@ -253,13 +87,9 @@ pub async fn read_records(
                     let columns = RecordColumns::new(batch)?;
                     for i in (row - first) as usize..n as usize {
                         let record = record_at(&columns, i);
-                        let size = record.data_len() as u64;
-                        if out.len() as u64 >= max_records
-                            || (!out.is_empty() && bytes + size > max_bytes)
-                        {
+                        if !page.admit(record.data_len()) {
                             return Ok(out);
                         }
-                        bytes += size;
                         out.push(record);
                     }
                     row = first + n;
@@ -273,33 +103,11 @@ pub async fn read_records(
                 )));
             }
         }
-        if out.len() as u64 >= max_records {
+        if page.is_full() {
             break;
         }
     }
     Ok(out)
-}
-
-/// Average uncompressed bytes of a row of a file (from its footer).
-fn bytes_per_row(meta: &ParquetMetaData) -> u64 {
-    let groups = meta.row_groups();
-    let rows: u64 = groups.iter().map(|rg| rg.num_rows().max(0) as u64).sum();
-    let bytes: u64 = groups
-        .iter()
-        .map(|rg| rg.total_byte_size().max(0) as u64)
-        .sum();
-    bytes / rows.max(1)
-}
-
-/// Rows per window for rows of `row_bytes` (uncompressed) each: the
-/// largest power of two up to [`WINDOW_ROWS`] whose rows fit in
-/// [`WINDOW_BYTES`], and at least one.
-fn window_rows_for(row_bytes: u64) -> u64 {
-    let fit = WINDOW_BYTES / row_bytes.max(1);
-    if fit == 0 {
-        return 1;
-    }
-    (1u64 << fit.ilog2()).min(WINDOW_ROWS)
 }
 
 /// A stream of record batches decoded from one cold file.
@@ -327,14 +135,11 @@ pub struct FileScan<'a> {
     /// pages read still need filtering.
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
-    /// Columns of [`crate::convert::schema`] to decode, by index, ascending.
+    /// Columns of [`crate::schema::schema`] to decode, by index, ascending.
     pub columns: &'a [usize],
-    /// Decode `key` and `value` as `Utf8View` ([`crate::convert::view_schema`]).
+    /// Decode `key` and `value` as `Utf8View` ([`crate::schema::view_schema`]).
     pub string_views: bool,
 }
-
-/// Column of `timestamp` in every cold file.
-const TIMESTAMP_COLUMN: usize = 2;
 
 /// Opens a stream of the rows of `scan.file` that can match `scan`, or
 /// `None` when the manifest's ranges rule every row out (a file whose
@@ -362,7 +167,7 @@ pub async fn scan_file(
     }
     let (reader, mut metadata) = cache.open(store, file).await?;
     if scan.string_views {
-        let options = ArrowReaderOptions::new().with_schema(crate::convert::view_schema());
+        let options = ArrowReaderOptions::new().with_schema(crate::schema::view_schema());
         metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), options)?;
     }
     let plan = plan_rows(metadata.metadata(), lo..hi, scan.from_ms, scan.to_ms);
@@ -419,7 +224,7 @@ fn plan_rows(
         if want.is_empty() {
             continue;
         }
-        let (min, max) = match rg.column(TIMESTAMP_COLUMN).statistics() {
+        let (min, max) = match rg.column(col::TIMESTAMP).statistics() {
             Some(Statistics::Int64(s)) => (s.min_opt().copied(), s.max_opt().copied()),
             _ => (None, None),
         };
@@ -457,8 +262,8 @@ fn page_rows(
         return whole;
     };
     let (Some(ColumnIndexMetaData::INT64(index)), Some(pages)) = (
-        columns.get(rg).and_then(|c| c.get(TIMESTAMP_COLUMN)),
-        offsets.get(rg).and_then(|o| o.get(TIMESTAMP_COLUMN)),
+        columns.get(rg).and_then(|c| c.get(col::TIMESTAMP)),
+        offsets.get(rg).and_then(|o| o.get(col::TIMESTAMP)),
     ) else {
         return whole;
     };
@@ -488,7 +293,9 @@ pub async fn offset_for_timestamp(
     target: i64,
 ) -> Result<Option<(u64, i64)>> {
     for file in files.iter().filter(|f| f.max_timestamp >= target) {
-        let pick = |rg: &RowGroupMetaData| match rg.column(2).statistics() {
+        // The first five Parquet leaf columns are the Arrow columns of the same
+        // index (only `headers`, last, has two leaves).
+        let pick = |rg: &RowGroupMetaData| match rg.column(col::TIMESTAMP).statistics() {
             Some(Statistics::Int64(s)) => s.max_opt().is_none_or(|&max| max >= target),
             _ => true,
         };
@@ -496,8 +303,10 @@ pub async fn offset_for_timestamp(
             continue;
         };
         while let Some(batch) = stream.try_next().await? {
-            let offsets = batch.column(1).as_primitive::<Int64Type>();
-            let stamps = batch.column(2).as_primitive::<TimestampMillisecondType>();
+            let offsets = batch.column(col::OFFSET).as_primitive::<Int64Type>();
+            let stamps = batch
+                .column(col::TIMESTAMP)
+                .as_primitive::<TimestampMillisecondType>();
             if let Some(i) = (0..batch.num_rows()).find(|&i| stamps.value(i) >= target) {
                 return Ok(Some((offsets.value(i) as u64, stamps.value(i))));
             }
@@ -524,19 +333,10 @@ fn record_at(columns: &RecordColumns<'_>, i: usize) -> ColdRecord {
 mod tests {
     use super::*;
 
-    fn window(path: &str, index: u64, bytes: usize) -> Window {
-        Window {
-            path: path.into(),
-            index,
-            batches: Arc::from(Vec::new()),
-            bytes,
-        }
-    }
-
     /// Metadata of a file of rows 0..25 (offset and time = row number) in
     /// row groups of 10, with the page index.
     fn three_row_groups() -> ParquetMetaData {
-        use arrow_array::{Int32Array, Int64Array};
+        use arrow_array::{Int32Array, Int64Array, RecordBatch};
         use parquet::arrow::ArrowWriter;
         use parquet::file::properties::{EnabledStatistics, WriterProperties};
         let rows: Vec<i64> = (0..25).collect();
@@ -560,21 +360,6 @@ mod tests {
     }
 
     #[test]
-    fn windows_of_large_records_hold_fewer_rows() {
-        assert_eq!(window_rows_for(150), WINDOW_ROWS, "small records: the most");
-        assert_eq!(window_rows_for(0), WINDOW_ROWS);
-        assert_eq!(window_rows_for(4096), 2048);
-        assert_eq!(window_rows_for(5000), 1024, "a power of two that fits");
-        assert_eq!(window_rows_for(WINDOW_BYTES), 1);
-        assert_eq!(window_rows_for(10 * WINDOW_BYTES), 1, "at least one row");
-        for bytes in [1, 100, 777, 4096, 70_000, 1 << 20] {
-            let rows = window_rows_for(bytes);
-            assert!(rows.is_power_of_two() && rows <= WINDOW_ROWS);
-            assert!(rows == 1 || rows * bytes <= WINDOW_BYTES);
-        }
-    }
-
-    #[test]
     fn row_plans_count_rows_of_the_chosen_groups_only() {
         let meta = three_row_groups();
         assert_eq!(meta.num_row_groups(), 3);
@@ -588,23 +373,5 @@ mod tests {
         assert_eq!(plan.groups, vec![2]);
         assert_eq!(plan.ranges, vec![0..5]);
         assert_eq!(plan.rows, 5);
-    }
-
-    #[test]
-    fn windows_evict_the_least_recently_used_beyond_the_byte_budget() {
-        let mut windows = Windows::default();
-        let third = WINDOWS_CACHED_BYTES / 3;
-        windows.insert(window("a", 0, third));
-        windows.insert(window("a", 1, third));
-        windows.insert(window("b", 0, third));
-        assert!(windows.get("a", 0).is_some(), "a/0 now most recently used");
-        windows.insert(window("b", 1, third));
-        assert!(windows.get("a", 1).is_none(), "least recently used went");
-        assert!(windows.get("a", 0).is_some() && windows.get("b", 0).is_some());
-        assert!(windows.get("b", 1).is_some());
-        assert_eq!(windows.bytes, 3 * third);
-        // Inserting a window that is already there changes nothing.
-        windows.insert(window("b", 1, third));
-        assert_eq!((windows.entries.len(), windows.bytes), (3, 3 * third));
     }
 }

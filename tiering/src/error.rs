@@ -2,6 +2,7 @@
 
 /// Everything that can go wrong offloading to or reading from the cold tier.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TieringError {
     /// A bad object-store URL or tiering setting.
     #[error("invalid configuration: {0}")]
@@ -30,6 +31,22 @@ pub enum TieringError {
     Gap(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl TieringError {
+    /// Whether the object store could not be reached or refused the
+    /// request, so that a retry later may succeed (the server answers
+    /// `503` with `Retry-After`). Uploads and Parquet reads report store
+    /// failures wrapped as parquet's `External` errors; a concurrent
+    /// manifest commit is retried the same way.
+    pub fn is_store_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(_)
+                | Self::Parquet(parquet::errors::ParquetError::External(_))
+                | Self::Conflict { .. }
+        )
+    }
 }
 
 /// Result with [`TieringError`].

@@ -55,7 +55,7 @@ impl Lease {
     /// Takes the lease for `owner` (a name stable across restarts of the
     /// same server), or fails with the current owner and expiry.
     pub async fn acquire(cold: &ColdStore, owner: &str) -> Result<Self> {
-        let local_lock = match &cold.local_root {
+        let local_lock = match cold.local_root() {
             Some(root) => Some(lock_local_root(root, &cold.url)?),
             None => None,
         };

@@ -9,21 +9,32 @@
 //! idempotent: data file names depend only on their offsets, so a retry
 //! after a crash rewrites the same object.
 //!
-//! Readers (the query crate) take a [`ColdSnapshot`] of a partition and scan
-//! its files with [`Tiering::scan_file`]; objects that retention drops are
+//! Readers (the query crate) take a [`PinnedManifest`] of a partition and scan
+//! its files with [`Tiering::scan_file`]; the server reads records by offset
+//! and time through [`partition_reads`]. Objects that retention drops are
 //! deleted only once no read that began before the drop is still running.
+//! The crate knows nothing of HTTP.
 
 pub mod cold_read;
-pub mod convert;
+mod deletion;
 pub mod error;
-pub mod http;
+pub mod facade;
 pub mod lease;
 pub mod manifest;
-pub mod offloader;
+mod offload;
+pub mod parquet_writer;
+pub mod partition_reads;
 pub mod paths;
+mod pins;
+pub mod read_cache;
+mod retention;
+pub mod schema;
 pub mod store;
 pub mod upload;
 
 pub use error::{Result, TieringError};
-pub use offloader::{ColdSnapshot, OffloadSummary, ReadPin, Tiering, TieringConfig, to_broker};
-pub use store::ColdStore;
+pub use facade::{CrashPoint, Tiering, TieringConfig};
+pub use offload::OffloadSummary;
+pub use partition_reads::{ColdRecord, ColdStats};
+pub use pins::{PinnedManifest, ReadPin};
+pub use store::{Backend, ColdStore};

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TieringError};
 use crate::paths::{ColdRoot, manifest_version};
+use crate::store::ColdStore;
 use strata_broker::topic::TopicMeta;
 
 /// Manifest versions kept behind the newest (older ones are deleted).
@@ -159,17 +160,20 @@ impl Manifest {
 /// Reads and commits manifests of one store.
 #[derive(Debug, Clone)]
 pub struct ManifestStore {
+    cold: ColdStore,
     store: Arc<dyn ObjectStore>,
     root: ColdRoot,
     conditional_put: bool,
 }
 
 impl ManifestStore {
-    pub fn new(store: Arc<dyn ObjectStore>, root: ColdRoot, conditional_put: bool) -> Self {
+    /// The manifests of the cold tier `cold`.
+    pub fn new(cold: &ColdStore) -> Self {
         Self {
-            store,
-            root,
-            conditional_put,
+            cold: cold.clone(),
+            store: cold.store.clone(),
+            root: cold.root.clone(),
+            conditional_put: cold.conditional_put,
         }
     }
 
@@ -203,10 +207,19 @@ impl ManifestStore {
         Ok(manifest)
     }
 
-    /// Commits `manifest` as its version. When this returns `Ok`, the
-    /// version is durable on the object store and no other writer can have
-    /// committed the same version (on stores with conditional writes; see
-    /// `docs/operations.md` for the others).
+    /// Commits `manifest` as its version.
+    ///
+    /// # Contract
+    ///
+    /// - **Atomic**: readers see the version whole or not at all (one PUT
+    ///   of one object).
+    /// - **Exclusive**: on stores with conditional writes, no other writer
+    ///   can have committed the same version; a second commit of it fails
+    ///   with [`TieringError::Conflict`] and changes nothing. Without them
+    ///   (Garage), a version that already exists is refused, but two
+    ///   writers racing can both succeed (docs/operations.md).
+    /// - **Durable when it returns `Ok`**: on S3 a completed PUT is; on
+    ///   `file://` the object and its directory are fsynced first.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
         let path = self
             .root
@@ -245,6 +258,7 @@ impl ManifestStore {
             }
             Err(e) => return Err(e.into()),
         }
+        self.cold.make_durable(&path).await?;
         if manifest.version > KEEP_VERSIONS {
             let old = self
                 .root
@@ -261,14 +275,14 @@ impl ManifestStore {
         Ok(())
     }
 
-    /// Stores the topic's description next to its data.
+    /// Stores the topic's description next to its data; durable when
+    /// this returns `Ok` (fsynced on `file://`).
     pub async fn put_topic_meta(&self, meta: &TopicMeta) -> Result<()> {
         let bytes =
             serde_json::to_vec_pretty(meta).map_err(|e| TieringError::Internal(e.to_string()))?;
-        self.store
-            .put(&self.root.topic_meta(&meta.name), PutPayload::from(bytes))
-            .await?;
-        Ok(())
+        let path = self.root.topic_meta(&meta.name);
+        self.store.put(&path, PutPayload::from(bytes)).await?;
+        self.cold.make_durable(&path).await
     }
 
     /// The descriptions of every topic in the store.
@@ -366,8 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn commit_is_exclusive_per_version() {
-        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        let manifests = ManifestStore::new(store, ColdRoot::new("root"), true);
+        let manifests = ManifestStore::new(&ColdStore::open("memory://root").unwrap());
         assert_eq!(
             manifests.load("t", 0).await.unwrap(),
             Manifest::empty("t", 0)

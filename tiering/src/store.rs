@@ -27,9 +27,22 @@ pub struct ColdStore {
     pub conditional_update: bool,
     /// The URL without credentials, for logs.
     pub url: String,
-    /// For `file://` stores: the directory, so that committed objects can be
-    /// fsynced (the local object store writes without fsync).
-    pub(crate) local_root: Option<std::path::PathBuf>,
+    /// Which kind of store this is.
+    pub backend: Backend,
+}
+
+/// The kinds of object store, chosen once from the URL's scheme; code that
+/// must treat one differently matches on this, never on the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// `file://`: a local directory. Objects are fsynced with their
+    /// directory by [`ColdStore::make_durable`] (the local object store
+    /// writes without fsync); only create-if-absent, no compare-and-swap.
+    Local { root: std::path::PathBuf },
+    /// `s3://`: AWS S3, MinIO and other S3-compatible stores.
+    S3 { bucket: String },
+    /// `memory://`: in this process only, for tests.
+    Memory,
 }
 
 impl std::fmt::Debug for ColdStore {
@@ -39,6 +52,7 @@ impl std::fmt::Debug for ColdStore {
             .field("root", &self.root)
             .field("conditional_put", &self.conditional_put)
             .field("conditional_update", &self.conditional_update)
+            .field("backend", &self.backend)
             .field("journaled_uploads", &self.multipart.is_some())
             .finish()
     }
@@ -78,10 +92,10 @@ impl ColdStore {
                 conditional_put: true,
                 conditional_update: false,
                 url: url.to_string(),
-                local_root: Some(path.into()),
+                backend: Backend::Local { root: path.into() },
             });
         }
-        if url == "memory://" || url.starts_with("memory://") {
+        if url.starts_with("memory://") {
             let store = Arc::new(InMemory::new());
             return Ok(Self {
                 store: store.clone(),
@@ -90,7 +104,7 @@ impl ColdStore {
                 conditional_put: true,
                 conditional_update: true,
                 url: url.to_string(),
-                local_root: None,
+                backend: Backend::Memory,
             });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -117,7 +131,9 @@ impl ColdStore {
                 conditional_put,
                 conditional_update: conditional_put,
                 url: url.to_string(),
-                local_root: None,
+                backend: Backend::S3 {
+                    bucket: bucket.to_string(),
+                },
             });
         }
         Err(TieringError::Config(format!(
@@ -125,11 +141,19 @@ impl ColdStore {
         )))
     }
 
+    /// The directory of a `file://` store.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            Backend::Local { root } => Some(root),
+            Backend::S3 { .. } | Backend::Memory => None,
+        }
+    }
+
     /// `file://` stores only: deletes under `dir` the staging files
     /// (`<name>#<n>`) of uploads that a crash cut short, which listings do
     /// not show. Run before any upload starts. Returns how many went.
     pub async fn remove_staged_uploads(&self, dir: &object_store::path::Path) -> Result<usize> {
-        let Some(root) = &self.local_root else {
+        let Some(root) = self.local_root() else {
             return Ok(0);
         };
         let dir = root.join(dir.as_ref());
@@ -160,7 +184,7 @@ impl ColdStore {
     /// durable); for `file://` stores it fsyncs the file and its directory,
     /// which the local object store does not do.
     pub async fn make_durable(&self, path: &object_store::path::Path) -> Result<()> {
-        let Some(root) = &self.local_root else {
+        let Some(root) = self.local_root() else {
             return Ok(());
         };
         let file = root.join(path.as_ref());

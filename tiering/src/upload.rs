@@ -208,7 +208,7 @@ impl FileUpload {
         path: Path,
         crash_after_first_part: bool,
     ) -> Self {
-        if let Some(root) = &cold.local_root {
+        if let Some(root) = cold.local_root() {
             return Self::Local(LocalUpload::new(root.join(path.as_ref())));
         }
         match &cold.multipart {
@@ -222,7 +222,7 @@ impl FileUpload {
                 crash_after_first_part,
                 // object_store 0.13's in-memory store loses (or panics on) a
                 // part that arrives before the one in front of it.
-                in_flight_limit: if cold.url.starts_with("memory://") {
+                in_flight_limit: if cold.backend == crate::store::Backend::Memory {
                     1
                 } else {
                     UPLOADS_IN_FLIGHT
@@ -468,23 +468,12 @@ pub use strata_broker::BLOCK as DIRECT_BLOCK;
 /// Creates the staging file (and its directory), with `O_DIRECT` when the
 /// file system allows it; returns whether it did.
 fn open_staging(path: &std::path::Path) -> std::io::Result<(std::fs::File, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let open = |flags: i32| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(flags)
-            .open(path)
-    };
-    match open(libc::O_DIRECT) {
-        Ok(file) => Ok((file, true)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((open(0)?, false)),
-        Err(e) => Err(e),
-    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    strata_broker::direct_io::open(path, &options)
 }
 
 /// Turns `O_DIRECT` off for `file` (idempotent).
@@ -521,9 +510,7 @@ mod tests {
 
     /// `len` bytes of `fill`, starting at a block-aligned address.
     fn aligned_bytes(len: usize, fill: u8) -> Bytes {
-        let mut buf: Vec<u8> = Vec::with_capacity(len + DIRECT_BLOCK);
-        let start = buf.as_ptr().align_offset(DIRECT_BLOCK);
-        buf.resize(start, 0);
+        let (mut buf, start) = strata_broker::direct_io::aligned_vec(len);
         buf.resize(start + len, fill);
         Bytes::from(buf).slice(start..)
     }

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use strata_broker::{Broker, BrokerConfig};
+use strata_server::broker::BrokerConfig;
+use strata_server::query::QueryConfig;
+use strata_server::tiering::TieringConfig;
+use strata_server::{Server, ServerConfig};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -205,13 +208,14 @@ pub fn test_config(data_dir: &Path) -> BrokerConfig {
     }
 }
 
-/// The real server running inside the test process on an ephemeral port.
+/// The whole server (hot tier, cold tier on `file://<data_dir>/cold`,
+/// queries) running inside the test process on an ephemeral port.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub api: Api,
     pub config: BrokerConfig,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    task: Option<JoinHandle<strata_server::Result<()>>>,
     dir: Option<TempDir>,
 }
 
@@ -235,23 +239,27 @@ impl TestServer {
     }
 
     async fn start_in(config: BrokerConfig, dir: Option<TempDir>) -> Self {
-        let opening = config.clone();
-        let broker = tokio::task::spawn_blocking(move || Broker::open(opening))
-            .await
-            .expect("open task")
-            .expect("open broker");
+        let server = Server::open(ServerConfig {
+            broker: config.clone(),
+            object_store: None,
+            // Offload only when a test asks (`tiering/run`), so that what
+            // a test sees does not depend on the background pass's timing.
+            tiering: TieringConfig {
+                interval: Duration::from_secs(24 * 3600),
+                ..TieringConfig::default()
+            },
+            query: QueryConfig::new(config.data_dir.clone()),
+        })
+        .await
+        .expect("open server");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(strata_broker::http::run(
-            listener,
-            Arc::new(broker),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(server.run(listener, async move {
+            let _ = rx.await;
+        }));
         Self {
             addr,
             api: Api::new(&format!("http://{addr}")),

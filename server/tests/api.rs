@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use strata_broker::partitioner::partition_for_key;
-use strata_test_support::{Api, TestServer};
+use strata_test_support::{Api, TestServer, eventually};
 
 fn record(key: Option<&str>, value: Value) -> Value {
     json!({"key": key, "value": value})
@@ -306,8 +306,22 @@ async fn long_poll_wakes_on_new_data() {
                 .await
         })
     };
-    // Produce once the consumer is parked (it cannot have returned: no data).
-    tokio::task::yield_now().await;
+    // Produce once the consumer is parked at the end of the partition
+    // (before, the record could arrive first and no poll ever waited).
+    eventually(Duration::from_secs(10), "the consume to wait", || {
+        let api = api.clone();
+        async move {
+            let text = reqwest::get(format!("{}/metrics", api.base))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("strata_consume_long_polls{topic=\"lp\"} 1")
+                .then_some(())
+        }
+    })
+    .await;
     api.produce("lp", &[record(None, json!("wake"))]).await;
     let (status, page) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -534,4 +548,45 @@ async fn names_at_the_length_limit_work_end_to_end() {
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let (status, _) = api.get(&format!("/v1/groups/{group}/offsets")).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Regression: a consume's `max_bytes` counted each header's 6 length bytes
+/// in the hot tier but not in the cold tier, so the same records made
+/// pages of different sizes depending on where they lived. Both now count
+/// key + value + header names and values (docs/api.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_and_cold_consume_count_max_bytes_alike() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    api.create_topic("sizes", 1, json!({"local_retention_bytes": 0}))
+        .await;
+    // Each record: key "k" (1) + value "\"v\"" (3) + five headers of 2 + 1
+    // bytes (15) = 19 bytes; with the length prefixes it would be 49.
+    let headers: serde_json::Map<String, Value> =
+        (0..5).map(|i| (format!("h{i}"), json!("x"))).collect();
+    let records: Vec<Value> = (0..12)
+        .map(|_| json!({"key": "k", "value": "v", "headers": headers}))
+        .collect();
+    api.produce("sizes", &records).await;
+    let page = |api: &Api| {
+        let api = api.clone();
+        async move {
+            let (status, body) = api
+                .get("/v1/topics/sizes/partitions/0/records?offset=0&max_bytes=76")
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["records"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(page(api).await, 4, "hot");
+    let (status, body) = api
+        .post("/v1/topics/sizes/tiering/run?roll=true", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, described) = api.get("/v1/topics/sizes").await;
+    assert_eq!(
+        described["partitions"][0]["local_start_offset"], 12,
+        "the records must be read back from the cold tier: {described}"
+    );
+    assert_eq!(page(api).await, 4, "cold");
 }

@@ -1,12 +1,15 @@
-//! The one place where broker errors become HTTP statuses and API error codes.
+//! The one place where the storage crates' errors become HTTP statuses and
+//! the API's error codes (the table in docs/api.md).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use strata_broker::BrokerError;
+use strata_query::QueryError;
+use strata_tiering::TieringError;
 
-use crate::error::BrokerError;
-
-/// An error response: `{"error": {"code", "message", ...extra}}`.
+/// An error response: `{"error": {"code", "message", ...extra}}`, with
+/// `Retry-After` when the client should come back.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -31,6 +34,20 @@ impl ApiError {
     /// `400 invalid_request`.
     pub fn invalid_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// `503 unavailable` with `Retry-After`.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        e.retry_after_secs = Some(retry_after_secs.max(1));
+        e
+    }
+
+    /// `500 internal`, logged: it is a bug or a failure of the machine.
+    pub fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::error!(error = %message, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
     fn with(mut self, key: &'static str, value: impl Into<Value>) -> Self {
@@ -78,15 +95,43 @@ impl From<BrokerError> for ApiError {
             .with("end_offset", end_offset),
             BrokerError::Unavailable {
                 retry_after_secs, ..
-            } => {
-                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
-                err.retry_after_secs = Some(retry_after_secs.max(1));
-                err
+            } => Self::unavailable(message, retry_after_secs),
+            // Corrupt, Io, Internal, and whatever is added later until it
+            // gets its own status here.
+            _ => Self::internal(message),
+        }
+    }
+}
+
+impl From<TieringError> for ApiError {
+    fn from(e: TieringError) -> Self {
+        if e.is_store_unavailable() {
+            return Self::unavailable(format!("the cold tier is unavailable: {e}"), 5);
+        }
+        match e {
+            TieringError::Broker(e) => e.into(),
+            e => Self::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let message = e.to_string();
+        match e {
+            QueryError::Broker(e) => e.into(),
+            QueryError::Tiering(e) => e.into(),
+            QueryError::InvalidRequest(_)
+            | QueryError::Sql(_)
+            | QueryError::Timeout(_)
+            | QueryError::MemoryLimit(_) => Self::invalid_request(message),
+            QueryError::ViewNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "view_not_found", message)
             }
-            BrokerError::Corrupt { .. } | BrokerError::Io { .. } | BrokerError::Internal(_) => {
-                tracing::error!(error = %message, "internal error");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-            }
+            QueryError::ViewExists(_) => Self::new(StatusCode::CONFLICT, "view_exists", message),
+            QueryError::NameTaken(_) => Self::new(StatusCode::CONFLICT, "topic_exists", message),
+            QueryError::Busy(_) => Self::unavailable(message, 1),
+            _ => Self::internal(message),
         }
     }
 }

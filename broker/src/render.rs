@@ -3,7 +3,6 @@
 //! never parsed.
 
 use crate::batch::RecordView;
-use crate::cold::ColdRecord;
 use crate::timestamp::TimestampWriter;
 
 /// Appends `{"partition":..,"offset":..,"timestamp":..,"key":..,"value":..,"headers":{..}}`.
@@ -20,26 +19,6 @@ pub fn write_record(
         value: record.value,
     };
     write_fields(out, times, partition, fields, record.headers());
-}
-
-/// Appends a record read back from the cold tier, like [`write_record`].
-pub fn write_cold_record(
-    out: &mut Vec<u8>,
-    times: &mut TimestampWriter,
-    partition: u32,
-    record: &ColdRecord,
-) {
-    let fields = RecordFields {
-        offset: record.offset,
-        timestamp: record.timestamp,
-        key: record.key.as_deref().map(str::as_bytes),
-        value: record.value.as_bytes(),
-    };
-    let headers = record
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_bytes(), v.as_bytes()));
-    write_fields(out, times, partition, fields, headers);
 }
 
 /// The fields of a record, however it was stored.

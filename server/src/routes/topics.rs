@@ -6,15 +6,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use strata_broker::TopicConfigOverrides;
 
-use super::{ApiError, ApiPath, AppState, blocking, json_response, read_body};
-use crate::cold::ColdTier;
-use crate::config::TopicConfigOverrides;
-use crate::timestamp::format_timestamp;
-use crate::topic::Topic;
-
-/// Largest accepted body of an admin request.
-const MAX_ADMIN_BODY: usize = 1024 * 1024;
+use super::AppState;
+use crate::api_error::ApiError;
+use crate::request::{ApiPath, MAX_ADMIN_BODY, blocking, json_response, read_body};
+use crate::tiers::describe_topic;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,7 +40,7 @@ pub(super) async fn create(
             .await?;
     Ok(json_response(
         StatusCode::CREATED,
-        describe_topic(&topic, app.cold.as_deref())
+        describe_topic(&topic, &app.tiering)
             .to_string()
             .into_bytes(),
     ))
@@ -54,7 +51,7 @@ pub(super) async fn list(State(app): State<AppState>) -> Response {
         .broker
         .topics()
         .iter()
-        .map(|t| describe_topic(t, app.cold.as_deref()))
+        .map(|t| describe_topic(t, &app.tiering))
         .collect();
     json_response(
         StatusCode::OK,
@@ -69,7 +66,7 @@ pub(super) async fn describe(
     let topic = app.broker.topic(&name)?;
     Ok(json_response(
         StatusCode::OK,
-        describe_topic(&topic, app.cold.as_deref())
+        describe_topic(&topic, &app.tiering)
             .to_string()
             .into_bytes(),
     ))
@@ -83,52 +80,8 @@ pub(super) async fn delete(
     // the request can be retried; a topic re-created later under the same
     // name can never inherit a stale manifest.
     app.broker.topic(&name)?;
-    if let Some(cold) = &app.cold {
-        cold.delete_topic(&name).await?;
-    }
+    app.tiering.delete_topic(&name).await?;
     let broker = app.broker.clone();
     blocking(move || broker.delete_topic(&name)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// The API's topic description, hot and cold tiers together.
-pub fn describe_topic(topic: &Topic, cold: Option<&dyn ColdTier>) -> Value {
-    let partitions: Vec<Value> = topic
-        .partitions()
-        .iter()
-        .map(|p| {
-            let hot = p.stats();
-            let cold = cold
-                .map(|c| c.stats(topic.name(), p.id()))
-                .unwrap_or_default();
-            let start = if cold.files > 0 {
-                cold.start_offset.min(hot.start_offset)
-            } else {
-                hot.start_offset
-            };
-            let min = [hot.min_timestamp, cold.min_timestamp]
-                .into_iter()
-                .flatten()
-                .min();
-            let max = [hot.max_timestamp, cold.max_timestamp]
-                .into_iter()
-                .flatten()
-                .max();
-            json!({
-                "partition": hot.partition,
-                "start_offset": start,
-                "local_start_offset": hot.start_offset,
-                "end_offset": hot.end_offset,
-                "hot": {"segments": hot.segments, "bytes": hot.bytes},
-                "cold": {"files": cold.files, "bytes": cold.bytes, "end_offset": cold.end_offset},
-                "min_timestamp": min.map(format_timestamp),
-                "max_timestamp": max.map(format_timestamp),
-            })
-        })
-        .collect();
-    json!({
-        "name": topic.name(),
-        "config": topic.config(),
-        "partitions": partitions,
-    })
 }

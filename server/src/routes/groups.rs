@@ -6,11 +6,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use strata_broker::BrokerError;
+use strata_broker::config::validate_name;
+use strata_broker::groups::CommittedOffset;
 
-use super::{ApiError, ApiPath, AppState, blocking, json_response, read_body};
-use crate::config::validate_name;
-use crate::error::BrokerError;
-use crate::groups::CommittedOffset;
+use super::AppState;
+use crate::api_error::ApiError;
+use crate::request::{ApiPath, MAX_ADMIN_BODY, blocking, json_response, read_body};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,7 +36,7 @@ pub(super) async fn commit(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_group(&group)?;
-    let bytes = read_body(&headers, body, 1024 * 1024).await?;
+    let bytes = read_body(&headers, body, MAX_ADMIN_BODY).await?;
     let commit: Commit = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::invalid_request(format!(
             "expected {{\"offsets\": [{{\"topic\", \"partition\", \"offset\"}}]}}: {e}"

@@ -1,66 +1,22 @@
 //! The query routes: `GET /v1/topics/{t}/range`, `GET /v1/topics/{t}/snapshot`,
-//! `POST /v1/query` and `/v1/views`. [`api_error`] is the one place where
-//! query errors become the API's statuses and codes.
+//! `POST /v1/query` and `/v1/views`. Results stream: the first chunk is
+//! ready before the status is sent (so an early error still gets its
+//! status), the rest follows with bounded memory.
 
-use std::sync::Arc;
-
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use strata_broker::http::{ApiError, ApiPath, Params, json_response, read_body};
 use strata_broker::timestamp::{now_ms, parse_timestamp};
+use strata_query::Format;
+use strata_query::service::{Output, RangeRequest};
 
-use crate::error::QueryError;
-use crate::format::Format;
-use crate::service::{Output, QueryService, RangeRequest};
-
-/// Largest accepted body of a query or view request.
-const MAX_QUERY_BODY: usize = 1024 * 1024;
-
-type Service = Arc<QueryService>;
-
-/// The query routes, to merge into the server's router.
-pub fn router(service: Arc<QueryService>) -> Router {
-    Router::new()
-        .route("/v1/topics/{topic}/range", get(range))
-        .route("/v1/topics/{topic}/snapshot", get(snapshot))
-        .route("/v1/query", post(query))
-        .route("/v1/views", get(list_views).post(create_view))
-        .route("/v1/views/{name}", get(read_view).delete(delete_view))
-        .with_state(service)
-}
-
-/// A query error as the API's error response.
-pub fn api_error(e: QueryError) -> ApiError {
-    let message = e.to_string();
-    match e {
-        QueryError::Broker(e) => e.into(),
-        QueryError::Tiering(e) => strata_tiering::to_broker(e).into(),
-        QueryError::InvalidRequest(_)
-        | QueryError::Sql(_)
-        | QueryError::Timeout(_)
-        | QueryError::MemoryLimit(_) => ApiError::invalid_request(message),
-        QueryError::ViewNotFound(_) => {
-            ApiError::new(StatusCode::NOT_FOUND, "view_not_found", message)
-        }
-        QueryError::ViewExists(_) => ApiError::new(StatusCode::CONFLICT, "view_exists", message),
-        QueryError::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "topic_exists", message),
-        QueryError::Busy(_) => {
-            let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
-            e.retry_after_secs = Some(1);
-            e
-        }
-        QueryError::Internal(_) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-        }
-    }
-}
+use super::AppState;
+use crate::api_error::ApiError;
+use crate::request::{ApiPath, MAX_QUERY_BODY, Params, json_response, read_body};
 
 /// A streaming `200` response.
 fn streaming(output: Output) -> Response {
@@ -82,10 +38,7 @@ fn streaming(output: Output) -> Response {
 }
 
 fn format_param(params: &Params, default: Format) -> Result<Format, ApiError> {
-    params
-        .get("format")
-        .map_or(Ok(default), Format::parse)
-        .map_err(api_error)
+    Ok(params.get("format").map_or(Ok(default), Format::parse)?)
 }
 
 fn time_param(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
@@ -97,8 +50,8 @@ fn time_param(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-async fn range(
-    State(service): State<Service>,
+pub(super) async fn range(
+    State(app): State<AppState>,
     ApiPath(topic): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -117,23 +70,18 @@ async fn range(
         limit: params.u64("limit")?,
         format: format_param(&params, Format::Ndjson)?,
     };
-    let output = service.range(request).await.map_err(api_error)?;
-    Ok(streaming(output))
+    Ok(streaming(app.query.range(request).await?))
 }
 
-async fn snapshot(
-    State(service): State<Service>,
+pub(super) async fn snapshot(
+    State(app): State<AppState>,
     ApiPath(topic): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), &["as_of", "format"])?;
     let as_of = time_param(&params, "as_of")?.unwrap_or_else(now_ms);
     let format = format_param(&params, Format::Json)?;
-    let output = service
-        .snapshot(&topic, as_of, format)
-        .await
-        .map_err(api_error)?;
-    Ok(streaming(output))
+    Ok(streaming(app.query.snapshot(&topic, as_of, format).await?))
 }
 
 #[derive(Deserialize)]
@@ -144,8 +92,8 @@ struct QueryBody {
     format: Option<String>,
 }
 
-async fn query(
-    State(service): State<Service>,
+pub(super) async fn sql(
+    State(app): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -155,10 +103,8 @@ async fn query(
     let format = request
         .format
         .as_deref()
-        .map_or(Ok(Format::Json), Format::parse)
-        .map_err(api_error)?;
-    let output = service.sql(request.sql, format).await.map_err(api_error)?;
-    Ok(streaming(output))
+        .map_or(Ok(Format::Json), Format::parse)?;
+    Ok(streaming(app.query.sql(request.sql, format).await?))
 }
 
 #[derive(Deserialize)]
@@ -168,42 +114,38 @@ struct CreateView {
     sql: String,
 }
 
-async fn create_view(
-    State(service): State<Service>,
+pub(super) async fn create_view(
+    State(app): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, MAX_QUERY_BODY).await?;
     let request: CreateView = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_request(format!("expected {{\"name\", \"sql\"}}: {e}")))?;
-    let view = service
-        .create_view(&request.name, &request.sql)
-        .await
-        .map_err(api_error)?;
+    let view = app.query.create_view(&request.name, &request.sql).await?;
     Ok(json_response(StatusCode::CREATED, json_bytes(&json!(view))))
 }
 
-async fn list_views(State(service): State<Service>) -> Response {
-    let views = service.views().list();
+pub(super) async fn list_views(State(app): State<AppState>) -> Response {
+    let views = app.query.views().list();
     json_response(StatusCode::OK, json_bytes(&json!({ "views": views })))
 }
 
-async fn read_view(
-    State(service): State<Service>,
+pub(super) async fn read_view(
+    State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), &["format"])?;
     let format = format_param(&params, Format::Json)?;
-    let output = service.read_view(&name, format).await.map_err(api_error)?;
-    Ok(streaming(output))
+    Ok(streaming(app.query.read_view(&name, format).await?))
 }
 
-async fn delete_view(
-    State(service): State<Service>,
+pub(super) async fn delete_view(
+    State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    service.delete_view(&name).await.map_err(api_error)?;
+    app.query.delete_view(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -1,0 +1,37 @@
+//! # strata-server: the HTTP server above the storage crates
+//!
+//! The only crate that knows HTTP. It opens the hot tier
+//! (`strata-broker`), the cold tier (`strata-tiering`) and the query service
+//! (`strata-query`) over one data directory and object store, and serves
+//! the API of docs/api.md until shutdown:
+//!
+//! - [`server`]: [`Server::open`] and [`Server::run`] (mini-redis style:
+//!   a listener and a shutdown future in, a clean stop out), the
+//!   background offloader and segment roller;
+//! - [`routes`]: every route, one module per resource;
+//! - [`tiers`]: the union of the tiers for consume, offset-for-timestamp
+//!   and describe (range reads and SQL take theirs in the query crate);
+//! - [`request`]: parameters, body limits, JSON responses;
+//! - [`api_error`]: the one mapping of every crate's errors to HTTP
+//!   statuses and the API's error codes;
+//! - [`render`]: cold records as the API's JSON.
+//!
+//! The binary (`strata serve`) adds configuration, logging and signals.
+
+pub mod api_error;
+pub mod error;
+pub mod render;
+pub mod request;
+pub mod routes;
+pub mod server;
+pub mod tiers;
+
+/// The storage crates, for the binary and tests (which depend on this crate
+/// alone).
+pub use strata_broker as broker;
+pub use strata_query as query;
+pub use strata_tiering as tiering;
+
+pub use api_error::ApiError;
+pub use error::{Result, ServerError};
+pub use server::{Server, ServerConfig};

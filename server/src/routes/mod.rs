@@ -1,0 +1,126 @@
+//! Every route of the API (docs/api.md), one module per resource, with
+//! JSON `404`/`405` fallbacks and the request-latency metric for all.
+
+mod groups;
+mod query;
+mod records;
+mod tiering;
+mod topics;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use strata_broker::Broker;
+use strata_query::QueryService;
+use strata_tiering::Tiering;
+use tokio::sync::watch;
+
+use crate::api_error::ApiError;
+use crate::request::json_response;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The hot tier.
+    pub broker: Arc<Broker>,
+    /// The cold tier: offsets below a partition's local start are read here.
+    pub tiering: Arc<Tiering>,
+    /// Range reads, SQL, views and snapshots.
+    pub query: Arc<QueryService>,
+    pub metrics: PrometheusHandle,
+    /// Turns true when the server starts shutting down (ends long polls).
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/topics", get(topics::list).post(topics::create))
+        .route(
+            "/v1/topics/{topic}",
+            get(topics::describe).delete(topics::delete),
+        )
+        .route("/v1/topics/{topic}/records", post(records::produce))
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/records",
+            get(records::consume),
+        )
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/offset",
+            get(records::offset_for_timestamp),
+        )
+        .route("/v1/topics/{topic}/tiering/run", post(tiering::run))
+        .route("/v1/topics/{topic}/range", get(query::range))
+        .route("/v1/topics/{topic}/snapshot", get(query::snapshot))
+        .route("/v1/query", post(query::sql))
+        .route("/v1/views", get(query::list_views).post(query::create_view))
+        .route(
+            "/v1/views/{name}",
+            get(query::read_view).delete(query::delete_view),
+        )
+        .route(
+            "/v1/groups/{group}/offsets",
+            get(groups::fetch).post(groups::commit),
+        )
+        .with_state(state)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track_request))
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    for topic in app.broker.topics() {
+        let bytes: u64 = topic.partitions().iter().map(|p| p.local_bytes()).sum();
+        metrics::gauge!("strata_local_bytes", "topic" => topic.name().to_string())
+            .set(bytes as f64);
+    }
+    let mut response = app.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+        "method not allowed on this route",
+    )
+}
+
+async fn track_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "strata_http_request_duration_seconds",
+        "method" => method,
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,117 @@
+//! Produce, consume by offset, and offset-for-timestamp.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use strata_broker::produce::{BodyFormat, parse_body};
+use strata_broker::render::write_int;
+use strata_broker::timestamp::{TimestampWriter, now_ms, parse_timestamp};
+use strata_broker::topic::Ack;
+
+use super::AppState;
+use crate::api_error::ApiError;
+use crate::request::{ApiPath, Params, blocking, json_response, read_body};
+use crate::tiers::{self, PageRequest};
+
+/// Default and largest `max_records` of a consume.
+const DEFAULT_MAX_RECORDS: u64 = 1000;
+const MAX_MAX_RECORDS: u64 = 100_000;
+/// Default and largest `max_bytes` of a consume.
+const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
+const MAX_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+pub(super) async fn produce(
+    State(app): State<AppState>,
+    ApiPath(topic): ApiPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let topic = app.broker.topic(&topic)?;
+    app.broker.check_local_budget()?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = BodyFormat::from_content_type(content_type);
+    let config = app.broker.config();
+    let body = read_body(&headers, body, config.max_request_bytes).await?;
+    let max_record_bytes = config.max_record_bytes;
+    let rendered = blocking(move || {
+        let records = parse_body(&body, format, max_record_bytes)?;
+        let acks = topic.produce(&records, now_ms())?;
+        Ok(render_acks(&acks))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, rendered))
+}
+
+fn render_acks(acks: &[Ack]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + acks.len() * 72);
+    out.extend_from_slice(b"{\"offsets\":[");
+    let mut times = TimestampWriter::default();
+    for (i, ack) in acks.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"partition\":");
+        write_int(&mut out, u64::from(ack.partition));
+        out.extend_from_slice(b",\"offset\":");
+        write_int(&mut out, ack.offset);
+        out.extend_from_slice(b",\"timestamp\":\"");
+        times.write(ack.timestamp, &mut out);
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+pub(super) async fn consume(
+    State(app): State<AppState>,
+    ApiPath((topic, partition)): ApiPath<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(
+        query.as_deref(),
+        &["offset", "max_records", "max_bytes", "wait_ms"],
+    )?;
+    let request = PageRequest {
+        offset: params.u64("offset")?,
+        max_records: params.u64_in("max_records", DEFAULT_MAX_RECORDS, 1, MAX_MAX_RECORDS)?,
+        max_bytes: params.u64_in("max_bytes", DEFAULT_MAX_BYTES, 1, MAX_MAX_BYTES)?,
+        wait: Duration::from_millis(params.u64_in(
+            "wait_ms",
+            0,
+            0,
+            app.broker.config().max_wait_ms,
+        )?),
+    };
+    let topic = app.broker.topic(&topic)?;
+    let partition = topic.partition(&partition)?.clone();
+    let body = tiers::consume(
+        &app.tiering,
+        &topic,
+        &partition,
+        request,
+        app.stopping.clone(),
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+pub(super) async fn offset_for_timestamp(
+    State(app): State<AppState>,
+    ApiPath((topic, partition)): ApiPath<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &["timestamp"])?;
+    let text = params
+        .get("timestamp")
+        .ok_or_else(|| ApiError::invalid_request("the timestamp parameter is required"))?;
+    let target = parse_timestamp(text).map_err(ApiError::invalid_request)?;
+    let topic = app.broker.topic(&topic)?;
+    let partition = topic.partition(&partition)?.clone();
+    let body = tiers::offset_for_timestamp(&app.tiering, &topic, partition, target).await?;
+    Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
+}

@@ -1,0 +1,26 @@
+//! `POST /v1/topics/{topic}/tiering/run[?roll=true]`: offload now.
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use strata_tiering::TieringError;
+
+use super::AppState;
+use crate::api_error::ApiError;
+use crate::request::{ApiPath, Params, json_response};
+
+pub(super) async fn run(
+    State(app): State<AppState>,
+    ApiPath(topic): ApiPath<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &["roll"])?;
+    let roll = params.flag("roll")?;
+    // Its own task: a client that hangs up does not cut the offload short.
+    let tiering = app.tiering.clone();
+    let summary = tokio::spawn(async move { tiering.offload_topic(&topic, roll).await })
+        .await
+        .unwrap_or_else(|e| Err(TieringError::Internal(format!("offload task: {e}"))))?;
+    let body = serde_json::to_vec(&summary).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(json_response(StatusCode::OK, body))
+}

@@ -1,0 +1,159 @@
+//! A server: the hot tier, the cold tier and the query service opened over
+//! one data directory and object store, served until shutdown.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_broker::{Broker, BrokerConfig};
+use strata_query::{QueryConfig, QueryService};
+use strata_tiering::{ColdStore, Tiering, TieringConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::error::{Result, ServerError};
+use crate::routes::{AppState, router};
+
+/// Everything a server is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The hot tier (its `data_dir` is the server's data directory).
+    pub broker: BrokerConfig,
+    /// The cold tier's URL (`file://`, `s3://`, `memory://`); `None` for
+    /// `file://<data_dir>/cold`.
+    pub object_store: Option<String>,
+    pub tiering: TieringConfig,
+    pub query: QueryConfig,
+}
+
+/// An opened server, ready to serve.
+pub struct Server {
+    state: AppState,
+    stopping: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Opens the data directory (recovering every partition), the cold
+    /// tier's manifests and the views.
+    pub async fn open(config: ServerConfig) -> Result<Self> {
+        let broker_config = config.broker.clone();
+        let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
+            .await
+            .map_err(|e| {
+                ServerError::io("opening the data directory", std::io::Error::other(e))
+            })??;
+        let broker = Arc::new(broker);
+        let data_dir = &config.broker.data_dir;
+        let url = match &config.object_store {
+            Some(url) => url.clone(),
+            None => default_cold_url(data_dir)?,
+        };
+        let cold = ColdStore::open(&url)?;
+        let owner = server_id(data_dir)?;
+        let tiering = Tiering::open(broker.clone(), cold, config.tiering.clone(), &owner).await?;
+        let query = QueryService::open(broker.clone(), tiering.clone(), config.query.clone())?;
+        let (stopping, stopping_rx) = watch::channel(false);
+        let state = AppState {
+            broker,
+            tiering,
+            query: Arc::new(query),
+            metrics: strata_broker::metrics::prometheus_handle(),
+            stopping: stopping_rx,
+        };
+        Ok(Self { state, stopping })
+    }
+
+    /// The hot tier.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.state.broker
+    }
+
+    /// Serves the API on `listener` until `shutdown` resolves, with the
+    /// background offloader and the roll of segments older than
+    /// `segment_ms`; then finishes in-flight requests, ends long polls,
+    /// stops the offloader (which gives up its lease) and fsyncs every
+    /// partition.
+    ///
+    /// # Contract
+    ///
+    /// When this returns `Ok`, every acknowledged record is durable on
+    /// local disk and no request is still running.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Self { state, stopping } = self;
+        let broker = state.broker.clone();
+        let roller = tokio::spawn(roll_due_segments(broker.clone(), stopping.subscribe()));
+        let offloader = tokio::spawn(state.tiering.clone().run_background(stopping.subscribe()));
+        let stop = stopping.clone();
+        let served = axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                let _ = stop.send(true);
+            })
+            .await;
+        let _ = stopping.send(true);
+        let _ = roller.await;
+        // The offloader gives up its lease before the process exits.
+        let _ = offloader.await;
+        served.map_err(|e| ServerError::io("serving", e))?;
+        let closing = broker.clone();
+        tokio::task::spawn_blocking(move || closing.close())
+            .await
+            .map_err(|e| {
+                ServerError::io("closing the data directory", std::io::Error::other(e))
+            })??;
+        tracing::info!("stopped: every partition fsynced");
+        Ok(())
+    }
+}
+
+async fn roll_due_segments(broker: Arc<Broker>, mut stopping: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let broker = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            broker.roll_due_segments(strata_broker::timestamp::now_ms())
+        })
+        .await;
+    }
+}
+
+/// This server's name in the cold tier's writer lease: made once and kept
+/// in the data directory, so a restarted server takes its own lease back.
+fn server_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("server-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let id = format!(
+        "strata-{}-{}",
+        std::process::id(),
+        strata_broker::timestamp::now_ms()
+    );
+    let writing = || format!("writing {}", path.display());
+    std::fs::write(&path, &id).map_err(|e| ServerError::io(writing(), e))?;
+    std::fs::File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ServerError::io(writing(), e))?;
+    Ok(id)
+}
+
+/// `file://<data_dir>/cold`, the zero-configuration cold tier.
+fn default_cold_url(data_dir: &Path) -> Result<String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| ServerError::io(format!("creating {}", data_dir.display()), e))?;
+    let absolute = data_dir
+        .canonicalize()
+        .map_err(|e| ServerError::io(format!("resolving {}", data_dir.display()), e))?;
+    Ok(format!("file://{}/cold", absolute.display()))
+}

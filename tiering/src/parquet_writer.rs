@@ -1,0 +1,271 @@
+//! Sealed segment → Arrow record batches → one Parquet file on the object store.
+//!
+//! Rows are in offset order ([`crate::schema`] is their shape). zstd (level
+//! 1); statistics and the page index on every column, so readers prune row
+//! groups and pages by `offset` and `timestamp`. Row groups hold up to
+//! [`ROW_GROUP_ROWS`] rows (or [`ROW_GROUP_BYTES`] encoded, for large
+//! records): large enough to compress and write at full speed, small
+//! enough that a time or offset filter skips most of a big file; pages
+//! (~1 MiB) give finer pruning inside a row group.
+//!
+//! The segment is read, built into batches of
+//! [`crate::schema::OFFLOAD_BATCH_ROWS`] rows (or
+//! [`crate::schema::BATCH_BYTES`] of record data) and encoded on a blocking
+//! thread; finished chunks of the file go through a one-slot channel to its
+//! upload ([`crate::upload`]): memory stays bounded by one batch, one
+//! encoded row group and a few upload parts, whatever the segment's or
+//! records' size.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use strata_broker::Partition;
+use strata_broker::segment::SegmentInfo;
+use tokio::sync::mpsc;
+
+use crate::error::{Result, TieringError};
+use crate::manifest::ColdFile;
+use crate::paths::DataFilePath;
+use crate::schema::{ArrowBatchBuilder, schema};
+use crate::upload::{FileUpload, UPLOAD_PART_BYTES};
+
+/// Rows per Parquet row group.
+pub const ROW_GROUP_ROWS: usize = 1 << 20;
+/// Encoded bytes at which a row group is closed before [`ROW_GROUP_ROWS`]
+/// (records of kilobytes and more): the writer holds a row group's pages
+/// in memory until it closes.
+pub const ROW_GROUP_BYTES: usize = 64 << 20;
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: crate::schema::col::OFFSET as i32,
+            descending: false,
+            nulls_first: false,
+        }]))
+        // Offsets, timestamps and JSON values rarely repeat: dictionaries only cost time.
+        .set_column_dictionary_enabled(ColumnPath::from("offset"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("value"), false)
+        // Nothing prunes by the JSON text: its min/max would cost a string
+        // comparison per row and bytes in every page header for nothing.
+        .set_column_statistics_enabled(ColumnPath::from("value"), EnabledStatistics::None)
+        .build()
+}
+
+/// Summary of a converted segment, before it is committed.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    records: u64,
+    min_timestamp: i64,
+    max_timestamp: i64,
+}
+
+/// Writes the records of one sealed `segment` of `partition` as a Parquet
+/// file at `path` through `upload` and returns its manifest entry.
+/// Idempotent: the same segment always yields the same path, and a retry
+/// overwrites it.
+///
+/// Reading, Arrow building, Parquet encoding and compression all run on a
+/// blocking thread, which hands finished chunks of the file to this task
+/// for upload: the async runtime's workers stay free to serve requests.
+pub async fn write_segment(
+    mut upload: FileUpload,
+    path: &DataFilePath,
+    partition: Arc<Partition>,
+    segment: &SegmentInfo,
+) -> Result<ColdFile> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+    let (base, end) = (segment.base_offset, segment.end_offset);
+    let encoder = tokio::task::spawn_blocking(move || encode_segment(&partition, base, end, tx));
+    let uploaded: Result<()> = async {
+        while let Some(chunk) = rx.recv().await {
+            upload.put(chunk).await?;
+        }
+        Ok(())
+    }
+    .await;
+    // An upload that gave up reads no more chunks: closing the channel makes
+    // the encoder's next hand-off fail instead of waiting for ever.
+    drop(rx);
+    let encoded = encoder.await.unwrap_or_else(|e| {
+        Err(TieringError::Internal(format!(
+            "segment encoder failed: {e}"
+        )))
+    });
+    let finished = match (uploaded, encoded) {
+        (Ok(()), Ok((stats, bytes))) if stats.records == end - base => {
+            upload.finish().await.map(|()| (stats, bytes))
+        }
+        (Ok(()), Ok((stats, _))) => Err(TieringError::Internal(format!(
+            "segment {base}..{end} yielded {} records",
+            stats.records
+        ))),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    let (stats, bytes) = match finished {
+        Ok(done) => done,
+        Err(e) => {
+            // Don't leave parts of an unfinished multipart upload behind.
+            upload.abort().await;
+            return Err(e);
+        }
+    };
+    Ok(ColdFile {
+        path: path.0.to_string(),
+        first_offset: base,
+        last_offset: end - 1,
+        min_timestamp: stats.min_timestamp,
+        max_timestamp: stats.max_timestamp,
+        records: stats.records,
+        bytes,
+    })
+}
+
+/// A `Write` that ships the Parquet file in chunks of exactly
+/// [`UPLOAD_PART_BYTES`] (the last one shorter) to the uploading task.
+struct ChunkSink {
+    tx: mpsc::Sender<Bytes>,
+    /// The chunk being filled: `buf[start..]`, with `start` chosen so that
+    /// the chunk is block-aligned in memory, as direct I/O wants.
+    buf: Vec<u8>,
+    start: usize,
+    /// Bytes of the file so far.
+    written: u64,
+}
+
+impl ChunkSink {
+    fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        let (buf, start) = aligned_chunk();
+        Self {
+            tx,
+            buf,
+            start,
+            written: 0,
+        }
+    }
+
+    fn filled(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn ship(&mut self) -> std::io::Result<()> {
+        if self.filled() == 0 {
+            return Ok(());
+        }
+        let (next, start) = aligned_chunk();
+        let buf = std::mem::replace(&mut self.buf, next);
+        // `Bytes::from` keeps the vector's allocation, so the slice stays aligned.
+        let chunk = Bytes::from(buf).slice(std::mem::replace(&mut self.start, start)..);
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::other("the upload stopped"))
+    }
+}
+
+/// An empty buffer for one upload part and the index at which the part
+/// starts block-aligned.
+fn aligned_chunk() -> (Vec<u8>, usize) {
+    strata_broker::direct_io::aligned_vec(UPLOAD_PART_BYTES)
+}
+
+impl std::io::Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        // Every chunk but the last is exactly one upload part long.
+        let mut rest = data;
+        while !rest.is_empty() {
+            let take = (UPLOAD_PART_BYTES - self.filled()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.filled() == UPLOAD_PART_BYTES {
+                self.ship()?;
+            }
+        }
+        self.written += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads offsets `[base, end)`, encodes them as one Parquet file and sends
+/// it in chunks; returns the records' statistics and the file's size.
+fn encode_segment(
+    partition: &Partition,
+    base: u64,
+    end: u64,
+    tx: mpsc::Sender<Bytes>,
+) -> Result<(Stats, u64)> {
+    let sink = ChunkSink::new(tx);
+    let mut writer = ArrowWriter::try_new(sink, schema(), Some(writer_properties()))?;
+    let stats = read_segment(partition, base, end, &mut |batch| {
+        writer.write(&batch)?;
+        if writer.in_progress_size() >= ROW_GROUP_BYTES {
+            writer.flush()?;
+        }
+        Ok(())
+    })?;
+    // `into_inner` writes the footer and hands the sink back.
+    let mut sink = writer.into_inner()?;
+    sink.ship()
+        .map_err(|e| TieringError::Internal(format!("handing the file to the upload: {e}")))?;
+    Ok((stats, sink.written))
+}
+
+/// Reads offsets `[base, end)` and hands them to `emit` as record batches.
+fn read_segment(
+    partition: &Partition,
+    base: u64,
+    end: u64,
+    emit: &mut dyn FnMut(RecordBatch) -> Result<()>,
+) -> Result<Stats> {
+    let mut cursor = partition.cursor(base)?.with_direct_io()?;
+    let mut builder = ArrowBatchBuilder::new();
+    let mut stats = Stats {
+        records: 0,
+        min_timestamp: i64::MAX,
+        max_timestamp: i64::MIN,
+    };
+    let mut failure = None;
+    let id = partition.id();
+    cursor.for_each_record(|record| {
+        if record.offset >= end {
+            return ControlFlow::Break(());
+        }
+        if let Err(e) = builder.push(id, record) {
+            failure = Some(e);
+            return ControlFlow::Break(());
+        }
+        stats.records += 1;
+        stats.min_timestamp = stats.min_timestamp.min(record.timestamp);
+        stats.max_timestamp = stats.max_timestamp.max(record.timestamp);
+        let full = builder.is_full();
+        if let Err(e) = if full {
+            builder.finish().and_then(&mut *emit)
+        } else {
+            Ok(())
+        } {
+            failure = Some(e);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if !builder.is_empty() {
+        emit(builder.finish()?)?;
+    }
+    Ok(stats)
+}

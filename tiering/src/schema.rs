@@ -1,0 +1,280 @@
+//! The Arrow shape of a topic's records, one owner for every crate: the
+//! column indexes ([`col`]), the schema of cold files and range reads
+//! ([`schema`], [`view_schema`] for SQL), typed access to a batch's rows
+//! ([`RecordColumns`]) and building batches from log records
+//! ([`ArrowBatchBuilder`]).
+//!
+//! Columns: `partition` int32, `offset` int64, `timestamp` timestamp(ms,
+//! UTC), `key` utf8 (nullable), `value` utf8 (the record's JSON text),
+//! `headers` map<utf8, utf8>.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::builder::{
+    Int32Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow_array::cast::AsArray;
+use arrow_array::{
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use strata_broker::batch::RecordView;
+
+use crate::error::{Result, TieringError};
+
+/// Column indexes of [`schema`].
+pub mod col {
+    pub const PARTITION: usize = 0;
+    pub const OFFSET: usize = 1;
+    pub const TIMESTAMP: usize = 2;
+    pub const KEY: usize = 3;
+    pub const VALUE: usize = 4;
+    pub const HEADERS: usize = 5;
+    /// Every column, in order.
+    pub const ALL: [usize; 6] = [PARTITION, OFFSET, TIMESTAMP, KEY, VALUE, HEADERS];
+}
+
+/// Rows per Arrow batch handed from the segment reader to the writer.
+pub const OFFLOAD_BATCH_ROWS: usize = 32 * 1024;
+/// Bytes of record data (key, value, headers) at which a batch is handed
+/// on before [`OFFLOAD_BATCH_ROWS`]: batches of large records stay small.
+pub const BATCH_BYTES: usize = 8 << 20;
+
+/// [`schema`] with `key` and `value` as `Utf8View`: the types the SQL
+/// engine reads them as (decoding dictionary-encoded strings into views
+/// copies nothing, and short keys compare inline).
+pub fn view_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let fields: Vec<Field> = schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        Arc::new(Schema::new(fields))
+    });
+    SCHEMA.clone()
+}
+
+/// The Arrow schema of every cold file (and of range reads).
+pub fn schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let entries = Field::new(
+            "key_value",
+            DataType::Struct(
+                vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", DataType::Utf8, true),
+                ]
+                .into(),
+            ),
+            false,
+        );
+        Arc::new(Schema::new(vec![
+            Field::new("partition", DataType::Int32, false),
+            Field::new("offset", DataType::Int64, false),
+            Field::new(
+                "timestamp",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("key", DataType::Utf8, true),
+            Field::new("value", DataType::Utf8, false),
+            Field::new("headers", DataType::Map(Arc::new(entries), false), false),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+/// Typed access to the rows of a batch of [`schema`] (as read back from a
+/// cold file, or built by [`ArrowBatchBuilder`]).
+pub struct RecordColumns<'a> {
+    partitions: &'a Int32Array,
+    offsets: &'a Int64Array,
+    stamps: &'a TimestampMillisecondArray,
+    keys: &'a StringArray,
+    values: &'a StringArray,
+    header_bounds: &'a [i32],
+    header_keys: &'a StringArray,
+    header_values: &'a StringArray,
+}
+
+impl<'a> RecordColumns<'a> {
+    /// The columns of `batch`, which must have the six columns of [`schema`].
+    pub fn new(batch: &'a RecordBatch) -> Result<Self> {
+        let bad = |what: &str| {
+            TieringError::Internal(format!("a record batch has an unexpected {what} column"))
+        };
+        if batch.num_columns() != col::ALL.len() {
+            return Err(bad("number of"));
+        }
+        let headers = batch
+            .column(col::HEADERS)
+            .as_map_opt()
+            .ok_or_else(|| bad("headers"))?;
+        Ok(Self {
+            partitions: batch
+                .column(col::PARTITION)
+                .as_primitive_opt()
+                .ok_or_else(|| bad("partition"))?,
+            offsets: batch
+                .column(col::OFFSET)
+                .as_primitive_opt()
+                .ok_or_else(|| bad("offset"))?,
+            stamps: batch
+                .column(col::TIMESTAMP)
+                .as_primitive_opt()
+                .ok_or_else(|| bad("timestamp"))?,
+            keys: batch
+                .column(col::KEY)
+                .as_string_opt()
+                .ok_or_else(|| bad("key"))?,
+            values: batch
+                .column(col::VALUE)
+                .as_string_opt()
+                .ok_or_else(|| bad("value"))?,
+            header_bounds: headers.value_offsets(),
+            header_keys: headers
+                .keys()
+                .as_string_opt()
+                .ok_or_else(|| bad("headers key"))?,
+            header_values: headers
+                .values()
+                .as_string_opt()
+                .ok_or_else(|| bad("headers value"))?,
+        })
+    }
+
+    pub fn partition(&self, row: usize) -> u32 {
+        self.partitions.value(row) as u32
+    }
+
+    pub fn offset(&self, row: usize) -> u64 {
+        self.offsets.value(row) as u64
+    }
+
+    pub fn timestamp(&self, row: usize) -> i64 {
+        self.stamps.value(row)
+    }
+
+    pub fn key(&self, row: usize) -> Option<&'a str> {
+        self.keys.is_valid(row).then(|| self.keys.value(row))
+    }
+
+    /// The record's JSON text.
+    pub fn value(&self, row: usize) -> &'a str {
+        self.values.value(row)
+    }
+
+    /// The record's headers, in produce order.
+    pub fn headers(&self, row: usize) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        let (keys, values) = (self.header_keys, self.header_values);
+        let range = self.header_bounds[row] as usize..self.header_bounds[row + 1] as usize;
+        range.map(move |j| (keys.value(j), values.value(j)))
+    }
+}
+
+/// Accumulates records into Arrow arrays of [`schema`].
+pub struct ArrowBatchBuilder {
+    partition: Int32Builder,
+    offset: Int64Builder,
+    timestamp: TimestampMillisecondBuilder,
+    key: StringBuilder,
+    value: StringBuilder,
+    headers: MapBuilder<StringBuilder, StringBuilder>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl ArrowBatchBuilder {
+    /// An empty builder sized for [`OFFLOAD_BATCH_ROWS`] rows.
+    pub fn new() -> Self {
+        let names = MapFieldNames {
+            entry: "key_value".into(),
+            key: "key".into(),
+            value: "value".into(),
+        };
+        Self {
+            partition: Int32Builder::with_capacity(OFFLOAD_BATCH_ROWS),
+            offset: Int64Builder::with_capacity(OFFLOAD_BATCH_ROWS),
+            timestamp: TimestampMillisecondBuilder::with_capacity(OFFLOAD_BATCH_ROWS)
+                .with_timezone("UTC"),
+            key: StringBuilder::with_capacity(OFFLOAD_BATCH_ROWS, OFFLOAD_BATCH_ROWS * 16),
+            value: StringBuilder::with_capacity(OFFLOAD_BATCH_ROWS, OFFLOAD_BATCH_ROWS * 128),
+            headers: MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new()),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Appends one record; fails only on text that is not UTF-8.
+    pub fn push(&mut self, partition: u32, record: &RecordView<'_>) -> Result<()> {
+        let offset = record.offset;
+        let text = |bytes| {
+            std::str::from_utf8(bytes)
+                .map_err(|e| TieringError::Internal(format!("record {offset} is not UTF-8: {e}")))
+        };
+        self.partition.append_value(partition as i32);
+        self.offset.append_value(record.offset as i64);
+        self.timestamp.append_value(record.timestamp);
+        match record.key {
+            Some(key) => self.key.append_value(text(key)?),
+            None => self.key.append_null(),
+        }
+        self.value.append_value(text(record.value)?);
+        for (name, value) in record.headers() {
+            self.headers.keys().append_value(text(name)?);
+            self.headers.values().append_value(text(value)?);
+        }
+        self.headers.append(true)?;
+        self.rows += 1;
+        self.bytes += record.data_len();
+        Ok(())
+    }
+
+    /// Bytes of record data (keys, values, headers) appended since the last
+    /// [`ArrowBatchBuilder::finish`].
+    pub fn data_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the batch should be handed on: [`OFFLOAD_BATCH_ROWS`] rows or
+    /// [`BATCH_BYTES`] of record data.
+    pub fn is_full(&self) -> bool {
+        self.rows >= OFFLOAD_BATCH_ROWS || self.bytes >= BATCH_BYTES
+    }
+
+    /// Rows appended since the last [`ArrowBatchBuilder::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when no rows wait to be finished.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows appended so far as a batch; the builder starts over empty.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.timestamp.finish()),
+            Arc::new(self.key.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(self.headers.finish()),
+        ];
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(RecordBatch::try_new(schema(), columns)?)
+    }
+}
+
+impl Default for ArrowBatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
