@@ -433,6 +433,26 @@ async fn object_store_outage_backs_pressure_and_loses_nothing() {
         acked.extend(batch);
     }
     let refused = refused.expect("produce hits the local budget while the store is down");
+    // Liveness stays up; readiness says what is wrong, with Retry-After.
+    let (status, _) = server.api.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    let ready = server
+        .api
+        .http
+        .get(format!("{}/health/ready", server.api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.headers().contains_key("retry-after"));
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "not_ready", "{ready}");
+    assert_eq!(ready["checks"]["object_store"]["ok"], false, "{ready}");
+    assert!(
+        ready["checks"]["object_store"]["error"].is_string(),
+        "{ready}"
+    );
+    assert_eq!(ready["checks"]["local_budget"]["ok"], false, "{ready}");
     assert!(
         refused > 10,
         "produce kept working during the outage until the budget ({refused} batches)"
@@ -464,6 +484,12 @@ async fn object_store_outage_backs_pressure_and_loses_nothing() {
     .await;
     let (_, d) = server.api.get("/v1/topics/out").await;
     assert_eq!(d["partitions"][0]["cold"]["end_offset"], acked.len(), "{d}");
+    let (status, ready) = server.api.get("/health/ready").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "ready again once the store answers: {ready}"
+    );
     let records = server.api.consume_all("out", 0, 0).await;
     assert_eq!(records.len(), acked.len());
     for (i, (record, sent)) in records.iter().zip(&acked).enumerate() {

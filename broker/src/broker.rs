@@ -93,6 +93,17 @@ impl Broker {
             )));
         }
         let config = overrides.apply(&self.config.topic_defaults)?;
+        if let Some((headroom, limit)) = crate::open_files::partition_headroom()
+            && u64::from(partitions) > headroom
+        {
+            return Err(BrokerError::InvalidRequest(format!(
+                "a topic of {partitions} partitions needs about {} open files; this server \
+                 can open enough for {headroom} more partitions (its open-file limit is \
+                 {limit}): ask for at most {headroom}, or raise the limit (ulimit -n, \
+                 LimitNOFILE)",
+                u64::from(partitions) * crate::open_files::FILES_PER_PARTITION
+            )));
+        }
         let meta = TopicMeta {
             name: name.to_string(),
             partitions,

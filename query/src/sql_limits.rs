@@ -229,7 +229,35 @@ fn chains(token: &Token) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any text, and text made of SQL's nesting and chaining tokens:
+        /// an answer, never a panic, in time linear in the text.
+        #[test]
+        fn any_text_gets_an_answer(text in "\\PC{0,300}") {
+            let _ = check_sql(&text);
+        }
+
+        #[test]
+        fn sql_shaped_text_gets_an_answer(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("("), Just(")"), Just("["), Just("]"), Just("CASE "), Just(" END"),
+                    Just(" WHEN "), Just(" THEN "), Just("+"), Just(" OR "), Just(","),
+                    Just("1"), Just("x"), Just("'s'"), Just(" NOT "), Just("::int"),
+                ],
+                0..3000,
+            )
+        ) {
+            let text = format!("SELECT {}", parts.concat());
+            if check_sql(&text).is_ok() {
+                prop_assert!(depth(&text) <= MAX_EXPRESSION_DEPTH);
+            }
+        }
+    }
 
     fn depth(sql: &str) -> usize {
         let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize().unwrap();

@@ -590,3 +590,18 @@ async fn hot_and_cold_consume_count_max_bytes_alike() {
     );
     assert_eq!(page(api).await, 4, "cold");
 }
+
+/// `/health/ready` reports what it checked: the data directory's disk, the
+/// object store (here the local `file://` cold tier) and the local budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_each_check() {
+    let server = TestServer::start().await;
+    let (status, body) = server.api.get("/health/ready").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+    let checks = &body["checks"];
+    assert_eq!(checks["disk"]["ok"], true, "{body}");
+    assert!(checks["disk"]["free_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(checks["object_store"]["ok"], true, "{body}");
+    assert_eq!(checks["local_budget"]["ok"], true, "{body}");
+}

@@ -237,6 +237,22 @@ impl Tiering {
         Ok(self.remember(loaded))
     }
 
+    /// Whether the object store answers: lists the cold tier's root within
+    /// `timeout`. Returns how long it took, or why it failed (unreachable,
+    /// refused credentials, no answer in time), for readiness checks.
+    pub async fn probe_store(&self, timeout: Duration) -> std::result::Result<Duration, String> {
+        let started = std::time::Instant::now();
+        let listing = self
+            .cold
+            .store
+            .list_with_delimiter(Some(self.cold.root.path()));
+        match tokio::time::timeout(timeout, listing).await {
+            Ok(Ok(_)) => Ok(started.elapsed()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     /// Opens the rows of one cold file that can match `scan` (see
     /// [`cold_read::scan_file`]).
     pub async fn scan_file(

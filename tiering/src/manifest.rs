@@ -56,6 +56,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Parses a stored manifest (the object at `path`) and checks its
+    /// invariants: any bytes give a manifest whose files are contiguous
+    /// from `start_offset` to `end_offset`, or `CorruptManifest`.
+    pub fn decode(bytes: &[u8], path: &str) -> Result<Self> {
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| TieringError::CorruptManifest {
+                path: path.to_string(),
+                message: e.to_string(),
+            })?;
+        manifest.check(path)?;
+        Ok(manifest)
+    }
+
     /// The manifest of a partition with nothing offloaded (version 0, never stored).
     pub fn empty(topic: &str, partition: u32) -> Self {
         Self {
@@ -191,12 +204,7 @@ impl ManifestStore {
         }
         let path = self.root.manifest(topic, partition, newest).0;
         let bytes = self.store.get(&path).await?.bytes().await?;
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| TieringError::CorruptManifest {
-                path: path.to_string(),
-                message: e.to_string(),
-            })?;
-        manifest.check(path.as_ref())?;
+        let manifest = Manifest::decode(&bytes, path.as_ref())?;
         if manifest.version != newest || manifest.topic != topic || manifest.partition != partition
         {
             return Err(TieringError::CorruptManifest {
@@ -337,7 +345,50 @@ impl ManifestStore {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any bytes: a manifest that keeps its invariants, or an error.
+        #[test]
+        fn arbitrary_bytes_decode_to_a_checked_manifest_or_an_error(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512)
+        ) {
+            if let Ok(m) = Manifest::decode(&bytes, "m") {
+                prop_assert!(m.files.is_empty() || m.files[0].first_offset == m.start_offset);
+            }
+        }
+
+        /// Well-formed JSON with arbitrary numbers: decoded only when the
+        /// files are contiguous and end at `end_offset`.
+        #[test]
+        fn arbitrary_manifests_decode_only_when_contiguous(
+            start in 0u64..100,
+            end in 0u64..200,
+            files in proptest::collection::vec((0u64..150, 0u64..150), 0..5),
+        ) {
+            let files: Vec<ColdFile> = files.iter().map(|&(a, b)| file(a, b.max(a))).collect();
+            let m = Manifest {
+                format: 1,
+                version: 1,
+                topic: "t".into(),
+                partition: 0,
+                start_offset: start,
+                end_offset: end,
+                files,
+            };
+            let bytes = serde_json::to_vec(&m).unwrap();
+            if let Ok(decoded) = Manifest::decode(&bytes, "m") {
+                let mut at = decoded.start_offset;
+                for f in &decoded.files {
+                    prop_assert_eq!(f.first_offset, at);
+                    at = f.last_offset + 1;
+                }
+                prop_assert!(decoded.files.is_empty() || at == decoded.end_offset);
+            }
+        }
+    }
 
     fn file(first: u64, last: u64) -> ColdFile {
         ColdFile {

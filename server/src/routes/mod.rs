@@ -2,6 +2,7 @@
 //! JSON `404`/`405` fallbacks and the request-latency metric for all.
 
 mod groups;
+mod health;
 mod query;
 mod records;
 mod tiering;
@@ -11,10 +12,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{MatchedPath, Request};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use strata_broker::Broker;
@@ -23,7 +24,6 @@ use strata_tiering::Tiering;
 use tokio::sync::watch;
 
 use crate::api_error::ApiError;
-use crate::request::json_response;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -42,8 +42,9 @@ pub struct AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+        .route("/health", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics_text))
         .route("/v1/topics", get(topics::list).post(topics::create))
         .route(
             "/v1/topics/{topic}",
@@ -75,24 +76,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track_request))
-}
-
-async fn health() -> Response {
-    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
-}
-
-async fn metrics_text(State(app): State<AppState>) -> Response {
-    for topic in app.broker.topics() {
-        let bytes: u64 = topic.partitions().iter().map(|p| p.local_bytes()).sum();
-        metrics::gauge!("strata_local_bytes", "topic" => topic.name().to_string())
-            .set(bytes as f64);
-    }
-    let mut response = app.metrics.render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
 }
 
 async fn not_found() -> ApiError {

@@ -1,0 +1,94 @@
+//! `GET /health` (liveness), `GET /health/ready` (readiness, with what was
+//! checked) and `GET /metrics` (Prometheus text).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use crate::request::json_response;
+
+/// Free bytes on the data directory's file system below which the server
+/// reports itself not ready: produce is about to fail for lack of space.
+pub const MIN_FREE_DISK_BYTES: u64 = 64 << 20;
+
+/// How long the readiness check waits for the object store.
+pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Always `200 {"status":"ok"}` while the process serves requests.
+pub(super) async fn live() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+/// `200` when the server can take writes and offload them, else `503`
+/// (with `Retry-After`), with each check's findings either way.
+pub(super) async fn ready(State(app): State<AppState>) -> Response {
+    let data_dir = app.broker.config().data_dir.clone();
+    let disk =
+        match tokio::task::spawn_blocking(move || strata_broker::disk::space(&data_dir)).await {
+            Ok(Ok(space)) => json!({
+                "ok": space.free_bytes >= MIN_FREE_DISK_BYTES,
+                "free_bytes": space.free_bytes,
+                "total_bytes": space.total_bytes,
+                "min_free_bytes": MIN_FREE_DISK_BYTES,
+            }),
+            Ok(Err(e)) => json!({"ok": false, "error": e.to_string()}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        };
+    let store = match app.tiering.probe_store(STORE_PROBE_TIMEOUT).await {
+        Ok(took) => json!({"ok": true, "latency_ms": took.as_millis() as u64}),
+        Err(error) => {
+            tracing::warn!(%error, "readiness: the object store does not answer");
+            json!({"ok": false, "error": error})
+        }
+    };
+    let mut local_only = 0u64;
+    for topic in app.broker.topics() {
+        for p in topic.partitions() {
+            let cold = app.tiering.cold_stats(topic.name(), p.id());
+            local_only += p
+                .end_offset()
+                .saturating_sub(cold.end_offset.max(p.start_offset()));
+        }
+    }
+    let local = json!({
+        "ok": app.broker.check_local_budget().is_ok(),
+        "bytes": app.broker.local_bytes(),
+        "max_local_bytes": app.broker.config().max_local_bytes,
+        "records_not_offloaded": local_only,
+    });
+    let ok = [&disk, &store, &local].iter().all(|c| c["ok"] == true);
+    let body = json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "checks": {"disk": disk, "object_store": store, "local_budget": local},
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = json_response(status, body.to_string().into_bytes());
+    if !ok {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(5u64));
+    }
+    response
+}
+
+pub(super) async fn metrics_text(State(app): State<AppState>) -> Response {
+    for topic in app.broker.topics() {
+        let bytes: u64 = topic.partitions().iter().map(|p| p.local_bytes()).sum();
+        metrics::gauge!("strata_local_bytes", "topic" => topic.name().to_string())
+            .set(bytes as f64);
+    }
+    let mut response = app.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
