@@ -28,8 +28,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         },
         query: config.query.config(&data_dir),
     })
-    .await
-    .with_context(|| format!("starting the server on {}", data_dir.display()))?;
+    .await?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -93,23 +93,12 @@ impl Broker {
             )));
         }
         let config = overrides.apply(&self.config.topic_defaults)?;
-        if let Some((headroom, limit)) = crate::open_files::partition_headroom()
-            && u64::from(partitions) > headroom
-        {
-            return Err(BrokerError::InvalidRequest(format!(
-                "a topic of {partitions} partitions needs about {} open files; this server \
-                 can open enough for {headroom} more partitions (its open-file limit is \
-                 {limit}): ask for at most {headroom}, or raise the limit (ulimit -n, \
-                 LimitNOFILE)",
-                u64::from(partitions) * crate::open_files::FILES_PER_PARTITION
-            )));
-        }
         let meta = TopicMeta {
             name: name.to_string(),
             partitions,
             config,
         };
-        self.install_topic(meta, &[])
+        self.install_topic(meta, &[], true)
     }
 
     /// Re-creates a topic known only to the cold tier (the local disk was
@@ -125,15 +114,37 @@ impl Broker {
                 meta.partitions
             )));
         }
-        self.install_topic(meta, start_offsets)
+        self.install_topic(meta, start_offsets, false)
     }
 
     /// Builds a topic under `staging/` (with empty first segments at
     /// `start_offsets`, when given) and renames it into `topics/`, so it
     /// appears whole or not at all, also across a crash.
-    fn install_topic(&self, meta: TopicMeta, start_offsets: &[u64]) -> Result<Arc<Topic>> {
+    ///
+    /// With `check_open_files`, a topic that would not fit the open-file
+    /// budget is refused (under the admin lock, so two creations cannot
+    /// both take the same headroom).
+    fn install_topic(
+        &self,
+        meta: TopicMeta,
+        start_offsets: &[u64],
+        check_open_files: bool,
+    ) -> Result<Arc<Topic>> {
         let name = meta.name.clone();
+        let partitions = meta.partitions;
         let _admin = self.admin.lock();
+        if check_open_files
+            && let Some((headroom, limit)) = crate::open_files::partition_headroom()
+            && u64::from(partitions) > headroom
+        {
+            return Err(BrokerError::InvalidRequest(format!(
+                "a topic of {partitions} partitions needs about {} open files; this server \
+                 can open enough for {headroom} more partitions (its open-file limit is \
+                 {limit}): ask for at most {headroom}, or raise the limit (ulimit -n, \
+                 LimitNOFILE)",
+                u64::from(partitions) * crate::open_files::FILES_PER_PARTITION
+            )));
+        }
         if self.topics.read().contains_key(&name) {
             return Err(BrokerError::TopicExists(name));
         }

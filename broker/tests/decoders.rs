@@ -1,7 +1,5 @@
 //! Every decoder of the broker's files and request bodies, fed arbitrary
-//! bytes: each returns a value or an error, never panics, and never
-//! allocates more than its input can describe (a length field is checked
-//! against the bytes present before anything is reserved).
+//! and damaged bytes: each returns a value or an error, never panics.
 
 use proptest::prelude::*;
 use strata_broker::batch::{BatchBuilder, Peek, peek_batch};

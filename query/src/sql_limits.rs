@@ -67,15 +67,31 @@ pub fn check_sql(sql: &str) -> Result<()> {
     Ok(())
 }
 
+/// What opened a level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Opener {
+    /// The text itself.
+    #[default]
+    Text,
+    /// `(`, `[` or `{`, closed by its partner.
+    Bracket,
+    /// `CASE`, closed by `END`; `WHEN`, `THEN` and `ELSE` separate its parts.
+    Case,
+}
+
 /// One bracketed level of the text being measured.
 #[derive(Default)]
 struct Level {
+    opener: Opener,
     /// Infix operators of the current comma-separated expression.
     operators: usize,
     /// Deepest bracketed part inside the current expression.
     deepest_part: usize,
     /// Deepest expression of this level so far.
     deepest: usize,
+    /// Inside a `FROM` list, whose items (like joins) become a plan as deep
+    /// as the list is long, so a comma there chains instead of separating.
+    in_from: bool,
 }
 
 impl Level {
@@ -113,15 +129,19 @@ impl Levels {
         &mut self.open[last]
     }
 
-    fn open(&mut self) {
+    fn open(&mut self, opener: Opener) {
         self.enclosing += self.innermost().current() + 1;
-        self.open.push(Level::default());
+        self.open.push(Level {
+            opener,
+            ..Level::default()
+        });
     }
 
-    /// Closes the innermost bracket; an unmatched one (the parser's to
-    /// report) closes nothing.
-    fn close(&mut self) {
-        if self.open.len() < 2 {
+    /// Closes the innermost level if `opener` opened it. A closer that
+    /// does not match (the parser's to report) closes nothing, so a stray
+    /// `)` or `END` can never make the count smaller than the tree.
+    fn close(&mut self, opener: Opener) {
+        if self.open.len() < 2 || self.innermost().opener != opener {
             return;
         }
         let Some(mut inner) = self.open.pop() else {
@@ -144,33 +164,71 @@ impl Levels {
 /// Stops counting once past the limit.
 fn expression_depth(tokens: &[Token]) -> usize {
     let mut levels = Levels::new();
+    // A word right after `.` is a name (`t.end`), whatever keyword it spells.
+    let mut after_period = false;
     for token in tokens {
-        match token {
-            Token::LParen | Token::LBrace => levels.open(),
-            Token::Word(w) if w.keyword == Keyword::CASE => levels.open(),
-            Token::Word(w) if w.keyword == Keyword::END => levels.close(),
-            Token::Word(w)
-                if matches!(w.keyword, Keyword::WHEN | Keyword::THEN | Keyword::ELSE) =>
+        if matches!(token, Token::Whitespace(_)) {
+            continue;
+        }
+        let keyword = match token {
+            Token::Word(w) if !after_period && w.quote_style.is_none() => w.keyword,
+            _ => Keyword::NoKeyword,
+        };
+        after_period = matches!(token, Token::Period);
+        match (token, keyword) {
+            (Token::LParen | Token::LBrace, _) => levels.open(Opener::Bracket),
+            (Token::LBracket, _) => {
+                // A subscript chains like an operator.
+                levels.innermost().operators += 1;
+                levels.open(Opener::Bracket);
+            }
+            (Token::RParen | Token::RBracket | Token::RBrace, _) => levels.close(Opener::Bracket),
+            (_, Keyword::CASE) => levels.open(Opener::Case),
+            (_, Keyword::END) => levels.close(Opener::Case),
+            (_, Keyword::WHEN | Keyword::THEN | Keyword::ELSE)
+                if levels.innermost().opener == Opener::Case =>
             {
                 levels.innermost().end_expression()
             }
-            Token::LBracket => {
-                // A subscript chains like an operator.
-                levels.innermost().operators += 1;
-                levels.open();
+            (_, Keyword::FROM) => levels.innermost().in_from = true,
+            (
+                _,
+                Keyword::WHERE
+                | Keyword::GROUP
+                | Keyword::HAVING
+                | Keyword::QUALIFY
+                | Keyword::WINDOW
+                | Keyword::ORDER
+                | Keyword::LIMIT
+                | Keyword::SELECT,
+            ) => levels.innermost().in_from = false,
+            // Set operations and joins chain whole queries into plans as
+            // deep as the chain.
+            (
+                _,
+                Keyword::UNION
+                | Keyword::INTERSECT
+                | Keyword::EXCEPT
+                | Keyword::MINUS
+                | Keyword::JOIN,
+            ) => {
+                let level = levels.innermost();
+                level.operators += 1;
+                level.in_from = false;
             }
-            Token::RParen | Token::RBracket | Token::RBrace => levels.close(),
-            Token::Comma | Token::SemiColon => levels.innermost().end_expression(),
-            token if chains(token) => levels.innermost().operators += 1,
+            (Token::Comma, _) if levels.innermost().in_from => levels.innermost().operators += 1,
+            (Token::Comma | Token::SemiColon, _) => levels.innermost().end_expression(),
+            (token, keyword) if chains(token, keyword) => levels.innermost().operators += 1,
             _ => {}
         }
         if levels.depth() > MAX_EXPRESSION_DEPTH {
             return MAX_EXPRESSION_DEPTH + 1;
         }
     }
-    // Unclosed brackets (a parse error to come) still count.
+    // Unclosed brackets and CASEs (a parse error to come) still count.
     while levels.open.len() > 1 {
-        levels.close();
+        let opener = levels.innermost().opener;
+        levels.close(opener);
     }
     let text = levels.innermost();
     text.end_expression();
@@ -179,11 +237,12 @@ fn expression_depth(tokens: &[Token]) -> usize {
 
 /// Whether `token` can continue an expression as an infix or postfix
 /// operator (sqlparser's `get_next_precedence`), counted conservatively:
-/// every token that is not a name, a literal or punctuation.
-fn chains(token: &Token) -> bool {
+/// every token that is not a name, a literal or punctuation. `keyword` is
+/// the word's keyword when it acts as one.
+fn chains(token: &Token, keyword: Keyword) -> bool {
     match token {
-        Token::Word(word) => matches!(
-            word.keyword,
+        Token::Word(_) => matches!(
+            keyword,
             Keyword::OR
                 | Keyword::AND
                 | Keyword::XOR
@@ -233,30 +292,136 @@ mod tests {
 
     use super::*;
 
+    /// The deepest expression of the tree sqlparser builds from `sql`.
+    fn parsed_depth(sql: &str) -> Option<usize> {
+        use std::ops::ControlFlow;
+
+        use datafusion::sql::sqlparser::ast::{Expr, Visit, Visitor};
+        use datafusion::sql::sqlparser::parser::Parser;
+
+        struct Depth {
+            now: usize,
+            max: usize,
+        }
+        impl Visitor for Depth {
+            type Break = ();
+            fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+                self.now += 1;
+                self.max = self.max.max(self.now);
+                ControlFlow::Continue(())
+            }
+            fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+                self.now -= 1;
+                ControlFlow::Continue(())
+            }
+        }
+        let statements = Parser::parse_sql(&GenericDialect {}, sql).ok()?;
+        let mut depth = Depth { now: 0, max: 0 };
+        let _ = statements.visit(&mut depth);
+        Some(depth.max)
+    }
+
+    /// Expressions built from the shapes that nest or chain, with names
+    /// that spell keywords (`s.end`, `"else"`).
+    fn expression() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("1".to_string()),
+            Just("x".to_string()),
+            Just("s.end".to_string()),
+            Just("s.else".to_string()),
+            Just("\"case\"".to_string()),
+            Just("'text'".to_string()),
+        ];
+        leaf.prop_recursive(6, 400, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 2..40).prop_map(|v| v.join(" + ")),
+                proptest::collection::vec(inner.clone(), 2..40).prop_map(|v| v.join(" OR ")),
+                inner.clone().prop_map(|e| format!("({e})")),
+                inner.clone().prop_map(|e| format!("NOT {e}")),
+                inner.clone().prop_map(|e| format!("{e}::int")),
+                inner.clone().prop_map(|e| format!("{e} IS NULL")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("f({a}, {b})")),
+                (inner.clone(), inner.clone(), inner.clone())
+                    .prop_map(|(a, b, c)| format!("CASE WHEN {a} THEN {b} ELSE {c} END")),
+                (inner.clone(), inner).prop_map(|(a, b)| format!("{a} IN ({b}, 2, 3)")),
+            ]
+        })
+    }
+
+    /// The count leaves out the leaves themselves (one level). Prefix
+    /// constructs it does not count (`INTERVAL`, `EXISTS`, ...) nest only
+    /// through the parser's recursion limit; [`expression`] makes none.
+    const SLACK: usize = 1;
+
     proptest! {
-        /// Any text, and text made of SQL's nesting and chaining tokens:
-        /// an answer, never a panic, in time linear in the text.
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// The bound holds: the parser's tree is never deeper than counted.
+        #[test]
+        fn the_count_bounds_the_parsed_depth(
+            items in proptest::collection::vec(expression(), 1..4),
+            union in proptest::collection::vec(Just(" UNION ALL SELECT 1"), 0..30),
+        ) {
+            let sql = format!("SELECT {} FROM s{}", items.join(", "), union.concat());
+            if let Some(parsed) = parsed_depth(&sql) {
+                let counted = depth(&sql);
+                prop_assert!(
+                    parsed <= counted + SLACK,
+                    "parsed {parsed} > counted {counted} for {sql}"
+                );
+            }
+        }
+
+        /// Any text: an answer, never a panic.
         #[test]
         fn any_text_gets_an_answer(text in "\\PC{0,300}") {
             let _ = check_sql(&text);
         }
+    }
 
-        #[test]
-        fn sql_shaped_text_gets_an_answer(
-            parts in proptest::collection::vec(
-                prop_oneof![
-                    Just("("), Just(")"), Just("["), Just("]"), Just("CASE "), Just(" END"),
-                    Just(" WHEN "), Just(" THEN "), Just("+"), Just(" OR "), Just(","),
-                    Just("1"), Just("x"), Just("'s'"), Just(" NOT "), Just("::int"),
-                ],
-                0..3000,
-            )
-        ) {
-            let text = format!("SELECT {}", parts.concat());
-            if check_sql(&text).is_ok() {
-                prop_assert!(depth(&text) <= MAX_EXPRESSION_DEPTH);
+    #[test]
+    fn the_parser_builds_the_generated_shapes() {
+        // Guards the property test above from passing on text that never parses.
+        let sql = "SELECT CASE WHEN s.else + s.end + \"case\" IS NULL THEN NOT x::int \
+                   ELSE f(1, 'text') END, 1 IN (x, 2, 3) FROM s UNION ALL SELECT 1";
+        let parsed = parsed_depth(sql).expect("parses");
+        assert!(parsed >= 4, "{parsed}");
+        assert!(parsed <= depth(sql) + 1);
+    }
+
+    #[test]
+    fn keywords_used_as_names_do_not_reset_the_count() {
+        // `s.else` and `s.end` are names: each `+` still counts.
+        for name in ["s.else", "s.end", "s.when", "t.then", "\"else\"", "\"end\""] {
+            let chain = vec![name; 3000].join("+");
+            for sql in [
+                format!("SELECT {chain} FROM s"),
+                format!("SELECT CASE WHEN {chain} THEN 1 END FROM s"),
+                format!("SELECT CASE WHEN x THEN 1 ELSE {chain} END FROM s"),
+            ] {
+                let message = check_sql(&sql).unwrap_err().to_string();
+                assert!(message.contains("limit"), "{name}: {message}");
             }
         }
+        // A stray END or `)` closes nothing it did not open.
+        assert_eq!(depth("SELECT (1 + 1 END + 1"), 3);
+        assert_eq!(depth("SELECT CASE WHEN 1 + 1) + 1 THEN 1 END"), 3);
+    }
+
+    #[test]
+    fn from_lists_set_operations_and_joins_chain() {
+        let tables: Vec<String> = (0..3000).map(|i| format!("t AS a{i}")).collect();
+        assert!(check_sql(&format!("SELECT 1 FROM {}", tables.join(", "))).is_err());
+        let unions = "SELECT 1".to_string() + &" UNION ALL SELECT 1".repeat(3000);
+        assert!(check_sql(&unions).is_err());
+        let joins = format!("SELECT 1 FROM t{}", " JOIN t ON true".repeat(3000));
+        assert!(check_sql(&joins).is_err());
+        // Ordinary lists after FROM still separate.
+        assert_eq!(
+            depth("SELECT a, b FROM t WHERE x = 1 GROUP BY a, b ORDER BY a, b"),
+            1
+        );
+        assert_eq!(depth("SELECT a FROM t, u, v"), 2);
     }
 
     fn depth(sql: &str) -> usize {

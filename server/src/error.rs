@@ -6,20 +6,30 @@ use strata_broker::BrokerError;
 use strata_query::QueryError;
 use strata_tiering::TieringError;
 
-/// Why a server could not start, or did not stop cleanly.
+/// Why a server could not start, or did not stop cleanly. Each start-up
+/// variant names the step that failed, as docs/operations.md quotes them.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// The data directory could not be opened or closed.
-    #[error("the hot tier: {0}")]
-    Broker(#[from] BrokerError),
-    /// The object store or its manifests could not be opened.
-    #[error("the cold tier: {0}")]
-    Tiering(#[from] TieringError),
-    /// The query service could not start.
-    #[error("the query service: {0}")]
-    Query(#[from] QueryError),
-    /// A file of the server's own (its id) or the listener failed.
+    /// The data directory could not be opened (locked by another server,
+    /// a bad setting, recovery refused to go on).
+    #[error("opening data directory {path}: {source}")]
+    OpenDataDir { path: String, source: BrokerError },
+    /// The object store could not be opened (a bad URL or credentials).
+    #[error("opening the cold tier {url}: {source}")]
+    OpenColdTier { url: String, source: TieringError },
+    /// The cold tier's manifests could not be loaded (the store is
+    /// unreachable after its retries, a manifest is corrupt, the writer
+    /// lease is held by another server).
+    #[error("loading the cold tier's manifests: {0}")]
+    LoadColdTier(TieringError),
+    /// The query service could not start (e.g. a corrupt view file).
+    #[error("starting the query service: {0}")]
+    StartQuery(QueryError),
+    /// The data directory could not be closed cleanly at shutdown.
+    #[error("closing the data directory: {0}")]
+    Close(BrokerError),
+    /// A file of the server's own (its id), the listener, or a task.
     #[error("{what}: {source}")]
     Io {
         what: String,

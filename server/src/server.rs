@@ -37,22 +37,30 @@ impl Server {
     /// Opens the data directory (recovering every partition), the cold
     /// tier's manifests and the views.
     pub async fn open(config: ServerConfig) -> Result<Self> {
+        let data_dir = config.broker.data_dir.clone();
         let broker_config = config.broker.clone();
         let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
             .await
-            .map_err(|e| {
-                ServerError::io("opening the data directory", std::io::Error::other(e))
-            })??;
+            .map_err(|e| ServerError::io("opening the data directory", std::io::Error::other(e)))?
+            .map_err(|source| ServerError::OpenDataDir {
+                path: data_dir.display().to_string(),
+                source,
+            })?;
         let broker = Arc::new(broker);
-        let data_dir = &config.broker.data_dir;
         let url = match &config.object_store {
             Some(url) => url.clone(),
-            None => default_cold_url(data_dir)?,
+            None => default_cold_url(&data_dir)?,
         };
-        let cold = ColdStore::open(&url)?;
-        let owner = server_id(data_dir)?;
-        let tiering = Tiering::open(broker.clone(), cold, config.tiering.clone(), &owner).await?;
-        let query = QueryService::open(broker.clone(), tiering.clone(), config.query.clone())?;
+        let cold = ColdStore::open(&url).map_err(|source| ServerError::OpenColdTier {
+            url: url.clone(),
+            source,
+        })?;
+        let owner = server_id(&data_dir)?;
+        let tiering = Tiering::open(broker.clone(), cold, config.tiering.clone(), &owner)
+            .await
+            .map_err(ServerError::LoadColdTier)?;
+        let query = QueryService::open(broker.clone(), tiering.clone(), config.query.clone())
+            .map_err(ServerError::StartQuery)?;
         let (stopping, stopping_rx) = watch::channel(false);
         let state = AppState {
             broker,
@@ -72,8 +80,8 @@ impl Server {
     /// Serves the API on `listener` until `shutdown` resolves, with the
     /// background offloader and the roll of segments older than
     /// `segment_ms`; then finishes in-flight requests, ends long polls,
-    /// stops the offloader (which gives up its lease) and fsyncs every
-    /// partition.
+    /// fsyncs every partition and stops the offloader (which gives up its
+    /// lease).
     ///
     /// # Contract
     ///
@@ -98,15 +106,16 @@ impl Server {
             .await;
         let _ = stopping.send(true);
         let _ = roller.await;
-        // The offloader gives up its lease before the process exits.
-        let _ = offloader.await;
-        served.map_err(|e| ServerError::io("serving", e))?;
+        // Partitions are fsynced before the offloader's last steps (giving
+        // up its lease may wait on an object store that is down).
         let closing = broker.clone();
-        tokio::task::spawn_blocking(move || closing.close())
-            .await
-            .map_err(|e| {
-                ServerError::io("closing the data directory", std::io::Error::other(e))
-            })??;
+        let closed = tokio::task::spawn_blocking(move || closing.close()).await;
+        let offloaded = offloader.await;
+        served.map_err(|e| ServerError::io("serving", e))?;
+        closed
+            .map_err(|e| ServerError::io("closing the data directory", std::io::Error::other(e)))?
+            .map_err(ServerError::Close)?;
+        offloaded.map_err(|e| ServerError::io("the offloader", std::io::Error::other(e)))?;
         tracing::info!("stopped: every partition fsynced");
         Ok(())
     }

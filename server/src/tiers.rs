@@ -104,8 +104,9 @@ async fn wait_for_data(
     wait: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let _waiting = LongPoll::start(topic);
     let mut end = partition.subscribe();
+    // Counted once subscribed: from here on no record can be missed.
+    let _waiting = LongPoll::start(topic);
     let grown = end.wait_for(|&e| e > offset);
     tokio::select! {
         _ = tokio::time::timeout(wait, grown) => {}

@@ -160,7 +160,8 @@ impl Manifest {
             };
             expected = next;
         }
-        if !self.files.is_empty() && expected != self.end_offset {
+        // With no files, `expected` is `start_offset`: both ends must meet.
+        if expected != self.end_offset {
             return bad(format!(
                 "files end at {expected}, end_offset says {}",
                 self.end_offset
@@ -379,6 +380,14 @@ mod tests {
                 files,
             };
             let bytes = serde_json::to_vec(&m).unwrap();
+            let mut contiguous = m.start_offset;
+            let mut gap = false;
+            for f in &m.files {
+                gap |= f.first_offset != contiguous;
+                contiguous = f.last_offset + 1;
+            }
+            let valid = !gap && contiguous == m.end_offset;
+            prop_assert_eq!(Manifest::decode(&bytes, "m").is_ok(), valid);
             if let Ok(decoded) = Manifest::decode(&bytes, "m") {
                 let mut at = decoded.start_offset;
                 for f in &decoded.files {
