@@ -8,16 +8,18 @@ use strata_tiering::TieringError;
 
 /// Why a server could not start, or did not stop cleanly. Each start-up
 /// variant names the step that failed, as docs/operations.md quotes them.
+/// The cause is part of the message, not a `source` (anyhow's `{:#}` would
+/// print it twice).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
     /// The data directory could not be opened (locked by another server,
     /// a bad setting, recovery refused to go on).
-    #[error("opening data directory {path}: {source}")]
-    OpenDataDir { path: String, source: BrokerError },
+    #[error("opening data directory {path}: {error}")]
+    OpenDataDir { path: String, error: BrokerError },
     /// The object store could not be opened (a bad URL or credentials).
-    #[error("opening the cold tier {url}: {source}")]
-    OpenColdTier { url: String, source: TieringError },
+    #[error("opening the cold tier {url}: {error}")]
+    OpenColdTier { url: String, error: TieringError },
     /// The cold tier's manifests could not be loaded (the store is
     /// unreachable after its retries, a manifest is corrupt, the writer
     /// lease is held by another server).
@@ -30,22 +32,18 @@ pub enum ServerError {
     #[error("closing the data directory: {0}")]
     Close(BrokerError),
     /// A file of the server's own (its id), the listener, or a task.
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
 }
 
 /// Result with [`ServerError`].
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
 
 impl ServerError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, error: std::io::Error) -> Self {
         Self::Io {
             what: what.into(),
-            source,
+            error,
         }
     }
 }

@@ -42,18 +42,18 @@ impl Server {
         let broker = tokio::task::spawn_blocking(move || Broker::open(broker_config))
             .await
             .map_err(|e| ServerError::io("opening the data directory", std::io::Error::other(e)))?
-            .map_err(|source| ServerError::OpenDataDir {
+            .map_err(|error| ServerError::OpenDataDir {
                 path: data_dir.display().to_string(),
-                source,
+                error,
             })?;
         let broker = Arc::new(broker);
         let url = match &config.object_store {
             Some(url) => url.clone(),
             None => default_cold_url(&data_dir)?,
         };
-        let cold = ColdStore::open(&url).map_err(|source| ServerError::OpenColdTier {
+        let cold = ColdStore::open(&url).map_err(|error| ServerError::OpenColdTier {
             url: url.clone(),
-            source,
+            error,
         })?;
         let owner = server_id(&data_dir)?;
         let tiering = Tiering::open(broker.clone(), cold, config.tiering.clone(), &owner)
