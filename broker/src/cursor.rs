@@ -7,6 +7,7 @@ use crate::batch::RecordView;
 use crate::batch::{BATCH_HEADER_LEN, BatchView, Peek, peek_batch};
 use crate::block_reader::BlockReader;
 use crate::error::{BrokerError, Result};
+use crate::partition::PartitionStats;
 use crate::segment::{Segment, SegmentInfo};
 
 /// A partition's log pinned at one moment: its end offset then, and every
@@ -65,6 +66,49 @@ impl PinnedLog {
             from,
             to.min(end),
         ))
+    }
+
+    /// Offsets, sizes and time bounds of the snapshot, as partition `id`'s.
+    pub fn stats(&self, id: u32) -> PartitionStats {
+        let infos = self.segments();
+        PartitionStats {
+            partition: id,
+            start_offset: self.start_offset(),
+            end_offset: self.end_offset,
+            segments: infos.len(),
+            bytes: infos.iter().map(|s| s.size_bytes).sum(),
+            min_timestamp: infos.iter().filter_map(|s| s.min_timestamp).min(),
+            max_timestamp: infos.iter().filter_map(|s| s.max_timestamp).max(),
+        }
+    }
+
+    /// The earliest record of the snapshot with `timestamp >= target` as
+    /// (offset, timestamp), or `None` when every record is older. Correct
+    /// for out-of-order timestamps: the time index bounds where scanning
+    /// may start.
+    pub fn offset_for_timestamp(&self, target: i64) -> Result<Option<(u64, i64)>> {
+        let start = self
+            .segments
+            .iter()
+            .find(|s| s.info().max_timestamp.is_some_and(|max| max >= target))
+            .map(|s| s.scan_start_for_time(target).max(self.start_offset()));
+        let Some(start) = start else {
+            return Ok(None);
+        };
+        let end = self.end_offset;
+        let mut cursor = self.cursor(start.min(end), end)?;
+        while let Some(batch) = cursor.next_batch()? {
+            if batch.max_timestamp() < target {
+                continue;
+            }
+            for record in batch.records() {
+                let record = record.map_err(|e| BrokerError::Internal(e.to_string()))?;
+                if record.offset >= start && record.offset < end && record.timestamp >= target {
+                    return Ok(Some((record.offset, record.timestamp)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The offset ranges within `offsets` that can hold records with

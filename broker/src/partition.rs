@@ -532,57 +532,15 @@ impl Partition {
     }
 
     /// The earliest record with `timestamp >= target` as (offset, timestamp),
-    /// or `None` when every record is older. Correct for out-of-order
-    /// timestamps: the time index bounds where scanning may start.
+    /// or `None` when every record is older (see
+    /// [`PinnedLog::offset_for_timestamp`]).
     pub fn offset_for_timestamp(&self, target: i64) -> Result<Option<(u64, i64)>> {
-        let end = self.end_offset();
-        let start = {
-            let segments = self.segments.read();
-            segments
-                .iter()
-                .find(|s| s.info().max_timestamp.is_some_and(|max| max >= target))
-                .map(|s| s.scan_start_for_time(target))
-        };
-        let Some(start) = start else {
-            return Ok(None);
-        };
-        let mut cursor = match self.cursor(start.min(end)) {
-            Ok(cursor) => cursor,
-            // Retention moved the start past it: scan from the new start.
-            Err(BrokerError::OffsetOutOfRange { start_offset, .. }) => self.cursor(start_offset)?,
-            Err(e) => return Err(e),
-        };
-        let mut found = None;
-        while let Some(batch) = cursor.next_batch()? {
-            if batch.max_timestamp() < target {
-                continue;
-            }
-            for record in batch.records() {
-                let record = record.map_err(|e| BrokerError::Internal(e.to_string()))?;
-                if record.offset >= start && record.offset < end && record.timestamp >= target {
-                    found = Some((record.offset, record.timestamp));
-                    break;
-                }
-            }
-            if found.is_some() {
-                break;
-            }
-        }
-        Ok(found)
+        self.pin().offset_for_timestamp(target)
     }
 
     /// Offsets, sizes and time bounds of the hot tier now.
     pub fn stats(&self) -> PartitionStats {
-        let infos = self.segments();
-        PartitionStats {
-            partition: self.id,
-            start_offset: infos.first().map_or(0, |s| s.base_offset),
-            end_offset: self.end_offset(),
-            segments: infos.len(),
-            bytes: infos.iter().map(|s| s.size_bytes).sum(),
-            min_timestamp: infos.iter().filter_map(|s| s.min_timestamp).min(),
-            max_timestamp: infos.iter().filter_map(|s| s.max_timestamp).max(),
-        }
+        self.pin().stats(self.id)
     }
 }
 

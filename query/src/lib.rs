@@ -1,12 +1,13 @@
 //! # strata-query: reads across both tiers
 //!
 //! The reads that let the log replace a serving database. Every read pins
-//! the partitions it covers when it starts ([`scan::pin_topic`]): offsets
+//! the partitions it covers when it starts ([`pin`]): offsets
 //! below the cold tier's end come from Parquet files on the object store,
 //! the rest from local segments, so each record is returned exactly once,
 //! also while the offloader and retention run underneath, and nothing
 //! appended after the read began is seen.
 //!
+//! - [`pin`]: the one pinning protocol every read across both tiers uses;
 //! - [`scan`]: the union read, pruned by time (manifest, row-group and page
 //!   statistics, segment time bounds and time index), streamed in batches;
 //! - [`table`]: topics as DataFusion tables with time, offset and partition
@@ -23,6 +24,7 @@
 
 pub mod error;
 pub mod format;
+pub mod pin;
 pub mod scan;
 pub mod service;
 pub mod sql;

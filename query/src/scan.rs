@@ -1,13 +1,6 @@
-//! The union read across both tiers.
-//!
-//! A read first pins every partition it covers ([`snapshot`]): the end
-//! offset and the local segments as they are (segments deleted later stay
-//! readable), then the cold tier's manifest (files it lists are not deleted
-//! while the pin lives). Offsets below the manifest's end come from Parquet,
-//! the rest from local segments, so each record is read exactly once even
-//! while the offloader and retention run underneath: a segment can only be
-//! deleted after its file is committed, and a manifest read after the
-//! segments were pinned covers everything deleted before.
+//! The union read across both tiers: the rows of a pinned partition
+//! ([`crate::pin`]) in offset order, cold files first, then local segments,
+//! pruned by time and key and streamed in batches.
 
 use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
@@ -20,15 +13,14 @@ use arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::metrics::Count;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use strata_broker::Broker;
 use strata_broker::batch::RecordView;
-use strata_broker::cursor::PinnedLog;
+use strata_tiering::Tiering;
 use strata_tiering::cold_read::FileScan;
 use strata_tiering::schema::{ArrowBatchBuilder, schema, view_schema};
-use strata_tiering::{PinnedManifest, Tiering};
 use tokio::sync::mpsc;
 
 use crate::error::{QueryError, Result};
+use crate::pin::{PinnedPartition, PinnedTopic};
 
 /// What a scan read and skipped (shown by `EXPLAIN ANALYZE`).
 #[derive(Debug, Clone, Default)]
@@ -199,125 +191,6 @@ fn project(batch: &RecordBatch, columns: &[usize], schema: &SchemaRef) -> Result
     )?)
 }
 
-/// One partition pinned for a read.
-#[derive(Debug)]
-pub struct PinnedPartition {
-    pub id: u32,
-    hot: PinnedLog,
-    cold: PinnedManifest,
-}
-
-impl PinnedPartition {
-    /// One past the last offset the read can see.
-    pub fn end_offset(&self) -> u64 {
-        self.hot.end_offset()
-    }
-
-    /// Offsets below this come from the cold tier.
-    pub fn cold_end(&self) -> u64 {
-        let m = &self.cold.manifest;
-        if m.files.is_empty() {
-            0
-        } else {
-            m.end_offset.min(self.end_offset())
-        }
-    }
-
-    /// Cold files that can hold rows of `spec`, and all cold files.
-    pub fn cold_files(&self, spec: &ScanSpec) -> (usize, usize) {
-        let files = &self.cold.manifest.files;
-        let hi = spec.offsets.end.min(self.cold_end());
-        let matching = files
-            .iter()
-            .filter(|f| {
-                f.first_offset < hi
-                    && f.last_offset >= spec.offsets.start
-                    && spec.from_ms.is_none_or(|from| f.max_timestamp >= from)
-                    && spec.to_ms.is_none_or(|to| f.min_timestamp < to)
-            })
-            .count();
-        (matching, files.len())
-    }
-
-    /// Local segments that can hold rows of `spec`, and all local segments
-    /// above the cold tier.
-    pub fn hot_segments(&self, spec: &ScanSpec) -> (usize, usize) {
-        let range = self.hot_range(spec);
-        let all = self
-            .hot
-            .segments()
-            .iter()
-            .filter(|s| s.end_offset > self.cold_end())
-            .count();
-        let matching = self
-            .hot
-            .segments()
-            .iter()
-            .filter(|s| {
-                s.end_offset > range.start
-                    && s.base_offset < range.end
-                    && spec
-                        .from_ms
-                        .is_none_or(|from| s.max_timestamp.is_some_and(|max| max >= from))
-                    && spec
-                        .to_ms
-                        .is_none_or(|to| s.min_timestamp.is_some_and(|min| min < to))
-            })
-            .count();
-        (matching, all)
-    }
-
-    fn hot_range(&self, spec: &ScanSpec) -> Range<u64> {
-        let start = spec
-            .offsets
-            .start
-            .max(self.cold_end())
-            .max(self.hot.start_offset());
-        start..spec.offsets.end.min(self.end_offset())
-    }
-}
-
-/// The partitions of one topic pinned for a read.
-#[derive(Debug)]
-pub struct PinnedTopic {
-    pub topic: String,
-    pub partitions: Vec<Arc<PinnedPartition>>,
-}
-
-/// Pins `partitions` of `topic` (all when `None`); an unknown partition is
-/// `PartitionNotFound`.
-pub async fn pin_topic(
-    broker: &Broker,
-    tiering: &Tiering,
-    topic: &str,
-    partitions: Option<&[u32]>,
-) -> Result<PinnedTopic> {
-    let topic = broker.topic(topic)?;
-    let all = topic.partitions();
-    let chosen: Vec<_> = match partitions {
-        None => all.iter().collect(),
-        Some(ids) => ids
-            .iter()
-            .map(|&id| topic.partition(&id.to_string()))
-            .collect::<strata_broker::Result<_>>()?,
-    };
-    let mut pinned = Vec::with_capacity(chosen.len());
-    for p in chosen {
-        // Hot first, then cold: see the module doc.
-        let hot = p.pin();
-        let cold = tiering.pin_manifest(topic.name(), p.id()).await?;
-        pinned.push(Arc::new(PinnedPartition {
-            id: p.id(),
-            hot,
-            cold,
-        }));
-    }
-    Ok(PinnedTopic {
-        topic: topic.name().to_string(),
-        partitions: pinned,
-    })
-}
-
 /// A stream of record batches.
 pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;
 
@@ -425,7 +298,7 @@ async fn scan_cold(
 ) -> Result<bool> {
     let hi = spec.offsets.end.min(part.cold_end());
     let read = spec.read_columns();
-    for file in part.cold.manifest.files_from(spec.offsets.start) {
+    for file in part.cold().manifest.files_from(spec.offsets.start) {
         if file.first_offset >= hi || *left == 0 {
             break;
         }
@@ -490,8 +363,8 @@ async fn scan_hot(
             error: None,
             schema: spec.output_schema()?,
         };
-        for r in part.hot.ranges_for(range, spec.from_ms, spec.to_ms) {
-            let mut cursor = part.hot.cursor(r.start, r.end)?;
+        for r in part.hot().ranges_for(range, spec.from_ms, spec.to_ms) {
+            let mut cursor = part.hot().cursor(r.start, r.end)?;
             let next = cursor.for_each_record(|record| reader.visit(record))?;
             metrics.hot_records.add((next - r.start) as usize);
             if let Some(e) = reader.error.take() {

@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::error::{QueryError, Result};
 use crate::format::{Encoder, Format, Shape};
+use crate::pin;
 use crate::scan::{self, BatchStream, ScanSpec};
 use crate::sql::{SqlConfig, SqlEngine, quote_identifier, snapshot_sql};
 use crate::sql_limits::QUERY_THREAD_STACK;
@@ -170,7 +171,7 @@ impl QueryService {
         let read = async move {
             let partitions = request.partition.map(|p| vec![p]);
             let snapshot =
-                scan::pin_topic(&broker, &tiering, &request.topic, partitions.as_deref()).await?;
+                pin::pin_topic(&broker, &tiering, &request.topic, partitions.as_deref()).await?;
             let schema = spec.output_schema()?;
             let batches = scan::scan_topic(tiering, snapshot, Arc::new(spec), request.limit);
             Ok((schema, batches))

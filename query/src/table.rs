@@ -35,7 +35,8 @@ use strata_tiering::Tiering;
 use strata_tiering::schema::{schema, view_schema};
 
 use crate::error::QueryError;
-use crate::scan::{self, PinnedPartition, ScanMetrics, ScanSpec, col};
+use crate::pin::{self, PinnedPartition};
+use crate::scan::{self, ScanMetrics, ScanSpec, col};
 
 /// A topic as a table of `partition, offset, timestamp, key, value, headers`.
 #[derive(Debug)]
@@ -112,7 +113,7 @@ impl TableProvider for TopicTable {
         if ids.is_empty() || spec.offsets.is_empty() || bounds.time_is_empty() {
             return Ok(Arc::new(EmptyExec::new(output)));
         }
-        let snapshot = scan::pin_topic(&self.broker, &self.tiering, &self.topic, Some(&ids))
+        let snapshot = pin::pin_topic(&self.broker, &self.tiering, &self.topic, Some(&ids))
             .await
             .map_err(DataFusionError::from)?;
         Ok(Arc::new(TopicScanExec::new(
@@ -355,7 +356,7 @@ pub struct TopicScanExec {
 impl TopicScanExec {
     fn new(
         tiering: Arc<Tiering>,
-        snapshot: scan::PinnedTopic,
+        snapshot: pin::PinnedTopic,
         spec: ScanSpec,
         output: SchemaRef,
     ) -> Self {

@@ -44,7 +44,7 @@ fn produce(broker: &Broker, first: i64, n: i64, oracle: &mut Oracle) {
 }
 
 async fn read(tiering: &Arc<Tiering>, broker: &Broker, spec: ScanSpec) -> Vec<RecordBatch> {
-    let snapshot = scan::pin_topic(broker, tiering, "events", None)
+    let snapshot = strata_query::pin::pin_topic(broker, tiering, "events", None)
         .await
         .unwrap();
     let stream = scan::scan_topic(tiering.clone(), snapshot, Arc::new(spec), None);

@@ -1,9 +1,9 @@
-//! The union of the hot and the cold tier for the reads the broker's log
-//! and the tiering crate each answer half of: consume by offset,
-//! offset-for-timestamp and describe. Offsets below a partition's
-//! local start are read from the cold tier, the rest from local segments,
-//! invisibly to the caller. (Range reads and SQL take their union in the
-//! query crate, at a pinned snapshot of both tiers.)
+//! Consume by offset, offset-for-timestamp and describe, across both
+//! tiers. Each pins the partition first ([`strata_query::pin`], the
+//! protocol range reads and SQL use too): offsets below the pinned cold
+//! tier's end are read from Parquet, the rest from the pinned local
+//! segments, so each offset is read exactly once whatever the offloader and
+//! retention do meanwhile, invisibly to the caller.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -14,21 +14,13 @@ use strata_broker::page::PageBudget;
 use strata_broker::render::{write_int, write_record};
 use strata_broker::timestamp::{TimestampWriter, format_timestamp};
 use strata_broker::{BrokerError, Partition, Topic};
-use strata_tiering::{ColdRecord, ColdStats, Tiering};
+use strata_query::pin::{PinnedPartition, pin_partition};
+use strata_tiering::{ColdRecord, Tiering};
 use tokio::sync::watch;
 
 use crate::api_error::ApiError;
 use crate::render::write_cold_record;
 use crate::request::blocking;
-
-/// The first offset still readable from either tier.
-pub fn start_offset(local_start: u64, cold: &ColdStats) -> u64 {
-    if cold.files > 0 {
-        cold.start_offset.min(local_start)
-    } else {
-        local_start
-    }
-}
 
 /// What one consume asks for.
 #[derive(Debug, Clone, Copy)]
@@ -57,42 +49,38 @@ pub async fn consume(
         max_bytes,
         wait,
     } = request;
-    let cold = tiering.cold_stats(topic.name(), partition.id());
-    let local_start = partition.start_offset();
-    let start = start_offset(local_start, &cold);
-    let offset = offset.unwrap_or(start);
-    let end = partition.end_offset();
+    let mut pinned = pin_partition(tiering, topic.name(), partition).await?;
+    let offset = offset.unwrap_or_else(|| pinned.start_offset());
+    check_offset(&pinned, offset)?;
+    if offset == pinned.end_offset() && !wait.is_zero() {
+        // The pin would hide what arrives meanwhile: wait unpinned (so
+        // retention is not held up by a waiting consumer), then pin again.
+        drop(pinned);
+        wait_for_data(topic, partition, offset, wait, stopping).await;
+        pinned = pin_partition(tiering, topic.name(), partition).await?;
+        check_offset(&pinned, offset)?;
+    }
+    if offset < pinned.cold_end() {
+        let records = tiering
+            .read_pinned_records(pinned.cold(), offset, max_records, max_bytes)
+            .await?;
+        return Ok(cold_page(topic, &pinned, offset, &records));
+    }
+    let topic = topic.clone();
+    blocking(move || hot_page(&topic, &pinned, offset, max_records, max_bytes)).await
+}
+
+/// `OffsetOutOfRange` unless `offset` is within what `pinned` can read.
+fn check_offset(pinned: &PinnedPartition, offset: u64) -> Result<(), BrokerError> {
+    let (start, end) = (pinned.start_offset(), pinned.end_offset());
     if offset < start || offset > end {
         return Err(BrokerError::OffsetOutOfRange {
             offset,
             start_offset: start,
             end_offset: end,
-        }
-        .into());
+        });
     }
-    let read_cold = || async {
-        let records = tiering
-            .read_records(topic.name(), partition.id(), offset, max_records, max_bytes)
-            .await?;
-        Ok::<_, ApiError>(cold_page(topic, partition.id(), offset, &records, end))
-    };
-    if offset < local_start {
-        return read_cold().await;
-    }
-    if offset == end && !wait.is_zero() {
-        wait_for_data(topic, partition, offset, wait, stopping).await;
-    }
-    let (hot_topic, hot_partition) = (topic.clone(), partition.clone());
-    let read =
-        blocking(move || hot_page(&hot_topic, &hot_partition, offset, max_records, max_bytes))
-            .await;
-    match read {
-        Ok(body) => Ok(body),
-        // Local retention deleted the segment since `local_start` was read:
-        // it is committed to the cold tier, so read it from there.
-        Err(e) if e.code == "offset_out_of_range" => read_cold().await,
-        Err(e) => Err(e),
-    }
+    Ok(())
 }
 
 /// Long poll: returns once `end_offset` passes `offset`, the wait ends, or
@@ -132,19 +120,18 @@ impl Drop for LongPoll {
     }
 }
 
-/// A consume page read from local segments.
+/// A consume page read from the pinned local segments.
 fn hot_page(
     topic: &Topic,
-    partition: &Arc<Partition>,
+    pinned: &PinnedPartition,
     offset: u64,
     max_records: u64,
     max_bytes: u64,
 ) -> Result<Vec<u8>, BrokerError> {
-    let mut cursor = partition.cursor(offset)?;
-    let end = cursor.end_offset();
+    let end = pinned.end_offset();
+    let mut cursor = pinned.hot().cursor(offset, end)?;
     let mut out = page_start();
     let mut page = PageBudget::new(max_records, max_bytes);
-    let id = partition.id();
     let mut times = TimestampWriter::default();
     let next = cursor.for_each_record(|record| {
         if !page.admit(record.data_len()) {
@@ -153,7 +140,7 @@ fn hot_page(
         if page.records() > 1 {
             out.push(b',');
         }
-        write_record(&mut out, &mut times, id, record);
+        write_record(&mut out, &mut times, pinned.id, record);
         ControlFlow::Continue(())
     })?;
     page_end(&mut out, next, end);
@@ -162,14 +149,13 @@ fn hot_page(
     Ok(out)
 }
 
-/// A consume page of records read back from the cold tier (which cut the
-/// page by the same rules as [`hot_page`]).
+/// A consume page of records read back from the pinned cold tier (which
+/// cut the page by the same rules as [`hot_page`]).
 fn cold_page(
     topic: &Topic,
-    partition: u32,
+    pinned: &PinnedPartition,
     from: u64,
     records: &[ColdRecord],
-    end: u64,
 ) -> Vec<u8> {
     let mut out = page_start();
     let mut times = TimestampWriter::default();
@@ -178,11 +164,11 @@ fn cold_page(
         if i > 0 {
             out.push(b',');
         }
-        write_cold_record(&mut out, &mut times, partition, record);
+        write_cold_record(&mut out, &mut times, pinned.id, record);
         bytes += record.data_len() as u64;
     }
     let next = records.last().map_or(from, |r| r.offset + 1);
-    page_end(&mut out, next, end);
+    page_end(&mut out, next, pinned.end_offset());
     topic.metrics().records_out.increment(records.len() as u64);
     topic.metrics().bytes_out.increment(bytes);
     out
@@ -208,61 +194,56 @@ fn page_end(out: &mut Vec<u8>, next: u64, end: u64) {
 pub async fn offset_for_timestamp(
     tiering: &Tiering,
     topic: &Topic,
-    partition: Arc<Partition>,
+    partition: &Partition,
     target: i64,
 ) -> Result<Value, ApiError> {
+    let pinned = Arc::new(pin_partition(tiering, topic.name(), partition).await?);
     let in_cold = tiering
-        .offset_for_timestamp(topic.name(), partition.id(), target)
+        .pinned_offset_for_timestamp(pinned.cold(), target)
         .await?;
     let found = match in_cold {
-        Some(found) => (Some(found), partition.end_offset()),
+        Some(found) => Some(found),
         None => {
-            blocking(move || {
-                Ok((
-                    partition.offset_for_timestamp(target)?,
-                    partition.end_offset(),
-                ))
-            })
-            .await?
+            let pinned = pinned.clone();
+            blocking(move || pinned.hot().offset_for_timestamp(target)).await?
         }
     };
     Ok(match found {
-        (Some((offset, ts)), _) => json!({"offset": offset, "timestamp": format_timestamp(ts)}),
-        (None, end) => json!({"offset": end, "timestamp": null}),
+        Some((offset, ts)) => json!({"offset": offset, "timestamp": format_timestamp(ts)}),
+        None => json!({"offset": pinned.end_offset(), "timestamp": null}),
     })
 }
 
-/// The API's topic description, hot and cold tiers together.
-pub fn describe_topic(topic: &Topic, tiering: &Tiering) -> Value {
-    let partitions: Vec<Value> = topic
-        .partitions()
-        .iter()
-        .map(|p| {
-            let hot = p.stats();
-            let cold = tiering.cold_stats(topic.name(), p.id());
-            let min = [hot.min_timestamp, cold.min_timestamp]
-                .into_iter()
-                .flatten()
-                .min();
-            let max = [hot.max_timestamp, cold.max_timestamp]
-                .into_iter()
-                .flatten()
-                .max();
-            json!({
-                "partition": hot.partition,
-                "start_offset": start_offset(hot.start_offset, &cold),
-                "local_start_offset": hot.start_offset,
-                "end_offset": hot.end_offset,
-                "hot": {"segments": hot.segments, "bytes": hot.bytes},
-                "cold": {"files": cold.files, "bytes": cold.bytes, "end_offset": cold.end_offset},
-                "min_timestamp": min.map(format_timestamp),
-                "max_timestamp": max.map(format_timestamp),
-            })
-        })
-        .collect();
-    json!({
+/// The API's topic description, hot and cold tiers together, each
+/// partition as one pin sees it.
+pub async fn describe_topic(topic: &Topic, tiering: &Tiering) -> Result<Value, ApiError> {
+    let mut partitions = Vec::with_capacity(topic.partitions().len());
+    for p in topic.partitions() {
+        let pinned = pin_partition(tiering, topic.name(), p).await?;
+        let hot = pinned.hot().stats(p.id());
+        let cold = pinned.cold_stats();
+        let min = [hot.min_timestamp, cold.min_timestamp]
+            .into_iter()
+            .flatten()
+            .min();
+        let max = [hot.max_timestamp, cold.max_timestamp]
+            .into_iter()
+            .flatten()
+            .max();
+        partitions.push(json!({
+            "partition": hot.partition,
+            "start_offset": pinned.start_offset(),
+            "local_start_offset": hot.start_offset,
+            "end_offset": hot.end_offset,
+            "hot": {"segments": hot.segments, "bytes": hot.bytes},
+            "cold": {"files": cold.files, "bytes": cold.bytes, "end_offset": cold.end_offset},
+            "min_timestamp": min.map(format_timestamp),
+            "max_timestamp": max.map(format_timestamp),
+        }));
+    }
+    Ok(json!({
         "name": topic.name(),
         "config": topic.config(),
         "partitions": partitions,
-    })
+    }))
 }

@@ -204,6 +204,18 @@ impl Tiering {
         Ok(())
     }
 
+    /// Records that `topic` was just created: its cold tier is empty (a
+    /// name with cold data is restored at start-up, and deletion removes
+    /// cold data first), so reads of it need not ask the object store,
+    /// which may be down.
+    pub fn topic_created(&self, topic: &strata_broker::Topic) {
+        for p in topic.partitions() {
+            if self.cached(topic.name(), p.id()).is_none() {
+                self.remember(Manifest::empty(topic.name(), p.id()));
+            }
+        }
+    }
+
     /// Caches `manifest` as the partition's latest, unless a newer version
     /// is cached already (a slow load that read an older version must not
     /// replace what a commit put there meanwhile); returns the one cached.

@@ -7,6 +7,8 @@ use strata_broker::batch::record_size;
 use crate::cold_read;
 use crate::error::Result;
 use crate::facade::Tiering;
+use crate::manifest::Manifest;
+use crate::pins::PinnedManifest;
 
 /// One partition's cold tier at a moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +34,20 @@ pub struct ColdRecord {
     pub headers: Vec<(String, String)>,
 }
 
+impl ColdStats {
+    /// What a manifest holds.
+    pub fn of(m: &Manifest) -> Self {
+        Self {
+            files: m.files.len() as u64,
+            bytes: m.bytes(),
+            start_offset: m.start_offset,
+            end_offset: m.end_offset,
+            min_timestamp: m.files.iter().map(|f| f.min_timestamp).min(),
+            max_timestamp: m.files.iter().map(|f| f.max_timestamp).max(),
+        }
+    }
+}
+
 impl ColdRecord {
     /// The record's size as every budget counts it (the hot tier's rule).
     pub fn data_len(&self) -> usize {
@@ -47,22 +63,43 @@ impl ColdRecord {
 impl Tiering {
     /// The partition's cold tier as last committed (no I/O).
     pub fn cold_stats(&self, topic: &str, partition: u32) -> ColdStats {
-        let Some(m) = self.cached(topic, partition) else {
-            return ColdStats::default();
-        };
-        ColdStats {
-            files: m.files.len() as u64,
-            bytes: m.bytes(),
-            start_offset: m.start_offset,
-            end_offset: m.end_offset,
-            min_timestamp: m.files.iter().map(|f| f.min_timestamp).min(),
-            max_timestamp: m.files.iter().map(|f| f.max_timestamp).max(),
-        }
+        self.cached(topic, partition)
+            .map_or_else(ColdStats::default, |m| ColdStats::of(&m))
     }
 
-    /// Records from `from` on, in offset order, up to `max_records` or
-    /// about `max_bytes` ([`ColdRecord::data_len`]; at least one record
-    /// when any exists), and never past the cold tier's end.
+    /// Records of a pinned manifest from `from` on, in offset order, up to
+    /// `max_records` or about `max_bytes` ([`ColdRecord::data_len`]; at
+    /// least one record when any exists), and never past its end.
+    pub async fn read_pinned_records(
+        &self,
+        pinned: &PinnedManifest,
+        from: u64,
+        max_records: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<ColdRecord>> {
+        cold_read::read_records(
+            &self.cold.store,
+            &self.cache,
+            pinned.manifest.files_from(from),
+            from,
+            max_records,
+            max_bytes,
+        )
+        .await
+    }
+
+    /// The earliest record of a pinned manifest with `timestamp >= target`,
+    /// as (offset, timestamp).
+    pub async fn pinned_offset_for_timestamp(
+        &self,
+        pinned: &PinnedManifest,
+        target: i64,
+    ) -> Result<Option<(u64, i64)>> {
+        let files = &pinned.manifest.files;
+        cold_read::offset_for_timestamp(&self.cold.store, &self.cache, files, target).await
+    }
+
+    /// [`Self::read_pinned_records`] of the partition as committed now.
     pub async fn read_records(
         &self,
         topic: &str,
@@ -71,27 +108,19 @@ impl Tiering {
         max_records: u64,
         max_bytes: u64,
     ) -> Result<Vec<ColdRecord>> {
-        let snapshot = self.pin_manifest(topic, partition).await?;
-        cold_read::read_records(
-            &self.cold.store,
-            &self.cache,
-            snapshot.manifest.files_from(from),
-            from,
-            max_records,
-            max_bytes,
-        )
-        .await
+        let pinned = self.pin_manifest(topic, partition).await?;
+        self.read_pinned_records(&pinned, from, max_records, max_bytes)
+            .await
     }
 
-    /// The earliest cold record with `timestamp >= target`, as (offset, timestamp).
+    /// [`Self::pinned_offset_for_timestamp`] of the partition as committed now.
     pub async fn offset_for_timestamp(
         &self,
         topic: &str,
         partition: u32,
         target: i64,
     ) -> Result<Option<(u64, i64)>> {
-        let snapshot = self.pin_manifest(topic, partition).await?;
-        let files = &snapshot.manifest.files;
-        cold_read::offset_for_timestamp(&self.cold.store, &self.cache, files, target).await
+        let pinned = self.pin_manifest(topic, partition).await?;
+        self.pinned_offset_for_timestamp(&pinned, target).await
     }
 }

@@ -111,7 +111,7 @@ pub(super) async fn offset_for_timestamp(
         .ok_or_else(|| ApiError::invalid_request("the timestamp parameter is required"))?;
     let target = parse_timestamp(text).map_err(ApiError::invalid_request)?;
     let topic = app.broker.topic(&topic)?;
-    let partition = topic.partition(&partition)?.clone();
+    let partition = topic.partition(&partition)?;
     let body = tiers::offset_for_timestamp(&app.tiering, &topic, partition, target).await?;
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
 }

@@ -38,25 +38,25 @@ pub(super) async fn create(
     let topic =
         blocking(move || broker.create_topic(&request.name, request.partitions, &request.config))
             .await?;
+    app.tiering.topic_created(&topic);
     Ok(json_response(
         StatusCode::CREATED,
         describe_topic(&topic, &app.tiering)
+            .await?
             .to_string()
             .into_bytes(),
     ))
 }
 
-pub(super) async fn list(State(app): State<AppState>) -> Response {
-    let topics: Vec<Value> = app
-        .broker
-        .topics()
-        .iter()
-        .map(|t| describe_topic(t, &app.tiering))
-        .collect();
-    json_response(
+pub(super) async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let mut topics: Vec<Value> = Vec::new();
+    for topic in app.broker.topics() {
+        topics.push(describe_topic(&topic, &app.tiering).await?);
+    }
+    Ok(json_response(
         StatusCode::OK,
         json!({ "topics": topics }).to_string().into_bytes(),
-    )
+    ))
 }
 
 pub(super) async fn describe(
@@ -67,6 +67,7 @@ pub(super) async fn describe(
     Ok(json_response(
         StatusCode::OK,
         describe_topic(&topic, &app.tiering)
+            .await?
             .to_string()
             .into_bytes(),
     ))
