@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{Client, idempotency_prefix};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -152,8 +152,10 @@ async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    let keys = idempotency_prefix("bench");
+    for task in 0..args.concurrency {
         let (client, body, path) = (client.clone(), body.clone(), path.clone());
+        let keys = format!("{keys}-{task}");
         let pace = (args.rate > 0).then(|| {
             Duration::from_secs_f64(
                 args.batch_size as f64 * args.concurrency as f64 / args.rate as f64,
@@ -172,11 +174,12 @@ async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
                     t.tick().await;
                 }
                 let sent = Instant::now();
-                let request = client
-                    .request(Method::POST, &path)
-                    .header("content-type", "application/json")
-                    .body(body.clone());
-                match client.send(request).await {
+                // As a real producer would: retries (inside) never duplicate.
+                let key = format!("{keys}-{}", latencies.len() as u64 + errors);
+                match client
+                    .produce(&path, "application/json", body.clone(), &key)
+                    .await
+                {
                     Ok(response) => {
                         let _ = response.bytes().await;
                         latencies.push(sent.elapsed().as_micros() as u64);

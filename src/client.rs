@@ -1,8 +1,22 @@
 //! A thin HTTP client for the command-line commands.
 
+use std::time::Duration;
+
 use anyhow::{Result, anyhow};
 use reqwest::{Method, Response};
 use serde_json::Value;
+
+/// Attempts of one produce request before [`Client::produce`] gives up.
+pub const PRODUCE_ATTEMPTS: u32 = 5;
+
+/// A fresh idempotency key prefix for one run of a command: keys of
+/// different runs never collide.
+pub fn idempotency_prefix(command: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{command}-{}-{nanos:x}", std::process::id())
+}
 
 /// Talks to one Strata server.
 #[derive(Clone)]
@@ -32,10 +46,12 @@ impl Client {
 
     /// Sends and turns a non-2xx answer into an error carrying the API's message.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach {}: {e}", self.base))?;
+        self.check(request.send().await).await
+    }
+
+    /// A sent request's outcome as [`Self::send`] reports it.
+    async fn check(&self, outcome: reqwest::Result<Response>) -> Result<Response> {
+        let response = outcome.map_err(|e| anyhow!("cannot reach {}: {e}", self.base))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -53,6 +69,41 @@ impl Client {
             })
             .unwrap_or(body);
         Err(anyhow!("{status}: {detail}"))
+    }
+
+    /// POSTs a produce body with `Idempotency-Key: key`, retrying what may
+    /// have failed part-way (no answer, `5xx`, `429`) with the same key and
+    /// body, so that a retry never writes a record twice (API.md,
+    /// "Idempotent produce"). Waits `Retry-After` when given, else backs
+    /// off from 100 ms; gives up after [`PRODUCE_ATTEMPTS`] attempts.
+    pub async fn produce(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: bytes::Bytes,
+        key: &str,
+    ) -> Result<Response> {
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1.. {
+            let last = attempt >= PRODUCE_ATTEMPTS;
+            let request = self
+                .request(Method::POST, path)
+                .header("content-type", content_type)
+                .header("idempotency-key", key)
+                .body(body.clone());
+            let wait = match request.send().await {
+                Ok(r) if !last && (r.status().is_server_error() || r.status().as_u16() == 429) => r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .map(Duration::from_secs),
+                Err(_) if !last => None,
+                outcome => return self.check(outcome).await,
+            };
+            tokio::time::sleep(wait.unwrap_or(backoff).min(Duration::from_secs(10))).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// GET returning JSON.

@@ -1,16 +1,15 @@
 //! `strata produce TOPIC [--file F]`: NDJSON records in batches, with a
-//! progress bar when reading a file.
+//! progress bar when reading a file. Each request carries an idempotency
+//! key, so the retries of a failed request never duplicate records.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::client::{Client, idempotency_prefix};
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use reqwest::Method;
-
-use crate::client::Client;
 
 #[derive(Args)]
 pub struct ProduceArgs {
@@ -48,6 +47,7 @@ pub async fn run(server: &str, args: ProduceArgs) -> Result<()> {
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut batch = String::new();
     let mut in_batch = 0usize;
+    let (keys, mut requests) = (idempotency_prefix("produce"), 0u64);
     let mut lines = BufReader::new(input).lines();
     loop {
         let line = lines.next().transpose().context("reading input")?;
@@ -61,12 +61,12 @@ pub async fn run(server: &str, args: ProduceArgs) -> Result<()> {
         }
         let full = in_batch >= args.batch_size.max(1) || batch.len() >= MAX_BATCH_BYTES;
         if in_batch > 0 && (full || line.is_none()) {
-            let request = client
-                .request(Method::POST, &path)
-                .header("content-type", "application/x-ndjson")
-                .body(std::mem::take(&mut batch));
+            // One key per request: a retry of it never writes twice.
+            let key = format!("{keys}-{requests}");
+            requests += 1;
+            let body = bytes::Bytes::from(std::mem::take(&mut batch));
             client
-                .send(request)
+                .produce(&path, "application/x-ndjson", body, &key)
                 .await
                 .with_context(|| format!("after {records} records"))?;
             records += in_batch as u64;

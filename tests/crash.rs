@@ -122,3 +122,86 @@ async fn acknowledged_records_survive_sigkill() {
     let status = server.terminate();
     assert!(status.success(), "clean shutdown exits 0: {status:?}");
 }
+
+/// One idempotent produce request of the test below: its key and body.
+type Request = (String, Value);
+
+/// Sends `request` with its key; `None` when there was no answer (the
+/// server died) or it was not 200.
+async fn send_keyed(api: &Api, (key, body): &Request) -> Option<Value> {
+    let response = api
+        .http
+        .post(format!("{}/v1/topics/idem/records", api.base))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key.as_str())
+        .body(body.to_string())
+        .send()
+        .await
+        .ok()?;
+    if response.status() != reqwest::StatusCode::OK {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// Guards "Idempotent produce" across a crash: requests in doubt when the
+/// server was killed (sent, never answered) are retried with their keys
+/// after the restart, and every record is then in the topic exactly once;
+/// retries of answered requests get the offsets of the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_after_sigkill_never_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(binary(), dir.path(), &[]);
+    server.api.create_topic("idem", PARTITIONS, json!({})).await;
+    let answered: Arc<Mutex<Vec<(Request, Value)>>> = Arc::default();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (api, answered) = (server.api.clone(), answered.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let records: Vec<Value> = (0..20)
+                        .map(|j| json!({"value": {"p": p, "i": i, "j": j}}))
+                        .collect();
+                    let request = (format!("p{p}-{i}"), json!({ "records": records }));
+                    match send_keyed(&api, &request).await {
+                        Some(answer) => answered.lock().unwrap().push((request, answer)),
+                        None => return request,
+                    }
+                }
+                unreachable!("a producer runs until the server dies")
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(60), "answered requests", || {
+        let count = answered.lock().unwrap().len();
+        async move { (count >= 150).then_some(()) }
+    })
+    .await;
+    server.kill9();
+    let mut in_doubt = Vec::new();
+    for producer in producers {
+        in_doubt.push(producer.await.unwrap());
+    }
+
+    let server = ChildServer::spawn(binary(), dir.path(), &[]);
+    for request in &in_doubt {
+        let answer = send_keyed(&server.api, request).await;
+        assert!(answer.is_some(), "retry of {} after the restart", request.0);
+    }
+    let answered = answered.lock().unwrap().clone();
+    for (request, first) in answered.iter().rev().take(20) {
+        let again = send_keyed(&server.api, request).await;
+        assert_eq!(again.as_ref(), Some(first), "retry of {}", request.0);
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for p in 0..PARTITIONS {
+        for record in server.api.consume_all("idem", p, 0).await {
+            *seen.entry(record["value"].to_string()).or_default() += 1;
+        }
+    }
+    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "records written twice: {doubled:?}");
+    let expected = (answered.len() + in_doubt.len()) * 20;
+    assert_eq!(seen.len(), expected, "every request's records, once");
+    assert!(server.terminate().success());
+}

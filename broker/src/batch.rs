@@ -1,10 +1,11 @@
 //! The on-disk batch: one per produce request and partition, CRC32C-protected.
 //!
 //! ```text
-//! batch   := header(48 bytes) record*
+//! batch   := header(48 bytes) producer? record*
 //! header  := base_offset u64 | batch_len u32 | crc u32 | magic u8 | attributes u8
 //!            | reserved u16 | record_count u32 | append_time i64
 //!            | min_timestamp i64 | max_timestamp i64
+//! producer := key_len u8 | key | body_hash u128      (only with ATTR_PRODUCER)
 //! record  := record_len u32 | timestamp i64 | key_len i32 (-1 = null) | key
 //!            | value_len u32 | value (JSON text) | header_count u16
 //!            | (name_len u16 | name | value_len u32 | value)*
@@ -22,6 +23,10 @@ pub const BATCH_HEADER_LEN: usize = 48;
 pub const MAGIC: u8 = 1;
 /// Attribute bit: the timestamps are the broker's append time.
 pub const ATTR_LOG_APPEND_TIME: u8 = 1;
+/// Attribute bit: the batch was written by a produce with an
+/// `Idempotency-Key`, named in a producer section after the header (see
+/// [`crate::idempotency`]).
+pub const ATTR_PRODUCER: u8 = 2;
 /// No batch is larger than this; a larger length field means corruption.
 pub const MAX_BATCH_LEN: usize = 1 << 30;
 
@@ -50,6 +55,14 @@ impl BatchBuilder {
             min_ts: i64::MAX,
             max_ts: i64::MIN,
         }
+    }
+
+    /// A builder whose batch carries `tag` (see [`ATTR_PRODUCER`]); the
+    /// caller passes `ATTR_PRODUCER` to [`Self::finish`].
+    pub fn with_producer(capacity: usize, tag: &ProducerTag<'_>) -> Self {
+        let mut builder = Self::with_capacity(capacity + 1 + tag.key.len() + 16);
+        tag.encode(&mut builder.buf);
+        builder
     }
 
     /// Appends a record; `value` is its JSON text.
@@ -187,6 +200,46 @@ pub fn peek_batch(buf: &[u8]) -> Result<Peek<'_>, BatchError> {
     Ok(Peek::Batch(BatchView { bytes: &buf[..len] }))
 }
 
+/// A batch's header and producer tag, read without its records (the
+/// records need not be in `bytes`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchHeader<'a> {
+    pub base_offset: u64,
+    /// The whole batch's length.
+    pub len: usize,
+    pub append_time: i64,
+    pub producer: Option<ProducerTag<'a>>,
+}
+
+impl<'a> BatchHeader<'a> {
+    /// Parses the header at `bytes[0]` (and the tag after it, when the
+    /// batch has one and `bytes` holds it).
+    pub(crate) fn parse(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        if bytes.len() < BATCH_HEADER_LEN {
+            return Err(BatchError::BadLength(bytes.len()));
+        }
+        let len = read_u32(bytes, 8) as usize;
+        if !(BATCH_HEADER_LEN..=MAX_BATCH_LEN).contains(&len) {
+            return Err(BatchError::BadLength(len));
+        }
+        if bytes[16] != MAGIC {
+            return Err(BatchError::BadMagic(bytes[16]));
+        }
+        let producer = match bytes[17] & ATTR_PRODUCER {
+            0 => None,
+            _ => {
+                ProducerTag::decode(&bytes[BATCH_HEADER_LEN..len.min(bytes.len())]).map(|(t, _)| t)
+            }
+        };
+        Ok(Self {
+            base_offset: read_u64(bytes, 0),
+            len,
+            append_time: read_i64(bytes, 24),
+            producer,
+        })
+    }
+}
+
 /// A borrowed, encoded batch.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchView<'a> {
@@ -246,15 +299,66 @@ impl<'a> BatchView<'a> {
         }
     }
 
+    /// The producer section of a batch written with an idempotency key,
+    /// or `None` (also when the section is malformed, which only happens
+    /// when the CRC was not verified first).
+    pub fn producer(&self) -> Option<ProducerTag<'a>> {
+        if self.attributes() & ATTR_PRODUCER == 0 {
+            return None;
+        }
+        ProducerTag::decode(&self.bytes[BATCH_HEADER_LEN..]).map(|(tag, _)| tag)
+    }
+
+    /// Where the records begin: after the header and the producer section.
+    fn records_start(&self) -> usize {
+        let section = match self.attributes() & ATTR_PRODUCER {
+            0 => 0,
+            _ => ProducerTag::decode(&self.bytes[BATCH_HEADER_LEN..]).map_or(0, |(_, len)| len),
+        };
+        BATCH_HEADER_LEN + section
+    }
+
     /// The records, in offset order. Yields an error for a malformed record,
     /// which only happens when the CRC was not verified first.
     pub fn records(&self) -> RecordIter<'a> {
         RecordIter {
-            bytes: &self.bytes[BATCH_HEADER_LEN..],
+            bytes: &self.bytes[self.records_start()..],
             offset: self.base_offset(),
             index: 0,
             count: self.record_count(),
         }
+    }
+}
+
+/// Who wrote a batch: the produce request's idempotency key and a hash of
+/// its body, so a retry of the same request is recognised (also after a
+/// restart: the index is rebuilt from these) and a different request
+/// reusing the key is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerTag<'a> {
+    /// 1 to 128 printable ASCII characters.
+    pub key: &'a str,
+    /// 128-bit XXH3 of the request body.
+    pub body_hash: u128,
+}
+
+impl<'a> ProducerTag<'a> {
+    /// Appends `key_len u8 | key | body_hash u128`.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let len = u8::try_from(self.key.len()).unwrap_or(u8::MAX);
+        out.push(len);
+        out.extend_from_slice(&self.key.as_bytes()[..usize::from(len)]);
+        out.extend_from_slice(&self.body_hash.to_le_bytes());
+    }
+
+    /// The tag at the start of `bytes` and its encoded length, or `None`
+    /// when the bytes are not one.
+    fn decode(bytes: &'a [u8]) -> Option<(Self, usize)> {
+        let len = usize::from(*bytes.first()?);
+        let key = std::str::from_utf8(bytes.get(1..1 + len)?).ok()?;
+        let hash = bytes.get(1 + len..1 + len + 16)?;
+        let body_hash = u128::from_le_bytes(hash.try_into().ok()?);
+        Some((Self { key, body_hash }, 1 + len + 16))
     }
 }
 
@@ -436,7 +540,18 @@ mod tests {
     type OwnedRecord = (i64, Option<Vec<u8>>, Vec<u8>, Vec<(String, String)>);
 
     fn encode(records: &[OwnedRecord], base: u64) -> EncodedBatch {
-        let mut builder = BatchBuilder::with_capacity(64);
+        encode_tagged(records, base, None)
+    }
+
+    fn encode_tagged(
+        records: &[OwnedRecord],
+        base: u64,
+        tag: Option<&ProducerTag<'_>>,
+    ) -> EncodedBatch {
+        let mut builder = match tag {
+            Some(tag) => BatchBuilder::with_producer(64, tag),
+            None => BatchBuilder::with_capacity(64),
+        };
         for (ts, key, value, headers) in records {
             let headers: Vec<Header<'_>> = headers
                 .iter()
@@ -444,7 +559,8 @@ mod tests {
                 .collect();
             builder.push(*ts, key.as_deref(), value, &headers);
         }
-        let mut batch = builder.finish(1_000, 0);
+        let attributes = if tag.is_some() { ATTR_PRODUCER } else { 0 };
+        let mut batch = builder.finish(1_000, attributes);
         batch.set_base_offset(base);
         batch
     }
@@ -460,8 +576,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trips(records in proptest::collection::vec(record_strategy(), 0..30), base in 0u64..1 << 50) {
-            let batch = encode(&records, base);
+        fn round_trips(
+            records in proptest::collection::vec(record_strategy(), 0..30),
+            base in 0u64..1 << 50,
+            key in proptest::option::of("[ -~]{1,128}"),
+            body_hash in any::<u128>(),
+        ) {
+            // With and without a producer section: it never shifts a record.
+            let tag = key.as_deref().map(|key| ProducerTag { key, body_hash });
+            let batch = encode_tagged(&records, base, tag.as_ref());
+            prop_assert_eq!(batch.view().producer(), tag);
             let Peek::Batch(view) = peek_batch(batch.as_bytes()).unwrap() else {
                 panic!("complete batch reported as incomplete");
             };

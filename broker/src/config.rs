@@ -32,6 +32,8 @@ pub struct TopicConfig {
     /// Total retention across both tiers; -1 = forever.
     pub retention_ms: i64,
     pub timestamp_type: TimestampType,
+    /// How long a produce's `Idempotency-Key` is remembered.
+    pub idempotency_window_ms: i64,
 }
 
 impl Default for TopicConfig {
@@ -43,6 +45,7 @@ impl Default for TopicConfig {
             local_retention_ms: 3_600_000,
             retention_ms: -1,
             timestamp_type: TimestampType::CreateTime,
+            idempotency_window_ms: 3_600_000,
         }
     }
 }
@@ -62,6 +65,7 @@ pub struct TopicConfigOverrides {
     pub local_retention_ms: Option<i64>,
     pub retention_ms: Option<i64>,
     pub timestamp_type: Option<TimestampType>,
+    pub idempotency_window_ms: Option<i64>,
 }
 
 impl TopicConfigOverrides {
@@ -78,6 +82,9 @@ impl TopicConfigOverrides {
                 .unwrap_or(defaults.local_retention_ms),
             retention_ms: self.retention_ms.unwrap_or(defaults.retention_ms),
             timestamp_type: self.timestamp_type.unwrap_or(defaults.timestamp_type),
+            idempotency_window_ms: self
+                .idempotency_window_ms
+                .unwrap_or(defaults.idempotency_window_ms),
         };
         config.validate()?;
         Ok(config)
@@ -98,6 +105,12 @@ impl TopicConfig {
             return bad(format!(
                 "segment_ms must be at least 1, got {}",
                 self.segment_ms
+            ));
+        }
+        if self.idempotency_window_ms < 0 {
+            return bad(format!(
+                "idempotency_window_ms must be a non-negative number, got {}",
+                self.idempotency_window_ms
             ));
         }
         for (name, value) in [

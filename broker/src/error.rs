@@ -15,6 +15,10 @@ pub enum BrokerError {
     #[error("record {index}: {message}")]
     InvalidRecord { index: usize, message: String },
 
+    /// A produce reused an `Idempotency-Key` of the window with another body.
+    #[error("Idempotency-Key {key:?} was used for a different request body")]
+    IdempotencyKeyReused { key: String },
+
     /// A topic (or group) name outside `[A-Za-z0-9._-]{1,249}`, or `.`/`..`.
     #[error("invalid name {name:?}: {reason}")]
     InvalidTopicName { name: String, reason: &'static str },

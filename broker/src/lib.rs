@@ -7,6 +7,8 @@
 //! that covers it, and one fsync covers every batch written meanwhile. On
 //! start, the tail of each partition is validated and a torn or corrupt end
 //! is truncated. Readers see only durable records and never block writers.
+//! A produce with an idempotency key tags its batches, so that a retry
+//! writes nothing twice ([`idempotency`]).
 //!
 //! The broker knows nothing of HTTP, object stores or SQL: the server
 //! crate serves its routes, and the tiering crate reads sealed segments
@@ -24,6 +26,7 @@ pub mod disk;
 pub mod durable;
 pub mod error;
 pub mod groups;
+pub mod idempotency;
 pub mod index;
 pub mod metrics;
 pub mod open_files;

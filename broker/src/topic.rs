@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{ATTR_LOG_APPEND_TIME, BatchBuilder, EncodedBatch, Header};
+use crate::batch::{ATTR_LOG_APPEND_TIME, ATTR_PRODUCER, BatchBuilder, EncodedBatch, Header};
 use crate::config::{TimestampType, TopicConfig};
 use crate::error::{BrokerError, Result};
+use crate::idempotency::{IdempotencyIndex, Landed, ProducerTag, check_key, recover_partition};
 use crate::partition::{LogConfig, Partition};
 use crate::partitioner::partition_for_key;
 use crate::produce::ProducedRecord;
@@ -38,6 +39,8 @@ pub struct TopicMetrics {
     pub bytes_in: metrics::Counter,
     pub records_out: metrics::Counter,
     pub bytes_out: metrics::Counter,
+    /// Idempotent produce requests that found an earlier attempt.
+    pub idempotent_retries: metrics::Counter,
 }
 
 impl TopicMetrics {
@@ -48,6 +51,10 @@ impl TopicMetrics {
             bytes_in: metrics::counter!("strata_produce_bytes_total", &label()),
             records_out: metrics::counter!("strata_consume_records_total", &label()),
             bytes_out: metrics::counter!("strata_consume_bytes_total", &label()),
+            idempotent_retries: metrics::counter!(
+                "strata_produce_idempotent_retries_total",
+                &label()
+            ),
         }
     }
 }
@@ -60,6 +67,7 @@ pub struct Topic {
     partitions: Vec<Arc<Partition>>,
     next_spread: AtomicU64,
     metrics: TopicMetrics,
+    idempotency: IdempotencyIndex,
 }
 
 impl Topic {
@@ -73,12 +81,19 @@ impl Topic {
         let partitions = (0..meta.partitions)
             .map(|p| Partition::open(p, &dir.join(p.to_string()), log_config).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
+        // Batches written with an idempotency key within the window.
+        let idempotency = IdempotencyIndex::default();
+        let since = crate::timestamp::now_ms().saturating_sub(meta.config.idempotency_window_ms);
+        for p in &partitions {
+            recover_partition(&idempotency, p.id(), &p.pin(), since)?;
+        }
         Ok(Self {
             metrics: TopicMetrics::new(&meta.name),
             meta,
             dir: dir.to_path_buf(),
             partitions,
             next_spread: AtomicU64::new(0),
+            idempotency,
         })
     }
 
@@ -133,78 +148,203 @@ impl Topic {
     /// Blocks until every record is durable. Validation happens before any
     /// write, so an invalid record leaves the topic unchanged.
     pub fn produce(&self, records: &[ProducedRecord<'_>], now_ms: i64) -> Result<Vec<Ack>> {
-        let count = self.partitions.len() as u32;
-        let assignment = self.assign(records, count)?;
-        let log_append = self.meta.config.timestamp_type == TimestampType::LogAppendTime;
-        let timestamp_of = |r: &ProducedRecord<'_>| match (log_append, r.timestamp) {
-            (false, Some(ts)) => ts,
-            _ => now_ms,
-        };
+        let assignment = self.assign(records, None)?;
+        let (landed, outcome) = self.append(records, &assignment, |_| true, None, now_ms);
+        outcome?;
+        let landed: Vec<_> = landed
+            .into_iter()
+            .map(|base| base.map(|b| (b, now_ms)))
+            .collect();
+        Ok(self.acks(records, &assignment, &landed))
+    }
 
+    /// [`Self::produce`] with an idempotency key (see
+    /// [`crate::idempotency`]): the first request with `key` is written as
+    /// usual; a retry with the same `body_hash` writes only the partitions
+    /// no earlier attempt made durable (nothing, when the first succeeded)
+    /// and answers with every record's offset, as the first would have.
+    /// Another body under the same key within the window is
+    /// `IdempotencyKeyReused` and writes nothing.
+    pub fn produce_idempotent(
+        &self,
+        records: &[ProducedRecord<'_>],
+        now_ms: i64,
+        key: &str,
+        body_hash: u128,
+    ) -> Result<Vec<Ack>> {
+        check_key(key)?;
+        let window = self.meta.config.idempotency_window_ms;
+        let mut claim = self.idempotency.claim(key, now_ms, window);
+        let mut landed: Vec<Option<(u64, i64)>> = vec![None; self.partitions.len()];
+        if let Some(entry) = &claim.entry {
+            if entry.body_hash != body_hash {
+                return Err(BrokerError::IdempotencyKeyReused {
+                    key: key.to_string(),
+                });
+            }
+            for l in &entry.landed {
+                if let Some(slot) = landed.get_mut(l.partition as usize) {
+                    *slot = Some((l.base_offset, l.append_time));
+                }
+            }
+        }
+        let assignment = self.assign(records, Some(key))?;
+        let missing: Vec<bool> = landed.iter().map(Option::is_none).collect();
+        if claim.entry.is_some() {
+            self.metrics.idempotent_retries.increment(1);
+        }
+        let tag = ProducerTag { key, body_hash };
+        let (written, outcome) = self.append(
+            records,
+            &assignment,
+            |p| missing[p as usize],
+            Some(&tag),
+            now_ms,
+        );
+        for (p, base) in written.into_iter().enumerate() {
+            if let Some(base_offset) = base {
+                landed[p] = Some((base_offset, now_ms));
+                claim.landed(
+                    body_hash,
+                    Landed {
+                        partition: p as u32,
+                        base_offset,
+                        append_time: now_ms,
+                    },
+                );
+            }
+        }
+        outcome?;
+        Ok(self.acks(records, &assignment, &landed))
+    }
+
+    /// Appends, as one batch per partition, the records assigned to each
+    /// partition `wanted` accepts, and waits until they are durable.
+    /// Returns each partition's base offset where its batch is durable,
+    /// and the first error. Every batch is prepared before any is
+    /// appended, so a partition that refuses leaves the others untouched.
+    fn append(
+        &self,
+        records: &[ProducedRecord<'_>],
+        assignment: &[u32],
+        wanted: impl Fn(u32) -> bool,
+        tag: Option<&ProducerTag<'_>>,
+        now_ms: i64,
+    ) -> (Vec<Option<u64>>, Result<()>) {
+        let count = self.partitions.len();
+        let mut based = vec![None; count];
+        let log_append = self.meta.config.timestamp_type == TimestampType::LogAppendTime;
         let mut builders: Vec<Option<BatchBuilder>> = (0..count).map(|_| None).collect();
-        let mut slot_in_batch = Vec::with_capacity(records.len());
         let mut headers: Vec<Header<'_>> = Vec::new();
-        let mut bytes = 0u64;
-        for (record, &p) in records.iter().zip(&assignment) {
-            let builder =
-                builders[p as usize].get_or_insert_with(|| BatchBuilder::with_capacity(64 * 1024));
-            slot_in_batch.push(u64::from(builder.len()));
+        let (mut written, mut bytes) = (0u64, 0u64);
+        for (record, &p) in records.iter().zip(assignment) {
+            if !wanted(p) {
+                continue;
+            }
+            let builder = builders[p as usize].get_or_insert_with(|| match tag {
+                Some(tag) => BatchBuilder::with_producer(64 * 1024, tag),
+                None => BatchBuilder::with_capacity(64 * 1024),
+            });
             headers.clear();
             headers.extend(record.headers.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
             let key = record.key.as_deref().map(str::as_bytes);
-            builder.push(timestamp_of(record), key, record.value.as_bytes(), &headers);
+            builder.push(
+                timestamp_of(log_append, record, now_ms),
+                key,
+                record.value.as_bytes(),
+                &headers,
+            );
+            written += 1;
             bytes += (record.value.len() + key.map_or(0, <[u8]>::len)) as u64;
         }
-
-        let attributes = if log_append { ATTR_LOG_APPEND_TIME } else { 0 };
+        let mut attributes = if log_append { ATTR_LOG_APPEND_TIME } else { 0 };
+        if tag.is_some() {
+            attributes |= ATTR_PRODUCER;
+        }
         let mut batches: Vec<(usize, EncodedBatch)> = builders
             .into_iter()
             .enumerate()
             .filter_map(|(p, builder)| Some((p, builder?.finish(now_ms, attributes))))
             .collect();
-        // All or nothing: every partition is locked (in partition order, as
-        // every produce locks them) and made ready before any batch is
-        // appended, so a partition that refuses leaves the others untouched.
-        let slots = batches
+        // Every partition is locked (in partition order, as every produce
+        // locks them) and made ready before any batch is appended.
+        let slots = match batches
             .iter()
             .map(|(p, batch)| self.partitions[*p].prepare_append(batch, now_ms))
-            .collect::<Result<Vec<_>>>()?;
-        let mut base_offsets = vec![0u64; count as usize];
+            .collect::<Result<Vec<_>>>()
+        {
+            Ok(slots) => slots,
+            Err(e) => return (based, Err(e)),
+        };
         let mut pending = Vec::with_capacity(batches.len());
         for (slot, (p, batch)) in slots.into_iter().zip(&mut batches) {
             let n = u64::from(batch.view().record_count());
             let base = slot.append(batch, now_ms);
-            base_offsets[*p] = base;
-            pending.push((*p, base + n));
+            pending.push((*p, base, base + n));
         }
-        for (p, target) in pending {
-            self.partitions[p].wait_durable(target)?;
+        let mut outcome = Ok(());
+        for (p, base, target) in pending {
+            match self.partitions[p].wait_durable(target) {
+                Ok(()) => based[p] = Some(base),
+                Err(e) => {
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                }
+            }
         }
-        self.metrics.records_in.increment(records.len() as u64);
-        self.metrics.bytes_in.increment(bytes);
-        Ok(records
+        if outcome.is_ok() {
+            self.metrics.records_in.increment(written);
+            self.metrics.bytes_in.increment(bytes);
+        }
+        (based, outcome)
+    }
+
+    /// Where each record landed, given each partition's batch (base offset
+    /// and append time): records of a partition are its batch's records in
+    /// request order.
+    fn acks(
+        &self,
+        records: &[ProducedRecord<'_>],
+        assignment: &[u32],
+        landed: &[Option<(u64, i64)>],
+    ) -> Vec<Ack> {
+        let log_append = self.meta.config.timestamp_type == TimestampType::LogAppendTime;
+        let mut next = vec![0u64; landed.len()];
+        records
             .iter()
             .zip(assignment)
-            .zip(slot_in_batch)
-            .map(|((record, p), slot)| Ack {
-                partition: p,
-                offset: base_offsets[p as usize] + slot,
-                timestamp: timestamp_of(record),
+            .map(|(record, &p)| {
+                let (base, append_time) = landed[p as usize].unwrap_or((0, 0));
+                let slot = &mut next[p as usize];
+                *slot += 1;
+                Ack {
+                    partition: p,
+                    offset: base + *slot - 1,
+                    timestamp: timestamp_of(log_append, record, append_time),
+                }
             })
-            .collect())
+            .collect()
     }
 
     /// Picks each record's partition: explicit, else Kafka's murmur2 of the
-    /// key, else round-robin for null keys.
-    fn assign(&self, records: &[ProducedRecord<'_>], count: u32) -> Result<Vec<u32>> {
+    /// key, else round-robin for null keys. With an idempotency key the
+    /// round robin starts where the key hashes to, so that a retry of the
+    /// same body assigns every record as the first attempt did.
+    fn assign(
+        &self,
+        records: &[ProducedRecord<'_>],
+        idempotency_key: Option<&str>,
+    ) -> Result<Vec<u32>> {
+        let count = self.partitions.len() as u32;
         let spread = records
             .iter()
             .filter(|r| r.partition.is_none() && r.key.is_none())
             .count() as u64;
-        let mut next_spread = if spread > 0 {
-            self.next_spread.fetch_add(spread, Ordering::Relaxed)
-        } else {
-            0
+        let mut next_spread = match idempotency_key {
+            Some(key) => u64::from(partition_for_key(key.as_bytes(), count)),
+            None if spread > 0 => self.next_spread.fetch_add(spread, Ordering::Relaxed),
+            None => 0,
         };
         records
             .iter()
@@ -227,5 +367,14 @@ impl Topic {
                 }
             })
             .collect()
+    }
+}
+
+/// A record's timestamp: the producer's, or `append_time` when it has none
+/// or the topic uses log-append time.
+fn timestamp_of(log_append: bool, record: &ProducedRecord<'_>, append_time: i64) -> i64 {
+    match (log_append, record.timestamp) {
+        (false, Some(ts)) => ts,
+        _ => append_time,
     }
 }

@@ -64,6 +64,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::InvalidRecord { index, .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_record", message).with("index", index)
             }
+            BrokerError::IdempotencyKeyReused { .. } => {
+                Self::new(StatusCode::CONFLICT, "idempotency_key_reused", message)
+            }
             BrokerError::InvalidTopicName { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_topic_name", message)
             }

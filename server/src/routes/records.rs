@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use strata_broker::idempotency::{body_hash, check_key};
 use strata_broker::produce::{BodyFormat, parse_body};
 use strata_broker::render::write_int;
 use strata_broker::timestamp::{TimestampWriter, now_ms, parse_timestamp};
@@ -15,6 +16,9 @@ use super::AppState;
 use crate::api_error::ApiError;
 use crate::request::{ApiPath, Params, blocking, json_response, read_body};
 use crate::tiers::{self, PageRequest};
+
+/// The header that makes a produce idempotent (API.md, "Idempotent produce").
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Default and largest `max_records` of a consume.
 const DEFAULT_MAX_RECORDS: u64 = 1000;
@@ -38,9 +42,22 @@ pub(super) async fn produce(
     let config = app.broker.config();
     let body = read_body(&headers, body, config.max_request_bytes).await?;
     let max_record_bytes = config.max_record_bytes;
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().map_err(|_| {
+                ApiError::invalid_request("Idempotency-Key must be printable ASCII")
+            })?;
+            check_key(key)?;
+            Some(key.to_string())
+        }
+    };
     let rendered = blocking(move || {
         let records = parse_body(&body, format, max_record_bytes)?;
-        let acks = topic.produce(&records, now_ms())?;
+        let acks = match &idempotency_key {
+            Some(key) => topic.produce_idempotent(&records, now_ms(), key, body_hash(&body))?,
+            None => topic.produce(&records, now_ms())?,
+        };
         Ok(render_acks(&acks))
     })
     .await?;

@@ -114,6 +114,29 @@ impl Api {
         body["offsets"].as_array().cloned().expect("offsets array")
     }
 
+    /// Produces `body` with an `Idempotency-Key` header (raw bytes, so tests
+    /// can send keys that are not valid text); returns status and JSON.
+    pub async fn produce_keyed(
+        &self,
+        topic: &str,
+        body: &Value,
+        key: &[u8],
+    ) -> (StatusCode, Value) {
+        let key = reqwest::header::HeaderValue::from_bytes(key).expect("a header value");
+        let response = self
+            .http
+            .post(format!("{}/v1/topics/{topic}/records", self.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("produce");
+        let status = response.status();
+        let value = response.json().await.expect("JSON response");
+        (status, value)
+    }
+
     /// Reads a whole partition from `offset` to its current end.
     pub async fn consume_all(&self, topic: &str, partition: u32, mut offset: u64) -> Vec<Value> {
         let mut out = Vec::new();
