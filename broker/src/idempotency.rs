@@ -17,8 +17,8 @@
 //!
 //! Bounds: keys older than the topic's `idempotency_window_ms` are
 //! forgotten; so are keys whose batches local retention deleted before a
-//! restart (the index is rebuilt from local segments only). Memory is
-//! about 100 bytes per key in the window.
+//! restart (the index is rebuilt from local segments only). Memory is a
+//! few hundred bytes per key in the window.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::FileExt;
@@ -104,7 +104,13 @@ impl IdempotencyIndex {
             }
         }
         inner.in_flight.insert(key.to_string());
-        let entry = inner.entries.get(key).cloned();
+        // The queue is only roughly in time order (requests take `now`
+        // before waiting here): the key's own age decides.
+        let entry = inner
+            .entries
+            .get(key)
+            .filter(|e| e.first_seen >= horizon)
+            .cloned();
         Claim {
             index: self,
             key: key.to_string(),
@@ -112,16 +118,22 @@ impl IdempotencyIndex {
         }
     }
 
-    /// Adds a batch found in the log (at start-up, oldest first).
-    pub(crate) fn recover(&self, tag: &ProducerTag<'_>, landed: Landed) {
+    /// Adds the batches found in the log at start-up, oldest first (so
+    /// that expiry sees keys in time order and a key reused after its
+    /// window ends up naming the newer request).
+    pub(crate) fn recover(&self, mut found: Vec<(String, u128, Landed)>) {
+        found.sort_by_key(|(_, _, landed)| landed.append_time);
         let mut inner = self.inner.lock();
-        Self::add(&mut inner, tag.key, tag.body_hash, landed);
+        for (key, body_hash, landed) in found {
+            Self::add(&mut inner, &key, body_hash, landed);
+        }
     }
 
     fn add(inner: &mut Inner, key: &str, body_hash: u128, landed: Landed) {
         match inner.entries.get_mut(key) {
             // A key reused after its window names a new request.
             Some(entry) if entry.body_hash == body_hash => {
+                entry.first_seen = entry.first_seen.min(landed.append_time);
                 entry.landed.retain(|l| l.partition != landed.partition);
                 entry.landed.push(landed);
             }
@@ -159,6 +171,16 @@ impl Claim<'_> {
     /// Records a batch of this request that is durable.
     pub(crate) fn landed(&mut self, body_hash: u128, landed: Landed) {
         let mut inner = self.index.inner.lock();
+        // Another claim may have expired the key meanwhile: what earlier
+        // attempts wrote must not be forgotten by this one.
+        if !inner.entries.contains_key(&self.key)
+            && let Some(earlier) = self.entry.clone()
+        {
+            inner
+                .order
+                .push_back((earlier.first_seen, self.key.clone()));
+            inner.entries.insert(self.key.clone(), earlier);
+        }
         IdempotencyIndex::add(&mut inner, &self.key, body_hash, landed);
     }
 }
@@ -170,12 +192,12 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// Adds to `index` every tagged batch of partition `id` appended at or
-/// after `since` (epoch ms). Only segments modified since then are
-/// looked at, and of their batches only the header and the tag are read
-/// (start-up reads a few hundred bytes per batch, not the log).
+/// Collects every tagged batch of partition `id` appended at or after
+/// `since` (epoch ms), for [`IdempotencyIndex::recover`]. Only segments
+/// modified since then are looked at, and of their batches only the header
+/// and the tag are read (one small read per batch, not the records).
 pub(crate) fn recover_partition(
-    index: &IdempotencyIndex,
+    found: &mut Vec<(String, u128, Landed)>,
     id: u32,
     log: &PinnedLog,
     since: i64,
@@ -214,7 +236,7 @@ pub(crate) fn recover_partition(
                     base_offset: header.base_offset,
                     append_time: header.append_time,
                 };
-                index.recover(&tag, landed);
+                found.push((tag.key.to_string(), tag.body_hash, landed));
             }
             at += header.len as u64;
         }
@@ -294,9 +316,43 @@ mod tests {
             key: "k",
             body_hash: 2,
         };
-        index.recover(&tag_a, landed(0, 0, 0));
-        index.recover(&tag_b, landed(0, 5, 10_000));
+        // Found newest first (another partition was scanned first).
+        index.recover(vec![
+            (tag_b.key.to_string(), tag_b.body_hash, landed(1, 5, 10_000)),
+            (tag_a.key.to_string(), tag_a.body_hash, landed(0, 0, 0)),
+        ]);
         let claim = index.claim("k", 10_000, 5_000);
         assert_eq!(claim.entry.as_ref().map(|e| e.body_hash), Some(2));
+    }
+
+    #[test]
+    fn a_retry_keeps_earlier_partitions_when_its_key_expires_meanwhile() {
+        let index = IdempotencyIndex::default();
+        {
+            let mut first = index.claim("k", 0, 100);
+            first.landed(9, landed(0, 0, 0));
+        }
+        let mut retry = index.claim("k", 99, 100);
+        assert!(retry.entry.is_some());
+        // Another request's claim expires "k" while the retry runs.
+        drop(index.claim("other", 150, 100));
+        retry.landed(9, landed(1, 0, 99));
+        drop(retry);
+        let entry = index.claim("k", 100, 100).entry.clone();
+        let partitions: Vec<u32> =
+            entry.map_or(vec![], |e| e.landed.iter().map(|l| l.partition).collect());
+        assert_eq!(partitions, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_key_past_its_window_is_new_even_behind_younger_keys() {
+        let index = IdempotencyIndex::default();
+        // "young" is queued first but "old" is older (taken before a wait).
+        index
+            .claim("young", 100, 1_000)
+            .landed(1, landed(0, 1, 100));
+        index.claim("old", 100, 1_000).landed(2, landed(0, 0, 50));
+        let claim = index.claim("old", 1_060, 1_000);
+        assert_eq!(claim.entry, None);
     }
 }

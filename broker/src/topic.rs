@@ -84,9 +84,11 @@ impl Topic {
         // Batches written with an idempotency key within the window.
         let idempotency = IdempotencyIndex::default();
         let since = crate::timestamp::now_ms().saturating_sub(meta.config.idempotency_window_ms);
+        let mut found = Vec::new();
         for p in &partitions {
-            recover_partition(&idempotency, p.id(), &p.pin(), since)?;
+            recover_partition(&mut found, p.id(), &p.pin(), since)?;
         }
+        idempotency.recover(found);
         Ok(Self {
             metrics: TopicMetrics::new(&meta.name),
             meta,

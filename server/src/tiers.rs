@@ -61,9 +61,11 @@ pub async fn consume(
         check_offset(&pinned, offset)?;
     }
     if offset < pinned.cold_end() {
-        let records = tiering
+        let mut records = tiering
             .read_pinned_records(pinned.cold(), offset, max_records, max_bytes)
             .await?;
+        // The manifest may reach past the pinned hot end (a lost disk).
+        records.retain(|r| r.offset < pinned.cold_end());
         return Ok(cold_page(topic, &pinned, offset, &records));
     }
     let topic = topic.clone();
