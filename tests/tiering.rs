@@ -410,6 +410,17 @@ async fn object_store_outage_backs_pressure_and_loses_nothing() {
         .await;
 
     proxy.cut();
+    // Guards Tiering::topic_created: a topic created while the store is
+    // down is served from local disk alone (its cold tier is known empty),
+    // so creating, describing, producing and consuming ask nothing of it.
+    server.api.create_topic("fresh", 1, json!({})).await;
+    server
+        .api
+        .produce("fresh", &[json!({"value": "during the outage"})])
+        .await;
+    assert_eq!(server.api.consume_all("fresh", 0, 0).await.len(), 1);
+    let (status, body) = server.api.get("/v1/topics/fresh").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let mut acked = Vec::new();
     let mut refused = None;
     for n in 0..400 {

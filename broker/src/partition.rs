@@ -530,18 +530,6 @@ impl Partition {
             .saturating_sub(1);
         Ok(LogCursor::new(segments[first..].to_vec(), from, end))
     }
-
-    /// The earliest record with `timestamp >= target` as (offset, timestamp),
-    /// or `None` when every record is older (see
-    /// [`PinnedLog::offset_for_timestamp`]).
-    pub fn offset_for_timestamp(&self, target: i64) -> Result<Option<(u64, i64)>> {
-        self.pin().offset_for_timestamp(target)
-    }
-
-    /// Offsets, sizes and time bounds of the hot tier now.
-    pub fn stats(&self) -> PartitionStats {
-        self.pin().stats(self.id)
-    }
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {

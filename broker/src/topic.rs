@@ -174,7 +174,7 @@ impl Topic {
         key: &str,
         body_hash: u128,
     ) -> Result<Vec<Ack>> {
-        check_key(key)?;
+        check_key(key.as_bytes())?;
         let window = self.meta.config.idempotency_window_ms;
         let mut claim = self.idempotency.claim(key, now_ms, window);
         let mut landed: Vec<Option<(u64, i64)>> = vec![None; self.partitions.len()];

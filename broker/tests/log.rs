@@ -183,7 +183,7 @@ fn missing_or_damaged_indexes_are_rebuilt() {
         p.close().unwrap();
         let lookups: Vec<_> = [0, 1_000, 1_250, 1_499, 1_500]
             .iter()
-            .map(|&t| p.offset_for_timestamp(t).unwrap())
+            .map(|&t| p.pin().offset_for_timestamp(t).unwrap())
             .collect();
         (p.segments(), lookups)
     };
@@ -193,7 +193,7 @@ fn missing_or_damaged_indexes_are_rebuilt() {
     let p = Partition::open(0, dir.path(), CONFIG).unwrap();
     let lookups: Vec<_> = [0, 1_000, 1_250, 1_499, 1_500]
         .iter()
-        .map(|&t| p.offset_for_timestamp(t).unwrap())
+        .map(|&t| p.pin().offset_for_timestamp(t).unwrap())
         .collect();
     assert_eq!((p.segments(), lookups), before);
     assert!(
@@ -224,7 +224,7 @@ fn offset_for_timestamp_scans_from_the_time_index() {
     for target in [0, 5_000, 8_005, 10_000, 10_001, 20_000, 39_900, 39_901] {
         let want = (0..400u64).find(|&n| ts(n) >= target).map(|n| (n, ts(n)));
         assert_eq!(
-            p.offset_for_timestamp(target).unwrap(),
+            p.pin().offset_for_timestamp(target).unwrap(),
             want,
             "target {target}"
         );

@@ -98,29 +98,4 @@ impl Tiering {
         let files = &pinned.manifest.files;
         cold_read::offset_for_timestamp(&self.cold.store, &self.cache, files, target).await
     }
-
-    /// [`Self::read_pinned_records`] of the partition as committed now.
-    pub async fn read_records(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: u64,
-        max_records: u64,
-        max_bytes: u64,
-    ) -> Result<Vec<ColdRecord>> {
-        let pinned = self.pin_manifest(topic, partition).await?;
-        self.read_pinned_records(&pinned, from, max_records, max_bytes)
-            .await
-    }
-
-    /// [`Self::pinned_offset_for_timestamp`] of the partition as committed now.
-    pub async fn offset_for_timestamp(
-        &self,
-        topic: &str,
-        partition: u32,
-        target: i64,
-    ) -> Result<Option<(u64, i64)>> {
-        let pinned = self.pin_manifest(topic, partition).await?;
-        self.pinned_offset_for_timestamp(&pinned, target).await
-    }
 }

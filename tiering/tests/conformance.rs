@@ -72,6 +72,23 @@ fn produce(broker: &Broker, topic: &str, records: &[serde_json::Value]) {
     broker.topic(topic).unwrap().produce(&parsed, 0).unwrap();
 }
 
+/// Records of a partition's cold tier as committed now, as a consume
+/// reads them (pin, then read the pinned manifest).
+async fn read_records(
+    tiering: &Tiering,
+    topic: &str,
+    partition: u32,
+    from: u64,
+    max_records: u64,
+    max_bytes: u64,
+) -> Vec<strata_tiering::ColdRecord> {
+    let pinned = tiering.pin_manifest(topic, partition).await.unwrap();
+    tiering
+        .read_pinned_records(&pinned, from, max_records, max_bytes)
+        .await
+        .unwrap()
+}
+
 async fn conformance(url: &str) {
     let mut f = fixture(url).await;
     let overrides = TopicConfigOverrides {
@@ -118,11 +135,7 @@ async fn conformance(url: &str) {
             let mut got = Vec::new();
             let mut next = from;
             while next < 200 {
-                let page = f
-                    .tiering
-                    .read_records("conf", p, next, 33, 1 << 20)
-                    .await
-                    .unwrap();
+                let page = read_records(&f.tiering, "conf", p, next, 33, 1 << 20).await;
                 assert!(!page.is_empty());
                 next = page.last().unwrap().offset + 1;
                 got.extend(page);
@@ -149,9 +162,10 @@ async fn conformance(url: &str) {
                 .enumerate()
                 .find(|(_, r)| r["timestamp"].as_i64().unwrap() >= target)
                 .map(|(i, r)| (i as u64, r["timestamp"].as_i64().unwrap()));
+            let pinned = f.tiering.pin_manifest("conf", p).await.unwrap();
             assert_eq!(
                 f.tiering
-                    .offset_for_timestamp("conf", p, target)
+                    .pinned_offset_for_timestamp(&pinned, target)
                     .await
                     .unwrap(),
                 want,
@@ -243,11 +257,7 @@ async fn retention(url: &str) {
         "files of old records expired: {stats:?}"
     );
     assert_eq!(stats.end_offset, 200);
-    let page = f
-        .tiering
-        .read_records("ret", 0, 100, 1000, 1 << 20)
-        .await
-        .unwrap();
+    let page = read_records(&f.tiering, "ret", 0, 100, 1000, 1 << 20).await;
     assert_eq!(page.len(), 100);
     assert_eq!(page[0].offset, 100);
     assert!(f.broker.topic("ret").unwrap().partitions()[0].start_offset() >= 100);
@@ -383,11 +393,7 @@ async fn reads_across_windows(url: &str) {
     ] {
         let mut next = from;
         while next < total {
-            let got = f
-                .tiering
-                .read_records("wide", 0, next, page, 64 << 20)
-                .await
-                .unwrap();
+            let got = read_records(&f.tiering, "wide", 0, next, page, 64 << 20).await;
             assert_eq!(got.len() as u64, page.min(total - next), "from {next}");
             for (i, record) in got.iter().enumerate() {
                 let offset = next + i as u64;
@@ -614,11 +620,7 @@ async fn a_failed_upload_fails_the_offload_and_the_next_pass_completes() {
     // than small ones do, and every record still comes once, in order.
     let mut next = 0u64;
     while next < produced {
-        let page = f
-            .tiering
-            .read_records("stuck", 0, next, 3000, 4 << 20)
-            .await
-            .unwrap();
+        let page = read_records(&f.tiering, "stuck", 0, next, 3000, 4 << 20).await;
         assert!(!page.is_empty(), "stalled at {next}");
         for record in &page {
             assert_eq!(record.offset, next);

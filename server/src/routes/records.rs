@@ -43,14 +43,8 @@ pub(super) async fn produce(
     let body = read_body(&headers, body, config.max_request_bytes).await?;
     let max_record_bytes = config.max_record_bytes;
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        Some(value) => Some(check_key(value.as_bytes())?.to_string()),
         None => None,
-        Some(value) => {
-            let key = value.to_str().map_err(|_| {
-                ApiError::invalid_request("Idempotency-Key must be printable ASCII")
-            })?;
-            check_key(key)?;
-            Some(key.to_string())
-        }
     };
     let rendered = blocking(move || {
         let records = parse_body(&body, format, max_record_bytes)?;
