@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use std::time::Duration;
 
+use strata_server::ClusterConfig;
 use strata_server::broker::BrokerConfig;
+use strata_server::cluster::NodeId;
 use strata_server::tiering::TieringConfig;
 
 use crate::ServeArgs;
@@ -18,6 +20,17 @@ pub struct ServeConfig {
     pub broker: BrokerConfig,
     pub tiering: TieringConfig,
     pub query: QueryFile,
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` table of the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    /// How often a node sends its heartbeat to the controller (default 500).
+    heartbeat_interval_ms: Option<u64>,
+    /// Silence after which a node counts as dead (default 2500).
+    failure_timeout_ms: Option<u64>,
 }
 
 /// The `[query]` table of the config file.
@@ -77,10 +90,20 @@ impl ServeConfig {
         let mut broker = BrokerConfig::default();
         let mut tiering = TieringConfig::default();
         let mut query = QueryFile::default();
+        let mut cluster = ClusterConfig::default();
+        let mut node_id = None;
         if let Some(path) = &args.config {
             let file = read_file(path)?;
             listen = file.listen.unwrap_or(listen);
             object_store = file.object_store;
+            node_id = file.node_id;
+            cluster.advertise = file.advertise;
+            if let Some(ms) = file.cluster.heartbeat_interval_ms {
+                cluster.heartbeat_interval = Duration::from_millis(ms.max(10));
+            }
+            if let Some(ms) = file.cluster.failure_timeout_ms {
+                cluster.failure_timeout = Duration::from_millis(ms.max(100));
+            }
             broker = file.broker;
             query = file.query;
             if let Some(ms) = file.tiering.offload_after_ms {
@@ -102,6 +125,23 @@ impl ServeConfig {
         if let Some(url) = &object_store {
             check_object_store_url(url)?;
         }
+        if let Some(id) = &args.node_id {
+            node_id = Some(id.clone());
+        }
+        if let Some(id) = node_id {
+            cluster.node_id = Some(NodeId::parse(&id).context("invalid --node-id")?);
+        }
+        if let Some(url) = &args.advertise {
+            cluster.advertise = Some(url.clone());
+        }
+        if let Some(url) = &cluster.advertise
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("--advertise must be an http:// or https:// URL, got {url:?}");
+        }
+        if cluster.failure_timeout <= cluster.heartbeat_interval {
+            bail!("[cluster] failure_timeout_ms must be longer than heartbeat_interval_ms");
+        }
         broker.validate().context("invalid configuration")?;
         Ok(Self {
             listen,
@@ -109,6 +149,7 @@ impl ServeConfig {
             broker,
             tiering,
             query,
+            cluster,
         })
     }
 }
@@ -117,6 +158,9 @@ impl ServeConfig {
 struct FileConfig {
     listen: Option<String>,
     object_store: Option<String>,
+    node_id: Option<String>,
+    advertise: Option<String>,
+    cluster: ClusterFile,
     broker: BrokerConfig,
     tiering: TieringFile,
     query: QueryFile,
@@ -138,6 +182,14 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     };
     let listen = take_string("listen")?;
     let object_store = take_string("object_store")?;
+    let node_id = take_string("node_id")?;
+    let advertise = take_string("advertise")?;
+    let cluster = match table.remove("cluster") {
+        Some(value) => value
+            .try_into()
+            .with_context(|| format!("invalid [cluster] in {}", path.display()))?,
+        None => ClusterFile::default(),
+    };
     let tiering = match table.remove("tiering") {
         Some(value) => value
             .try_into()
@@ -156,6 +208,9 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     Ok(FileConfig {
         listen,
         object_store,
+        node_id,
+        advertise,
+        cluster,
         broker,
         tiering,
         query,
@@ -197,6 +252,27 @@ mod tests {
         assert_eq!(config.tiering.offload_after, Duration::from_millis(1500));
         let query = config.query.config(Path::new("/tmp/x"));
         assert_eq!(query.timeout, Duration::from_millis(2500));
+
+        std::fs::write(
+            &path,
+            "node_id = \"n1\"\nadvertise = \"http://10.0.0.1:8080\"\n[cluster]\nfailure_timeout_ms = 4000\n",
+        )
+        .unwrap();
+        let config = ServeConfig::load(&args).unwrap();
+        assert_eq!(
+            config.cluster.node_id.as_ref().map(|n| n.as_str()),
+            Some("n1")
+        );
+        assert_eq!(
+            config.cluster.advertise.as_deref(),
+            Some("http://10.0.0.1:8080")
+        );
+        assert_eq!(config.cluster.failure_timeout, Duration::from_millis(4000));
+        std::fs::write(&path, "node_id = \"n/1\"\n").unwrap();
+        assert!(
+            ServeConfig::load(&args).is_err(),
+            "a bad node id is refused"
+        );
 
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         assert!(

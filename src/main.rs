@@ -69,9 +69,18 @@ pub struct ServeArgs {
     /// Directory of all local data.
     #[arg(long, env = "STRATA_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Cold tier: file:///abs/path or s3://bucket/prefix.
+    /// Cold tier: file:///abs/path or s3://bucket/prefix. Nodes that share
+    /// one form one cluster.
     #[arg(long, env = "STRATA_OBJECT_STORE")]
     object_store: Option<String>,
+    /// This node's name in the cluster, [A-Za-z0-9._-]{1,64} (default: made
+    /// at the first start and kept in the data directory).
+    #[arg(long, env = "STRATA_NODE_ID")]
+    node_id: Option<String>,
+    /// The URL other nodes and clients reach this node at (default:
+    /// http://<listen address>).
+    #[arg(long, env = "STRATA_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -27,6 +27,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             ..config.tiering.clone()
         },
         query: config.query.config(&data_dir),
+        cluster: config.cluster.clone(),
     })
     .await?;
     let listener = TcpListener::bind(&config.listen)

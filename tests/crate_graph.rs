@@ -54,12 +54,18 @@ fn dependencies_point_one_way_and_only_the_server_knows_http() {
             .filter(|d| d.starts_with("strata"))
             .collect()
     };
-    let want: [(&str, &[&str]); 5] = [
+    let want: [(&str, &[&str]); 6] = [
         ("strata", &["strata-server"]),
         (
             "strata-server",
-            &["strata-broker", "strata-query", "strata-tiering"],
+            &[
+                "strata-broker",
+                "strata-cluster",
+                "strata-query",
+                "strata-tiering",
+            ],
         ),
+        ("strata-cluster", &["strata-broker", "strata-tiering"]),
         ("strata-query", &["strata-broker", "strata-tiering"]),
         ("strata-tiering", &["strata-broker"]),
         ("strata-broker", &[]),
@@ -71,8 +77,13 @@ fn dependencies_point_one_way_and_only_the_server_knows_http() {
             "{package}'s dependencies on project crates"
         );
     }
-    for package in ["strata-broker", "strata-tiering", "strata-query"] {
-        for http in ["axum", "http-body-util", "hyper"] {
+    for package in [
+        "strata-broker",
+        "strata-tiering",
+        "strata-query",
+        "strata-cluster",
+    ] {
+        for http in ["axum", "http-body-util", "hyper", "reqwest"] {
             assert!(
                 !deps[package].contains(http),
                 "{package} must not depend on {http}: only strata-server knows HTTP"

@@ -28,6 +28,10 @@ pub enum ServerError {
     /// The query service could not start (e.g. a corrupt view file).
     #[error("starting the query service: {0}")]
     StartQuery(QueryError),
+    /// The node's identity could not be read or made (the data directory
+    /// belongs to another node, or its identity file is damaged).
+    #[error("reading the node's identity: {0}")]
+    Identity(strata_cluster::ClusterError),
     /// The data directory could not be closed cleanly at shutdown.
     #[error("closing the data directory: {0}")]
     Close(BrokerError),

@@ -9,6 +9,9 @@
 //!   a listener and a shutdown future in, a clean stop out), the
 //!   background offloader and segment roller;
 //! - [`routes`]: every route, one module per resource;
+//! - [`membership`]: this node's part in the cluster (registration,
+//!   controller election, heartbeats; the control objects themselves are
+//!   in `strata-cluster`);
 //! - [`tiers`]: the union of the tiers for consume, offset-for-timestamp
 //!   and describe (range reads and SQL take theirs in the query crate);
 //! - [`request`]: parameters, body limits, JSON responses;
@@ -20,6 +23,7 @@
 
 pub mod api_error;
 pub mod error;
+pub mod membership;
 pub mod render;
 pub mod request;
 pub mod routes;
@@ -29,9 +33,11 @@ pub mod tiers;
 /// The storage crates, for the binary and tests (which depend on this crate
 /// alone).
 pub use strata_broker as broker;
+pub use strata_cluster as cluster;
 pub use strata_query as query;
 pub use strata_tiering as tiering;
 
 pub use api_error::ApiError;
 pub use error::{Result, ServerError};
+pub use membership::ClusterConfig;
 pub use server::{Server, ServerConfig};

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::{Result, ServerError};
+use crate::membership::{ClusterConfig, Membership};
 use crate::routes::{AppState, router};
 
 /// Everything a server is configured with.
@@ -25,6 +26,8 @@ pub struct ServerConfig {
     pub object_store: Option<String>,
     pub tiering: TieringConfig,
     pub query: QueryConfig,
+    /// The node's name and how it takes part in the cluster.
+    pub cluster: ClusterConfig,
 }
 
 /// An opened server, ready to serve.
@@ -55,7 +58,14 @@ impl Server {
             url: url.clone(),
             error,
         })?;
-        let owner = server_id(&data_dir)?;
+        let membership = Membership::open(
+            data_dir.clone(),
+            &cold,
+            config.cluster.clone(),
+            broker.clone(),
+        )
+        .map_err(ServerError::Identity)?;
+        let owner = membership.id().to_string();
         let tiering = Tiering::open(broker.clone(), cold, config.tiering.clone(), &owner)
             .await
             .map_err(ServerError::LoadColdTier)?;
@@ -68,6 +78,7 @@ impl Server {
             query: Arc::new(query),
             metrics: strata_broker::metrics::prometheus_handle(),
             stopping: stopping_rx,
+            membership: Arc::new(membership),
         };
         Ok(Self { state, stopping })
     }
@@ -96,6 +107,11 @@ impl Server {
         let broker = state.broker.clone();
         let roller = tokio::spawn(roll_due_segments(broker.clone(), stopping.subscribe()));
         let offloader = tokio::spawn(state.tiering.clone().run_background(stopping.subscribe()));
+        let url = listener
+            .local_addr()
+            .map(|addr| format!("http://{addr}"))
+            .map_err(|e| ServerError::io("reading the listen address", e))?;
+        let membership = tokio::spawn(state.membership.clone().run(url, stopping.subscribe()));
         let stop = stopping.clone();
         let served = axum::serve(listener, router(state))
             .with_graceful_shutdown(async move {
@@ -106,6 +122,7 @@ impl Server {
             .await;
         let _ = stopping.send(true);
         let _ = roller.await;
+        let _ = membership.await;
         // Partitions are fsynced before the offloader's last steps (giving
         // up its lease may wait on an object store that is down).
         let closing = broker.clone();
@@ -135,26 +152,6 @@ async fn roll_due_segments(broker: Arc<Broker>, mut stopping: watch::Receiver<bo
         })
         .await;
     }
-}
-
-/// This server's name in the cold tier's writer lease: made once and kept
-/// in the data directory, so a restarted server takes its own lease back.
-fn server_id(data_dir: &Path) -> Result<String> {
-    let path = data_dir.join("server-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        return Ok(id.trim().to_string());
-    }
-    let id = format!(
-        "strata-{}-{}",
-        std::process::id(),
-        strata_broker::timestamp::now_ms()
-    );
-    let writing = || format!("writing {}", path.display());
-    std::fs::write(&path, &id).map_err(|e| ServerError::io(writing(), e))?;
-    std::fs::File::open(&path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| ServerError::io(writing(), e))?;
-    Ok(id)
 }
 
 /// `file://<data_dir>/cold`, the zero-configuration cold tier.

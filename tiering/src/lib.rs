@@ -31,6 +31,7 @@ mod retention;
 pub mod schema;
 pub mod store;
 pub mod upload;
+pub mod versioned;
 
 pub use error::{Result, TieringError};
 pub use facade::{CrashPoint, Tiering, TieringConfig};
@@ -38,3 +39,4 @@ pub use offload::OffloadSummary;
 pub use partition_reads::{ColdRecord, ColdStats};
 pub use pins::{PinnedManifest, ReadPin};
 pub use store::{Backend, ColdStore};
+pub use versioned::VersionedObjects;

@@ -13,12 +13,13 @@
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TieringError};
-use crate::paths::{ColdRoot, manifest_version};
+use crate::paths::ColdRoot;
 use crate::store::ColdStore;
+use crate::versioned::VersionedObjects;
 use strata_broker::topic::TopicMeta;
 
 /// Manifest versions kept behind the newest (older ones are deleted).
@@ -177,7 +178,6 @@ pub struct ManifestStore {
     cold: ColdStore,
     store: Arc<dyn ObjectStore>,
     root: ColdRoot,
-    conditional_put: bool,
 }
 
 impl ManifestStore {
@@ -187,24 +187,21 @@ impl ManifestStore {
             cold: cold.clone(),
             store: cold.store.clone(),
             root: cold.root.clone(),
-            conditional_put: cold.conditional_put,
         }
+    }
+
+    /// The versions of a partition's manifest.
+    fn versions(&self, topic: &str, partition: u32) -> VersionedObjects {
+        VersionedObjects::new(&self.cold, self.root.manifest_dir(topic, partition))
     }
 
     /// The newest committed manifest of a partition (empty when none).
     pub async fn load(&self, topic: &str, partition: u32) -> Result<Manifest> {
-        let dir = self.root.manifest_dir(topic, partition);
-        let newest = self
-            .store
-            .list(Some(&dir))
-            .try_filter_map(|meta| async move { Ok(manifest_version(&meta.location)) })
-            .try_fold(0u64, |max, v| async move { Ok(max.max(v)) })
-            .await?;
-        if newest == 0 {
+        let versions = self.versions(topic, partition);
+        let Some((newest, bytes)) = versions.read_newest().await? else {
             return Ok(Manifest::empty(topic, partition));
-        }
-        let path = self.root.manifest(topic, partition, newest).0;
-        let bytes = self.store.get(&path).await?.bytes().await?;
+        };
+        let path = versions.path(newest);
         let manifest = Manifest::decode(&bytes, path.as_ref())?;
         if manifest.version != newest || manifest.topic != topic || manifest.partition != partition
         {
@@ -216,70 +213,17 @@ impl ManifestStore {
         Ok(manifest)
     }
 
-    /// Commits `manifest` as its version.
-    ///
-    /// # Contract
-    ///
-    /// - **Atomic**: readers see the version whole or not at all (one PUT
-    ///   of one object).
-    /// - **Exclusive**: on stores with conditional writes, no other writer
-    ///   can have committed the same version; a second commit of it fails
-    ///   with [`TieringError::Conflict`] and changes nothing. Without them
-    ///   (Garage), a version that already exists is refused, but two
-    ///   writers racing can both succeed (docs/operations.md).
-    /// - **Durable when it returns `Ok`**: on S3 a completed PUT is; on
-    ///   `file://` the object and its directory are fsynced first.
+    /// Commits `manifest` as its version, with the contract of
+    /// [`VersionedObjects::create`]: atomic, exclusive per version
+    /// ([`TieringError::Conflict`] when another writer committed it first),
+    /// durable when it returns `Ok`.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
-        let path = self
-            .root
-            .manifest(&manifest.topic, manifest.partition, manifest.version)
-            .0;
         let bytes = serde_json::to_vec_pretty(manifest)
             .map_err(|e| TieringError::Internal(e.to_string()))?;
-        let mode = if self.conditional_put {
-            PutMode::Create
-        } else {
-            // Without conditional writes, at least refuse a version that exists.
-            match self.store.head(&path).await {
-                Ok(_) => {
-                    return Err(TieringError::Conflict {
-                        path: path.to_string(),
-                    });
-                }
-                Err(object_store::Error::NotFound { .. }) => PutMode::Overwrite,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let opts = PutOptions {
-            mode,
-            ..PutOptions::default()
-        };
-        match self
-            .store
-            .put_opts(&path, PutPayload::from(bytes), opts)
-            .await
-        {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                return Err(TieringError::Conflict {
-                    path: path.to_string(),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.cold.make_durable(&path).await?;
+        let versions = self.versions(&manifest.topic, manifest.partition);
+        versions.create(manifest.version, bytes).await?;
         if manifest.version > KEEP_VERSIONS {
-            let old = self
-                .root
-                .manifest(
-                    &manifest.topic,
-                    manifest.partition,
-                    manifest.version - KEEP_VERSIONS,
-                )
-                .0;
-            if let Err(e) = self.store.delete(&old).await {
-                tracing::debug!(path = %old, error = %e, "could not delete an old manifest version");
-            }
+            versions.forget(manifest.version - KEEP_VERSIONS).await;
         }
         Ok(())
     }

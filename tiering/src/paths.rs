@@ -53,30 +53,11 @@ impl ColdRoot {
             .join("_manifest")
             .join(partition.to_string())
     }
-
-    /// One version of a partition's manifest.
-    pub fn manifest(&self, topic: &str, partition: u32, version: u64) -> ManifestPath {
-        ManifestPath(
-            self.manifest_dir(topic, partition)
-                .join(format!("{version:020}.json")),
-        )
-    }
 }
 
 /// Path of a Parquet data file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataFilePath(pub Path);
-
-/// Path of one manifest version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestPath(pub Path);
-
-/// The version number in a manifest object's file name.
-pub fn manifest_version(path: &Path) -> Option<u64> {
-    let name = path.filename()?;
-    let digits = name.strip_suffix(".json")?;
-    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
-}
 
 #[cfg(test)]
 mod tests {
@@ -89,12 +70,10 @@ mod tests {
             root.data_file("clicks", 2, 0, 999).0.as_ref(),
             "lake/clicks/2/00000000000000000000-00000000000000000999.parquet"
         );
-        let m = root.manifest("clicks", 2, 7);
         assert_eq!(
-            m.0.as_ref(),
-            "lake/clicks/_manifest/2/00000000000000000007.json"
+            root.manifest_dir("clicks", 2).as_ref(),
+            "lake/clicks/_manifest/2"
         );
-        assert_eq!(manifest_version(&m.0), Some(7));
         assert_eq!(ColdRoot::new("").topic("t").as_ref(), "t");
     }
 }

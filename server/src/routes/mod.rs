@@ -1,6 +1,7 @@
 //! Every route of the API (docs/api.md), one module per resource, with
 //! JSON `404`/`405` fallbacks and the request-latency metric for all.
 
+pub mod cluster;
 mod groups;
 mod health;
 mod query;
@@ -24,6 +25,7 @@ use strata_tiering::Tiering;
 use tokio::sync::watch;
 
 use crate::api_error::ApiError;
+use crate::membership::Membership;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -37,10 +39,13 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Turns true when the server starts shutting down (ends long polls).
     pub stopping: watch::Receiver<bool>,
+    /// This node's part in the cluster.
+    pub membership: Arc<Membership>,
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
+    let membership = state.membership.clone();
     Router::new()
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
@@ -73,6 +78,7 @@ pub fn router(state: AppState) -> Router {
             get(groups::fetch).post(groups::commit),
         )
         .with_state(state)
+        .merge(cluster::routes(membership))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track_request))

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use strata_server::broker::BrokerConfig;
 use strata_server::query::QueryConfig;
 use strata_server::tiering::TieringConfig;
-use strata_server::{Server, ServerConfig};
+use strata_server::{ClusterConfig, Server, ServerConfig};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -272,6 +272,7 @@ impl TestServer {
                 ..TieringConfig::default()
             },
             query: QueryConfig::new(config.data_dir.clone()),
+            cluster: ClusterConfig::default(),
         })
         .await
         .expect("open server");

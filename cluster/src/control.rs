@@ -1,0 +1,253 @@
+//! The control objects under `<root>/_cluster/`, each a directory of
+//! create-only versions ([`VersionedObjects`]):
+//!
+//! ```text
+//! <root>/_cluster/id/00000000000000000001.json                   {"cluster_id"}
+//! <root>/_cluster/nodes/<node>/<incarnation:020>.json            a node's registrations
+//! <root>/_cluster/controller/<epoch:020>.json                    controller epochs
+//! ```
+//!
+//! Why each step is safe, whatever crashes where: every write creates one
+//! new object and changes nothing else, so a crash leaves either the old
+//! state or the new one; a writer that loses a race gets a conflict and
+//! rereads. Nothing here depends on clocks: the time in a registration is
+//! for people only.
+
+use object_store::path::Path;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use strata_tiering::{ColdStore, VersionedObjects};
+
+use crate::error::{ClusterError, Result};
+use crate::identity::{LocalIdentity, random_u64};
+use crate::node_id::NodeId;
+
+/// Controller epochs kept behind the newest (older ones are deleted).
+const KEEP_EPOCHS: u64 = 16;
+
+/// Registrations of a node kept behind its newest.
+const KEEP_INCARNATIONS: u64 = 4;
+
+/// A node's registration: one per incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub node: NodeId,
+    pub incarnation: u64,
+    /// Where it said it could be reached when it registered.
+    pub url: String,
+    /// Wall-clock time of the registration, for people reading the store.
+    pub registered_ms: i64,
+}
+
+/// One controller epoch: who controls the cluster from this epoch until a
+/// newer one exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerRecord {
+    pub epoch: u64,
+    pub node: NodeId,
+    pub incarnation: u64,
+    pub url: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterIdRecord {
+    cluster_id: String,
+}
+
+/// The control objects of the cluster that shares one object-store root.
+#[derive(Debug, Clone)]
+pub struct ControlStore {
+    cold: ColdStore,
+    dir: Path,
+}
+
+impl ControlStore {
+    /// The control objects under `<root>/_cluster/` of `cold`.
+    pub fn new(cold: &ColdStore) -> Self {
+        Self {
+            cold: cold.clone(),
+            dir: cold.root.path().clone().join("_cluster"),
+        }
+    }
+
+    fn versions(&self, parts: &[&str]) -> VersionedObjects {
+        let dir = parts
+            .iter()
+            .fold(self.dir.clone(), |dir, part| dir.join(*part));
+        VersionedObjects::new(&self.cold, dir)
+    }
+
+    /// The cluster's id, made by the first node that asks.
+    ///
+    /// # Contract
+    ///
+    /// Every node of one root gets the same id, also when several ask at
+    /// once for the first time (one create wins; the others read it).
+    pub async fn cluster_id(&self) -> Result<String> {
+        let versions = self.versions(&["id"]);
+        if let Some(record) = read::<ClusterIdRecord>(&versions, 1).await? {
+            return Ok(record.cluster_id);
+        }
+        let mine = ClusterIdRecord {
+            cluster_id: format!("{:016x}{:016x}", random_u64(), random_u64()),
+        };
+        match create(&versions, 1, &mine).await {
+            Ok(()) => Ok(mine.cluster_id),
+            Err(e) if e.is_conflict() => read::<ClusterIdRecord>(&versions, 1)
+                .await?
+                .map(|r| r.cluster_id)
+                .ok_or_else(|| corrupt(&versions, 1, "vanished after a conflict")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Registers `identity` reachable at `url`: keeps its incarnation when
+    /// it is the newest registered for its id (a restart with its data
+    /// directory), otherwise registers the next one (a new node, or one
+    /// whose disk was lost). The caller saves the returned incarnation in
+    /// the data directory before acting as it.
+    ///
+    /// # Contract
+    ///
+    /// Two processes registering the same id at once get different
+    /// incarnations; a process that finds a newer incarnation of its own id
+    /// than its data directory names registers a newer one still, so the
+    /// newest process of an id is always the newest incarnation.
+    pub async fn register(
+        &self,
+        identity: &LocalIdentity,
+        url: &str,
+        now_ms: i64,
+    ) -> Result<Registration> {
+        let versions = self.versions(&["nodes", identity.id.as_str()]);
+        loop {
+            let newest = versions.newest().await?;
+            if identity.incarnation != 0
+                && identity.incarnation == newest
+                && let Some(registration) = read::<Registration>(&versions, newest).await?
+            {
+                return Ok(Registration {
+                    url: url.to_string(),
+                    ..registration
+                });
+            }
+            let registration = Registration {
+                node: identity.id.clone(),
+                incarnation: newest + 1,
+                url: url.to_string(),
+                registered_ms: now_ms,
+            };
+            match create(&versions, newest + 1, &registration).await {
+                Ok(()) => {
+                    if newest + 1 > KEEP_INCARNATIONS {
+                        versions.forget(newest + 1 - KEEP_INCARNATIONS).await;
+                    }
+                    return Ok(registration);
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The newest registration of every node, in id order.
+    pub async fn registrations(&self) -> Result<Vec<Registration>> {
+        let nodes = self.dir.clone().join("nodes");
+        let listing = self
+            .cold
+            .store
+            .list_with_delimiter(Some(&nodes))
+            .await
+            .map_err(strata_tiering::TieringError::from)?;
+        let mut found = Vec::new();
+        for dir in listing.common_prefixes {
+            let Some(name) = dir.filename() else { continue };
+            let versions = VersionedObjects::new(&self.cold, dir.clone());
+            if let Some((_, registration)) = newest::<Registration>(&versions).await?
+                && registration.node.as_str() == name
+            {
+                found.push(registration);
+            }
+        }
+        found.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(found)
+    }
+
+    /// The current controller: the newest epoch, `None` before the first.
+    pub async fn controller(&self) -> Result<Option<ControllerRecord>> {
+        Ok(newest::<ControllerRecord>(&self.versions(&["controller"]))
+            .await?
+            .map(|(_, record)| record))
+    }
+
+    /// Makes `me` the controller of epoch `after + 1`, where `after` is the
+    /// newest epoch the caller has seen (0 for none).
+    ///
+    /// # Contract
+    ///
+    /// At most one node holds any epoch: `Ok(None)` when another node
+    /// created it first (read [`ControlStore::controller`] again). A node
+    /// holds its epoch until a newer one exists, and only the holder of the
+    /// newest epoch may act as controller.
+    pub async fn claim_controller(
+        &self,
+        after: u64,
+        me: &Registration,
+    ) -> Result<Option<ControllerRecord>> {
+        let versions = self.versions(&["controller"]);
+        let record = ControllerRecord {
+            epoch: after + 1,
+            node: me.node.clone(),
+            incarnation: me.incarnation,
+            url: me.url.clone(),
+        };
+        match create(&versions, record.epoch, &record).await {
+            Ok(()) => {
+                if record.epoch > KEEP_EPOCHS {
+                    versions.forget(record.epoch - KEEP_EPOCHS).await;
+                }
+                Ok(Some(record))
+            }
+            Err(e) if e.is_conflict() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn read<T: DeserializeOwned>(versions: &VersionedObjects, version: u64) -> Result<Option<T>> {
+    match versions.read(version).await? {
+        Some(bytes) => decode(versions, version, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn newest<T: DeserializeOwned>(versions: &VersionedObjects) -> Result<Option<(u64, T)>> {
+    match versions.read_newest().await? {
+        Some((version, bytes)) => Ok(Some((version, decode(versions, version, &bytes)?))),
+        None => Ok(None),
+    }
+}
+
+async fn create<T: Serialize>(versions: &VersionedObjects, version: u64, value: &T) -> Result<()> {
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| corrupt(versions, version, &e.to_string()))?;
+    Ok(versions.create(version, bytes).await?)
+}
+
+fn decode<T: DeserializeOwned>(
+    versions: &VersionedObjects,
+    version: u64,
+    bytes: &[u8],
+) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(versions, version, &e.to_string()))
+}
+
+fn corrupt(versions: &VersionedObjects, version: u64, message: &str) -> ClusterError {
+    ClusterError::Corrupt {
+        path: versions.path(version).to_string(),
+        message: message.to_string(),
+    }
+}

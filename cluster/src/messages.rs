@@ -1,0 +1,44 @@
+//! What nodes and the controller say to each other over HTTP, and the
+//! cluster view every node shows at `GET /v1/cluster`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::node_id::NodeId;
+
+/// A node's periodic "I am alive" to the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub node: NodeId,
+    pub incarnation: u64,
+    /// Where other nodes and clients reach the sender.
+    pub url: String,
+    /// The controller epoch the sender believes current; a controller that
+    /// sees a newer one than its own has been deposed.
+    pub controller_epoch: u64,
+    /// Partitions the sender leads and holds a replica of.
+    pub leader_of: u64,
+    pub replica_of: u64,
+}
+
+/// The cluster as the controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub cluster_id: String,
+    pub controller: NodeId,
+    pub controller_epoch: u64,
+    /// Every registered node, in id order.
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node in the [`ClusterView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub url: String,
+    /// Whether the controller heard from it within the failure timeout.
+    pub alive: bool,
+    pub incarnation: u64,
+    pub leader_of: u64,
+    pub replica_of: u64,
+}

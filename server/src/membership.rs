@@ -1,0 +1,405 @@
+//! This node's part in the cluster: registering, finding or becoming the
+//! controller, and heartbeats over HTTP (docs/cluster.md).
+//!
+//! Every node registers its incarnation in the store and then, every
+//! heartbeat interval:
+//!
+//! - as a **follower**, sends a heartbeat to the controller and keeps the
+//!   cluster view it answers with. When the controller has not answered
+//!   for the failure timeout, it reads the newest controller epoch from the
+//!   store: a newer one is followed; otherwise it claims the next epoch
+//!   itself (one claimant wins, the others follow it);
+//! - as the **controller**, records heartbeats (its own too) in its
+//!   liveness table, logs every node that dies or joins, and rereads the
+//!   newest epoch once per failure timeout: a controller that was paused
+//!   and deposed meanwhile finds the newer epoch and follows it. Followers
+//!   name the epoch they follow in each heartbeat, so a deposed controller
+//!   that receives one from a newer epoch steps down at once.
+//!
+//! A single node is a cluster of one: it becomes the controller of the
+//! next epoch at its first tick and sends no heartbeats over the network.
+//! A store that is down delays registration (retried every tick) but not
+//! serving: nothing else waits for the cluster yet.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use strata_broker::Broker;
+use strata_cluster::liveness::Beat;
+use strata_cluster::{
+    ClusterError, ClusterView, ControlStore, ControllerRecord, Heartbeat, Liveness, LocalIdentity,
+    NodeId, Registration,
+};
+use strata_tiering::ColdStore;
+use tokio::sync::watch;
+
+/// How a node takes part in the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The node's name; `None` for the one kept in the data directory
+    /// (generated at the first start).
+    pub node_id: Option<NodeId>,
+    /// The URL other nodes and clients reach this node at; `None` for
+    /// `http://<listen address>`.
+    pub advertise: Option<String>,
+    /// How often a node sends its heartbeat (and the controller looks at
+    /// its table).
+    pub heartbeat_interval: Duration,
+    /// How long without a heartbeat before a node counts as dead, and
+    /// without an answer from the controller before a node replaces it.
+    pub failure_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            advertise: None,
+            heartbeat_interval: Duration::from_millis(500),
+            failure_timeout: Duration::from_millis(2500),
+        }
+    }
+}
+
+/// Why a heartbeat was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// This node is not the controller (any more); the newest epoch it
+    /// knows of, if any.
+    NotController(Option<ControllerRecord>),
+    /// The sender is an older incarnation of a node that registered again.
+    StaleIncarnation,
+}
+
+/// This node's membership: its identity, whom it follows, and (as the
+/// controller) who is alive.
+pub struct Membership {
+    id: NodeId,
+    data_dir: PathBuf,
+    control: ControlStore,
+    config: ClusterConfig,
+    broker: Arc<Broker>,
+    http: reqwest::Client,
+    state: Mutex<State>,
+}
+
+struct State {
+    identity: LocalIdentity,
+    me: Option<Registration>,
+    cluster_id: Option<String>,
+    /// The controller this node follows (or is).
+    controller: Option<ControllerRecord>,
+    /// When the followed controller last answered (or was first followed).
+    last_contact: Instant,
+    /// When the controller last reread the newest epoch.
+    epoch_checked: Instant,
+    /// The controller's table; empty on followers.
+    liveness: Liveness,
+    /// The view the controller last answered with (followers).
+    view: Option<ClusterView>,
+    /// The last failure logged, so an outage is logged once, not per tick.
+    last_failure: Option<String>,
+}
+
+impl Membership {
+    /// This node's membership over the data directory `data_dir` and the
+    /// cluster of `cold`'s root. Reads (or makes) the node's identity; the
+    /// store is not touched until [`Membership::run`].
+    pub fn open(
+        data_dir: PathBuf,
+        cold: &ColdStore,
+        config: ClusterConfig,
+        broker: Arc<Broker>,
+    ) -> Result<Self, ClusterError> {
+        let identity = LocalIdentity::load_or_create(&data_dir, config.node_id.as_ref())?;
+        let http = reqwest::Client::builder()
+            .timeout(config.heartbeat_interval.max(Duration::from_millis(200)) * 2)
+            .build()
+            .map_err(|e| ClusterError::Io {
+                path: "the heartbeat client".into(),
+                error: std::io::Error::other(e),
+            })?;
+        let now = Instant::now();
+        Ok(Self {
+            id: identity.id.clone(),
+            data_dir,
+            control: ControlStore::new(cold),
+            http,
+            broker,
+            state: Mutex::new(State {
+                identity,
+                me: None,
+                cluster_id: None,
+                controller: None,
+                last_contact: now,
+                epoch_checked: now,
+                liveness: Liveness::new(config.failure_timeout),
+                view: None,
+                last_failure: None,
+            }),
+            config,
+        })
+    }
+
+    /// This node's name.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// Takes part in the cluster, reachable at `url` (unless configured
+    /// otherwise), until `stopping` turns true.
+    pub async fn run(self: Arc<Self>, url: String, mut stopping: watch::Receiver<bool>) {
+        let url = self.config.advertise.clone().unwrap_or(url);
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            // A tick can wait long on a store that is down (its client
+            // retries); shutting down does not wait for it. Stopping
+            // mid-tick is safe: each step is one create or one read.
+            let ticked = tokio::select! {
+                ticked = self.tick(&url) => ticked,
+                _ = stopping.wait_for(|s| *s) => return,
+            };
+            match ticked {
+                Ok(()) => {
+                    let recovered = self.state.lock().last_failure.take();
+                    if recovered.is_some() {
+                        tracing::info!(node = %self.id, "cluster membership works again");
+                    }
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    let mut state = self.state.lock();
+                    if state.last_failure.as_ref() != Some(&error) {
+                        tracing::warn!(node = %self.id, %error, "cluster membership: retrying");
+                        state.last_failure = Some(error);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn tick(&self, url: &str) -> Result<(), ClusterError> {
+        let registered = self.state.lock().me.clone();
+        let me = match registered {
+            Some(me) => me,
+            None => self.register(url).await?,
+        };
+        let controller = self.state.lock().controller.clone();
+        match controller {
+            None => self.find_controller(&me, 0, true).await,
+            Some(c) if c.node == me.node && c.incarnation == me.incarnation => {
+                self.lead(&me, &c).await
+            }
+            Some(c) => self.follow(&me, &c).await,
+        }
+    }
+
+    async fn register(&self, url: &str) -> Result<Registration, ClusterError> {
+        let cluster_id = self.control.cluster_id().await?;
+        let identity = self.state.lock().identity.clone();
+        let me = self
+            .control
+            .register(&identity, url, strata_broker::timestamp::now_ms())
+            .await?;
+        if me.incarnation != identity.incarnation {
+            let saved = LocalIdentity {
+                incarnation: me.incarnation,
+                ..identity
+            };
+            let data_dir = self.data_dir.clone();
+            let to_save = saved.clone();
+            tokio::task::spawn_blocking(move || to_save.save(&data_dir))
+                .await
+                .map_err(|e| ClusterError::Io {
+                    path: "saving the node identity".into(),
+                    error: std::io::Error::other(e),
+                })??;
+            self.state.lock().identity = saved;
+        }
+        tracing::info!(node = %me.node, incarnation = me.incarnation, url = %me.url, %cluster_id, "registered in the cluster");
+        let mut state = self.state.lock();
+        state.cluster_id = Some(cluster_id);
+        state.me = Some(me.clone());
+        Ok(me)
+    }
+
+    /// Follows the newest controller epoch in the store, or claims the next
+    /// one when there is none, it names this node (a previous process of
+    /// it), or `replace` and it is no newer than `known`.
+    async fn find_controller(
+        &self,
+        me: &Registration,
+        known: u64,
+        replace: bool,
+    ) -> Result<(), ClusterError> {
+        let newest = self.control.controller().await?;
+        let claim_after = match &newest {
+            None => Some(0),
+            Some(c) if c.node == me.node => Some(c.epoch),
+            Some(c) if c.epoch <= known && replace => Some(c.epoch),
+            Some(_) => None,
+        };
+        let followed = match claim_after {
+            Some(after) => match self.control.claim_controller(after, me).await? {
+                Some(mine) => {
+                    let registrations = self.control.registrations().await?;
+                    tracing::info!(node = %me.node, epoch = mine.epoch, "became the cluster controller");
+                    metrics::counter!("strata_cluster_controller_elections_total").increment(1);
+                    let mut state = self.state.lock();
+                    state.liveness = Liveness::new(self.config.failure_timeout);
+                    for registration in &registrations {
+                        state.liveness.know(registration);
+                    }
+                    state
+                        .liveness
+                        .heartbeat(&self.heartbeat(me, mine.epoch), Instant::now());
+                    state.epoch_checked = Instant::now();
+                    Some(mine)
+                }
+                // Another node claimed it first: follow whoever did.
+                None => self.control.controller().await?,
+            },
+            None => newest,
+        };
+        let mut state = self.state.lock();
+        if followed.as_ref().map(|c| c.epoch) != state.controller.as_ref().map(|c| c.epoch) {
+            // A new controller gets a whole failure timeout to answer.
+            state.last_contact = Instant::now();
+            state.view = None;
+            if let Some(c) = followed.as_ref().filter(|c| c.node != me.node) {
+                tracing::info!(node = %me.node, controller = %c.node, epoch = c.epoch, "following the cluster controller");
+            }
+        }
+        state.controller = followed;
+        Ok(())
+    }
+
+    async fn lead(&self, me: &Registration, mine: &ControllerRecord) -> Result<(), ClusterError> {
+        let now = Instant::now();
+        let beat = self.heartbeat(me, mine.epoch);
+        let check_epoch = {
+            let mut state = self.state.lock();
+            state.liveness.heartbeat(&beat, now);
+            for dead in state.liveness.newly_dead(now) {
+                tracing::warn!(node = %dead, "node stopped sending heartbeats: counted as dead");
+            }
+            let alive = state.liveness.nodes(now).iter().filter(|n| n.alive).count();
+            metrics::gauge!("strata_cluster_nodes_alive").set(alive as f64);
+            now.duration_since(state.epoch_checked) >= self.config.failure_timeout
+        };
+        if check_epoch {
+            let newest = self.control.controller().await?;
+            let mut state = self.state.lock();
+            state.epoch_checked = now;
+            if let Some(newer) = newest.filter(|c| c.epoch > mine.epoch) {
+                tracing::warn!(node = %me.node, epoch = mine.epoch, controller = %newer.node, newer = newer.epoch, "deposed as controller by a newer epoch");
+                state.controller = Some(newer);
+                state.last_contact = now;
+            }
+        }
+        Ok(())
+    }
+
+    async fn follow(&self, me: &Registration, c: &ControllerRecord) -> Result<(), ClusterError> {
+        let beat = self.heartbeat(me, c.epoch);
+        let url = format!("{}/v1/cluster/heartbeat", c.url.trim_end_matches('/'));
+        let answer = self.http.post(&url).json(&beat).send().await;
+        let refused = match answer {
+            Ok(response) if response.status().is_success() => {
+                match response.json::<ClusterView>().await {
+                    Ok(view) => {
+                        let mut state = self.state.lock();
+                        state.view = Some(view);
+                        state.last_contact = Instant::now();
+                        return Ok(());
+                    }
+                    Err(_) => false,
+                }
+            }
+            Ok(response) => response.status() == reqwest::StatusCode::CONFLICT,
+            Err(_) => false,
+        };
+        let lost = self.state.lock().last_contact.elapsed() >= self.config.failure_timeout;
+        if refused || lost {
+            // A refusal means that node no longer holds the newest epoch it
+            // knows of: reread, but replace it only once it is silent.
+            self.find_controller(me, c.epoch, lost).await?;
+        }
+        Ok(())
+    }
+
+    fn heartbeat(&self, me: &Registration, controller_epoch: u64) -> Heartbeat {
+        let partitions: u64 = self
+            .broker
+            .topics()
+            .iter()
+            .map(|t| t.partitions().len() as u64)
+            .sum();
+        Heartbeat {
+            node: me.node.clone(),
+            incarnation: me.incarnation,
+            url: me.url.clone(),
+            controller_epoch,
+            // Until partitions are replicated, each node leads the
+            // partitions it holds.
+            leader_of: partitions,
+            replica_of: partitions,
+        }
+    }
+
+    /// Answers another node's heartbeat: the cluster view when this node is
+    /// the controller of the newest epoch it knows.
+    pub fn on_heartbeat(&self, beat: &Heartbeat) -> Result<ClusterView, Refusal> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let mine = match (&state.me, &state.controller) {
+            (Some(me), Some(c)) if c.node == me.node && c.incarnation == me.incarnation => {
+                c.clone()
+            }
+            _ => return Err(Refusal::NotController(state.controller.clone())),
+        };
+        if beat.controller_epoch > mine.epoch {
+            tracing::warn!(node = %mine.node, epoch = mine.epoch, newer = beat.controller_epoch, "deposed as controller: a node follows a newer epoch");
+            // Reread the store at the next tick.
+            state.controller = None;
+            return Err(Refusal::NotController(None));
+        }
+        match state.liveness.heartbeat(beat, now) {
+            Beat::Stale => return Err(Refusal::StaleIncarnation),
+            Beat::Joined => {
+                tracing::info!(node = %beat.node, incarnation = beat.incarnation, url = %beat.url, "node is alive");
+            }
+            Beat::Alive => {}
+        }
+        Ok(Self::controller_view(&state, &mine, now))
+    }
+
+    fn controller_view(state: &State, mine: &ControllerRecord, now: Instant) -> ClusterView {
+        ClusterView {
+            cluster_id: state.cluster_id.clone().unwrap_or_default(),
+            controller: mine.node.clone(),
+            controller_epoch: mine.epoch,
+            nodes: state.liveness.nodes(now),
+        }
+    }
+
+    /// The cluster as this node knows it: the controller's own table on the
+    /// controller, the view of the last heartbeat answer elsewhere; `None`
+    /// while no controller is known.
+    pub fn view(&self) -> Option<ClusterView> {
+        let state = self.state.lock();
+        match (&state.me, &state.controller) {
+            (Some(me), Some(c)) if c.node == me.node && c.incarnation == me.incarnation => {
+                Some(Self::controller_view(&state, c, Instant::now()))
+            }
+            _ => state.view.clone(),
+        }
+    }
+}
