@@ -207,7 +207,12 @@ impl BrokerConfig {
 /// Most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
 
-/// Checks a topic or group name: `[A-Za-z0-9._-]{1,249}`, not `.` or `..`.
+/// A name no topic or group may take: the object store's `<root>/_cluster/`
+/// holds the cluster's control objects, beside the topics' directories.
+pub const RESERVED_NAME: &str = "_cluster";
+
+/// Checks a topic or group name: `[A-Za-z0-9._-]{1,249}`, not `.`, `..` or
+/// [`RESERVED_NAME`].
 /// A valid name is always a safe single path component.
 pub fn validate_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
@@ -216,6 +221,8 @@ pub fn validate_name(name: &str) -> Result<()> {
         Some("must be at most 249 characters")
     } else if name == "." || name == ".." {
         Some("must not be \".\" or \"..\"")
+    } else if name == RESERVED_NAME {
+        Some("is reserved: the cluster keeps its objects under <root>/_cluster")
     } else if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -252,6 +259,7 @@ mod tests {
             "ü",
             &"a".repeat(250),
             "a\0b",
+            "_cluster",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }

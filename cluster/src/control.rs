@@ -5,6 +5,7 @@
 //! <root>/_cluster/id/00000000000000000001.json                   {"cluster_id"}
 //! <root>/_cluster/nodes/<node>/<incarnation:020>.json            a node's registrations
 //! <root>/_cluster/controller/<epoch:020>.json                    controller epochs
+//! <root>/_cluster/partitions/<topic>/<partition>/<version:020>.json  a partition's state
 //! ```
 //!
 //! Why each step is safe, whatever crashes where: every write creates one
@@ -21,6 +22,7 @@ use strata_tiering::{ColdStore, VersionedObjects};
 use crate::error::{ClusterError, Result};
 use crate::identity::{LocalIdentity, random_u64};
 use crate::node_id::NodeId;
+use crate::partition_state::PartitionState;
 
 /// Controller epochs kept behind the newest (older ones are deleted).
 const KEEP_EPOCHS: u64 = 16;
@@ -69,7 +71,11 @@ impl ControlStore {
     pub fn new(cold: &ColdStore) -> Self {
         Self {
             cold: cold.clone(),
-            dir: cold.root.path().clone().join("_cluster"),
+            dir: cold
+                .root
+                .path()
+                .clone()
+                .join(strata_broker::config::RESERVED_NAME),
         }
     }
 
@@ -214,6 +220,51 @@ impl ControlStore {
             Err(e) if e.is_conflict() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl ControlStore {
+    fn partition_versions(&self, topic: &str, partition: u32) -> VersionedObjects {
+        self.versions(&["partitions", topic, &partition.to_string()])
+    }
+
+    /// The newest state of a partition and its version, `None` before the
+    /// first.
+    pub async fn partition_state(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, PartitionState)>> {
+        newest(&self.partition_versions(topic, partition)).await
+    }
+
+    /// Writes `state` as `version` of a partition's state, where
+    /// `version - 1` is the version the caller read.
+    ///
+    /// # Contract
+    ///
+    /// Refuses a state that breaks [`PartitionState::check`] before
+    /// writing. At most one writer creates any version: a conflict
+    /// ([`ClusterError::is_conflict`]) means another controller wrote it
+    /// first, and this one must reread (and, if that version names a newer
+    /// controller epoch than its own, stop deciding). Durable when it
+    /// returns `Ok`.
+    pub async fn write_partition_state(
+        &self,
+        topic: &str,
+        partition: u32,
+        version: u64,
+        state: &PartitionState,
+    ) -> Result<()> {
+        let versions = self.partition_versions(topic, partition);
+        state
+            .check()
+            .map_err(|message| corrupt(&versions, version, &message))?;
+        create(&versions, version, state).await?;
+        if version > KEEP_EPOCHS {
+            versions.forget(version - KEEP_EPOCHS).await;
+        }
+        Ok(())
     }
 }
 

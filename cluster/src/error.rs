@@ -23,6 +23,9 @@ pub enum ClusterError {
         #[source]
         error: std::io::Error,
     },
+    /// The HTTP client for heartbeats could not be made.
+    #[error("the heartbeat client: {0}")]
+    HttpClient(String),
     /// Writing a file of the data directory failed.
     #[error(transparent)]
     LocalDisk(#[from] strata_broker::BrokerError),

@@ -15,6 +15,9 @@
 //! - [`control`]: the control objects under `<root>/_cluster/` (cluster id,
 //!   node registrations, controller epochs) and their contracts;
 //! - [`liveness`]: the controller's table of heartbeats (pure logic);
+//! - [`partition_state`]: a partition's leader, leader epoch and in-sync
+//!   replicas, the transitions the controller may make between them, and
+//!   replica assignment (pure logic; not yet used by the server);
 //! - [`messages`]: what nodes and the controller say to each other, and
 //!   the cluster view that `GET /v1/cluster` shows.
 //!
@@ -26,6 +29,7 @@ pub mod identity;
 pub mod liveness;
 pub mod messages;
 pub mod node_id;
+pub mod partition_state;
 
 pub use control::{ControlStore, ControllerRecord, Registration};
 pub use error::{ClusterError, Result};
@@ -33,3 +37,4 @@ pub use identity::LocalIdentity;
 pub use liveness::Liveness;
 pub use messages::{ClusterView, Heartbeat, NodeView};
 pub use node_id::NodeId;
+pub use partition_state::{PartitionState, Replica};

@@ -4,7 +4,7 @@
 //! same versions on the same store.
 
 use futures::future::join_all;
-use strata_cluster::{ControlStore, LocalIdentity, NodeId, Registration};
+use strata_cluster::{ControlStore, LocalIdentity, NodeId, PartitionState, Registration, Replica};
 use strata_tiering::ColdStore;
 
 fn identity(id: &str, incarnation: u64) -> LocalIdentity {
@@ -109,8 +109,26 @@ async fn one_controller_per_epoch(control: &ControlStore) {
     );
 }
 
-async fn old_epochs_are_collected(control: &ControlStore) {
-    let me = register(control, "gc", 0).await;
+/// How many objects there are under `<root>/_cluster/<sub>`.
+async fn objects_under(cold: &ColdStore, sub: &[&str]) -> usize {
+    use futures::TryStreamExt;
+    let dir = sub
+        .iter()
+        .fold(cold.root.path().clone().join("_cluster"), |dir, part| {
+            dir.join(*part)
+        });
+    let found: Vec<_> = cold
+        .store
+        .list(Some(&dir))
+        .try_collect()
+        .await
+        .expect("list");
+    found.len()
+}
+
+async fn old_versions_are_collected(cold: &ColdStore) {
+    let control = ControlStore::new(cold);
+    let me = register(&control, "gc", 0).await;
     let mut epoch = 0;
     for _ in 0..40 {
         let record = control
@@ -120,13 +138,75 @@ async fn old_epochs_are_collected(control: &ControlStore) {
             .expect("uncontended");
         epoch = record.epoch;
     }
+    let newest = control.controller().await.expect("controller");
+    assert_eq!(newest.map(|c| c.epoch), Some(40));
+    assert_eq!(
+        objects_under(cold, &["controller"]).await,
+        16,
+        "16 epochs kept"
+    );
+    for _ in 0..5 {
+        register(&control, "gc", 0).await;
+    }
+    assert_eq!(
+        objects_under(cold, &["nodes", "gc"]).await,
+        4,
+        "4 incarnations kept"
+    );
+    let listed = control.registrations().await.expect("registrations");
+    assert_eq!(listed[0].incarnation, 6);
+}
+
+/// Two controllers (a deposed one and its successor) decide about the same
+/// partition from the same version: one write wins, the other conflicts
+/// and, rereading, finds the newer controller's decision.
+async fn partition_states_have_one_writer_per_version(control: &ControlStore) {
+    let replica = |node: &str| Replica {
+        node: NodeId::parse(node).expect("id"),
+        incarnation: 1,
+    };
+    assert_eq!(control.partition_state("t", 0).await.expect("read"), None);
+    let initial = PartitionState::initial(&[replica("n1"), replica("n2"), replica("n3")], 1);
+    control
+        .write_partition_state("t", 0, 1, &initial)
+        .await
+        .expect("first version");
+    let n1 = NodeId::parse("n1").expect("id");
+    let deposed = initial.on_node_dead(&n1, |_| true, 1).expect("change");
+    let successor = initial.on_node_dead(&n1, |_| true, 2).expect("change");
+    let (a, b) = tokio::join!(
+        control.write_partition_state("t", 0, 2, &deposed),
+        control.write_partition_state("t", 0, 2, &successor),
+    );
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one of two writers of version 2 wins: {a:?} {b:?}"
+    );
+    let loser = if a.is_ok() { b } else { a };
+    assert!(loser.expect_err("lost").is_conflict());
+    let (version, newest) = control
+        .partition_state("t", 0)
+        .await
+        .expect("read")
+        .expect("some");
+    assert_eq!(version, 2);
+    assert!(newest == deposed || newest == successor);
+
+    // A state that breaks the invariants is refused before it is written.
+    let broken = PartitionState {
+        isr: Vec::new(),
+        ..newest
+    };
+    let refused = control.write_partition_state("t", 0, 3, &broken).await;
+    assert!(refused.is_err());
     assert_eq!(
         control
-            .controller()
+            .partition_state("t", 0)
             .await
-            .expect("controller")
-            .map(|c| c.epoch),
-        Some(40)
+            .expect("read")
+            .map(|(v, _)| v),
+        Some(2),
+        "nothing was written"
     );
 }
 
@@ -147,7 +227,8 @@ async fn suite(url: &str) {
     every_node_gets_one_cluster_id(&ControlStore::new(&at("id"))).await;
     incarnations(&ControlStore::new(&at("incarnations"))).await;
     one_controller_per_epoch(&ControlStore::new(&at("controller"))).await;
-    old_epochs_are_collected(&ControlStore::new(&at("gc"))).await;
+    old_versions_are_collected(&at("gc")).await;
+    partition_states_have_one_writer_per_version(&ControlStore::new(&at("partitions"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

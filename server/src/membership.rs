@@ -12,9 +12,10 @@
 //! - as the **controller**, records heartbeats (its own too) in its
 //!   liveness table, logs every node that dies or joins, and rereads the
 //!   newest epoch once per failure timeout: a controller that was paused
-//!   and deposed meanwhile finds the newer epoch and follows it. Followers
-//!   name the epoch they follow in each heartbeat, so a deposed controller
-//!   that receives one from a newer epoch steps down at once.
+//!   and deposed meanwhile finds the newer epoch and follows it. (Followers
+//!   also name the epoch they follow in each heartbeat; a controller that
+//!   receives one naming a newer epoch, e.g. at a reused address, steps
+//!   down at once.)
 //!
 //! A single node is a cluster of one: it becomes the controller of the
 //! next epoch at its first tick and sends no heartbeats over the network.
@@ -99,8 +100,9 @@ struct State {
     liveness: Liveness,
     /// The view the controller last answered with (followers).
     view: Option<ClusterView>,
-    /// The last failure logged, so an outage is logged once, not per tick.
-    last_failure: Option<String>,
+    /// Whether the last tick failed, so an outage is logged when it
+    /// starts and ends, not at every tick.
+    failing: bool,
 }
 
 impl Membership {
@@ -117,10 +119,7 @@ impl Membership {
         let http = reqwest::Client::builder()
             .timeout(config.heartbeat_interval.max(Duration::from_millis(200)) * 2)
             .build()
-            .map_err(|e| ClusterError::Io {
-                path: "the heartbeat client".into(),
-                error: std::io::Error::other(e),
-            })?;
+            .map_err(|e| ClusterError::HttpClient(e.to_string()))?;
         let now = Instant::now();
         Ok(Self {
             id: identity.id.clone(),
@@ -137,7 +136,7 @@ impl Membership {
                 epoch_checked: now,
                 liveness: Liveness::new(config.failure_timeout),
                 view: None,
-                last_failure: None,
+                failing: false,
             }),
             config,
         })
@@ -168,17 +167,17 @@ impl Membership {
             };
             match ticked {
                 Ok(()) => {
-                    let recovered = self.state.lock().last_failure.take();
-                    if recovered.is_some() {
+                    let recovered = std::mem::replace(&mut self.state.lock().failing, false);
+                    if recovered {
                         tracing::info!(node = %self.id, "cluster membership works again");
                     }
                 }
                 Err(error) => {
-                    let error = error.to_string();
-                    let mut state = self.state.lock();
-                    if state.last_failure.as_ref() != Some(&error) {
-                        tracing::warn!(node = %self.id, %error, "cluster membership: retrying");
-                        state.last_failure = Some(error);
+                    let started = !std::mem::replace(&mut self.state.lock().failing, true);
+                    if started {
+                        tracing::warn!(node = %self.id, %error, "cluster membership: the object store failed, retrying every heartbeat interval");
+                    } else {
+                        tracing::debug!(node = %self.id, %error, "cluster membership: still failing");
                     }
                 }
             }
@@ -242,16 +241,27 @@ impl Membership {
         let newest = self.control.controller().await?;
         let claim_after = match &newest {
             None => Some(0),
-            Some(c) if c.node == me.node => Some(c.epoch),
+            // A previous process of this node (never a newer incarnation:
+            // then this process is the stale one and only follows).
+            Some(c) if c.node == me.node && c.incarnation <= me.incarnation => Some(c.epoch),
             Some(c) if c.epoch <= known && replace => Some(c.epoch),
             Some(_) => None,
         };
         let followed = match claim_after {
             Some(after) => match self.control.claim_controller(after, me).await? {
                 Some(mine) => {
-                    let registrations = self.control.registrations().await?;
                     tracing::info!(node = %me.node, epoch = mine.epoch, "became the cluster controller");
                     metrics::counter!("strata_cluster_controller_elections_total").increment(1);
+                    // The epoch is won whatever happens next: a failed
+                    // listing only leaves silent nodes out of the view
+                    // until they send a heartbeat.
+                    let registrations = match self.control.registrations().await {
+                        Ok(found) => found,
+                        Err(error) => {
+                            tracing::warn!(%error, "could not list the registered nodes");
+                            Vec::new()
+                        }
+                    };
                     let mut state = self.state.lock();
                     state.liveness = Liveness::new(self.config.failure_timeout);
                     for registration in &registrations {
@@ -298,8 +308,16 @@ impl Membership {
             let newest = self.control.controller().await?;
             let mut state = self.state.lock();
             state.epoch_checked = now;
-            if let Some(newer) = newest.filter(|c| c.epoch > mine.epoch) {
+            // An equal epoch held by another node happens only on stores
+            // without conditional writes, where two claims can both land.
+            let deposed = newest.filter(|c| {
+                c.epoch > mine.epoch
+                    || (c.epoch == mine.epoch
+                        && (c.node != mine.node || c.incarnation != mine.incarnation))
+            });
+            if let Some(newer) = deposed {
                 tracing::warn!(node = %me.node, epoch = mine.epoch, controller = %newer.node, newer = newer.epoch, "deposed as controller by a newer epoch");
+                metrics::gauge!("strata_cluster_nodes_alive").set(0.0);
                 state.controller = Some(newer);
                 state.last_contact = now;
             }
@@ -316,6 +334,19 @@ impl Membership {
                 match response.json::<ClusterView>().await {
                     Ok(view) => {
                         let mut state = self.state.lock();
+                        // The controller may have claimed a newer epoch at
+                        // the same URL (a restart): follow that epoch, so
+                        // that its death is detected from its own silence.
+                        if view.controller_epoch > c.epoch
+                            && let Some(node) = view.nodes.iter().find(|n| n.id == view.controller)
+                        {
+                            state.controller = Some(ControllerRecord {
+                                epoch: view.controller_epoch,
+                                node: node.id.clone(),
+                                incarnation: node.incarnation,
+                                url: node.url.clone(),
+                            });
+                        }
                         state.view = Some(view);
                         state.last_contact = Instant::now();
                         return Ok(());

@@ -23,8 +23,9 @@ pub enum TieringError {
     /// A cold file whose schema is not the one Strata writes.
     #[error("cold file {path} is not in Strata's format: {message}")]
     CorruptFile { path: String, message: String },
-    /// Another writer committed the manifest version this one wanted.
-    #[error("manifest {path} was committed concurrently")]
+    /// Another writer created the version (of a manifest or another
+    /// versioned object) this one wanted, or it vanished while being read.
+    #[error("{path} was written concurrently by another writer")]
     Conflict { path: String },
     /// A local segment does not continue where the cold tier ends.
     #[error("{0}")]

@@ -68,8 +68,9 @@ impl VersionedObjects {
 
     /// The newest version and its bytes, `None` when there is none.
     pub async fn read_newest(&self) -> Result<Option<(u64, Bytes)>> {
-        // A version can vanish between the LIST and the GET only when a
-        // newer one made it old enough to delete: list again.
+        // A version can vanish between the LIST and the GET only when
+        // enough newer ones landed meanwhile to make it old enough to
+        // delete: list again.
         for _ in 0..3 {
             let newest = self.newest().await?;
             if newest == 0 {
