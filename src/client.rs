@@ -23,6 +23,9 @@ pub fn idempotency_prefix(command: &str) -> String {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// `STRATA_TOKEN`, sent as a bearer token (an environment variable,
+    /// not a flag: flags show in `ps` and shell history).
+    token: Option<String>,
 }
 
 impl Client {
@@ -33,6 +36,7 @@ impl Client {
         Ok(Self {
             http,
             base: server.trim_end_matches('/').to_string(),
+            token: std::env::var("STRATA_TOKEN").ok().filter(|t| !t.is_empty()),
         })
     }
 
@@ -41,7 +45,11 @@ impl Client {
     }
 
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(path))
+        let request = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// Sends and turns a non-2xx answer into an error carrying the API's message.

@@ -5,10 +5,11 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use std::time::Duration;
 
-use strata_server::ClusterConfig;
 use strata_server::broker::BrokerConfig;
 use strata_server::cluster::NodeId;
+use strata_server::cluster::tokens::Token;
 use strata_server::tiering::TieringConfig;
+use strata_server::{AuthConfig, ClusterConfig};
 
 use crate::ServeArgs;
 
@@ -21,6 +22,15 @@ pub struct ServeConfig {
     pub tiering: TieringConfig,
     pub query: QueryFile,
     pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
+}
+
+/// The `[auth]` table of the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    /// Require bearer tokens (default false).
+    enabled: Option<bool>,
 }
 
 /// The `[cluster]` table of the config file.
@@ -91,12 +101,14 @@ impl ServeConfig {
         let mut tiering = TieringConfig::default();
         let mut query = QueryFile::default();
         let mut cluster = ClusterConfig::default();
+        let mut auth = AuthConfig::default();
         let mut node_id = None;
         if let Some(path) = &args.config {
             let file = read_file(path)?;
             listen = file.listen.unwrap_or(listen);
             object_store = file.object_store;
             node_id = file.node_id;
+            auth.enabled = file.auth.enabled.unwrap_or(false);
             cluster.advertise = file.advertise;
             if let Some(ms) = file.cluster.heartbeat_interval_ms {
                 cluster.heartbeat_interval = Duration::from_millis(ms.max(10));
@@ -139,6 +151,22 @@ impl ServeConfig {
         {
             bail!("--advertise must be an http:// or https:// URL, got {url:?}");
         }
+        if args.auth {
+            auth.enabled = true;
+        }
+        // The bootstrap token comes only from the environment: a flag would
+        // show in `ps`, a config file is often checked in.
+        auth.bootstrap = std::env::var("STRATA_BOOTSTRAP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|t| Token::from_secret(&t));
+        if auth
+            .bootstrap
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 32)
+        {
+            bail!("STRATA_BOOTSTRAP_TOKEN must be at least 32 characters");
+        }
         if cluster.failure_timeout <= cluster.heartbeat_interval {
             bail!("[cluster] failure_timeout_ms must be longer than heartbeat_interval_ms");
         }
@@ -150,6 +178,7 @@ impl ServeConfig {
             tiering,
             query,
             cluster,
+            auth,
         })
     }
 }
@@ -161,6 +190,7 @@ struct FileConfig {
     node_id: Option<String>,
     advertise: Option<String>,
     cluster: ClusterFile,
+    auth: AuthFile,
     broker: BrokerConfig,
     tiering: TieringFile,
     query: QueryFile,
@@ -184,6 +214,12 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     let object_store = take_string("object_store")?;
     let node_id = take_string("node_id")?;
     let advertise = take_string("advertise")?;
+    let auth = match table.remove("auth") {
+        Some(value) => value
+            .try_into()
+            .with_context(|| format!("invalid [auth] in {}", path.display()))?,
+        None => AuthFile::default(),
+    };
     let cluster = match table.remove("cluster") {
         Some(value) => value
             .try_into()
@@ -211,6 +247,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         node_id,
         advertise,
         cluster,
+        auth,
         broker,
         tiering,
         query,

@@ -10,6 +10,7 @@ mod consume;
 mod produce;
 mod query;
 mod serve;
+mod token;
 mod topic;
 
 use std::path::PathBuf;
@@ -54,6 +55,10 @@ enum Command {
     /// Built-in load generator and timer.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Create, list and revoke bearer tokens (client commands send
+    /// STRATA_TOKEN).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Flags of `strata serve`; each overrides its `STRATA_*` variable, which
@@ -81,6 +86,10 @@ pub struct ServeArgs {
     /// http://<listen address>).
     #[arg(long, env = "STRATA_ADVERTISE")]
     advertise: Option<String>,
+    /// Require a bearer token on every request but GET /health
+    /// (also `[auth] enabled = true`).
+    #[arg(long, env = "STRATA_AUTH")]
+    auth: bool,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +133,7 @@ fn main() -> ExitCode {
             Command::Range(args) => query::range(&cli.server, args).await,
             Command::Query(args) => query::query(&cli.server, args).await,
             Command::Bench(cmd) => bench::run(&cli.server, cmd).await,
+            Command::Token(cmd) => token::run(&cli.server, cmd).await,
         }
     });
     match outcome {

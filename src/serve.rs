@@ -28,6 +28,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         },
         query: config.query.config(&data_dir),
         cluster: config.cluster.clone(),
+        auth: config.auth.clone(),
     })
     .await?;
     let listener = TcpListener::bind(&config.listen)

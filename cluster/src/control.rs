@@ -5,6 +5,7 @@
 //! <root>/_cluster/id/00000000000000000001.json                   {"cluster_id"}
 //! <root>/_cluster/nodes/<node>/<incarnation:020>.json            a node's registrations
 //! <root>/_cluster/controller/<epoch:020>.json                    controller epochs
+//! <root>/_cluster/tokens/<version:020>.json                       every bearer token (hashes only)
 //! <root>/_cluster/partitions/<topic>/<partition>/<version:020>.json  a partition's state
 //! ```
 //!
@@ -23,6 +24,7 @@ use crate::error::{ClusterError, Result};
 use crate::identity::{LocalIdentity, random_u64};
 use crate::node_id::NodeId;
 use crate::partition_state::PartitionState;
+use crate::tokens::{MAX_TOKENS, Permission, Token, TokenList, TokenRecord, check_token_name};
 
 /// Controller epochs kept behind the newest (older ones are deleted).
 const KEEP_EPOCHS: u64 = 16;
@@ -57,6 +59,26 @@ pub struct ControllerRecord {
 #[serde(deny_unknown_fields)]
 struct ClusterIdRecord {
     cluster_id: String,
+    node_secret: String,
+}
+
+/// What every node of one root shares from its first start on.
+#[derive(Debug, Clone)]
+pub struct ClusterIdentity {
+    pub cluster_id: String,
+    /// The bearer token nodes present to each other when authentication is
+    /// on. Anyone who can read the store can read it; they could also
+    /// rewrite every control object, so the store is trusted anyway.
+    pub node_secret: Token,
+}
+
+impl From<ClusterIdRecord> for ClusterIdentity {
+    fn from(record: ClusterIdRecord) -> Self {
+        Self {
+            cluster_id: record.cluster_id,
+            node_secret: Token::from_secret(&record.node_secret),
+        }
+    }
 }
 
 /// The control objects of the cluster that shares one object-store root.
@@ -86,25 +108,26 @@ impl ControlStore {
         VersionedObjects::new(&self.cold, dir)
     }
 
-    /// The cluster's id, made by the first node that asks.
+    /// The cluster's id and node secret, made by the first node that asks.
     ///
     /// # Contract
     ///
-    /// Every node of one root gets the same id, also when several ask at
-    /// once for the first time (one create wins; the others read it).
-    pub async fn cluster_id(&self) -> Result<String> {
+    /// Every node of one root gets the same, also when several ask at once
+    /// for the first time (one create wins; the others read it).
+    pub async fn identity(&self) -> Result<ClusterIdentity> {
         let versions = self.versions(&["id"]);
         if let Some(record) = read::<ClusterIdRecord>(&versions, 1).await? {
-            return Ok(record.cluster_id);
+            return Ok(record.into());
         }
         let mine = ClusterIdRecord {
             cluster_id: format!("{:016x}{:016x}", random_u64(), random_u64()),
+            node_secret: Token::generate()?.expose().to_string(),
         };
         match create(&versions, 1, &mine).await {
-            Ok(()) => Ok(mine.cluster_id),
+            Ok(()) => Ok(mine.into()),
             Err(e) if e.is_conflict() => read::<ClusterIdRecord>(&versions, 1)
                 .await?
-                .map(|r| r.cluster_id)
+                .map(ClusterIdentity::from)
                 .ok_or_else(|| corrupt(&versions, 1, "vanished after a conflict")),
             Err(e) => Err(e),
         }
@@ -224,6 +247,94 @@ impl ControlStore {
 }
 
 impl ControlStore {
+    /// The cluster's tokens and their version (0 and none before the
+    /// first token).
+    pub async fn tokens(&self) -> Result<(u64, TokenList)> {
+        Ok(newest(&self.versions(&["tokens"]))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Writes `tokens` as `version`, where `version - 1` is the version the
+    /// caller read and changed.
+    ///
+    /// # Contract
+    ///
+    /// At most one writer creates any version: on a conflict
+    /// ([`ClusterError::is_conflict`]) reread and apply the change again.
+    /// Durable when it returns `Ok`.
+    pub async fn write_tokens(&self, version: u64, tokens: &TokenList) -> Result<()> {
+        let versions = self.versions(&["tokens"]);
+        create(&versions, version, tokens).await?;
+        if version > KEEP_EPOCHS {
+            versions.forget(version - KEEP_EPOCHS).await;
+        }
+        Ok(())
+    }
+
+    /// Adds a token `name` with `permissions` and returns it in clear
+    /// (the only time it exists outside its owner's hands) with the new
+    /// list and its version.
+    ///
+    /// # Contract
+    ///
+    /// Atomic and durable when it returns `Ok`, on every node at once (a
+    /// concurrent change by another node is reread and kept).
+    pub async fn add_token(
+        &self,
+        name: &str,
+        permissions: Vec<Permission>,
+        created_at: String,
+    ) -> Result<(Token, u64, TokenList)> {
+        check_token_name(name).map_err(ClusterError::InvalidToken)?;
+        if permissions.is_empty() {
+            return Err(ClusterError::InvalidToken(
+                "a token needs at least one permission".into(),
+            ));
+        }
+        loop {
+            let (version, mut list) = self.tokens().await?;
+            if list.tokens.iter().any(|t| t.name == name) {
+                return Err(ClusterError::TokenExists(name.to_string()));
+            }
+            if list.tokens.len() >= MAX_TOKENS {
+                return Err(ClusterError::InvalidToken(format!(
+                    "a cluster keeps at most {MAX_TOKENS} tokens"
+                )));
+            }
+            let token = Token::generate()?;
+            list.tokens.push(TokenRecord {
+                name: name.to_string(),
+                hash: token.hash(),
+                permissions: permissions.clone(),
+                created_at: created_at.clone(),
+            });
+            match self.write_tokens(version + 1, &list).await {
+                Ok(()) => return Ok((token, version + 1, list)),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Revokes token `name`; returns the new list and its version. From
+    /// then on no node accepts it (each within its refresh interval).
+    pub async fn revoke_token(&self, name: &str) -> Result<(u64, TokenList)> {
+        loop {
+            let (version, mut list) = self.tokens().await?;
+            let before = list.tokens.len();
+            list.tokens.retain(|t| t.name != name);
+            if list.tokens.len() == before {
+                return Err(ClusterError::TokenNotFound(name.chars().take(64).collect()));
+            }
+            match self.write_tokens(version + 1, &list).await {
+                Ok(()) => return Ok((version + 1, list)),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn partition_versions(&self, topic: &str, partition: u32) -> VersionedObjects {
         self.versions(&["partitions", topic, &partition.to_string()])
     }

@@ -23,6 +23,18 @@ pub enum ClusterError {
         #[source]
         error: std::io::Error,
     },
+    /// A token name or permission that breaks the rules.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// A token of that name exists.
+    #[error("a token named {0:?} exists")]
+    TokenExists(String),
+    /// No token of that name exists.
+    #[error("no token named {0:?}")]
+    TokenNotFound(String),
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
     /// The HTTP client for heartbeats could not be made.
     #[error("the heartbeat client: {0}")]
     HttpClient(String),

@@ -18,6 +18,8 @@
 //! - [`partition_state`]: a partition's leader, leader epoch and in-sync
 //!   replicas, the transitions the controller may make between them, and
 //!   replica assignment (pure logic; not yet used by the server);
+//! - [`tokens`]: bearer tokens (only their hashes are stored) and
+//!   permissions, kept cluster-wide as one versioned object;
 //! - [`messages`]: what nodes and the controller say to each other, and
 //!   the cluster view that `GET /v1/cluster` shows.
 //!
@@ -30,8 +32,9 @@ pub mod liveness;
 pub mod messages;
 pub mod node_id;
 pub mod partition_state;
+pub mod tokens;
 
-pub use control::{ControlStore, ControllerRecord, Registration};
+pub use control::{ClusterIdentity, ControlStore, ControllerRecord, Registration};
 pub use error::{ClusterError, Result};
 pub use identity::LocalIdentity;
 pub use liveness::Liveness;

@@ -22,11 +22,17 @@ async fn register(control: &ControlStore, id: &str, incarnation: u64) -> Registr
 }
 
 async fn every_node_gets_one_cluster_id(control: &ControlStore) {
-    let ids = join_all((0..6).map(|_| control.cluster_id())).await;
-    let ids: Vec<String> = ids.into_iter().map(|id| id.expect("cluster id")).collect();
+    let ids = join_all((0..6).map(|_| control.identity())).await;
+    let ids: Vec<(String, String)> = ids
+        .into_iter()
+        .map(|id| id.expect("cluster id"))
+        .map(|id| (id.cluster_id, id.node_secret.expose().to_string()))
+        .collect();
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-    assert_eq!(ids[0].len(), 32);
-    assert_eq!(control.cluster_id().await.expect("again"), ids[0]);
+    assert_eq!(ids[0].0.len(), 32);
+    assert!(ids[0].1.starts_with("st_"), "the node secret is a token");
+    let again = control.identity().await.expect("again");
+    assert_eq!(again.cluster_id, ids[0].0);
 }
 
 async fn incarnations(control: &ControlStore) {

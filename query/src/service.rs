@@ -3,6 +3,7 @@
 //! its result as encoded chunks through a two-slot channel, so memory stays
 //! bounded whatever the result's size.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -198,6 +199,27 @@ impl QueryService {
         let run = async move { sql_batches(&engine, &sql).await };
         let limits = Limits::new(permit, self.config.timeout);
         self.stream(kind, format, shape, Some(limits), run).await
+    }
+
+    /// Every topic that `sql` reads, views resolved (see
+    /// [`SqlEngine::topics_read`]), for checking permissions before it runs.
+    pub async fn topics_read(&self, sql: &str) -> Result<BTreeSet<String>> {
+        // Parsed on the query runtime, whose threads have the stack for it.
+        let engine = self.sql.clone();
+        let sql = sql.to_string();
+        self.query_runtime()?
+            .spawn(async move { engine.topics_read(&sql) })
+            .await
+            .map_err(|e| QueryError::Internal(format!("reading the query's topics failed: {e}")))?
+    }
+
+    /// Every topic that reading view `name` reads.
+    pub async fn view_topics(&self, name: &str) -> Result<BTreeSet<String>> {
+        if self.views.get(name).is_none() {
+            return Err(QueryError::ViewNotFound(name.chars().take(128).collect()));
+        }
+        self.topics_read(&format!("SELECT * FROM {}", quote_identifier(name)))
+            .await
     }
 
     /// Stores a view after checking that its SQL plans.

@@ -6,6 +6,7 @@
 //! one runtime environment, so the memory pool bounds every query together;
 //! sorts, aggregations and joins that outgrow it spill to disk.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -118,6 +119,47 @@ impl SqlEngine {
             .verify_plan(&plan)
             .map_err(|e| QueryError::Sql(format!("only queries are allowed here: {e}")))?;
         Ok(plan)
+    }
+
+    /// Every topic that `sql` reads, through views (recursively): the
+    /// relations it names that are neither views nor table functions. A
+    /// name that is no topic counts as one too, so that a permission check
+    /// answers alike for an unknown topic and a forbidden one. Parses
+    /// only; must run on a query thread, as [`Self::check`] must.
+    pub fn topics_read(&self, sql: &str) -> Result<BTreeSet<String>> {
+        let ctx = self.session()?;
+        let mut topics = BTreeSet::new();
+        self.collect_topics(&ctx, sql, 0, &mut topics)?;
+        Ok(topics)
+    }
+
+    fn collect_topics(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        depth: usize,
+        topics: &mut BTreeSet<String>,
+    ) -> Result<()> {
+        check_sql(sql)?;
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        for reference in state.resolve_table_references(&statement)? {
+            let name = reference.table().to_string();
+            if self.broker.topic(&name).is_ok() {
+                topics.insert(name);
+            } else if let Some(view) = self.views.get(&name) {
+                if depth >= MAX_VIEW_DEPTH {
+                    return Err(QueryError::Sql(format!(
+                        "views nest deeper than {MAX_VIEW_DEPTH} levels at {name:?} (does a view use itself?)"
+                    )));
+                }
+                self.collect_topics(ctx, &view.sql, depth + 1, topics)?;
+            } else if !state.table_functions().contains_key(&name) {
+                topics.insert(name);
+            }
+        }
+        Ok(())
     }
 
     /// Registers the topics and views that `sql` names (views recursively).

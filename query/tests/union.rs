@@ -13,8 +13,9 @@ use strata_broker::produce::{BodyFormat, parse_body};
 use strata_broker::{Broker, TopicConfigOverrides};
 use strata_query::scan::{self, ScanSpec};
 use strata_query::{Format, QueryConfig, QueryService};
+use strata_test_support::storage::Storage;
 use strata_test_support::{test_config, test_s3};
-use strata_tiering::{ColdStore, Tiering, TieringConfig};
+use strata_tiering::{Tiering, TieringConfig};
 
 /// (partition, offset) → (timestamp, key) of every acknowledged record.
 type Oracle = BTreeMap<(i32, i64), (i64, Option<String>)>;
@@ -67,8 +68,17 @@ fn rows(batches: &[RecordBatch]) -> Vec<(i32, i64, i64, Option<String>)> {
 }
 
 async fn union_reads_are_exact(url: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Arc::new(Broker::open(test_config(&dir.path().join("data"))).unwrap());
+    let storage = Storage::open(
+        url,
+        test_config(std::path::Path::new("replaced")),
+        TieringConfig::default(),
+    )
+    .await;
+    let (dir, broker, tiering) = (
+        &storage.dir,
+        storage.broker.clone(),
+        storage.tiering.clone(),
+    );
     let overrides = TopicConfigOverrides {
         segment_bytes: Some(4096),
         local_retention_bytes: Some(0),
@@ -77,14 +87,6 @@ async fn union_reads_are_exact(url: &str) {
     broker.create_topic("events", Some(2), &overrides).unwrap();
     let mut oracle = Oracle::new();
     produce(&broker, 0, 1500, &mut oracle);
-    let tiering = Tiering::open(
-        broker.clone(),
-        ColdStore::open(url).unwrap(),
-        TieringConfig::default(),
-        "union-test",
-    )
-    .await
-    .unwrap();
     let summary = tiering.offload_topic("events", true).await.unwrap();
     assert!(summary.files > 4, "{url}: {summary:?}");
     produce(&broker, 1500, 500, &mut oracle);

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use strata_broker::BrokerError;
+use strata_cluster::ClusterError;
 use strata_query::QueryError;
 use strata_tiering::TieringError;
 
@@ -17,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     pub extra: Vec<(&'static str, Value)>,
     pub retry_after_secs: Option<u64>,
+    /// Send `WWW-Authenticate: Bearer` (a `401`).
+    pub challenge: bool,
 }
 
 impl ApiError {
@@ -28,7 +31,21 @@ impl ApiError {
             message: message.into(),
             extra: Vec::new(),
             retry_after_secs: None,
+            challenge: false,
         }
+    }
+
+    /// `401 unauthorized` with `WWW-Authenticate: Bearer`. The message
+    /// never quotes the token.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        e.challenge = true;
+        e
+    }
+
+    /// `403 forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     /// `400 invalid_request`.
@@ -139,6 +156,25 @@ impl From<QueryError> for ApiError {
     }
 }
 
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        let message = e.to_string();
+        match e {
+            ClusterError::Store(e) => e.into(),
+            ClusterError::InvalidToken(_) | ClusterError::InvalidNodeId { .. } => {
+                Self::invalid_request(message)
+            }
+            ClusterError::TokenExists(_) => {
+                Self::new(StatusCode::CONFLICT, "token_exists", message)
+            }
+            ClusterError::TokenNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "token_not_found", message)
+            }
+            _ => Self::internal(message),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut error = Map::new();
@@ -154,6 +190,9 @@ impl IntoResponse for ApiError {
         );
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -9,6 +9,7 @@
 //!   a listener and a shutdown future in, a clean stop out), the
 //!   background offloader and segment roller;
 //! - [`routes`]: every route, one module per resource;
+//! - [`auth`]: bearer tokens and the permission each route needs;
 //! - [`membership`]: this node's part in the cluster (registration,
 //!   controller election, heartbeats; the control objects themselves are
 //!   in `strata-cluster`);
@@ -22,6 +23,7 @@
 //! The binary (`strata serve`) adds configuration, logging and signals.
 
 pub mod api_error;
+pub mod auth;
 pub mod error;
 pub mod membership;
 pub mod render;
@@ -38,6 +40,7 @@ pub use strata_query as query;
 pub use strata_tiering as tiering;
 
 pub use api_error::ApiError;
+pub use auth::AuthConfig;
 pub use error::{Result, ServerError};
 pub use membership::ClusterConfig;
 pub use server::{Server, ServerConfig};

@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use strata_broker::Broker;
 use strata_cluster::liveness::Beat;
+use strata_cluster::tokens::Token;
 use strata_cluster::{
-    ClusterError, ClusterView, ControlStore, ControllerRecord, Heartbeat, Liveness, LocalIdentity,
-    NodeId, Registration,
+    ClusterError, ClusterIdentity, ClusterView, ControlStore, ControllerRecord, Heartbeat,
+    Liveness, LocalIdentity, NodeId, Registration,
 };
 use strata_tiering::ColdStore;
 use tokio::sync::watch;
@@ -90,6 +91,8 @@ struct State {
     identity: LocalIdentity,
     me: Option<Registration>,
     cluster_id: Option<String>,
+    /// The token nodes present to each other (with authentication on).
+    node_secret: Option<Token>,
     /// The controller this node follows (or is).
     controller: Option<ControllerRecord>,
     /// When the followed controller last answered (or was first followed).
@@ -131,6 +134,7 @@ impl Membership {
                 identity,
                 me: None,
                 cluster_id: None,
+                node_secret: None,
                 controller: None,
                 last_contact: now,
                 epoch_checked: now,
@@ -145,6 +149,16 @@ impl Membership {
     /// This node's name.
     pub fn id(&self) -> &NodeId {
         &self.id
+    }
+
+    /// Whether `token` is the secret the cluster's nodes present to each
+    /// other (never before this node has registered).
+    pub fn is_node_secret(&self, token: &Token) -> bool {
+        self.state
+            .lock()
+            .node_secret
+            .as_ref()
+            .is_some_and(|secret| secret.hash().matches(&token.hash()))
     }
 
     /// Takes part in the cluster, reachable at `url` (unless configured
@@ -201,7 +215,10 @@ impl Membership {
     }
 
     async fn register(&self, url: &str) -> Result<Registration, ClusterError> {
-        let cluster_id = self.control.cluster_id().await?;
+        let ClusterIdentity {
+            cluster_id,
+            node_secret,
+        } = self.control.identity().await?;
         let identity = self.state.lock().identity.clone();
         let me = self
             .control
@@ -225,6 +242,7 @@ impl Membership {
         tracing::info!(node = %me.node, incarnation = me.incarnation, url = %me.url, %cluster_id, "registered in the cluster");
         let mut state = self.state.lock();
         state.cluster_id = Some(cluster_id);
+        state.node_secret = Some(node_secret);
         state.me = Some(me.clone());
         Ok(me)
     }
@@ -328,7 +346,11 @@ impl Membership {
     async fn follow(&self, me: &Registration, c: &ControllerRecord) -> Result<(), ClusterError> {
         let beat = self.heartbeat(me, c.epoch);
         let url = format!("{}/v1/cluster/heartbeat", c.url.trim_end_matches('/'));
-        let answer = self.http.post(&url).json(&beat).send().await;
+        let mut request = self.http.post(&url).json(&beat);
+        if let Some(secret) = self.state.lock().node_secret.clone() {
+            request = request.bearer_auth(secret.expose());
+        }
+        let answer = request.send().await;
         let refused = match answer {
             Ok(response) if response.status().is_success() => {
                 match response.json::<ClusterView>().await {

@@ -12,9 +12,11 @@ use strata_tiering::{ColdStore, Tiering, TieringConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::{Auth, AuthConfig};
 use crate::error::{Result, ServerError};
 use crate::membership::{ClusterConfig, Membership};
 use crate::routes::{AppState, router};
+use strata_cluster::ControlStore;
 
 /// Everything a server is configured with.
 #[derive(Debug, Clone)]
@@ -28,6 +30,8 @@ pub struct ServerConfig {
     pub query: QueryConfig,
     /// The node's name and how it takes part in the cluster.
     pub cluster: ClusterConfig,
+    /// Bearer tokens (off by default).
+    pub auth: AuthConfig,
 }
 
 /// An opened server, ready to serve.
@@ -66,6 +70,20 @@ impl Server {
         )
         .map_err(ServerError::Identity)?;
         let owner = membership.id().to_string();
+        let membership = Arc::new(membership);
+        let auth = Arc::new(Auth::new(
+            &config.auth,
+            ControlStore::new(&cold),
+            membership.clone(),
+        ));
+        if auth.enabled() {
+            // Tokens made while this node was down are known from its
+            // first request on when the store answers; otherwise the
+            // refresh loop keeps trying.
+            if let Err(error) = auth.refresh().await {
+                tracing::warn!(%error, "cannot read the tokens yet; retrying in the background");
+            }
+        }
         let tiering = Tiering::open(broker.clone(), cold, config.tiering.clone(), &owner)
             .await
             .map_err(ServerError::LoadColdTier)?;
@@ -78,7 +96,8 @@ impl Server {
             query: Arc::new(query),
             metrics: strata_broker::metrics::prometheus_handle(),
             stopping: stopping_rx,
-            membership: Arc::new(membership),
+            membership,
+            auth,
         };
         Ok(Self { state, stopping })
     }
@@ -112,6 +131,7 @@ impl Server {
             .map(|addr| format!("http://{addr}"))
             .map_err(|e| ServerError::io("reading the listen address", e))?;
         let membership = tokio::spawn(state.membership.clone().run(url, stopping.subscribe()));
+        let tokens = tokio::spawn(state.auth.clone().run(stopping.subscribe()));
         let stop = stopping.clone();
         let served = axum::serve(listener, router(state))
             .with_graceful_shutdown(async move {
@@ -123,6 +143,7 @@ impl Server {
         let _ = stopping.send(true);
         let _ = roller.await;
         let _ = membership.await;
+        let _ = tokens.await;
         // Partitions are fsynced before the offloader's last steps (giving
         // up its lease may wait on an object store that is down).
         let closing = broker.clone();
@@ -155,7 +176,7 @@ async fn roll_due_segments(broker: Arc<Broker>, mut stopping: watch::Receiver<bo
 }
 
 /// `file://<data_dir>/cold`, the zero-configuration cold tier.
-fn default_cold_url(data_dir: &Path) -> Result<String> {
+pub fn default_cold_url(data_dir: &Path) -> Result<String> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| ServerError::io(format!("creating {}", data_dir.display()), e))?;
     let absolute = data_dir

@@ -13,8 +13,8 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
 use serde_json::json;
-use strata_broker::produce::{BodyFormat, parse_body};
-use strata_broker::{Broker, BrokerConfig, TopicConfigOverrides};
+use strata_broker::{BrokerConfig, TopicConfigOverrides};
+use strata_test_support::storage::{Storage, produce};
 use strata_tiering::cold_read::FileScan;
 use strata_tiering::manifest::{ColdFile, ManifestStore};
 use strata_tiering::{Backend, ColdStore, Tiering, TieringConfig, TieringError};
@@ -36,40 +36,12 @@ impl Capabilities {
     }
 }
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    broker: Arc<Broker>,
-    cold: ColdStore,
-    tiering: Arc<Tiering>,
-}
-
-async fn fixture(url: &str) -> Fixture {
+async fn fixture(url: &str) -> Storage {
     fixture_with(url, TieringConfig::default()).await
 }
 
-async fn fixture_with(url: &str, config: TieringConfig) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let broker_config = BrokerConfig {
-        data_dir: dir.path().join("data"),
-        ..BrokerConfig::default()
-    };
-    let broker = Arc::new(Broker::open(broker_config).unwrap());
-    let cold = ColdStore::open(url).unwrap();
-    let tiering = Tiering::open(broker.clone(), cold.clone(), config, "conformance")
-        .await
-        .unwrap();
-    Fixture {
-        _dir: dir,
-        broker,
-        cold,
-        tiering,
-    }
-}
-
-fn produce(broker: &Broker, topic: &str, records: &[serde_json::Value]) {
-    let body = json!({ "records": records }).to_string();
-    let parsed = parse_body(body.as_bytes(), BodyFormat::Json, 1 << 20).unwrap();
-    broker.topic(topic).unwrap().produce(&parsed, 0).unwrap();
+async fn fixture_with(url: &str, config: TieringConfig) -> Storage {
+    Storage::open(url, BrokerConfig::default(), config).await
 }
 
 /// Records of a partition's cold tier as committed now, as a consume
@@ -179,15 +151,7 @@ async fn conformance(url: &str) {
     let capabilities = Capabilities::of(url);
     if capabilities.persistent {
         let before = f.tiering.cold_stats("conf", 1);
-        drop(f.tiering);
-        f.tiering = Tiering::open(
-            f.broker.clone(),
-            ColdStore::open(url).unwrap(),
-            TieringConfig::default(),
-            "conformance",
-        )
-        .await
-        .unwrap();
+        f = f.reopen_tiering(TieringConfig::default()).await;
         assert_eq!(f.tiering.cold_stats("conf", 1), before);
     }
     // Commits are exclusive: a second writer of the same version is refused.
@@ -414,7 +378,7 @@ async fn expiring_topic(
     topic: &str,
     records: usize,
     retention_ms: i64,
-) -> (Fixture, Vec<serde_json::Value>) {
+) -> (Storage, Vec<serde_json::Value>) {
     let impatient = TieringConfig {
         object_delete_grace: Duration::ZERO,
         ..TieringConfig::default()
@@ -454,8 +418,8 @@ async fn until_retention_drops_all(tiering: &Tiering, topic: &str) {
 /// lists it stays whole and readable, and goes once the snapshot is dropped.
 async fn pinned_reads_outlive_retention(url: &str) {
     let (
-        Fixture {
-            _dir,
+        Storage {
+            dir: _dir,
             cold,
             tiering,
             ..
@@ -490,11 +454,12 @@ async fn pinned_reads_outlive_retention(url: &str) {
 /// not take the new topic's file.
 async fn a_recreated_topic_keeps_its_files(url: &str) {
     let (
-        Fixture {
-            _dir,
+        Storage {
+            dir: _dir,
             broker,
             cold,
             tiering,
+            ..
         },
         records,
     ) = expiring_topic(url, "again", 20, 1_000).await;
@@ -668,42 +633,25 @@ async fn s3_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offload_after_holds_back_young_segments() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = BrokerConfig {
-        data_dir: dir.path().join("data"),
-        ..BrokerConfig::default()
-    };
-    let broker = Arc::new(Broker::open(config).unwrap());
-    broker
-        .create_topic("young", Some(1), &TopicConfigOverrides::default())
-        .unwrap();
-    produce(&broker, "young", &[json!({"value": 1})]);
+    let cold_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", cold_dir.path().display());
     let patient = TieringConfig {
         offload_after: std::time::Duration::from_secs(3600),
         ..TieringConfig::default()
     };
-    let url = format!("file://{}", dir.path().join("cold").display());
-    let tiering = Tiering::open(
-        broker.clone(),
-        ColdStore::open(&url).unwrap(),
-        patient,
-        "conformance",
-    )
-    .await
-    .unwrap();
+    let f = Storage::open(&url, BrokerConfig::default(), patient).await;
+    f.broker
+        .create_topic("young", Some(1), &TopicConfigOverrides::default())
+        .unwrap();
+    f.produce("young", &[json!({"value": 1})]);
     assert_eq!(
-        tiering.offload_topic("young", true).await.unwrap().files,
+        f.tiering.offload_topic("young", true).await.unwrap().files,
         0,
         "sealed a moment ago: too young"
     );
-    drop(tiering);
-    let eager = Tiering::open(
-        broker.clone(),
-        ColdStore::open(&url).unwrap(),
-        TieringConfig::default(),
-        "conformance",
-    )
-    .await
-    .unwrap();
-    assert_eq!(eager.offload_topic("young", false).await.unwrap().files, 1);
+    let f = f.reopen_tiering(TieringConfig::default()).await;
+    assert_eq!(
+        f.tiering.offload_topic("young", false).await.unwrap().files,
+        1
+    );
 }

@@ -1,5 +1,6 @@
 //! `/v1/groups/{group}/offsets`: commit and fetch consumer-group offsets.
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -12,6 +13,7 @@ use strata_broker::groups::CommittedOffset;
 
 use super::AppState;
 use crate::api_error::ApiError;
+use crate::auth::{Need, Principal};
 use crate::request::{ApiPath, MAX_ADMIN_BODY, blocking, json_response, read_body};
 
 #[derive(Deserialize)]
@@ -31,6 +33,7 @@ fn check_group(group: &str) -> Result<(), ApiError> {
 
 pub(super) async fn commit(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(group): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
@@ -42,6 +45,11 @@ pub(super) async fn commit(
             "expected {{\"offsets\": [{{\"topic\", \"partition\", \"offset\"}}]}}: {e}"
         ))
     })?;
+    // Every topic is checked before any is looked up: a forbidden topic
+    // and an unknown one answer alike.
+    for c in &commit.offsets {
+        principal.require(Need::Consume(&c.topic))?;
+    }
     for c in &commit.offsets {
         let topic = app.broker.topic(&c.topic)?;
         topic.partition(&c.partition.to_string())?;
@@ -51,8 +59,10 @@ pub(super) async fn commit(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The group's offsets of the topics the caller may consume.
 pub(super) async fn fetch(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(group): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     check_group(&group)?;
@@ -61,6 +71,7 @@ pub(super) async fn fetch(
     })?;
     let entries: Vec<_> = offsets
         .into_iter()
+        .filter(|c| principal.may_consume(&c.topic))
         .filter_map(|c| {
             let topic = app.broker.topic(&c.topic).ok()?;
             let end = topic.partitions().get(c.partition as usize)?.end_offset();

@@ -7,6 +7,7 @@ mod health;
 mod query;
 mod records;
 mod tiering;
+mod tokens;
 mod topics;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use strata_broker::Broker;
 use strata_query::QueryService;
@@ -25,6 +26,7 @@ use strata_tiering::Tiering;
 use tokio::sync::watch;
 
 use crate::api_error::ApiError;
+use crate::auth::{Auth, authorize};
 use crate::membership::Membership;
 
 /// What every handler can reach.
@@ -41,11 +43,14 @@ pub struct AppState {
     pub stopping: watch::Receiver<bool>,
     /// This node's part in the cluster.
     pub membership: Arc<Membership>,
+    /// Tokens and who may do what.
+    pub auth: Arc<Auth>,
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let membership = state.membership.clone();
+    let auth = state.auth.clone();
     Router::new()
         .route("/health", get(health::live))
         .route("/health/ready", get(health::ready))
@@ -77,10 +82,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/groups/{group}/offsets",
             get(groups::fetch).post(groups::commit),
         )
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{name}", delete(tokens::revoke))
         .with_state(state)
         .merge(cluster::routes(membership))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(auth, authorize))
         .layer(middleware::from_fn(track_request))
 }
 

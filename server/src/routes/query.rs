@@ -3,6 +3,7 @@
 //! ready before the status is sent (so an early error still gets its
 //! status), the rest follows with bounded memory.
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,6 +17,7 @@ use strata_query::service::{Output, RangeRequest};
 
 use super::AppState;
 use crate::api_error::ApiError;
+use crate::auth::{Need, Principal};
 use crate::request::{ApiPath, MAX_QUERY_BODY, Params, json_response, read_body};
 
 /// A streaming `200` response.
@@ -94,6 +96,7 @@ struct QueryBody {
 
 pub(super) async fn sql(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -104,7 +107,17 @@ pub(super) async fn sql(
         .format
         .as_deref()
         .map_or(Ok(Format::Json), Format::parse)?;
+    check_topics(&app, &principal, &request.sql).await?;
     Ok(streaming(app.query.sql(request.sql, format).await?))
+}
+
+/// `403` unless the caller may consume every topic `sql` reads (through
+/// views too), checked before the query runs.
+async fn check_topics(app: &AppState, principal: &Principal, sql: &str) -> Result<(), ApiError> {
+    if principal.may(Need::Admin) {
+        return Ok(());
+    }
+    principal.require_consume_all(&app.query.topics_read(sql).await?)
 }
 
 #[derive(Deserialize)]
@@ -116,12 +129,14 @@ struct CreateView {
 
 pub(super) async fn create_view(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, MAX_QUERY_BODY).await?;
     let request: CreateView = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_request(format!("expected {{\"name\", \"sql\"}}: {e}")))?;
+    check_topics(&app, &principal, &request.sql).await?;
     let view = app.query.create_view(&request.name, &request.sql).await?;
     Ok(json_response(StatusCode::CREATED, json_bytes(&json!(view))))
 }
@@ -133,11 +148,15 @@ pub(super) async fn list_views(State(app): State<AppState>) -> Response {
 
 pub(super) async fn read_view(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(name): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), &["format"])?;
     let format = format_param(&params, Format::Json)?;
+    if !principal.may(Need::Admin) {
+        principal.require_consume_all(&app.query.view_topics(&name).await?)?;
+    }
     Ok(streaming(app.query.read_view(&name, format).await?))
 }
 

@@ -1,5 +1,6 @@
 //! `/v1/topics`: create, list, describe, delete.
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -10,6 +11,7 @@ use strata_broker::TopicConfigOverrides;
 
 use super::AppState;
 use crate::api_error::ApiError;
+use crate::auth::{Need, Principal};
 use crate::request::{ApiPath, MAX_ADMIN_BODY, blocking, json_response, read_body};
 use crate::tiers::describe_topic;
 
@@ -48,9 +50,17 @@ pub(super) async fn create(
     ))
 }
 
-pub(super) async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
+/// Lists the topics the caller may produce to or consume (every topic
+/// with authentication off, or for an admin): a listing leaks no names.
+pub(super) async fn list(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
     let mut topics: Vec<Value> = Vec::new();
     for topic in app.broker.topics() {
+        if !principal.may(Need::ProduceOrConsume(topic.name())) {
+            continue;
+        }
         topics.push(describe_topic(&topic, &app.tiering).await?);
     }
     Ok(json_response(

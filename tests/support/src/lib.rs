@@ -1,7 +1,9 @@
 //! Shared fixtures for Strata's integration and end-to-end tests: a server
 //! in this process or as a child process on an ephemeral port, an HTTP
 //! client for the API, and polling with a deadline (never sleeps as
-//! synchronisation).
+//! synchronisation); [`storage`] holds the storage crates without HTTP.
+
+pub mod storage;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -16,7 +18,7 @@ use serde_json::{Value, json};
 use strata_server::broker::BrokerConfig;
 use strata_server::query::QueryConfig;
 use strata_server::tiering::TieringConfig;
-use strata_server::{ClusterConfig, Server, ServerConfig};
+use strata_server::{AuthConfig, ClusterConfig, Server, ServerConfig};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -26,6 +28,8 @@ use tokio::task::JoinHandle;
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    pub token: Option<String>,
 }
 
 impl Api {
@@ -33,6 +37,15 @@ impl Api {
         Self {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    /// The same client, sending `token` with every request.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: Some(token.to_string()),
+            ..self.clone()
         }
     }
 
@@ -46,6 +59,9 @@ impl Api {
         body: Option<Vec<u8>>,
     ) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
@@ -237,6 +253,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub api: Api,
     pub config: BrokerConfig,
+    auth: AuthConfig,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<strata_server::Result<()>>>,
     dir: Option<TempDir>,
@@ -247,7 +264,15 @@ impl TestServer {
     pub async fn start() -> Self {
         let dir = TempDir::new().expect("temp dir");
         let config = test_config(dir.path());
-        Self::start_in(config, Some(dir)).await
+        Self::start_in(config, AuthConfig::default(), Some(dir)).await
+    }
+
+    /// A server on a fresh temporary data directory with authentication
+    /// as `auth` says.
+    pub async fn start_with_auth(auth: AuthConfig) -> Self {
+        let dir = TempDir::new().expect("temp dir");
+        let config = test_config(dir.path());
+        Self::start_in(config, auth, Some(dir)).await
     }
 
     /// A server on a fresh temporary data directory (removed when the
@@ -258,10 +283,10 @@ impl TestServer {
             data_dir: dir.path().to_path_buf(),
             ..config
         };
-        Self::start_in(config, Some(dir)).await
+        Self::start_in(config, AuthConfig::default(), Some(dir)).await
     }
 
-    async fn start_in(config: BrokerConfig, dir: Option<TempDir>) -> Self {
+    async fn start_in(config: BrokerConfig, auth: AuthConfig, dir: Option<TempDir>) -> Self {
         let server = Server::open(ServerConfig {
             broker: config.clone(),
             object_store: None,
@@ -273,6 +298,7 @@ impl TestServer {
             },
             query: QueryConfig::new(config.data_dir.clone()),
             cluster: ClusterConfig::default(),
+            auth: auth.clone(),
         })
         .await
         .expect("open server");
@@ -288,6 +314,7 @@ impl TestServer {
             addr,
             api: Api::new(&format!("http://{addr}")),
             config,
+            auth,
             shutdown: Some(tx),
             task: Some(task),
             dir,
@@ -316,8 +343,9 @@ impl TestServer {
 
     /// Stops gracefully and starts again on the same data directory.
     pub async fn restart(self) -> Self {
+        let auth = self.auth.clone();
         let (config, dir) = self.stop().await;
-        Self::start_in(config, dir).await
+        Self::start_in(config, auth, dir).await
     }
 }
 

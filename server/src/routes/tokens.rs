@@ -1,0 +1,73 @@
+//! `/v1/tokens`: create, list, revoke (admin only; see `crate::auth`).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use strata_cluster::tokens::{Permission, TokenRecord};
+
+use super::AppState;
+use crate::api_error::ApiError;
+use crate::request::{ApiPath, MAX_ADMIN_BODY, json_response, read_body};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    permissions: Vec<String>,
+}
+
+fn shown(record: &TokenRecord) -> serde_json::Value {
+    json!({
+        "name": record.name,
+        "permissions": record.permissions,
+        "created_at": record.created_at,
+    })
+}
+
+/// `201 {"name", "token", "permissions", "created_at"}`: the token is in
+/// this answer and nowhere else.
+pub(super) async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, MAX_ADMIN_BODY).await?;
+    let request: CreateToken = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid_request(format!("expected {{\"name\", \"permissions\"}}: {e}"))
+    })?;
+    let permissions = request
+        .permissions
+        .iter()
+        .map(|p| Permission::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::invalid_request)?;
+    let (token, record) = app.auth.create(&request.name, permissions).await?;
+    let mut body = shown(&record);
+    body["token"] = json!(token.expose());
+    Ok(json_response(
+        StatusCode::CREATED,
+        body.to_string().into_bytes(),
+    ))
+}
+
+/// `200 {"tokens": [{"name", "permissions", "created_at"}]}`, never a
+/// token or its hash.
+pub(super) async fn list(State(app): State<AppState>) -> Response {
+    let tokens: Vec<_> = app.auth.list().await.iter().map(shown).collect();
+    json_response(
+        StatusCode::OK,
+        json!({ "tokens": tokens }).to_string().into_bytes(),
+    )
+}
+
+/// `204`, or `404 token_not_found`.
+pub(super) async fn revoke(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    app.auth.revoke(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
