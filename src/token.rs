@@ -24,6 +24,12 @@ pub enum TokenCommand {
         /// for several.
         #[arg(long = "allow", value_name = "PERMISSION", required = true)]
         allow: Vec<String>,
+        /// Most bytes per second this token may produce (per node).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        produce_bytes_per_sec: Option<u64>,
+        /// Most bytes per second this token may consume (per node).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        consume_bytes_per_sec: Option<u64>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -70,7 +76,13 @@ impl StoreArgs {
 
 pub async fn run(server: &str, command: TokenCommand) -> Result<()> {
     match command {
-        TokenCommand::Create { name, allow, store } => {
+        TokenCommand::Create {
+            name,
+            allow,
+            produce_bytes_per_sec,
+            consume_bytes_per_sec,
+            store,
+        } => {
             let token = match store.control()? {
                 Some(control) => {
                     let permissions = allow
@@ -80,12 +92,24 @@ pub async fn run(server: &str, command: TokenCommand) -> Result<()> {
                         .map_err(anyhow::Error::msg)?;
                     let now = strata_server::broker::timestamp::now_ms();
                     let created_at = strata_server::broker::timestamp::format_timestamp(now);
-                    let (token, _, _) = control.add_token(&name, permissions, created_at).await?;
+                    let quota = strata_server::cluster::tokens::Quota {
+                        produce_bytes_per_sec,
+                        consume_bytes_per_sec,
+                    };
+                    let (token, _, _) = control
+                        .add_token(&name, permissions, quota, created_at)
+                        .await?;
                     token.expose().to_string()
                 }
                 None => {
                     let client = Client::new(server)?;
-                    let body = json!({ "name": name, "permissions": allow });
+                    let mut body = json!({ "name": name, "permissions": allow });
+                    if let Some(rate) = produce_bytes_per_sec {
+                        body["produce_bytes_per_sec"] = json!(rate);
+                    }
+                    if let Some(rate) = consume_bytes_per_sec {
+                        body["consume_bytes_per_sec"] = json!(rate);
+                    }
                     let response = client
                         .send(client.request(Method::POST, "/v1/tokens").json(&body))
                         .await?;

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <root>/_cluster/id/00000000000000000001.json                   {"cluster_id"}
+//! <root>/_cluster/node_secret/00000000000000000001.json          {"node_secret"}
 //! <root>/_cluster/nodes/<node>/<incarnation:020>.json            a node's registrations
 //! <root>/_cluster/controller/<epoch:020>.json                    controller epochs
 //! <root>/_cluster/tokens/<version:020>.json                       every bearer token (hashes only)
@@ -24,7 +25,9 @@ use crate::error::{ClusterError, Result};
 use crate::identity::{LocalIdentity, random_u64};
 use crate::node_id::NodeId;
 use crate::partition_state::PartitionState;
-use crate::tokens::{MAX_TOKENS, Permission, Token, TokenList, TokenRecord, check_token_name};
+use crate::tokens::{
+    MAX_TOKENS, Permission, Quota, Token, TokenList, TokenRecord, check_token_name,
+};
 
 /// Controller epochs kept behind the newest (older ones are deleted).
 const KEEP_EPOCHS: u64 = 16;
@@ -59,6 +62,11 @@ pub struct ControllerRecord {
 #[serde(deny_unknown_fields)]
 struct ClusterIdRecord {
     cluster_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSecretRecord {
     node_secret: String,
 }
 
@@ -70,15 +78,6 @@ pub struct ClusterIdentity {
     /// on. Anyone who can read the store can read it; they could also
     /// rewrite every control object, so the store is trusted anyway.
     pub node_secret: Token,
-}
-
-impl From<ClusterIdRecord> for ClusterIdentity {
-    fn from(record: ClusterIdRecord) -> Self {
-        Self {
-            cluster_id: record.cluster_id,
-            node_secret: Token::from_secret(&record.node_secret),
-        }
-    }
 }
 
 /// The control objects of the cluster that shares one object-store root.
@@ -115,22 +114,22 @@ impl ControlStore {
     /// Every node of one root gets the same, also when several ask at once
     /// for the first time (one create wins; the others read it).
     pub async fn identity(&self) -> Result<ClusterIdentity> {
-        let versions = self.versions(&["id"]);
-        if let Some(record) = read::<ClusterIdRecord>(&versions, 1).await? {
-            return Ok(record.into());
-        }
-        let mine = ClusterIdRecord {
-            cluster_id: format!("{:016x}{:016x}", random_u64(), random_u64()),
-            node_secret: Token::generate()?.expose().to_string(),
-        };
-        match create(&versions, 1, &mine).await {
-            Ok(()) => Ok(mine.into()),
-            Err(e) if e.is_conflict() => read::<ClusterIdRecord>(&versions, 1)
-                .await?
-                .map(ClusterIdentity::from)
-                .ok_or_else(|| corrupt(&versions, 1, "vanished after a conflict")),
-            Err(e) => Err(e),
-        }
+        let id: ClusterIdRecord = create_once(&self.versions(&["id"]), || {
+            Ok(ClusterIdRecord {
+                cluster_id: format!("{:016x}{:016x}", random_u64(), random_u64()),
+            })
+        })
+        .await?;
+        let secret: NodeSecretRecord = create_once(&self.versions(&["node_secret"]), || {
+            Ok(NodeSecretRecord {
+                node_secret: Token::generate()?.expose().to_string(),
+            })
+        })
+        .await?;
+        Ok(ClusterIdentity {
+            cluster_id: id.cluster_id,
+            node_secret: Token::from_secret(&secret.node_secret),
+        })
     }
 
     /// Registers `identity` reachable at `url`: keeps its incarnation when
@@ -284,6 +283,7 @@ impl ControlStore {
         &self,
         name: &str,
         permissions: Vec<Permission>,
+        quota: Quota,
         created_at: String,
     ) -> Result<(Token, u64, TokenList)> {
         check_token_name(name).map_err(ClusterError::InvalidToken)?;
@@ -307,6 +307,7 @@ impl ControlStore {
                 name: name.to_string(),
                 hash: token.hash(),
                 permissions: permissions.clone(),
+                quota,
                 created_at: created_at.clone(),
             });
             match self.write_tokens(version + 1, &list).await {
@@ -376,6 +377,25 @@ impl ControlStore {
             versions.forget(version - KEEP_EPOCHS).await;
         }
         Ok(())
+    }
+}
+
+/// Version 1 of `versions`, made by `make` if nobody made it yet: one
+/// create wins, everyone reads the winner's.
+async fn create_once<T: Serialize + DeserializeOwned>(
+    versions: &VersionedObjects,
+    make: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    if let Some(found) = read::<T>(versions, 1).await? {
+        return Ok(found);
+    }
+    let mine = make()?;
+    match create(versions, 1, &mine).await {
+        Ok(()) => Ok(mine),
+        Err(e) if e.is_conflict() => read::<T>(versions, 1)
+            .await?
+            .ok_or_else(|| corrupt(versions, 1, "vanished after a conflict")),
+        Err(e) => Err(e),
     }
 }
 

@@ -174,13 +174,25 @@ impl TopicGlob {
     }
 }
 
-/// One stored token: its name, hash and permissions.
+/// A token's byte rates (Kafka's client quotas); `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produce_bytes_per_sec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consume_bytes_per_sec: Option<u64>,
+}
+
+/// One stored token: its name, hash, permissions and quota.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRecord {
     pub name: String,
     pub hash: TokenHash,
     pub permissions: Vec<Permission>,
+    #[serde(default)]
+    pub quota: Quota,
     /// When it was made (RFC 3339), for people.
     pub created_at: String,
 }
@@ -248,6 +260,7 @@ mod tests {
                 name: "ci".into(),
                 hash: token.hash(),
                 permissions: vec![Permission::Query],
+                quota: Quota::default(),
                 created_at: String::new(),
             }],
         };

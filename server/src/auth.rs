@@ -18,6 +18,7 @@
 //! in a log line, a metric or an error message.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
@@ -25,7 +26,7 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::RwLock;
-use strata_cluster::tokens::{Permission, Token, TokenHash, TokenList, TokenRecord};
+use strata_cluster::tokens::{Permission, Quota, Token, TokenHash, TokenList, TokenRecord};
 use strata_cluster::{ClusterError, ControlStore};
 use tokio::sync::watch;
 
@@ -53,6 +54,7 @@ pub enum Principal {
     Token {
         name: String,
         permissions: Vec<Permission>,
+        quota: Quota,
     },
     /// Another node of the cluster (heartbeats).
     Node,
@@ -168,10 +170,15 @@ pub fn route_need<'a>(method: &Method, route: &str, topic: Option<&'a str>) -> O
         | ("GET" | "POST", "/v1/views")
         | ("GET" | "DELETE", "/v1/views/{name}") => Need::Query,
         ("POST", "/v1/cluster/heartbeat") => Need::Node,
-        (_, "/v1/tokens") | (_, "/v1/tokens/{name}") => Need::Admin,
-        // Health, metrics, the cluster view, topic listings (filtered),
-        // group offsets (checked per topic), unknown routes.
-        _ => Need::Authenticated,
+        // Listings are filtered and group offsets checked per topic.
+        ("GET", "/health/ready")
+        | ("GET", "/v1/cluster")
+        | ("GET", "/v1/topics")
+        | ("GET" | "POST", "/v1/groups/{group}/offsets")
+        | (_, "unmatched") => Need::Authenticated,
+        // Tokens, `/metrics` (its labels name every topic), and any route
+        // missing from this table: closed unless listed above.
+        _ => Need::Admin,
     };
     Some(need)
 }
@@ -183,6 +190,8 @@ pub struct Auth {
     control: ControlStore,
     membership: Arc<Membership>,
     tokens: RwLock<(u64, TokenList)>,
+    /// Whether the tokens were read from the store at least once.
+    loaded: AtomicBool,
 }
 
 impl Auth {
@@ -195,6 +204,7 @@ impl Auth {
             control,
             membership,
             tokens: RwLock::new((0, TokenList::default())),
+            loaded: AtomicBool::new(false),
         }
     }
 
@@ -212,11 +222,13 @@ impl Auth {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| ApiError::unauthorized("this request needs a bearer token"))?;
+        // The scheme is case-insensitive (RFC 7235).
         let secret = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header is not \"Bearer <token>\"")
@@ -227,6 +239,7 @@ impl Auth {
             return Ok(Principal::Token {
                 name: "bootstrap".into(),
                 permissions: vec![Permission::Admin],
+                quota: Quota::default(),
             });
         }
         if self.membership.is_node_secret(&token) {
@@ -236,7 +249,14 @@ impl Auth {
             Some(record) => Ok(Principal::Token {
                 name: record.name.clone(),
                 permissions: record.permissions.clone(),
+                quota: record.quota,
             }),
+            // Not "unknown" before the tokens were ever read: a client
+            // must not throw away a good token because the store was down.
+            None if !self.loaded.load(Ordering::Acquire) => Err(ApiError::unavailable(
+                "the tokens have not been read from the object store yet",
+                1,
+            )),
             None => Err(ApiError::unauthorized("unknown or revoked token")),
         }
     }
@@ -253,6 +273,7 @@ impl Auth {
         if version >= tokens.0 {
             *tokens = (version, list);
         }
+        self.loaded.store(true, Ordering::Release);
     }
 
     /// Keeps the tokens fresh until `stopping` turns true (nothing to do
@@ -293,12 +314,13 @@ impl Auth {
         &self,
         name: &str,
         permissions: Vec<Permission>,
+        quota: Quota,
     ) -> Result<(Token, TokenRecord), ApiError> {
         let created_at =
             strata_broker::timestamp::format_timestamp(strata_broker::timestamp::now_ms());
         let (token, version, list) = self
             .control
-            .add_token(name, permissions, created_at)
+            .add_token(name, permissions, quota, created_at)
             .await?;
         let record = list
             .tokens
@@ -373,6 +395,7 @@ mod tests {
                 .iter()
                 .map(|p| Permission::parse(p).expect("permission"))
                 .collect(),
+            quota: Quota::default(),
         }
     }
 
@@ -411,19 +434,23 @@ mod tests {
     fn every_route_but_health_needs_a_token() {
         let get = Method::GET;
         assert_eq!(route_need(&get, "/health", None), None);
-        for route in [
-            "/health/ready",
-            "/metrics",
-            "/v1/cluster",
-            "/v1/topics",
-            "unmatched",
-        ] {
+        for route in ["/health/ready", "/v1/cluster", "/v1/topics", "unmatched"] {
             assert_eq!(
                 route_need(&get, route, None),
                 Some(Need::Authenticated),
                 "{route}"
             );
         }
+        assert_eq!(
+            route_need(&get, "/metrics", None),
+            Some(Need::Admin),
+            "its labels name every topic"
+        );
+        assert_eq!(
+            route_need(&get, "/v1/some-route-added-later", None),
+            Some(Need::Admin),
+            "a route missing from the table is closed"
+        );
         assert_eq!(
             route_need(&Method::POST, "/v1/topics/{topic}/records", Some("t")),
             Some(Need::Produce("t"))

@@ -10,6 +10,7 @@
 //!   background offloader and segment roller;
 //! - [`routes`]: every route, one module per resource;
 //! - [`auth`]: bearer tokens and the permission each route needs;
+//! - [`quota`]: per-token byte rates (`429` with `Retry-After`);
 //! - [`membership`]: this node's part in the cluster (registration,
 //!   controller election, heartbeats; the control objects themselves are
 //!   in `strata-cluster`);
@@ -26,6 +27,7 @@ pub mod api_error;
 pub mod auth;
 pub mod error;
 pub mod membership;
+pub mod quota;
 pub mod render;
 pub mod request;
 pub mod routes;

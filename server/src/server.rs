@@ -98,6 +98,7 @@ impl Server {
             stopping: stopping_rx,
             membership,
             auth,
+            quotas: Arc::default(),
         };
         Ok(Self { state, stopping })
     }

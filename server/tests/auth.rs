@@ -112,13 +112,25 @@ async fn each_permission_allows_what_it_says_and_nothing_else() {
     let records = json!({"records": [{"key": "k", "value": {"n": 1}}]});
     let (status, body) = producer.post("/v1/topics/clicks/records", &records).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let mut answers = Vec::new();
     for topic in ["orders", "no-such-topic"] {
         let (status, body) = producer
             .post(&format!("/v1/topics/{topic}/records"), &records)
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{topic}: {body}");
         assert_eq!(code(&body), "forbidden");
+        answers.push(body.to_string().replace(topic, "<topic>"));
     }
+    assert_eq!(
+        answers[0], answers[1],
+        "a forbidden and an unknown topic answer alike"
+    );
+    let (status, _) = producer.get("/v1/topics/no-such-topic").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "describe does not tell either"
+    );
     assert_eq!(end_offsets(&admin, "orders").await, [1], "nothing written");
     let (status, _) = producer.get("/v1/topics/clicks/partitions/0/records").await;
     assert_eq!(
@@ -170,6 +182,17 @@ async fn each_permission_allows_what_it_says_and_nothing_else() {
         StatusCode::OK,
         "a table function is not a topic: {body}"
     );
+    let (status, body) = reader
+        .post(
+            "/v1/query",
+            &sql("WITH orders AS (SELECT * FROM clicks) SELECT count(*) AS n FROM orders"),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a CTE may shadow a topic's name: {body}"
+    );
     for forbidden in [
         "SELECT * FROM orders",
         "SELECT * FROM clicks JOIN orders ON true",
@@ -204,6 +227,46 @@ async fn each_permission_allows_what_it_says_and_nothing_else() {
         views["views"].as_array().map(Vec::len),
         Some(1),
         "no view was made"
+    );
+    let (status, body) = reader
+        .post(
+            "/v1/views",
+            &json!({"name": "clicks_v", "sql": "SELECT * FROM clicks"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = reader
+        .post(
+            "/v1/views",
+            &json!({"name": "orders", "sql": "SELECT * FROM clicks"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a name it may not consume, not 409 topic_exists"
+    );
+    let (_, listed) = reader.get("/v1/views").await;
+    let names: Vec<Value> = listed["views"]
+        .as_array()
+        .expect("views")
+        .iter()
+        .map(|v| v["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [json!("clicks_v")],
+        "a view over a forbidden topic is not listed"
+    );
+    let (status, _) = reader.delete("/v1/views/all_orders").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = reader.delete("/v1/views/clicks_v").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = reader.get("/metrics").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "metric labels name every topic"
     );
     let (status, _) = producer.post("/v1/query", &sql("SELECT 1")).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "SQL needs query");
@@ -301,4 +364,124 @@ async fn with_authentication_off_nothing_changes() {
         .post("/v1/query", &json!({"sql": "SELECT 1"}))
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_over_its_quota_waits_and_others_are_not_starved() {
+    let (server, admin) = server().await;
+    admin.create_topic("q", 1, json!({})).await;
+    let (status, body) = admin
+        .post(
+            "/v1/tokens",
+            &json!({"name": "slow", "permissions": ["produce:q", "consume:q"],
+                    "produce_bytes_per_sec": 2000, "consume_bytes_per_sec": 2000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["produce_bytes_per_sec"], 2000);
+    let slow_token = body["token"].as_str().expect("token").to_string();
+    let slow = server.api.with_token(&slow_token);
+    let fast = server
+        .api
+        .with_token(&make_token(&admin, "fast", &["produce:q"]).await);
+    let big = json!({"records": [{"value": {"s": "x".repeat(5000)}}]});
+    let path = "/v1/topics/q/records";
+
+    let (status, _) = slow.post(path, &big).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a full bucket takes one large request"
+    );
+    let refused = reqwest::Client::new()
+        .post(format!("{}{path}", server.api.base))
+        .bearer_auth(&slow_token)
+        .json(&big)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=3).contains(&retry_after), "{retry_after}");
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(code(&body), "quota_exceeded");
+    assert_eq!(
+        end_offsets(&admin, "q").await,
+        [1],
+        "a throttled produce writes nothing"
+    );
+
+    let (status, _) = fast.post(path, &big).await;
+    assert_eq!(status, StatusCode::OK, "another token is not held back");
+    strata_test_support::eventually(
+        std::time::Duration::from_secs(10),
+        "the slow token's debt to be paid",
+        || async { (slow.post(path, &big).await.0 == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    assert_eq!(end_offsets(&admin, "q").await, [3]);
+
+    // Consume: the answer is charged, and the next one waits for it.
+    let (status, page) = slow.get("/v1/topics/q/partitions/0/records").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["records"].as_array().map(Vec::len), Some(3));
+    let (status, body) = slow.get("/v1/topics/q/partitions/0/records").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+    );
+    let (status, body) = slow.get("/v1/topics/q/range?format=json").await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "range reads share the consume quota: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_changed_elsewhere_take_effect_within_the_refresh_interval() {
+    use strata_server::cluster::ControlStore;
+    use strata_server::cluster::tokens::{Permission, Quota};
+    use strata_server::tiering::ColdStore;
+    let (server, admin) = server().await;
+    admin.create_topic("t", 1, json!({})).await;
+    // Another node (or `strata token create --data-dir`) writes the store.
+    let url = strata_server::server::default_cold_url(server.data_dir()).expect("url");
+    let control = ControlStore::new(&ColdStore::open(&url).expect("store"));
+    let (token, _, _) = control
+        .add_token(
+            "elsewhere",
+            vec![Permission::parse("consume:t").expect("permission")],
+            Quota::default(),
+            String::new(),
+        )
+        .await
+        .expect("add");
+    let api = server.api.with_token(token.expose());
+    strata_test_support::eventually(
+        std::time::Duration::from_secs(6),
+        "a token made elsewhere to be accepted",
+        || async { (api.get("/v1/topics/t").await.0 == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    // The scheme is case-insensitive.
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/topics/t", server.api.base))
+        .header("authorization", format!("bearer {}", token.expose()))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    control.revoke_token("elsewhere").await.expect("revoke");
+    strata_test_support::eventually(
+        std::time::Duration::from_secs(6),
+        "a token revoked elsewhere to be refused",
+        || async { (api.get("/v1/topics/t").await.0 == StatusCode::UNAUTHORIZED).then_some(()) },
+    )
+    .await;
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::api_error::ApiError;
 use crate::auth::{Auth, authorize};
 use crate::membership::Membership;
+use crate::quota::Quotas;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -45,6 +46,8 @@ pub struct AppState {
     pub membership: Arc<Membership>,
     /// Tokens and who may do what.
     pub auth: Arc<Auth>,
+    /// Per-token byte rates.
+    pub quotas: Arc<Quotas>,
 }
 
 /// The whole API.

@@ -18,10 +18,19 @@ use strata_query::service::{Output, RangeRequest};
 use super::AppState;
 use crate::api_error::ApiError;
 use crate::auth::{Need, Principal};
+use crate::quota::{Direction, Meter, Quotas};
 use crate::request::{ApiPath, MAX_QUERY_BODY, Params, json_response, read_body};
 
 /// A streaming `200` response.
-fn streaming(output: Output) -> Response {
+/// The caller's consume meter, refused with `429` while it is in debt.
+fn consume_meter(app: &AppState, principal: &Principal) -> Result<Option<Meter>, ApiError> {
+    let meter = Quotas::meter(principal, Direction::Consume);
+    app.quotas.take(meter.as_ref(), 0)?;
+    Ok(meter)
+}
+
+/// A streamed answer; with a meter, each chunk is charged as it is sent.
+fn streaming(output: Output, app: &AppState, meter: Option<Meter>) -> Response {
     let Output {
         content_type,
         first,
@@ -31,7 +40,14 @@ fn streaming(output: Output) -> Response {
         rest,
         |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
     );
-    let body = Body::from_stream(stream::once(async move { Ok(first) }).chain(rest));
+    let quotas = app.quotas.clone();
+    let body = Body::from_stream(stream::once(async move { Ok(first) }).chain(rest).inspect(
+        move |chunk| {
+            if let (Some(meter), Ok(bytes)) = (&meter, chunk) {
+                quotas.charge(meter, bytes.len() as u64);
+            }
+        },
+    ));
     let mut response = (StatusCode::OK, body).into_response();
     response
         .headers_mut()
@@ -54,9 +70,11 @@ fn time_param(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
 
 pub(super) async fn range(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(topic): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let meter = consume_meter(&app, &principal)?;
     let params = Params::parse(
         query.as_deref(),
         &["from", "to", "partition", "key", "limit", "format"],
@@ -72,18 +90,24 @@ pub(super) async fn range(
         limit: params.u64("limit")?,
         format: format_param(&params, Format::Ndjson)?,
     };
-    Ok(streaming(app.query.range(request).await?))
+    Ok(streaming(app.query.range(request).await?, &app, meter))
 }
 
 pub(super) async fn snapshot(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(topic): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let meter = consume_meter(&app, &principal)?;
     let params = Params::parse(query.as_deref(), &["as_of", "format"])?;
     let as_of = time_param(&params, "as_of")?.unwrap_or_else(now_ms);
     let format = format_param(&params, Format::Json)?;
-    Ok(streaming(app.query.snapshot(&topic, as_of, format).await?))
+    Ok(streaming(
+        app.query.snapshot(&topic, as_of, format).await?,
+        &app,
+        meter,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -107,8 +131,13 @@ pub(super) async fn sql(
         .format
         .as_deref()
         .map_or(Ok(Format::Json), Format::parse)?;
+    let meter = consume_meter(&app, &principal)?;
     check_topics(&app, &principal, &request.sql).await?;
-    Ok(streaming(app.query.sql(request.sql, format).await?))
+    Ok(streaming(
+        app.query.sql(request.sql, format).await?,
+        &app,
+        meter,
+    ))
 }
 
 /// `403` unless the caller may consume every topic `sql` reads (through
@@ -136,14 +165,39 @@ pub(super) async fn create_view(
     let bytes = read_body(&headers, body, MAX_QUERY_BODY).await?;
     let request: CreateView = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_request(format!("expected {{\"name\", \"sql\"}}: {e}")))?;
+    // Views and topics share one namespace: a name the caller may not
+    // consume is refused whether or not a topic has it, so that creating a
+    // view cannot tell which topics exist.
+    if !principal.may(Need::Admin) {
+        principal.require(Need::Consume(&request.name))?;
+    }
     check_topics(&app, &principal, &request.sql).await?;
     let view = app.query.create_view(&request.name, &request.sql).await?;
     Ok(json_response(StatusCode::CREATED, json_bytes(&json!(view))))
 }
 
-pub(super) async fn list_views(State(app): State<AppState>) -> Response {
-    let views = app.query.views().list();
-    json_response(StatusCode::OK, json_bytes(&json!({ "views": views })))
+/// The views whose topics the caller may all consume (a view's SQL names
+/// its topics).
+pub(super) async fn list_views(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let mut views = Vec::new();
+    for view in app.query.views().list() {
+        if principal.may(Need::Admin)
+            || app
+                .query
+                .view_topics(&view.name)
+                .await
+                .is_ok_and(|topics| topics.iter().all(|t| principal.may_consume(t)))
+        {
+            views.push(view);
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json_bytes(&json!({ "views": views })),
+    ))
 }
 
 pub(super) async fn read_view(
@@ -157,13 +211,24 @@ pub(super) async fn read_view(
     if !principal.may(Need::Admin) {
         principal.require_consume_all(&app.query.view_topics(&name).await?)?;
     }
-    Ok(streaming(app.query.read_view(&name, format).await?))
+    let meter = consume_meter(&app, &principal)?;
+    Ok(streaming(
+        app.query.read_view(&name, format).await?,
+        &app,
+        meter,
+    ))
 }
 
+/// Deletes a view the caller may read: one that reads only topics it may
+/// consume.
 pub(super) async fn delete_view(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    if !principal.may(Need::Admin) {
+        principal.require_consume_all(&app.query.view_topics(&name).await?)?;
+    }
     app.query.delete_view(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

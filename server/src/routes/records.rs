@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,6 +15,8 @@ use strata_broker::topic::Ack;
 
 use super::AppState;
 use crate::api_error::ApiError;
+use crate::auth::Principal;
+use crate::quota::{Direction, Quotas};
 use crate::request::{ApiPath, Params, blocking, json_response, read_body};
 use crate::tiers::{self, PageRequest};
 
@@ -29,6 +32,7 @@ const MAX_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 pub(super) async fn produce(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath(topic): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
@@ -41,6 +45,9 @@ pub(super) async fn produce(
     let format = BodyFormat::from_content_type(content_type);
     let config = app.broker.config();
     let body = read_body(&headers, body, config.max_request_bytes).await?;
+    // Charged before anything is written: a refused produce writes nothing.
+    let meter = Quotas::meter(&principal, Direction::Produce);
+    app.quotas.take(meter.as_ref(), body.len() as u64)?;
     let max_record_bytes = config.max_record_bytes;
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
         Some(value) => Some(check_key(value.as_bytes())?.to_string()),
@@ -80,9 +87,12 @@ fn render_acks(acks: &[Ack]) -> Vec<u8> {
 
 pub(super) async fn consume(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiPath((topic, partition)): ApiPath<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let meter = Quotas::meter(&principal, Direction::Consume);
+    app.quotas.take(meter.as_ref(), 0)?;
     let params = Params::parse(
         query.as_deref(),
         &["offset", "max_records", "max_bytes", "wait_ms"],
@@ -108,6 +118,9 @@ pub(super) async fn consume(
         app.stopping.clone(),
     )
     .await?;
+    if let Some(meter) = &meter {
+        app.quotas.charge(meter, body.len() as u64);
+    }
     Ok(json_response(StatusCode::OK, body))
 }
 

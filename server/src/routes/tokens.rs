@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use strata_cluster::tokens::{Permission, TokenRecord};
+use strata_cluster::tokens::{Permission, Quota, TokenRecord};
 
 use super::AppState;
 use crate::api_error::ApiError;
@@ -17,14 +17,25 @@ use crate::request::{ApiPath, MAX_ADMIN_BODY, json_response, read_body};
 struct CreateToken {
     name: String,
     permissions: Vec<String>,
+    #[serde(default)]
+    produce_bytes_per_sec: Option<u64>,
+    #[serde(default)]
+    consume_bytes_per_sec: Option<u64>,
 }
 
 fn shown(record: &TokenRecord) -> serde_json::Value {
-    json!({
+    let mut shown = json!({
         "name": record.name,
         "permissions": record.permissions,
         "created_at": record.created_at,
-    })
+    });
+    if let Some(rate) = record.quota.produce_bytes_per_sec {
+        shown["produce_bytes_per_sec"] = json!(rate);
+    }
+    if let Some(rate) = record.quota.consume_bytes_per_sec {
+        shown["consume_bytes_per_sec"] = json!(rate);
+    }
+    shown
 }
 
 /// `201 {"name", "token", "permissions", "created_at"}`: the token is in
@@ -44,7 +55,16 @@ pub(super) async fn create(
         .map(|p| Permission::parse(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ApiError::invalid_request)?;
-    let (token, record) = app.auth.create(&request.name, permissions).await?;
+    if request.produce_bytes_per_sec == Some(0) || request.consume_bytes_per_sec == Some(0) {
+        return Err(ApiError::invalid_request(
+            "a byte rate must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    let quota = Quota {
+        produce_bytes_per_sec: request.produce_bytes_per_sec,
+        consume_bytes_per_sec: request.consume_bytes_per_sec,
+    };
+    let (token, record) = app.auth.create(&request.name, permissions, quota).await?;
     let mut body = shown(&record);
     body["token"] = json!(token.expose());
     Ok(json_response(
