@@ -31,6 +31,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # start examples/minio and set S3_ENDPOINT); otherwise install moto's S3
 # server from PyPI into a venv (it implements conditional writes, which
 # the manifest commit relies on).
+# The TLS tests make their certificates with the openssl command.
+if ! command -v openssl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing openssl (the TLS tests make certificates with it)"
+    apt-get install -y -qq openssl >/dev/null
+  else
+    echo "openssl not found: install it (the TLS tests make certificates with it)" >&2
+    exit 1
+  fi
+fi
+
 venv=target/test-venv
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import pyarrow, moto" 2>/dev/null; then
   echo "== installing the test tools (moto S3 server, pyarrow) into $venv"

@@ -9,7 +9,7 @@ use strata_server::broker::BrokerConfig;
 use strata_server::cluster::NodeId;
 use strata_server::cluster::tokens::Token;
 use strata_server::tiering::TieringConfig;
-use strata_server::{AuthConfig, ClusterConfig};
+use strata_server::{AuthConfig, ClusterConfig, TlsConfig};
 
 use crate::ServeArgs;
 
@@ -23,6 +23,17 @@ pub struct ServeConfig {
     pub query: QueryFile,
     pub cluster: ClusterConfig,
     pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
+}
+
+/// The `[tls]` table of the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    /// PEM certificate chain.
+    cert: Option<std::path::PathBuf>,
+    /// PEM private key.
+    key: Option<std::path::PathBuf>,
 }
 
 /// The `[auth]` table of the config file.
@@ -102,6 +113,7 @@ impl ServeConfig {
         let mut query = QueryFile::default();
         let mut cluster = ClusterConfig::default();
         let mut auth = AuthConfig::default();
+        let (mut tls_cert, mut tls_key) = (None, None);
         let mut node_id = None;
         if let Some(path) = &args.config {
             let file = read_file(path)?;
@@ -109,6 +121,8 @@ impl ServeConfig {
             object_store = file.object_store;
             node_id = file.node_id;
             auth.enabled = file.auth.enabled.unwrap_or(false);
+            tls_cert = file.tls.cert;
+            tls_key = file.tls.key;
             cluster.advertise = file.advertise;
             if let Some(ms) = file.cluster.heartbeat_interval_ms {
                 cluster.heartbeat_interval = Duration::from_millis(ms.max(10));
@@ -154,6 +168,15 @@ impl ServeConfig {
         if args.auth {
             auth.enabled = true;
         }
+        if args.tls_cert.is_some() {
+            tls_cert.clone_from(&args.tls_cert);
+            tls_key.clone_from(&args.tls_key);
+        }
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig { cert, key }),
+            (None, None) => None,
+            _ => bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
+        };
         // The bootstrap token comes only from the environment: a flag would
         // show in `ps`, a config file is often checked in.
         auth.bootstrap = std::env::var("STRATA_BOOTSTRAP_TOKEN")
@@ -179,6 +202,7 @@ impl ServeConfig {
             query,
             cluster,
             auth,
+            tls,
         })
     }
 }
@@ -191,6 +215,7 @@ struct FileConfig {
     advertise: Option<String>,
     cluster: ClusterFile,
     auth: AuthFile,
+    tls: TlsFile,
     broker: BrokerConfig,
     tiering: TieringFile,
     query: QueryFile,
@@ -214,6 +239,12 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     let object_store = take_string("object_store")?;
     let node_id = take_string("node_id")?;
     let advertise = take_string("advertise")?;
+    let tls = match table.remove("tls") {
+        Some(value) => value
+            .try_into()
+            .with_context(|| format!("invalid [tls] in {}", path.display()))?,
+        None => TlsFile::default(),
+    };
     let auth = match table.remove("auth") {
         Some(value) => value
             .try_into()
@@ -248,6 +279,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         advertise,
         cluster,
         auth,
+        tls,
         broker,
         tiering,
         query,

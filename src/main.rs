@@ -90,6 +90,13 @@ pub struct ServeArgs {
     /// (also `[auth] enabled = true`).
     #[arg(long, env = "STRATA_AUTH")]
     auth: bool,
+    /// Serve HTTPS only, with this PEM certificate chain (reloaded when the
+    /// file changes); needs --tls-key.
+    #[arg(long, env = "STRATA_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "STRATA_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -29,13 +29,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         query: config.query.config(&data_dir),
         cluster: config.cluster.clone(),
         auth: config.auth.clone(),
+        tls: config.tls.clone(),
     })
     .await?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(data_dir = %data_dir.display(), "strata ready: listening on http://{addr}");
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(data_dir = %data_dir.display(), "strata ready: listening on {scheme}://{addr}");
     server.run(listener, shutdown_signal()).await?;
     Ok(())
 }

@@ -32,6 +32,9 @@ pub enum ServerError {
     /// belongs to another node, or its identity file is damaged).
     #[error("reading the node's identity: {0}")]
     Identity(strata_cluster::ClusterError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {message}")]
+    Tls { message: String },
     /// The data directory could not be closed cleanly at shutdown.
     #[error("closing the data directory: {0}")]
     Close(BrokerError),

@@ -14,6 +14,8 @@
 //! - [`membership`]: this node's part in the cluster (registration,
 //!   controller election, heartbeats; the control objects themselves are
 //!   in `strata-cluster`);
+//! - [`tls`]: HTTPS with rustls, certificates reloaded when their files
+//!   change;
 //! - [`tiers`]: the union of the tiers for consume, offset-for-timestamp
 //!   and describe (range reads and SQL take theirs in the query crate);
 //! - [`request`]: parameters, body limits, JSON responses;
@@ -33,6 +35,7 @@ pub mod request;
 pub mod routes;
 pub mod server;
 pub mod tiers;
+pub mod tls;
 
 /// The storage crates, for the binary and tests (which depend on this crate
 /// alone).
@@ -46,3 +49,4 @@ pub use auth::AuthConfig;
 pub use error::{Result, ServerError};
 pub use membership::ClusterConfig;
 pub use server::{Server, ServerConfig};
+pub use tls::TlsConfig;

@@ -117,10 +117,26 @@ impl Membership {
         cold: &ColdStore,
         config: ClusterConfig,
         broker: Arc<Broker>,
+        tls_cert: Option<&std::path::Path>,
     ) -> Result<Self, ClusterError> {
         let identity = LocalIdentity::load_or_create(&data_dir, config.node_id.as_ref())?;
-        let http = reqwest::Client::builder()
-            .timeout(config.heartbeat_interval.max(Duration::from_millis(200)) * 2)
+        let mut http = reqwest::Client::builder()
+            .timeout(config.heartbeat_interval.max(Duration::from_millis(200)) * 2);
+        // Nodes that serve HTTPS trust the certificates they serve (one
+        // cluster certificate, or a CA chain in the same file), besides the
+        // system's roots.
+        if let Some(path) = tls_cert {
+            let pem = std::fs::read(path).map_err(|error| ClusterError::Io {
+                path: path.display().to_string(),
+                error,
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ClusterError::HttpClient(e.to_string()))?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
             .build()
             .map_err(|e| ClusterError::HttpClient(e.to_string()))?;
         let now = Instant::now();

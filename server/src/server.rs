@@ -16,6 +16,7 @@ use crate::auth::{Auth, AuthConfig};
 use crate::error::{Result, ServerError};
 use crate::membership::{ClusterConfig, Membership};
 use crate::routes::{AppState, router};
+use crate::tls::{TlsConfig, TlsState};
 use strata_cluster::ControlStore;
 
 /// Everything a server is configured with.
@@ -32,12 +33,15 @@ pub struct ServerConfig {
     pub cluster: ClusterConfig,
     /// Bearer tokens (off by default).
     pub auth: AuthConfig,
+    /// HTTPS instead of HTTP (`None`: plain HTTP).
+    pub tls: Option<TlsConfig>,
 }
 
 /// An opened server, ready to serve.
 pub struct Server {
     state: AppState,
     stopping: watch::Sender<bool>,
+    tls: Option<Arc<TlsState>>,
 }
 
 impl Server {
@@ -62,11 +66,13 @@ impl Server {
             url: url.clone(),
             error,
         })?;
+        let tls = config.tls.clone().map(TlsState::open).transpose()?;
         let membership = Membership::open(
             data_dir.clone(),
             &cold,
             config.cluster.clone(),
             broker.clone(),
+            config.tls.as_ref().map(|t| t.cert.as_path()),
         )
         .map_err(ServerError::Identity)?;
         let owner = membership.id().to_string();
@@ -100,7 +106,11 @@ impl Server {
             auth,
             quotas: Arc::default(),
         };
-        Ok(Self { state, stopping })
+        Ok(Self {
+            state,
+            stopping,
+            tls,
+        })
     }
 
     /// The hot tier.
@@ -123,24 +133,35 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let Self { state, stopping } = self;
+        let Self {
+            state,
+            stopping,
+            tls,
+        } = self;
         let broker = state.broker.clone();
         let roller = tokio::spawn(roll_due_segments(broker.clone(), stopping.subscribe()));
         let offloader = tokio::spawn(state.tiering.clone().run_background(stopping.subscribe()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let url = listener
             .local_addr()
-            .map(|addr| format!("http://{addr}"))
+            .map(|addr| format!("{scheme}://{addr}"))
             .map_err(|e| ServerError::io("reading the listen address", e))?;
         let membership = tokio::spawn(state.membership.clone().run(url, stopping.subscribe()));
         let tokens = tokio::spawn(state.auth.clone().run(stopping.subscribe()));
         let stop = stopping.clone();
-        let served = axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: finishing in-flight requests");
-                let _ = stop.send(true);
-            })
-            .await;
+        let draining = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stop.send(true);
+        };
+        let served = match tls {
+            Some(tls) => crate::tls::serve(listener, router(state), tls, draining).await,
+            None => {
+                axum::serve(listener, router(state))
+                    .with_graceful_shutdown(draining)
+                    .await
+            }
+        };
         let _ = stopping.send(true);
         let _ = roller.await;
         let _ = membership.await;

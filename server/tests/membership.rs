@@ -62,6 +62,7 @@ impl Node {
                     failure_timeout: FAILURE_TIMEOUT,
                 },
                 broker,
+                None,
             )
             .expect("open membership"),
         );

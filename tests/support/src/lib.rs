@@ -299,6 +299,7 @@ impl TestServer {
             query: QueryConfig::new(config.data_dir.clone()),
             cluster: ClusterConfig::default(),
             auth: auth.clone(),
+            tls: None,
         })
         .await
         .expect("open server");
@@ -397,8 +398,11 @@ impl ChildServer {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
-                    let addr = line[at + "listening on http://".len()..]
+                let ready = ["listening on http://", "listening on https://"]
+                    .iter()
+                    .find_map(|marker| line.find(marker).map(|at| at + marker.len()));
+                if let Some(at) = ready {
+                    let addr = line[at..]
                         .split_whitespace()
                         .next()
                         .unwrap_or("")

@@ -1,0 +1,205 @@
+//! HTTPS with rustls (`--tls-cert`, `--tls-key`), certificates reloaded
+//! when their files change, so they rotate without a restart.
+//!
+//! The certificate chain and key are PEM files. Every [`RELOAD_EVERY`] the
+//! server looks at their modification times and sizes; when either
+//! changed, it loads both again and new connections use the new pair
+//! (connections already open keep theirs). A pair that does not load (a
+//! half-written file, a key that does not match) is logged and the old
+//! pair stays in use, so a rotation done file by file never takes the
+//! server down. Only TLS 1.2 and 1.3 with ring's cipher suites are
+//! offered; plain HTTP is not served on the same port.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use parking_lot::RwLock;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::error::{Result, ServerError};
+
+/// How often the certificate files are checked for changes.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Where the certificate chain and its private key are.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The rustls configuration in force, and what the files looked like when
+/// it was loaded.
+pub struct TlsState {
+    config: TlsConfig,
+    current: RwLock<(Arc<rustls::ServerConfig>, Stamp)>,
+}
+
+/// Modification time and size of both files.
+type Stamp = [(Option<SystemTime>, u64); 2];
+
+fn stamp(config: &TlsConfig) -> Stamp {
+    let of =
+        |path: &Path| std::fs::metadata(path).map_or((None, 0), |m| (m.modified().ok(), m.len()));
+    [of(&config.cert), of(&config.key)]
+}
+
+fn load(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
+    let bad = |what: &str, path: &Path, error: String| ServerError::Tls {
+        message: format!("{what} {}: {error}", path.display()),
+    };
+    let cert_pem = std::fs::read(&config.cert)
+        .map_err(|e| bad("reading the certificate", &config.cert, e.to_string()))?;
+    let key_pem = std::fs::read(&config.key)
+        .map_err(|e| bad("reading the key", &config.key, e.to_string()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad("parsing the certificate", &config.cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(
+            "parsing the certificate",
+            &config.cert,
+            "no CERTIFICATE block".into(),
+        ));
+    }
+    // Never quote the key file's contents in an error.
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+        bad(
+            "parsing the key",
+            &config.key,
+            "no usable PEM private key".into(),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("configuring TLS for", &config.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("using the certificate and key", &config.cert, e.to_string()))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
+impl TlsState {
+    /// Loads the certificate and key.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::Tls`] naming the file that could not be read or
+    /// parsed, or a key that does not match the certificate.
+    pub fn open(config: TlsConfig) -> Result<Arc<Self>> {
+        let stamp = stamp(&config);
+        let loaded = load(&config)?;
+        Ok(Arc::new(Self {
+            config,
+            current: RwLock::new((loaded, stamp)),
+        }))
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.read().0.clone())
+    }
+
+    /// Loads the files again if they changed since the last load; returns
+    /// whether new connections now use a new pair.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = stamp(&self.config);
+        if now == self.current.read().1 {
+            return false;
+        }
+        match load(&self.config) {
+            Ok(loaded) => {
+                *self.current.write() = (loaded, now);
+                tracing::info!(cert = %self.config.cert.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(error) => {
+                // Retried at the next change (or when the other half of a
+                // rotation lands).
+                self.current.write().1 = now;
+                tracing::warn!(%error, "the TLS files changed but do not load; the previous certificate stays in use");
+                false
+            }
+        }
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves, then
+/// lets every open connection finish its request and close.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Arc<TlsState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop) = watch::channel(false);
+    let reloading = {
+        let tls = tls.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RELOAD_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let tls = tls.clone();
+                let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
+            }
+        })
+    };
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let acceptor = tls.acceptor();
+        let service = TowerToHyperService::new(router.clone());
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                // A failed handshake is the client's problem (wrong CA,
+                // plain HTTP on the TLS port): nothing to log per attempt.
+                return;
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let stopping = tokio::select! {
+                _ = connection.as_mut() => false,
+                stopped = stop.wait_for(|s| *s) => stopped.is_ok(),
+            };
+            if stopping {
+                // Finish the request in flight, then close.
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    let _ = reloading.await;
+    Ok(())
+}

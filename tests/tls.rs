@@ -1,0 +1,182 @@
+//! HTTPS with the `strata` binary: certificates made with `openssl`, the
+//! server reached only over TLS, and a rotated certificate picked up
+//! without a restart.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use strata_test_support::{ChildServer, eventually};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+/// A self-signed certificate for 127.0.0.1 named `name`: (cert, key).
+fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj"])
+        .arg(format!("/CN=strata-test-{name}"))
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A server certificate, not a CA (webpki refuses a CA as the end entity).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (the test needs it to make certificates)");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    (cert, key)
+}
+
+/// A client that trusts only `cert` and opens a new connection per request.
+fn client_trusting(cert: &Path) -> reqwest::Client {
+    let pem = std::fs::read(cert).expect("read cert");
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .tls_built_in_root_certs(false)
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
+}
+
+async fn health(client: &reqwest::Client, url: &str) -> Option<reqwest::StatusCode> {
+    client
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_only_and_a_rotated_certificate_needs_no_restart() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert_a, key_a) = make_cert(certs.path(), "a");
+    let (cert_b, key_b) = make_cert(certs.path(), "b");
+    let live_cert = certs.path().join("live.crt");
+    let live_key = certs.path().join("live.key");
+    std::fs::copy(&cert_a, &live_cert).unwrap();
+    std::fs::copy(&key_a, &live_key).unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(
+        binary(),
+        data.path(),
+        &[
+            "--tls-cert",
+            live_cert.to_str().unwrap(),
+            "--tls-key",
+            live_key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        server.log().contains("listening on https://"),
+        "{}",
+        server.log()
+    );
+    let https = server.api.base.replacen("http://", "https://", 1);
+    let trusts_a = client_trusting(&cert_a);
+    let trusts_b = client_trusting(&cert_b);
+    assert_eq!(
+        health(&trusts_a, &https).await,
+        Some(reqwest::StatusCode::OK)
+    );
+    assert_eq!(health(&trusts_b, &https).await, None, "B is not served yet");
+    let plain = reqwest::Client::new()
+        .get(format!("{}/health", server.api.base))
+        .send()
+        .await;
+    assert!(plain.is_err(), "no plain HTTP on the TLS port: {plain:?}");
+
+    // Rotate: each file replaced atomically, the key first.
+    for (from, to) in [(&key_b, &live_key), (&cert_b, &live_cert)] {
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    eventually(
+        Duration::from_secs(15),
+        "the new certificate to be served",
+        || async {
+            (health(&trusts_b, &https).await == Some(reqwest::StatusCode::OK)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        health(&trusts_a, &https).await,
+        None,
+        "A is no longer served"
+    );
+    assert!(
+        server.log().contains("TLS certificate reloaded"),
+        "{}",
+        server.log()
+    );
+    assert!(server.terminate().success(), "a clean stop over TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_tls_files_stop_the_start_with_a_clear_error() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert_a, _) = make_cert(certs.path(), "a");
+    let (_, key_b) = make_cert(certs.path(), "b");
+    let data = tempfile::tempdir().unwrap();
+    for (cert, key, says) in [
+        (
+            certs.path().join("missing.crt"),
+            key_b.clone(),
+            "reading the certificate",
+        ),
+        (
+            cert_a.clone(),
+            key_b.clone(),
+            "using the certificate and key",
+        ),
+        (cert_a.clone(), cert_a.clone(), "parsing the key"),
+    ] {
+        let out = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .output()
+            .expect("run strata serve");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    let out = Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "x.crt",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .expect("run strata serve");
+    assert!(
+        !out.status.success(),
+        "a certificate without a key is refused"
+    );
+}
