@@ -34,6 +34,8 @@ struct TlsFile {
     cert: Option<std::path::PathBuf>,
     /// PEM private key.
     key: Option<std::path::PathBuf>,
+    /// PEM CA bundle that client certificates must be signed by.
+    client_ca: Option<std::path::PathBuf>,
 }
 
 /// The `[auth]` table of the config file.
@@ -113,7 +115,7 @@ impl ServeConfig {
         let mut query = QueryFile::default();
         let mut cluster = ClusterConfig::default();
         let mut auth = AuthConfig::default();
-        let (mut tls_cert, mut tls_key) = (None, None);
+        let (mut tls_cert, mut tls_key, mut client_ca) = (None, None, None);
         let mut node_id = None;
         if let Some(path) = &args.config {
             let file = read_file(path)?;
@@ -123,6 +125,7 @@ impl ServeConfig {
             auth.enabled = file.auth.enabled.unwrap_or(false);
             tls_cert = file.tls.cert;
             tls_key = file.tls.key;
+            client_ca = file.tls.client_ca;
             cluster.advertise = file.advertise;
             if let Some(ms) = file.cluster.heartbeat_interval_ms {
                 cluster.heartbeat_interval = Duration::from_millis(ms.max(10));
@@ -172,8 +175,18 @@ impl ServeConfig {
             tls_cert.clone_from(&args.tls_cert);
             tls_key.clone_from(&args.tls_key);
         }
+        if args.tls_client_ca.is_some() {
+            client_ca.clone_from(&args.tls_client_ca);
+        }
         let tls = match (tls_cert, tls_key) {
-            (Some(cert), Some(key)) => Some(TlsConfig { cert, key }),
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None) if client_ca.is_some() => {
+                bail!("a client CA needs TLS (--tls-cert and --tls-key)")
+            }
             (None, None) => None,
             _ => bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
         };

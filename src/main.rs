@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "STRATA_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA in this PEM bundle.
+    #[arg(long, env = "STRATA_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

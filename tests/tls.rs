@@ -180,3 +180,117 @@ async fn unusable_tls_files_stop_the_start_with_a_clear_error() {
         "a certificate without a key is refused"
     );
 }
+
+/// Runs openssl with `args`, panicking with its error output on failure.
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_ca_only_clients_with_its_certificates_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (server_cert, server_key) = make_cert(dir.path(), "server");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    // A CA, and a client certificate it signs.
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    let (ca_key, ca_cert) = (at("ca.key"), at("ca.crt"));
+    ca.extend([
+        "-days",
+        "2",
+        "-subj",
+        "/CN=strata-test-ca",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_cert,
+    ]);
+    openssl(&ca);
+    let (client_key, client_csr, client_cert, ext) = (
+        at("client.key"),
+        at("client.csr"),
+        at("client.crt"),
+        at("client.ext"),
+    );
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-subj",
+        "/CN=client",
+        "-keyout",
+        &client_key,
+        "-out",
+        &client_csr,
+    ]);
+    openssl(&csr);
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &client_csr,
+        "-CA",
+        &ca_cert,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &client_cert,
+    ]);
+
+    let data = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(
+        binary(),
+        data.path(),
+        &[
+            "--tls-cert",
+            server_cert.to_str().unwrap(),
+            "--tls-key",
+            server_key.to_str().unwrap(),
+            "--tls-client-ca",
+            &ca_cert,
+        ],
+    );
+    let https = server.api.base.replacen("http://", "https://", 1);
+    assert_eq!(
+        health(&client_trusting(&server_cert), &https).await,
+        None,
+        "no client certificate, no connection"
+    );
+    let mut identity = std::fs::read(&client_key).unwrap();
+    identity.extend(std::fs::read(&client_cert).unwrap());
+    let pem = std::fs::read(&server_cert).unwrap();
+    let with_certificate = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .tls_built_in_root_certs(false)
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        health(&with_certificate, &https).await,
+        Some(reqwest::StatusCode::OK)
+    );
+}

@@ -83,7 +83,10 @@ pub struct Membership {
     control: ControlStore,
     config: ClusterConfig,
     broker: Arc<Broker>,
-    http: reqwest::Client,
+    /// The heartbeat client, and what the TLS files looked like when it
+    /// was made: a rotated certificate makes a new one.
+    http: Mutex<(reqwest::Client, Option<crate::tls::Stamp>)>,
+    tls: Option<crate::tls::TlsConfig>,
     state: Mutex<State>,
 }
 
@@ -117,34 +120,19 @@ impl Membership {
         cold: &ColdStore,
         config: ClusterConfig,
         broker: Arc<Broker>,
-        tls_cert: Option<&std::path::Path>,
+        tls: Option<&crate::tls::TlsConfig>,
     ) -> Result<Self, ClusterError> {
         let identity = LocalIdentity::load_or_create(&data_dir, config.node_id.as_ref())?;
-        let mut http = reqwest::Client::builder()
-            .timeout(config.heartbeat_interval.max(Duration::from_millis(200)) * 2);
-        // Nodes that serve HTTPS trust the certificates they serve (one
-        // cluster certificate, or a CA chain in the same file), besides the
-        // system's roots.
-        if let Some(path) = tls_cert {
-            let pem = std::fs::read(path).map_err(|error| ClusterError::Io {
-                path: path.display().to_string(),
-                error,
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ClusterError::HttpClient(e.to_string()))?
-            {
-                http = http.add_root_certificate(cert);
-            }
-        }
-        let http = http
-            .build()
-            .map_err(|e| ClusterError::HttpClient(e.to_string()))?;
+        let tls = tls.cloned();
+        let http = heartbeat_client(&config, tls.as_ref())?;
+        let stamp = tls.as_ref().map(crate::tls::stamp);
         let now = Instant::now();
         Ok(Self {
             id: identity.id.clone(),
             data_dir,
             control: ControlStore::new(cold),
-            http,
+            http: Mutex::new((http, stamp)),
+            tls,
             broker,
             state: Mutex::new(State {
                 identity,
@@ -362,7 +350,7 @@ impl Membership {
     async fn follow(&self, me: &Registration, c: &ControllerRecord) -> Result<(), ClusterError> {
         let beat = self.heartbeat(me, c.epoch);
         let url = format!("{}/v1/cluster/heartbeat", c.url.trim_end_matches('/'));
-        let mut request = self.http.post(&url).json(&beat);
+        let mut request = self.heartbeat_client().post(&url).json(&beat);
         if let Some(secret) = self.state.lock().node_secret.clone() {
             request = request.bearer_auth(secret.expose());
         }
@@ -402,6 +390,27 @@ impl Membership {
             self.find_controller(me, c.epoch, lost).await?;
         }
         Ok(())
+    }
+
+    /// The heartbeat client, made again when the TLS files changed (a
+    /// pair that does not load keeps the old client, as the server keeps
+    /// its old certificate).
+    fn heartbeat_client(&self) -> reqwest::Client {
+        let Some(tls) = &self.tls else {
+            return self.http.lock().0.clone();
+        };
+        let now = crate::tls::stamp(tls);
+        let mut http = self.http.lock();
+        if http.1.as_ref() != Some(&now) {
+            match heartbeat_client(&self.config, Some(tls)) {
+                Ok(client) => http.0 = client,
+                Err(error) => {
+                    tracing::warn!(%error, "the TLS files changed but do not load; heartbeats keep the previous ones");
+                }
+            }
+            http.1 = Some(now);
+        }
+        http.0.clone()
     }
 
     fn heartbeat(&self, me: &Registration, controller_epoch: u64) -> Heartbeat {
@@ -471,4 +480,40 @@ impl Membership {
             _ => state.view.clone(),
         }
     }
+}
+
+/// The client heartbeats are sent with. Nodes that serve HTTPS trust the
+/// certificates they serve (one cluster certificate, or a CA chain in the
+/// same file), besides the system's roots; where clients must show a
+/// certificate, a node shows its own.
+fn heartbeat_client(
+    config: &ClusterConfig,
+    tls: Option<&crate::tls::TlsConfig>,
+) -> Result<reqwest::Client, ClusterError> {
+    let mut http = reqwest::Client::builder()
+        .timeout(config.heartbeat_interval.max(Duration::from_millis(200)) * 2);
+    if let Some(tls) = tls {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|error| ClusterError::Io {
+                path: path.display().to_string(),
+                error,
+            })
+        };
+        let cert = read(&tls.cert)?;
+        for root in reqwest::Certificate::from_pem_bundle(&cert)
+            .map_err(|e| ClusterError::HttpClient(e.to_string()))?
+        {
+            http = http.add_root_certificate(root);
+        }
+        if tls.client_ca.is_some() {
+            let mut identity = read(&tls.key)?;
+            identity.extend_from_slice(&cert);
+            http = http.identity(
+                reqwest::Identity::from_pem(&identity)
+                    .map_err(|e| ClusterError::HttpClient(e.to_string()))?,
+            );
+        }
+    }
+    http.build()
+        .map_err(|e| ClusterError::HttpClient(e.to_string()))
 }

@@ -13,12 +13,16 @@
 //! rates are per node, as Kafka's are per broker.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::api_error::ApiError;
 use crate::auth::Principal;
+use strata_cluster::tokens::MAX_TOKENS;
+
+/// Longest a streamed chunk is held back for its quota.
+pub const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 /// Which way the bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,13 +82,14 @@ impl Quotas {
         let Some(meter) = meter else { return Ok(()) };
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
+        Self::forget_idle(&mut buckets, now);
         let bucket = buckets.entry(meter.key.clone()).or_insert_with(|| Bucket {
             rate: meter.rate as f64,
             balance: meter.rate as f64,
             at: now,
         });
-        bucket.rate = meter.rate as f64;
         bucket.refill(now);
+        bucket.rate = meter.rate as f64;
         if bucket.balance < 0.0 {
             let wait = (-bucket.balance / bucket.rate).ceil().max(1.0) as u64;
             let (direction, per_sec) = match meter.key.1 {
@@ -105,10 +110,14 @@ impl Quotas {
         Ok(())
     }
 
-    /// Charges `bytes` already sent (a response), even into debt.
-    pub fn charge(&self, meter: &Meter, bytes: u64) {
+    /// Charges `bytes` about to be sent (a chunk of a response), even into
+    /// debt, and returns how long to hold them back so that the stream
+    /// keeps to the rate (at most [`MAX_PAUSE`] per chunk, so that a slow
+    /// stream is not taken for a stalled client).
+    pub fn charge(&self, meter: &Meter, bytes: u64) -> Duration {
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
+        Self::forget_idle(&mut buckets, now);
         let bucket = buckets.entry(meter.key.clone()).or_insert_with(|| Bucket {
             rate: meter.rate as f64,
             balance: meter.rate as f64,
@@ -116,6 +125,22 @@ impl Quotas {
         });
         bucket.refill(now);
         bucket.balance -= bytes as f64;
+        if bucket.balance >= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((-bucket.balance / bucket.rate).min(MAX_PAUSE.as_secs_f64()))
+    }
+
+    /// Drops full buckets once there are many (tokens come and go): a
+    /// bucket that is full again is the same as none.
+    fn forget_idle(buckets: &mut HashMap<(String, Direction), Bucket>, now: Instant) {
+        if buckets.len() < 2 * MAX_TOKENS {
+            return;
+        }
+        buckets.retain(|_, bucket| {
+            bucket.refill(now);
+            bucket.balance < bucket.rate
+        });
     }
 }
 

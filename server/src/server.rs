@@ -72,7 +72,7 @@ impl Server {
             &cold,
             config.cluster.clone(),
             broker.clone(),
-            config.tls.as_ref().map(|t| t.cert.as_path()),
+            config.tls.as_ref(),
         )
         .map_err(ServerError::Identity)?;
         let owner = membership.id().to_string();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parking_lot::RwLock;
 use rustls::pki_types::pem::PemObject;
@@ -30,11 +30,22 @@ use crate::error::{Result, ServerError};
 /// How often the certificate files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
+/// Longest a client may take over its TLS handshake (a scanner or a
+/// slow-loris client must not hold a connection, or shutdown, for ever).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest shutdown waits for open connections to finish their requests
+/// (a streamed answer to a client that stopped reading never finishes).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where the certificate chain and its private key are.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// With a CA bundle, every client must present a certificate signed by
+    /// one of its CAs (`--tls-client-ca`); reloaded with the others.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The rustls configuration in force, and what the files looked like when
@@ -44,13 +55,20 @@ pub struct TlsState {
     current: RwLock<(Arc<rustls::ServerConfig>, Stamp)>,
 }
 
-/// Modification time and size of both files.
-type Stamp = [(Option<SystemTime>, u64); 2];
+/// Modification time and size of each file.
+pub(crate) type Stamp = [(Option<SystemTime>, u64); 3];
 
-fn stamp(config: &TlsConfig) -> Stamp {
-    let of =
-        |path: &Path| std::fs::metadata(path).map_or((None, 0), |m| (m.modified().ok(), m.len()));
-    [of(&config.cert), of(&config.key)]
+/// What the files look like now: a change means they must be read again.
+pub(crate) fn stamp(config: &TlsConfig) -> Stamp {
+    let of = |path: Option<&Path>| {
+        path.and_then(|path| std::fs::metadata(path).ok())
+            .map_or((None, 0), |m| (m.modified().ok(), m.len()))
+    };
+    [
+        of(Some(&config.cert)),
+        of(Some(&config.key)),
+        of(config.client_ca.as_deref()),
+    ]
 }
 
 fn load(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
@@ -80,10 +98,31 @@ fn load(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad("configuring TLS for", &config.cert, e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| bad("configuring TLS for", &config.cert, e.to_string()))?;
+    let builder = match &config.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| bad("reading the client CA", path, e.to_string()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| bad("parsing the client CA", path, e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| bad("using the client CA", path, e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| bad("using the client CA", path, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder
         .with_single_cert(chain, key)
         .map_err(|e| bad("using the certificate and key", &config.cert, e.to_string()))?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -178,12 +217,20 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let mut stop = stop.clone();
         connections.spawn(async move {
-            let Ok(stream) = acceptor.accept(stream).await else {
-                // A failed handshake is the client's problem (wrong CA,
-                // plain HTTP on the TLS port): nothing to log per attempt.
-                return;
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    // A failed or slow handshake is the client's problem
+                    // (wrong CA, plain HTTP on the TLS port): nothing to
+                    // log per attempt.
+                    _ => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
             };
+            // The timer turns on hyper's 30 s limit for reading headers.
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(connection);
@@ -198,8 +245,18 @@ pub async fn serve(
             }
         });
     }
+    // No new clients wait in the backlog while the others drain.
+    drop(listener);
     let _ = stop_tx.send(true);
-    while connections.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}: closing them");
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
     let _ = reloading.await;
     Ok(())
 }

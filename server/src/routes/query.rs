@@ -41,10 +41,19 @@ fn streaming(output: Output, app: &AppState, meter: Option<Meter>) -> Response {
         |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
     );
     let quotas = app.quotas.clone();
-    let body = Body::from_stream(stream::once(async move { Ok(first) }).chain(rest).inspect(
+    // A metered stream holds each chunk back while the token is in debt,
+    // so that one long read keeps to its rate.
+    let body = Body::from_stream(stream::once(async move { Ok(first) }).chain(rest).then(
         move |chunk| {
-            if let (Some(meter), Ok(bytes)) = (&meter, chunk) {
-                quotas.charge(meter, bytes.len() as u64);
+            let pause = match (&meter, &chunk) {
+                (Some(meter), Ok(bytes)) => quotas.charge(meter, bytes.len() as u64),
+                _ => std::time::Duration::ZERO,
+            };
+            async move {
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                chunk
             }
         },
     ));

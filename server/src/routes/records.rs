@@ -44,10 +44,14 @@ pub(super) async fn produce(
         .and_then(|v| v.to_str().ok());
     let format = BodyFormat::from_content_type(content_type);
     let config = app.broker.config();
-    let body = read_body(&headers, body, config.max_request_bytes).await?;
-    // Charged before anything is written: a refused produce writes nothing.
+    // Refused before the body is read while in debt; charged before
+    // anything is written.
     let meter = Quotas::meter(&principal, Direction::Produce);
-    app.quotas.take(meter.as_ref(), body.len() as u64)?;
+    app.quotas.take(meter.as_ref(), 0)?;
+    let body = read_body(&headers, body, config.max_request_bytes).await?;
+    if let Some(meter) = &meter {
+        app.quotas.charge(meter, body.len() as u64);
+    }
     let max_record_bytes = config.max_record_bytes;
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
         Some(value) => Some(check_key(value.as_bytes())?.to_string()),
