@@ -211,25 +211,62 @@ pub const MAX_PARTITIONS: u32 = 10_000;
 /// holds the cluster's control objects, beside the topics' directories.
 pub const RESERVED_NAME: &str = "_cluster";
 
-/// Checks a topic or group name: `[A-Za-z0-9._-]{1,249}`, not `.`, `..` or
-/// [`RESERVED_NAME`].
-/// A valid name is always a safe single path component.
-pub fn validate_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        Some("must not be empty")
-    } else if name.len() > 249 {
-        Some("must be at most 249 characters")
+/// What is wrong with a name, by [`name_problem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameProblem {
+    Empty,
+    TooLong,
+    Dots,
+    Characters,
+}
+
+impl NameProblem {
+    /// The reason, for a rule whose longest name is `max` characters.
+    pub fn reason(self, max: usize) -> String {
+        match self {
+            Self::Empty => "must not be empty".into(),
+            Self::TooLong => format!("must be at most {max} characters"),
+            Self::Dots => "must not be \".\" or \"..\"".into(),
+            Self::Characters => "may only contain ASCII letters, digits, '.', '_' and '-'".into(),
+        }
+    }
+}
+
+/// The one rule for every name that becomes a path segment, a URL segment
+/// or a metric label (topics, groups, nodes, tokens): 1 to `max` of
+/// `[A-Za-z0-9._-]`, not `.` or `..`. `None` when `name` keeps it.
+pub fn name_problem(name: &str, max: usize) -> Option<NameProblem> {
+    if name.is_empty() {
+        Some(NameProblem::Empty)
+    } else if name.len() > max {
+        Some(NameProblem::TooLong)
     } else if name == "." || name == ".." {
-        Some("must not be \".\" or \"..\"")
-    } else if name == RESERVED_NAME {
-        Some("is reserved: the cluster keeps its objects under <root>/_cluster")
+        Some(NameProblem::Dots)
     } else if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
-        Some("may only contain ASCII letters, digits, '.', '_' and '-'")
+        Some(NameProblem::Characters)
     } else {
         None
+    }
+}
+
+/// Checks a topic or group name: [`name_problem`] with at most 249
+/// characters, and not [`RESERVED_NAME`].
+/// A valid name is always a safe single path component.
+pub fn validate_name(name: &str) -> Result<()> {
+    let reason = match name_problem(name, 249) {
+        Some(NameProblem::Empty) => Some("must not be empty"),
+        Some(NameProblem::TooLong) => Some("must be at most 249 characters"),
+        Some(NameProblem::Dots) => Some("must not be \".\" or \"..\""),
+        Some(NameProblem::Characters) => {
+            Some("may only contain ASCII letters, digits, '.', '_' and '-'")
+        }
+        None if name == RESERVED_NAME => {
+            Some("is reserved: the cluster keeps its objects under <root>/_cluster")
+        }
+        None => None,
     };
     match reason {
         None => Ok(()),

@@ -8,7 +8,7 @@ use strata_tiering::TieringError;
 pub enum ClusterError {
     /// A node id outside `[A-Za-z0-9._-]{1,64}`.
     #[error("invalid node id {id:?}: {reason}")]
-    InvalidNodeId { id: String, reason: &'static str },
+    InvalidNodeId { id: String, reason: String },
     /// The data directory was made by another node.
     #[error("the data directory {dir} belongs to node {found:?}, not {wanted:?}")]
     WrongNode {

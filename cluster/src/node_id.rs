@@ -4,7 +4,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use strata_broker::config::name_problem;
+
 use crate::error::{ClusterError, Result};
+
+/// Longest node id.
+pub const MAX_NODE_ID_LEN: usize = 64;
 
 /// A node's stable name: `[A-Za-z0-9._-]{1,64}`, not `.` or `..`, so it is
 /// always one safe path segment and one safe metric label.
@@ -15,25 +20,11 @@ pub struct NodeId(String);
 impl NodeId {
     /// Checks `id` and makes it a node id.
     pub fn parse(id: &str) -> Result<Self> {
-        let reason = if id.is_empty() {
-            Some("must not be empty")
-        } else if id.len() > 64 {
-            Some("must be at most 64 characters")
-        } else if id == "." || id == ".." {
-            Some("must not be \".\" or \"..\"")
-        } else if !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            Some("may only contain ASCII letters, digits, '.', '_' and '-'")
-        } else {
-            None
-        };
-        match reason {
+        match name_problem(id, MAX_NODE_ID_LEN) {
             None => Ok(Self(id.to_string())),
-            Some(reason) => Err(ClusterError::InvalidNodeId {
+            Some(problem) => Err(ClusterError::InvalidNodeId {
                 id: id.chars().take(100).collect(),
-                reason,
+                reason: problem.reason(MAX_NODE_ID_LEN),
             }),
         }
     }

@@ -199,18 +199,13 @@ pub struct TokenRecord {
 
 /// Checks a token name: 1 to 64 of `[A-Za-z0-9._-]`.
 pub fn check_token_name(name: &str) -> std::result::Result<(), String> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid token name {:?}: 1 to 64 of A-Z a-z 0-9 . _ -",
-            name.chars().take(100).collect::<String>()
-        ))
+    match strata_broker::config::name_problem(name, 64) {
+        None => Ok(()),
+        Some(problem) => Err(format!(
+            "invalid token name {:?}: {}",
+            name.chars().take(100).collect::<String>(),
+            problem.reason(64)
+        )),
     }
 }
 

@@ -82,14 +82,7 @@ impl Quotas {
         let Some(meter) = meter else { return Ok(()) };
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        Self::forget_idle(&mut buckets, now);
-        let bucket = buckets.entry(meter.key.clone()).or_insert_with(|| Bucket {
-            rate: meter.rate as f64,
-            balance: meter.rate as f64,
-            at: now,
-        });
-        bucket.refill(now);
-        bucket.rate = meter.rate as f64;
+        let bucket = Self::bucket(&mut buckets, meter, now);
         if bucket.balance < 0.0 {
             let wait = (-bucket.balance / bucket.rate).ceil().max(1.0) as u64;
             let (direction, per_sec) = match meter.key.1 {
@@ -117,18 +110,29 @@ impl Quotas {
     pub fn charge(&self, meter: &Meter, bytes: u64) -> Duration {
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        Self::forget_idle(&mut buckets, now);
+        let bucket = Self::bucket(&mut buckets, meter, now);
+        bucket.balance -= bytes as f64;
+        if bucket.balance >= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((-bucket.balance / bucket.rate).min(MAX_PAUSE.as_secs_f64()))
+    }
+
+    /// The meter's bucket, refilled up to `now` (a new one is full).
+    fn bucket<'a>(
+        buckets: &'a mut HashMap<(String, Direction), Bucket>,
+        meter: &Meter,
+        now: Instant,
+    ) -> &'a mut Bucket {
+        Self::forget_idle(buckets, now);
         let bucket = buckets.entry(meter.key.clone()).or_insert_with(|| Bucket {
             rate: meter.rate as f64,
             balance: meter.rate as f64,
             at: now,
         });
         bucket.refill(now);
-        bucket.balance -= bytes as f64;
-        if bucket.balance >= 0.0 {
-            return Duration::ZERO;
-        }
-        Duration::from_secs_f64((-bucket.balance / bucket.rate).min(MAX_PAUSE.as_secs_f64()))
+        bucket.rate = meter.rate as f64;
+        bucket
     }
 
     /// Drops full buckets once there are many (tokens come and go): a
