@@ -35,7 +35,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 if ! command -v openssl >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing openssl (the TLS tests make certificates with it)"
-    apt-get install -y -qq openssl >/dev/null
+    apt-get update -qq >/dev/null && apt-get install -y -qq openssl >/dev/null
   else
     echo "openssl not found: install it (the TLS tests make certificates with it)" >&2
     exit 1

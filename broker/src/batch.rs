@@ -1,5 +1,9 @@
 //! The on-disk batch: one per produce request and partition, CRC32C-protected.
 //!
+//! One file on purpose (about 670 lines, 130 of them unit tests): the
+//! format, its encoder and its decoder must change together, and the tests
+//! check each against the others in one place.
+//!
 //! ```text
 //! batch   := header(48 bytes) producer? record*
 //! header  := base_offset u64 | batch_len u32 | crc u32 | magic u8 | attributes u8
