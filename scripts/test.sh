@@ -35,9 +35,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 if ! command -v openssl >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing openssl (the TLS tests make certificates with it)"
-    apt-get update -qq >/dev/null && apt-get install -y -qq openssl >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null || true
   else
     echo "openssl not found: install it (the TLS tests make certificates with it)" >&2
+    exit 1
+  fi
+  if ! command -v openssl >/dev/null 2>&1; then
+    echo "could not install openssl: install it (the TLS tests make certificates with it)" >&2
     exit 1
   fi
 fi

@@ -168,8 +168,8 @@ impl ServeConfig {
         {
             bail!("--advertise must be an http:// or https:// URL, got {url:?}");
         }
-        if args.auth {
-            auth.enabled = true;
+        if let Some(enabled) = args.auth {
+            auth.enabled = enabled;
         }
         if args.tls_cert.is_some() {
             tls_cert.clone_from(&args.tls_cert);

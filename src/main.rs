@@ -88,8 +88,8 @@ pub struct ServeArgs {
     advertise: Option<String>,
     /// Require a bearer token on every request but GET /health
     /// (also `[auth] enabled = true`).
-    #[arg(long, env = "STRATA_AUTH")]
-    auth: bool,
+    #[arg(long, env = "STRATA_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    auth: Option<bool>,
     /// Serve HTTPS only, with this PEM certificate chain (reloaded when the
     /// file changes); needs --tls-key.
     #[arg(long, env = "STRATA_TLS_CERT", requires = "tls_key")]

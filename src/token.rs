@@ -65,6 +65,13 @@ impl StoreArgs {
         let Some(data_dir) = &self.data_dir else {
             return Ok(None);
         };
+        // A mistyped directory must not quietly get a cold tier of its own.
+        if !data_dir.is_dir() {
+            anyhow::bail!(
+                "{} is not a directory: --data-dir names the server's data directory",
+                data_dir.display()
+            );
+        }
         let url = match &self.object_store {
             Some(url) => url.clone(),
             None => strata_server::server::default_cold_url(data_dir)?,

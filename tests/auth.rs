@@ -7,7 +7,9 @@ use std::process::{Command, Output};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use strata_test_support::ChildServer;
+use std::time::Duration;
+
+use strata_test_support::{ChildServer, output_within};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strata"))
@@ -22,7 +24,7 @@ fn strata(server: Option<&ChildServer>, token: Option<&str>, args: &[&str]) -> O
     if let Some(token) = token {
         command.env("STRATA_TOKEN", token);
     }
-    command.output().expect("run strata")
+    output_within(&mut command, Duration::from_secs(60))
 }
 
 fn ok(output: Output) -> String {

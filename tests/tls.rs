@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use strata_test_support::{ChildServer, eventually};
+use strata_test_support::{ChildServer, eventually, output_within};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strata"))
@@ -150,31 +150,33 @@ async fn unusable_tls_files_stop_the_start_with_a_clear_error() {
         ),
         (cert_a.clone(), cert_a.clone(), "parsing the key"),
     ] {
-        let out = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .output()
-            .expect("run strata serve");
+        let out = output_within(
+            Command::new(binary())
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(data.path())
+                .arg("--tls-cert")
+                .arg(&cert)
+                .arg("--tls-key")
+                .arg(&key),
+            Duration::from_secs(60),
+        );
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
-    let out = Command::new(binary())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "x.crt",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .output()
-        .expect("run strata serve");
+    let out = output_within(
+        Command::new(binary())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "x.crt",
+                "--data-dir",
+            ])
+            .arg(data.path()),
+        Duration::from_secs(60),
+    );
     assert!(
         !out.status.success(),
         "a certificate without a key is refused"

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::{BrokerConfig, MAX_PARTITIONS, TopicConfigOverrides, validate_name};
+use crate::config::{
+    BrokerConfig, MAX_PARTITIONS, TopicConfigOverrides, validate_name, validate_new_topic_name,
+};
 use crate::durable::{sync_dir, write_atomic};
 use crate::error::{BrokerError, IoContext, Result};
 use crate::groups::GroupStore;
@@ -85,7 +87,7 @@ impl Broker {
         partitions: Option<u32>,
         overrides: &TopicConfigOverrides,
     ) -> Result<Arc<Topic>> {
-        validate_name(name)?;
+        validate_new_topic_name(name)?;
         let partitions = partitions.unwrap_or(self.config.default_partitions);
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(BrokerError::InvalidRequest(format!(

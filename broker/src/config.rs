@@ -252,29 +252,34 @@ pub fn name_problem(name: &str, max: usize) -> Option<NameProblem> {
     }
 }
 
-/// Checks a topic or group name: [`name_problem`] with at most 249
-/// characters, and not [`RESERVED_NAME`].
-/// A valid name is always a safe single path component.
+/// Longest topic or group name (Kafka's).
+pub const MAX_NAME_LEN: usize = 249;
+
+/// Checks a topic or group name: [`name_problem`] with at most
+/// [`MAX_NAME_LEN`] characters. A valid name is always a safe single path
+/// component.
 pub fn validate_name(name: &str) -> Result<()> {
-    let reason = match name_problem(name, 249) {
-        Some(NameProblem::Empty) => Some("must not be empty"),
-        Some(NameProblem::TooLong) => Some("must be at most 249 characters"),
-        Some(NameProblem::Dots) => Some("must not be \".\" or \"..\""),
-        Some(NameProblem::Characters) => {
-            Some("may only contain ASCII letters, digits, '.', '_' and '-'")
-        }
-        None if name == RESERVED_NAME => {
-            Some("is reserved: the cluster keeps its objects under <root>/_cluster")
-        }
-        None => None,
-    };
-    match reason {
+    match name_problem(name, MAX_NAME_LEN) {
         None => Ok(()),
-        Some(reason) => Err(BrokerError::InvalidTopicName {
+        Some(problem) => Err(BrokerError::InvalidTopicName {
             name: name.chars().take(300).collect(),
-            reason,
+            reason: problem.reason(MAX_NAME_LEN),
         }),
     }
+}
+
+/// Checks the name of a topic being created: [`validate_name`], and not
+/// [`RESERVED_NAME`] (only new topics: a group may be called anything, and
+/// a topic made before the name was reserved still opens).
+pub fn validate_new_topic_name(name: &str) -> Result<()> {
+    validate_name(name)?;
+    if name == RESERVED_NAME {
+        return Err(BrokerError::InvalidTopicName {
+            name: name.to_string(),
+            reason: "is reserved: the cluster keeps its objects under <root>/_cluster".into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -296,10 +301,17 @@ mod tests {
             "ü",
             &"a".repeat(250),
             "a\0b",
-            "_cluster",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
+        assert!(
+            validate_name("_cluster").is_ok(),
+            "a group may be called so"
+        );
+        assert!(
+            validate_new_topic_name("_cluster").is_err(),
+            "a new topic may not"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum BrokerError {
 
     /// A topic (or group) name outside `[A-Za-z0-9._-]{1,249}`, or `.`/`..`.
     #[error("invalid name {name:?}: {reason}")]
-    InvalidTopicName { name: String, reason: &'static str },
+    InvalidTopicName { name: String, reason: String },
 
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),

@@ -35,9 +35,6 @@ pub enum ClusterError {
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
     Random,
-    /// The HTTP client for heartbeats could not be made.
-    #[error("the heartbeat client: {0}")]
-    HttpClient(String),
     /// Writing a file of the data directory failed.
     #[error(transparent)]
     LocalDisk(#[from] strata_broker::BrokerError),

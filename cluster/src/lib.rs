@@ -9,6 +9,7 @@
 //! controller. Liveness is not kept in the store: nodes send heartbeats to
 //! the controller over HTTP (the server crate carries them).
 //!
+//! - [`error`]: `ClusterError`, the crate's one error type;
 //! - [`node_id`]: the validated name of a node;
 //! - [`identity`]: a node's name and incarnation, kept in its data
 //!   directory (a node whose disk was lost comes back as a new incarnation);

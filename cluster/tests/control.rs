@@ -230,10 +230,16 @@ async fn suite(url: &str) {
             ColdStore::open(&sub).expect("open store")
         }
     };
+    old_versions_are_collected(&at("gc")).await;
+    // Racing writers are told apart only by conditional writes, which a
+    // store like Garage lacks (docs/operations.md says what it then loses).
+    if !cold.conditional_put {
+        eprintln!("{url}: no conditional writes, so the race checks do not apply");
+        return;
+    }
     every_node_gets_one_cluster_id(&ControlStore::new(&at("id"))).await;
     incarnations(&ControlStore::new(&at("incarnations"))).await;
     one_controller_per_epoch(&ControlStore::new(&at("controller"))).await;
-    old_versions_are_collected(&at("gc")).await;
     partition_states_have_one_writer_per_version(&ControlStore::new(&at("partitions"))).await;
 }
 

@@ -19,6 +19,9 @@
 //!
 //! A single node is a cluster of one: it becomes the controller of the
 //! next epoch at its first tick and sends no heartbeats over the network.
+//! When every node restarts together, each first follows the newest epoch
+//! it finds (unless that epoch is its own) and replaces it only after a
+//! failure timeout of silence.
 //! A store that is down delays registration (retried every tick) but not
 //! serving: nothing else waits for the cluster yet.
 
@@ -36,6 +39,8 @@ use strata_cluster::{
 };
 use strata_tiering::ColdStore;
 use tokio::sync::watch;
+
+use crate::error::ServerError;
 
 /// How a node takes part in the cluster.
 #[derive(Debug, Clone)]
@@ -121,8 +126,9 @@ impl Membership {
         config: ClusterConfig,
         broker: Arc<Broker>,
         tls: Option<&crate::tls::TlsConfig>,
-    ) -> Result<Self, ClusterError> {
-        let identity = LocalIdentity::load_or_create(&data_dir, config.node_id.as_ref())?;
+    ) -> Result<Self, ServerError> {
+        let identity = LocalIdentity::load_or_create(&data_dir, config.node_id.as_ref())
+            .map_err(ServerError::Identity)?;
         let tls = tls.cloned();
         let http = heartbeat_client(&config, tls.as_ref())?;
         let stamp = tls.as_ref().map(crate::tls::stamp);
@@ -238,7 +244,11 @@ impl Membership {
             tokio::task::spawn_blocking(move || to_save.save(&data_dir))
                 .await
                 .map_err(|e| ClusterError::Io {
-                    path: "saving the node identity".into(),
+                    path: self
+                        .data_dir
+                        .join(strata_cluster::identity::IDENTITY_FILE)
+                        .display()
+                        .to_string(),
                     error: std::io::Error::other(e),
                 })??;
             self.state.lock().identity = saved;
@@ -327,9 +337,11 @@ impl Membership {
             now.duration_since(state.epoch_checked) >= self.config.failure_timeout
         };
         if check_epoch {
+            // Counted as checked even if the store fails: an outage must not
+            // turn the check into one request per tick.
+            self.state.lock().epoch_checked = now;
             let newest = self.control.controller().await?;
             let mut state = self.state.lock();
-            state.epoch_checked = now;
             // An equal epoch held by another node happens only on stores
             // without conditional writes, where two claims can both land.
             let deposed = newest.filter(|c| {
@@ -489,31 +501,32 @@ impl Membership {
 fn heartbeat_client(
     config: &ClusterConfig,
     tls: Option<&crate::tls::TlsConfig>,
-) -> Result<reqwest::Client, ClusterError> {
+) -> Result<reqwest::Client, ServerError> {
     let mut http = reqwest::Client::builder()
         .timeout(config.heartbeat_interval.max(Duration::from_millis(200)) * 2);
     if let Some(tls) = tls {
         let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|error| ClusterError::Io {
-                path: path.display().to_string(),
-                error,
+            std::fs::read(path).map_err(|error| ServerError::Tls {
+                message: format!("reading {}: {error}", path.display()),
             })
         };
         let cert = read(&tls.cert)?;
-        for root in reqwest::Certificate::from_pem_bundle(&cert)
-            .map_err(|e| ClusterError::HttpClient(e.to_string()))?
-        {
+        for root in reqwest::Certificate::from_pem_bundle(&cert).map_err(|e| ServerError::Tls {
+            message: format!("the heartbeat client: {e}"),
+        })? {
             http = http.add_root_certificate(root);
         }
         if tls.client_ca.is_some() {
             let mut identity = read(&tls.key)?;
             identity.extend_from_slice(&cert);
-            http = http.identity(
-                reqwest::Identity::from_pem(&identity)
-                    .map_err(|e| ClusterError::HttpClient(e.to_string()))?,
-            );
+            http = http.identity(reqwest::Identity::from_pem(&identity).map_err(|e| {
+                ServerError::Tls {
+                    message: format!("the heartbeat client: {e}"),
+                }
+            })?);
         }
     }
-    http.build()
-        .map_err(|e| ClusterError::HttpClient(e.to_string()))
+    http.build().map_err(|e| ServerError::Tls {
+        message: format!("the heartbeat client: {e}"),
+    })
 }

@@ -73,8 +73,7 @@ impl Server {
             config.cluster.clone(),
             broker.clone(),
             config.tls.as_ref(),
-        )
-        .map_err(ServerError::Identity)?;
+        )?;
         let owner = membership.id().to_string();
         let membership = Arc::new(membership);
         let auth = Arc::new(Auth::new(

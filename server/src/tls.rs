@@ -55,14 +55,25 @@ pub struct TlsState {
     current: RwLock<(Arc<rustls::ServerConfig>, Stamp)>,
 }
 
-/// Modification time and size of each file.
-pub(crate) type Stamp = [(Option<SystemTime>, u64); 3];
+/// Modification time, size, inode and change time of each file: a
+/// rotation by rename always changes the inode, also within one second of
+/// a coarse clock and with a same-sized file.
+pub(crate) type Stamp = [(Option<SystemTime>, u64, u64, i64, i64); 3];
 
 /// What the files look like now: a change means they must be read again.
 pub(crate) fn stamp(config: &TlsConfig) -> Stamp {
     let of = |path: Option<&Path>| {
+        use std::os::unix::fs::MetadataExt;
         path.and_then(|path| std::fs::metadata(path).ok())
-            .map_or((None, 0), |m| (m.modified().ok(), m.len()))
+            .map_or((None, 0, 0, 0, 0), |m| {
+                (
+                    m.modified().ok(),
+                    m.len(),
+                    m.ino(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                )
+            })
     };
     [
         of(Some(&config.cert)),

@@ -20,8 +20,10 @@ use strata_test_support::{Api, FaultProxy, eventually};
 use tempfile::TempDir;
 use tokio::sync::watch;
 
-const HEARTBEAT: Duration = Duration::from_millis(100);
-const FAILURE_TIMEOUT: Duration = Duration::from_millis(800);
+// Short enough for a quick test, long enough that a busy 2-core machine
+// does not miss a heartbeat window and fail over for nothing.
+const HEARTBEAT: Duration = Duration::from_millis(150);
+const FAILURE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// One node: its membership served on a loopback port, on a runtime of its
 /// own so that killing it ends everything it runs.
@@ -177,7 +179,13 @@ async fn nodes_agree_on_one_controller_and_replace_it_when_it_dies() {
     let dead_dir = dead.kill();
     let survivors: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     let refs: Vec<&Node> = nodes.iter().collect();
-    let after = agreed(&refs, Some(&survivors), &[&dead_id], Duration::from_secs(5)).await;
+    let after = agreed(
+        &refs,
+        Some(&survivors),
+        &[&dead_id],
+        Duration::from_secs(10),
+    )
+    .await;
     let failover = killed.elapsed();
     eprintln!(
         "a new controller ({}) within {failover:?} of the old one's death",
@@ -262,10 +270,10 @@ async fn a_controller_cut_off_from_the_others_is_deposed_and_follows() {
     // but the others replace it, and it finds the newer epoch and follows.
     n1.proxy.as_ref().expect("proxy").cut();
     // (n1 may be alive again in the new view as soon as it follows.)
-    let after = agreed(&[&n2, &n3], None, &["n1"], Duration::from_secs(5)).await;
+    let after = agreed(&[&n2, &n3], None, &["n1"], Duration::from_secs(10)).await;
     assert!(after.controller_epoch > view.controller_epoch);
     let deposed = eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "n1 to follow the new controller",
         || async {
             let v = n1.view().await?;

@@ -9,6 +9,9 @@
 //! idempotent: data file names depend only on their offsets, so a retry
 //! after a crash rewrites the same object.
 //!
+//! State that writers race on (manifests; the cluster's control objects in
+//! strata-cluster) is kept as create-only versions ([`versioned`]).
+//!
 //! Readers (the query crate) take a [`PinnedManifest`] of a partition and scan
 //! its files with [`Tiering::scan_file`]; the server reads records by offset
 //! and time through [`partition_reads`]. Objects that retention drops are

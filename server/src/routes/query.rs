@@ -21,7 +21,6 @@ use crate::auth::{Need, Principal};
 use crate::quota::{Direction, Meter, Quotas};
 use crate::request::{ApiPath, MAX_QUERY_BODY, Params, json_response, read_body};
 
-/// A streaming `200` response.
 /// The caller's consume meter, refused with `429` while it is in debt.
 fn consume_meter(app: &AppState, principal: &Principal) -> Result<Option<Meter>, ApiError> {
     let meter = Quotas::meter(principal, Direction::Consume);
@@ -29,7 +28,8 @@ fn consume_meter(app: &AppState, principal: &Principal) -> Result<Option<Meter>,
     Ok(meter)
 }
 
-/// A streamed answer; with a meter, each chunk is charged as it is sent.
+/// A streaming `200` answer; with a meter, each chunk is charged as it is
+/// sent.
 fn streaming(output: Output, app: &AppState, meter: Option<Meter>) -> Response {
     let Output {
         content_type,

@@ -358,6 +358,31 @@ impl Drop for TestServer {
     }
 }
 
+/// Runs `command` to its end and returns what it printed, killing it and
+/// panicking after `timeout` (a command that should exit at once must not
+/// hang a test run).
+pub fn output_within(command: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{command:?} did not exit within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
 /// `strata serve` as a child process (for crash tests with SIGKILL).
 pub struct ChildServer {
     child: Child,
