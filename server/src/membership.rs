@@ -42,6 +42,10 @@ use tokio::sync::watch;
 
 use crate::error::ServerError;
 
+/// A controller that hears from no other node rereads the newest epoch
+/// this many failure timeouts apart (instead of every one).
+pub const ALONE_CHECK_FACTOR: u32 = 12;
+
 /// How a node takes part in the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -332,9 +336,20 @@ impl Membership {
             for dead in state.liveness.newly_dead(now) {
                 tracing::warn!(node = %dead, "node stopped sending heartbeats: counted as dead");
             }
-            let alive = state.liveness.nodes(now).iter().filter(|n| n.alive).count();
+            let nodes = state.liveness.nodes(now);
+            let alive = nodes.iter().filter(|n| n.alive).count();
             metrics::gauge!("strata_cluster_nodes_alive").set(alive as f64);
-            now.duration_since(state.epoch_checked) >= self.config.failure_timeout
+            // In a cluster of one (no other node ever registered or heard
+            // from), only a newcomer that cannot reach this node could
+            // depose it: look less often, so that a single node costs the
+            // store little. A node cut off from known peers keeps looking
+            // every timeout: that is when it is most likely deposed.
+            let every = if nodes.len() <= 1 {
+                self.config.failure_timeout * ALONE_CHECK_FACTOR
+            } else {
+                self.config.failure_timeout
+            };
+            now.duration_since(state.epoch_checked) >= every
         };
         if check_epoch {
             // Counted as checked even if the store fails: an outage must not
