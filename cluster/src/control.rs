@@ -181,6 +181,15 @@ impl ControlStore {
         }
     }
 
+    /// The newest registration of `node`, `None` when it never registered.
+    pub async fn registration(&self, node: &NodeId) -> Result<Option<Registration>> {
+        Ok(
+            newest::<Registration>(&self.versions(&["nodes", node.as_str()]))
+                .await?
+                .map(|(_, registration)| registration),
+        )
+    }
+
     /// The newest registration of every node, in id order.
     pub async fn registrations(&self) -> Result<Vec<Registration>> {
         let nodes = self.dir.clone().join("nodes");

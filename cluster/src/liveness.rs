@@ -102,6 +102,14 @@ impl Liveness {
         }
     }
 
+    /// Whether `node` is known at `incarnation` or later (registered, or
+    /// heard from).
+    pub fn knows(&self, node: &NodeId, incarnation: u64) -> bool {
+        self.members
+            .get(node)
+            .is_some_and(|m| m.incarnation >= incarnation)
+    }
+
     /// Whether `node` sent a heartbeat within the timeout before `now`.
     pub fn is_alive(&self, node: &NodeId, now: Instant) -> bool {
         self.members.get(node).is_some_and(|m| self.alive(m, now))

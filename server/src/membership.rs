@@ -82,6 +82,8 @@ pub enum Refusal {
     NotController(Option<ControllerRecord>),
     /// The sender is an older incarnation of a node that registered again.
     StaleIncarnation,
+    /// The sender never registered that incarnation in the store.
+    NotRegistered,
 }
 
 /// This node's membership: its identity, whom it follows, and (as the
@@ -470,6 +472,9 @@ impl Membership {
             }
             _ => return Err(Refusal::NotController(state.controller.clone())),
         };
+        if !state.liveness.knows(&beat.node, beat.incarnation) {
+            return Err(Refusal::NotRegistered);
+        }
         if beat.controller_epoch > mine.epoch {
             tracing::warn!(node = %mine.node, epoch = mine.epoch, newer = beat.controller_epoch, "deposed as controller: a node follows a newer epoch");
             // Reread the store at the next tick.
@@ -484,6 +489,16 @@ impl Membership {
             Beat::Alive => {}
         }
         Ok(Self::controller_view(&state, &mine, now))
+    }
+
+    /// Looks `node` up in the store (a node that registered after this
+    /// controller took over): known afterwards if it registered at
+    /// `incarnation` or later.
+    pub async fn learn(&self, node: &NodeId) -> Result<(), ClusterError> {
+        if let Some(registration) = self.control.registration(node).await? {
+            self.state.lock().liveness.know(&registration);
+        }
+        Ok(())
     }
 
     fn controller_view(state: &State, mine: &ControllerRecord, now: Instant) -> ClusterView {

@@ -167,6 +167,23 @@ async fn nodes_agree_on_one_controller_and_replace_it_when_it_dies() {
     assert_eq!(view.cluster_id.len(), 32);
     assert!(view.nodes.iter().all(|n| n.incarnation == 1), "{view:?}");
 
+    // A heartbeat from a node that never registered is refused and listed
+    // nowhere.
+    let controller = [&n1, &n2, &n3]
+        .into_iter()
+        .find(|n| n.id == view.controller.as_str())
+        .expect("the controller is one of the nodes");
+    let forged = serde_json::json!({"node": "ghost", "incarnation": 1, "url": "http://127.0.0.1:9",
+        "controller_epoch": view.controller_epoch, "leader_of": 0, "replica_of": 0});
+    let (status, body) = controller.api.post("/v1/cluster/heartbeat", &forged).await;
+    assert_eq!(status.as_u16(), 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_registered");
+    let after = controller.view().await.expect("view");
+    assert!(
+        after.nodes.iter().all(|n| n.id.as_str() != "ghost"),
+        "{after:?}"
+    );
+
     // Kill the controller: the others elect one of themselves.
     let mut nodes = vec![n1, n2, n3];
     let at = nodes

@@ -50,7 +50,15 @@ async fn heartbeat(
     let bytes = read_body(&headers, body, MAX_ADMIN_BODY).await?;
     let beat: Heartbeat = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_request(format!("not a heartbeat: {e}")))?;
-    match membership.on_heartbeat(&beat) {
+    let mut answer = membership.on_heartbeat(&beat);
+    if matches!(answer, Err(Refusal::NotRegistered)) {
+        // Registered after this controller listed the nodes: look it up
+        // once. A heartbeat from a node that never registered is refused,
+        // so nothing unregistered enters the table.
+        membership.learn(&beat.node).await?;
+        answer = membership.on_heartbeat(&beat);
+    }
+    match answer {
         Ok(view) => view_response(&view),
         Err(Refusal::NotController(newest)) => {
             let mut error = ApiError::new(
@@ -64,6 +72,14 @@ async fn heartbeat(
             }
             Err(error)
         }
+        Err(Refusal::NotRegistered) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_registered",
+            format!(
+                "node {} has not registered incarnation {} in the object store",
+                beat.node, beat.incarnation
+            ),
+        )),
         Err(Refusal::StaleIncarnation) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "stale_incarnation",
