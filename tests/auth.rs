@@ -120,6 +120,10 @@ async fn the_first_admin_token_is_made_on_the_machine_and_no_token_is_ever_logge
         .await
         .expect("text");
     assert!(metrics.contains("strata_http_request_duration_seconds"));
+    assert!(
+        metrics.contains("strata_auth_refused_total{code=\"unauthorized\"}"),
+        "refusals are counted by code"
+    );
     let log = server.log();
     assert!(
         log.contains("token created"),

@@ -375,13 +375,19 @@ pub async fn authorize(State(auth): State<Arc<Auth>>, request: Request, next: Ne
     };
     let principal = match auth.authenticate(&parts.headers) {
         Ok(principal) => principal,
-        Err(error) => return error.into_response(),
+        Err(error) => return refused(error),
     };
     if let Err(error) = principal.require(need) {
-        return error.into_response();
+        return refused(error);
     }
     parts.extensions.insert(principal);
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// A refused request, counted by its error code (never by token).
+fn refused(error: ApiError) -> Response {
+    metrics::counter!("strata_auth_refused_total", "code" => error.code).increment(1);
+    error.into_response()
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ impl Quotas {
                 ),
             );
             error.retry_after_secs = Some(wait);
+            metrics::counter!("strata_quota_throttled_total", "direction" => direction)
+                .increment(1);
             return Err(error);
         }
         bucket.balance -= bytes as f64;

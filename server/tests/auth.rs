@@ -418,6 +418,19 @@ async fn a_token_over_its_quota_waits_and_others_are_not_starved() {
 
     let (status, _) = fast.post(path, &big).await;
     assert_eq!(status, StatusCode::OK, "another token is not held back");
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.api.base))
+        .bearer_auth(BOOTSTRAP)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("strata_quota_throttled_total{direction=\"produce\"}"),
+        "{metrics}"
+    );
     strata_test_support::eventually(
         std::time::Duration::from_secs(10),
         "the slow token's debt to be paid",
