@@ -20,7 +20,9 @@ use crate::error::{QueryError, Result};
 use crate::format::{Encoder, Format, Shape};
 use crate::pin;
 use crate::scan::{self, BatchStream, ScanSpec};
-use crate::sql::{SqlConfig, SqlEngine, quote_identifier, snapshot_sql};
+use crate::sql::{
+    MAX_SNAPSHOT_KEYS, SqlConfig, SqlEngine, quote_identifier, snapshot_keys_sql, snapshot_sql,
+};
 use crate::sql_limits::QUERY_THREAD_STACK;
 use crate::views::{View, ViewStore};
 
@@ -271,16 +273,28 @@ impl QueryService {
         self.run_sql("view", sql, format, Shape::Table).await
     }
 
-    /// The table a topic's change log describes at `as_of_ms`.
-    pub async fn snapshot(&self, topic: &str, as_of_ms: i64, format: Format) -> Result<Output> {
+    /// The table a topic's change log describes at `as_of_ms`; with
+    /// `keys`, only the rows of those keys, in the order asked.
+    pub async fn snapshot(
+        &self,
+        topic: &str,
+        as_of_ms: i64,
+        keys: &[String],
+        format: Format,
+    ) -> Result<Output> {
         self.broker.topic(topic)?;
-        self.run_sql(
-            "snapshot",
-            snapshot_sql(topic, as_of_ms),
-            format,
-            Shape::Records,
-        )
-        .await
+        if keys.len() > MAX_SNAPSHOT_KEYS {
+            return Err(QueryError::InvalidRequest(format!(
+                "at most {MAX_SNAPSHOT_KEYS} keys per snapshot lookup, got {}",
+                keys.len()
+            )));
+        }
+        let sql = if keys.is_empty() {
+            snapshot_sql(topic, as_of_ms)
+        } else {
+            snapshot_keys_sql(topic, as_of_ms, keys)
+        };
+        self.run_sql("snapshot", sql, format, Shape::Records).await
     }
 
     fn query_runtime(&self) -> Result<&tokio::runtime::Runtime> {

@@ -210,6 +210,40 @@ pub fn quote_identifier(name: &str) -> String {
 /// The query that reconstructs a topic's table at `as_of_ms`: for each key,
 /// the latest record with `timestamp < as_of` (latest by timestamp, ties
 /// broken by log position), without keys whose latest value is `null`.
+/// Most keys one snapshot lookup may ask for.
+pub const MAX_SNAPSHOT_KEYS: usize = 1000;
+
+/// The SQL of a snapshot restricted to `keys`: each key's latest record
+/// (as [`snapshot_sql`] chooses it), in the order the keys are given, each
+/// key once (the first time it is given).
+pub fn snapshot_keys_sql(topic: &str, as_of_ms: i64, keys: &[String]) -> String {
+    let t = quote_identifier(topic);
+    let mut seen = std::collections::HashSet::new();
+    let wanted: Vec<&String> = keys.iter().filter(|k| seen.insert(k.as_str())).collect();
+    let literal = |k: &str| format!("'{}'", k.replace('\'', "''"));
+    let list = wanted
+        .iter()
+        .map(|k| literal(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = wanted
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("({}, {i})", literal(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT s.\"partition\", s.\"offset\", s.\"timestamp\", s.\"key\", s.\"value\", s.\"headers\" FROM (\
+           SELECT *, row_number() OVER (PARTITION BY \"key\" \
+             ORDER BY \"timestamp\" DESC, \"partition\" DESC, \"offset\" DESC) AS strata_rank \
+           FROM {t} \
+           WHERE \"timestamp\" < to_timestamp_millis({as_of_ms}) AND \"key\" IN ({list})\
+         ) AS s JOIN (VALUES {rows}) AS strata_wanted(strata_key, strata_at) \
+           ON s.\"key\" = strata_wanted.strata_key \
+         WHERE s.strata_rank = 1 AND s.\"value\" <> 'null' ORDER BY strata_wanted.strata_at"
+    )
+}
+
 pub fn snapshot_sql(topic: &str, as_of_ms: i64) -> String {
     let t = quote_identifier(topic);
     format!(

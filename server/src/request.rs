@@ -75,12 +75,26 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
 }
 
 /// Query-string parameters, checked against the names a route accepts.
-pub struct Params(HashMap<String, String>);
+pub struct Params {
+    single: HashMap<String, String>,
+    repeated: HashMap<String, Vec<String>>,
+}
 
 impl Params {
     /// Parses `query`, refusing parameters outside `allowed` and repeated ones.
     pub fn parse(query: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
-        let mut map = HashMap::new();
+        Self::parse_repeatable(query, allowed, &[])
+    }
+
+    /// Parses `query` as [`Params::parse`] does, except that the names in
+    /// `repeatable` may be given any number of times ([`Params::all`]).
+    pub fn parse_repeatable(
+        query: Option<&str>,
+        allowed: &[&str],
+        repeatable: &[&str],
+    ) -> Result<Self, ApiError> {
+        let mut single = HashMap::new();
+        let mut repeated: HashMap<String, Vec<String>> = HashMap::new();
         for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             let (name, value) = (name.into_owned(), value.into_owned());
             if !allowed.contains(&name.as_str()) {
@@ -89,18 +103,25 @@ impl Params {
                     allowed.join(", ")
                 )));
             }
-            if map.insert(name.clone(), value).is_some() {
+            if repeatable.contains(&name.as_str()) {
+                repeated.entry(name).or_default().push(value);
+            } else if single.insert(name.clone(), value).is_some() {
                 return Err(ApiError::invalid_request(format!(
                     "parameter {name:?} is given twice"
                 )));
             }
         }
-        Ok(Self(map))
+        Ok(Self { single, repeated })
     }
 
     /// A parameter's raw text.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.single.get(name).map(String::as_str)
+    }
+
+    /// Every value of a repeatable parameter, in the order given.
+    pub fn all(&self, name: &str) -> &[String] {
+        self.repeated.get(name).map_or(&[], Vec::as_slice)
     }
 
     /// A non-negative integer parameter, if present.

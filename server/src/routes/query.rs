@@ -109,11 +109,13 @@ pub(super) async fn snapshot(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let meter = consume_meter(&app, &principal)?;
-    let params = Params::parse(query.as_deref(), &["as_of", "format"])?;
+    let params = Params::parse_repeatable(query.as_deref(), &["as_of", "format", "key"], &["key"])?;
     let as_of = time_param(&params, "as_of")?.unwrap_or_else(now_ms);
     let format = format_param(&params, Format::Json)?;
     Ok(streaming(
-        app.query.snapshot(&topic, as_of, format).await?,
+        app.query
+            .snapshot(&topic, as_of, params.all("key"), format)
+            .await?,
         &app,
         meter,
     ))
