@@ -207,15 +207,14 @@ pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The query that reconstructs a topic's table at `as_of_ms`: for each key,
-/// the latest record with `timestamp < as_of` (latest by timestamp, ties
-/// broken by log position), without keys whose latest value is `null`.
 /// Most keys one snapshot lookup may ask for.
 pub const MAX_SNAPSHOT_KEYS: usize = 1000;
 
 /// The SQL of a snapshot restricted to `keys`: each key's latest record
 /// (as [`snapshot_sql`] chooses it), in the order the keys are given, each
-/// key once (the first time it is given).
+/// key once (the first time it is given). Keys are SQL string literals
+/// with `'` doubled; the session's dialect (generic) has no backslash
+/// escapes, so no key can end its literal early.
 pub fn snapshot_keys_sql(topic: &str, as_of_ms: i64, keys: &[String]) -> String {
     let t = quote_identifier(topic);
     let mut seen = std::collections::HashSet::new();
@@ -244,6 +243,9 @@ pub fn snapshot_keys_sql(topic: &str, as_of_ms: i64, keys: &[String]) -> String 
     )
 }
 
+/// The query that reconstructs a topic's table at `as_of_ms`: for each key,
+/// the latest record with `timestamp < as_of` (latest by timestamp, ties
+/// broken by log position), without keys whose latest value is `null`.
 pub fn snapshot_sql(topic: &str, as_of_ms: i64) -> String {
     let t = quote_identifier(topic);
     format!(

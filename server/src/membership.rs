@@ -120,6 +120,8 @@ struct State {
     /// Whether the last tick failed, so an outage is logged when it
     /// starts and ends, not at every tick.
     failing: bool,
+    /// Nodes the controller looked up in the store lately (see `learn`).
+    looked_up: std::collections::HashMap<NodeId, Instant>,
 }
 
 impl Membership {
@@ -157,6 +159,7 @@ impl Membership {
                 liveness: Liveness::new(config.failure_timeout),
                 view: None,
                 failing: false,
+                looked_up: std::collections::HashMap::new(),
             }),
             config,
         })
@@ -409,8 +412,22 @@ impl Membership {
                     Err(_) => false,
                 }
             }
-            Ok(response) => response.status() == reqwest::StatusCode::CONFLICT,
-            Err(_) => false,
+            Ok(response) if response.status() == reqwest::StatusCode::CONFLICT => {
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                if body["error"]["code"] == "not_registered" {
+                    // Register again only if the store really lacks this
+                    // incarnation (e.g. it was wiped); otherwise the
+                    // controller finds it at its next lookup.
+                    let newest = self.control.registration(&me.node).await?;
+                    if newest.map(|r| r.incarnation) != Some(me.incarnation) {
+                        tracing::warn!(node = %me.node, "the store lacks this node's registration: registering again");
+                        self.state.lock().me = None;
+                    }
+                    return Ok(());
+                }
+                true
+            }
+            Ok(_) | Err(_) => false,
         };
         let lost = self.state.lock().last_contact.elapsed() >= self.config.failure_timeout;
         if refused || lost {
@@ -495,7 +512,22 @@ impl Membership {
     /// controller took over): known afterwards if it registered at
     /// `incarnation` or later.
     pub async fn learn(&self, node: &NodeId) -> Result<(), ClusterError> {
-        if let Some(registration) = self.control.registration(node).await? {
+        {
+            // At most one store lookup per node and heartbeat interval, so
+            // heartbeats from an unregistered name cannot load the store.
+            let mut state = self.state.lock();
+            let now = Instant::now();
+            state
+                .looked_up
+                .retain(|_, at| now.duration_since(*at) < self.config.heartbeat_interval);
+            if state.looked_up.contains_key(node) {
+                return Ok(());
+            }
+            state.looked_up.insert(node.clone(), now);
+        }
+        if let Some(registration) = self.control.registration(node).await?
+            && registration.node == *node
+        {
             self.state.lock().liveness.know(&registration);
         }
         Ok(())

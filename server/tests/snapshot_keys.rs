@@ -26,7 +26,7 @@ async fn latest_record_of_each_key_asked_for_in_the_order_asked() {
     let server = TestServer::start().await;
     let api = &server.api;
     api.create_topic("users", 3, json!({})).await;
-    let odd = "o'brien\\x";
+    let odd = "o'brien\\x -- /* ; DROP";
     api.produce(
         "users",
         &[

@@ -41,7 +41,8 @@ async fn view(State(membership): State<Arc<Membership>>) -> Result<Response, Api
 }
 
 /// `200` with the cluster view when this node is the controller; `409
-/// not_controller` or `409 stale_incarnation` otherwise.
+/// not_controller`, `409 not_registered` or `409 stale_incarnation`
+/// otherwise.
 async fn heartbeat(
     State(membership): State<Arc<Membership>>,
     headers: HeaderMap,
