@@ -110,15 +110,7 @@ async fn the_first_admin_token_is_made_on_the_machine_and_no_token_is_ever_logge
     let (status, _) = api.get("/v1/topics/clicks").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked");
 
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", server.api.base))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let (_, metrics) = server.api.with_token(&admin).get_text("/metrics").await;
     assert!(metrics.contains("strata_http_request_duration_seconds"));
     assert!(
         metrics.contains("strata_auth_refused_total{code=\"unauthorized\"}"),

@@ -3,11 +3,10 @@
 //! serve as another node. (Several nodes: server/tests/membership.rs.)
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use strata_test_support::{Api, ChildServer, eventually, output_within};
+use strata_test_support::{Api, ChildServer, eventually, serve_refused};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strata"))
@@ -55,21 +54,7 @@ async fn a_single_node_is_a_cluster_of_one_under_a_name_it_keeps() {
     assert!(server.terminate().success());
 
     // Another name on the same disk is refused before anything is served.
-    let refused = output_within(
-        Command::new(binary())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--node-id",
-                "n2",
-                "--data-dir",
-            ])
-            .arg(dir.path()),
-        Duration::from_secs(60),
-    );
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = serve_refused(binary(), dir.path(), &["--node-id".as_ref(), "n2".as_ref()]);
     assert!(stderr.contains("belongs to node \"n1\""), "{stderr}");
 
     // Without --node-id it is n1 again, same incarnation, a newer epoch.
@@ -92,21 +77,7 @@ async fn an_invalid_node_id_or_advertise_url_is_refused() {
             "--advertise must be an http:// or https:// URL",
         ),
     ] {
-        let out = output_within(
-            Command::new(binary())
-                .args([
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    flag,
-                    value,
-                    "--data-dir",
-                ])
-                .arg(dir.path()),
-            Duration::from_secs(60),
-        );
-        assert!(!out.status.success(), "{flag} {value} was accepted");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = serve_refused(binary(), dir.path(), &[flag.as_ref(), value.as_ref()]);
         assert!(stderr.contains(says), "{stderr}");
     }
 }

@@ -55,13 +55,7 @@ async fn torn_tail_is_truncated_and_everything_before_is_served() {
 async fn a_second_server_on_the_same_directory_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let _first = ChildServer::spawn(binary(), dir.path(), &[]);
-    let output = std::process::Command::new(binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = strata_test_support::serve_refused(binary(), dir.path(), &[]);
     // The message docs/operations.md quotes, with its cause said once.
     let line = format!(
         "strata: opening data directory {}: {} is in use by another strata server",

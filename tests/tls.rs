@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use strata_test_support::{ChildServer, eventually, output_within};
+use strata_test_support::{ChildServer, eventually, serve_refused};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strata"))
@@ -150,36 +150,23 @@ async fn unusable_tls_files_stop_the_start_with_a_clear_error() {
         ),
         (cert_a.clone(), cert_a.clone(), "parsing the key"),
     ] {
-        let out = output_within(
-            Command::new(binary())
-                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-                .arg(data.path())
-                .arg("--tls-cert")
-                .arg(&cert)
-                .arg("--tls-key")
-                .arg(&key),
-            Duration::from_secs(60),
+        let stderr = serve_refused(
+            binary(),
+            data.path(),
+            &[
+                "--tls-cert".as_ref(),
+                cert.as_os_str(),
+                "--tls-key".as_ref(),
+                key.as_os_str(),
+            ],
         );
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
-    let out = output_within(
-        Command::new(binary())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--tls-cert",
-                "x.crt",
-                "--data-dir",
-            ])
-            .arg(data.path()),
-        Duration::from_secs(60),
-    );
-    assert!(
-        !out.status.success(),
-        "a certificate without a key is refused"
+    // A certificate without a key is refused.
+    serve_refused(
+        binary(),
+        data.path(),
+        &["--tls-cert".as_ref(), "x.crt".as_ref()],
     );
 }
 

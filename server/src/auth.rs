@@ -357,10 +357,15 @@ impl Auth {
 /// the [`Principal`] to the handler.
 pub async fn authorize(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let route = parts
-        .extensions
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    if !auth.enabled() {
+        // Off (the default): every request is allowed, and produce pays
+        // nothing for the check.
+        parts.extensions.insert(Principal::Open);
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    // `MatchedPath` is a shared string: cloning it copies nothing.
+    let matched = parts.extensions.get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let params = <RawPathParams as FromRequestParts<()>>::from_request_parts(&mut parts, &())
         .await
         .ok();
@@ -370,7 +375,7 @@ pub async fn authorize(State(auth): State<Arc<Auth>>, request: Request, next: Ne
             .find(|(key, _)| *key == "topic")
             .map(|(_, value)| value.to_string())
     });
-    let Some(need) = route_need(&parts.method, &route, topic.as_deref()) else {
+    let Some(need) = route_need(&parts.method, route, topic.as_deref()) else {
         return next.run(Request::from_parts(parts, body)).await;
     };
     let principal = match auth.authenticate(&parts.headers) {

@@ -418,15 +418,7 @@ async fn a_token_over_its_quota_waits_and_others_are_not_starved() {
 
     let (status, _) = fast.post(path, &big).await;
     assert_eq!(status, StatusCode::OK, "another token is not held back");
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", server.api.base))
-        .bearer_auth(BOOTSTRAP)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let (_, metrics) = admin.get_text("/metrics").await;
     assert!(
         metrics.contains("strata_quota_throttled_total{direction=\"produce\"}"),
         "{metrics}"

@@ -91,6 +91,20 @@ impl Api {
         self.call(Method::GET, path, None, None).await
     }
 
+    /// A GET whose answer is text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> (StatusCode, String) {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status();
+        (status, response.text().await.expect("response body"))
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.call(
             Method::POST,
@@ -381,6 +395,21 @@ pub fn output_within(command: &mut Command, timeout: Duration) -> std::process::
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().expect("output")
+}
+
+/// Runs `binary serve` on `data_dir` with `extra_args`, expecting it to
+/// refuse to start (within 60 s); returns what it printed on stderr.
+pub fn serve_refused(binary: &Path, data_dir: &Path, extra_args: &[&std::ffi::OsStr]) -> String {
+    let out = output_within(
+        Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra_args),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the server started: {stderr}");
+    stderr
 }
 
 /// `strata serve` as a child process (for crash tests with SIGKILL).
