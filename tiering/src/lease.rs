@@ -42,6 +42,8 @@ struct LeaseFile {
 #[derive(Debug)]
 pub struct Lease {
     store: Arc<dyn ObjectStore>,
+    /// For making each write durable on `file://`.
+    cold: ColdStore,
     path: Path,
     owner: String,
     epoch: u64,
@@ -60,7 +62,7 @@ impl Lease {
             None => None,
         };
         let path = cold.root.path().clone().join("_lease.json");
-        let current = read(cold.store.as_ref(), &path).await?;
+        let current = read(cold, &path).await?;
         let now = strata_broker::timestamp::now_ms();
         if let Some((held, _)) = current
             .as_ref()
@@ -76,6 +78,7 @@ impl Lease {
         let epoch = current.as_ref().map_or(0, |(held, _)| held.epoch) + 1;
         let lease = Self {
             store: cold.store.clone(),
+            cold: cold.clone(),
             path,
             owner: owner.to_string(),
             epoch,
@@ -119,7 +122,7 @@ impl Lease {
     /// Checks the lease is this server's and extends it unless more than
     /// `keep_ms` of it is left.
     async fn hold(&self, keep_ms: i64) -> Result<()> {
-        let current = read(self.store.as_ref(), &self.path).await?;
+        let current = read(&self.cold, &self.path).await?;
         let version = match current {
             Some((held, version)) if held.owner == self.owner && held.epoch == self.epoch => {
                 let now = strata_broker::timestamp::now_ms();
@@ -150,7 +153,7 @@ impl Lease {
 
     /// Gives the lease up (graceful shutdown), so a successor need not wait.
     pub async fn release(&self) {
-        let version = match read(self.store.as_ref(), &self.path).await {
+        let version = match read(&self.cold, &self.path).await {
             Ok(Some((held, version))) if held.owner == self.owner && held.epoch == self.epoch => {
                 version
             }
@@ -187,7 +190,8 @@ impl Lease {
             .put_opts(&self.path, PutPayload::from(bytes), opts)
             .await
         {
-            Ok(_) => Ok(()),
+            // The next check relies on it: on `file://`, fsynced first.
+            Ok(_) => self.cold.make_durable(&self.path).await,
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
@@ -219,8 +223,12 @@ fn lock_local_root(root: &std::path::Path, url: &str) -> Result<File> {
     }
 }
 
-async fn read(store: &dyn ObjectStore, path: &Path) -> Result<Option<(LeaseFile, UpdateVersion)>> {
-    let found = match store.get(path).await {
+/// The lease file and its version, `None` when there is none. A lease file
+/// a power cut tore (`file://` only, where the OS lock already keeps other
+/// processes out) reads as an expired lease of nobody's, so the server can
+/// start and write a whole one.
+async fn read(cold: &ColdStore, path: &Path) -> Result<Option<(LeaseFile, UpdateVersion)>> {
+    let found = match cold.store.get(path).await {
         Ok(found) => found,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
@@ -230,6 +238,15 @@ async fn read(store: &dyn ObjectStore, path: &Path) -> Result<Option<(LeaseFile,
         version: found.meta.version.clone(),
     };
     let bytes = found.bytes().await?;
+    if cold.is_torn_json(&bytes) {
+        tracing::warn!(%path, "the lease file was torn by a power cut; taking it as expired");
+        let nobody = LeaseFile {
+            owner: String::new(),
+            epoch: 0,
+            expires_ms: 0,
+        };
+        return Ok(Some((nobody, version)));
+    }
     let file = serde_json::from_slice(&bytes).map_err(|e| TieringError::CorruptManifest {
         path: path.to_string(),
         message: e.to_string(),
@@ -260,10 +277,28 @@ mod tests {
         b.check().await.unwrap();
     }
 
+    /// Guards the power-loss rule: a `_lease.json` that a power cut left
+    /// empty (its write not yet fsynced) once stopped the server from
+    /// starting ("corrupt manifest _lease.json: EOF while parsing").
+    #[tokio::test]
+    async fn a_lease_file_torn_by_a_power_cut_does_not_stop_a_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", dir.path().display());
+        for torn in [&b""[..], &b"{\"owner\":\"server-a\",\"ep"[..]] {
+            let cold = ColdStore::open(&url).expect("file store");
+            std::fs::write(dir.path().join("_lease.json"), torn).expect("tear the lease");
+            let lease = Lease::acquire(&cold, "server-b").await.expect("acquire");
+            lease.check().await.expect("held");
+            let text = std::fs::read(dir.path().join("_lease.json")).expect("lease");
+            let whole: LeaseFile = serde_json::from_slice(&text).expect("a whole lease");
+            assert_eq!(whole.owner, "server-b");
+        }
+    }
+
     /// Rewrites the lease file with another expiry, as time passing would.
     async fn expire_at(cold: &ColdStore, expires_ms: i64) {
         let path = cold.root.path().clone().join("_lease.json");
-        let (mut held, _) = read(cold.store.as_ref(), &path).await.unwrap().unwrap();
+        let (mut held, _) = read(cold, &path).await.unwrap().unwrap();
         held.expires_ms = expires_ms;
         let bytes = serde_json::to_vec(&held).unwrap();
         cold.store
@@ -274,12 +309,7 @@ mod tests {
 
     async fn expiry(cold: &ColdStore) -> i64 {
         let path = cold.root.path().clone().join("_lease.json");
-        read(cold.store.as_ref(), &path)
-            .await
-            .unwrap()
-            .unwrap()
-            .0
-            .expires_ms
+        read(cold, &path).await.unwrap().unwrap().0.expires_ms
     }
 
     #[tokio::test]

@@ -253,6 +253,11 @@ impl ManifestStore {
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
+            if self.cold.is_torn_json(&bytes) {
+                // Rewritten by the first offload of the topic after start.
+                tracing::warn!(%path, "skipping a topic description a power cut tore");
+                continue;
+            }
             let meta: TopicMeta =
                 serde_json::from_slice(&bytes).map_err(|e| TieringError::CorruptManifest {
                     path: path.to_string(),

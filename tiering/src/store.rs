@@ -180,17 +180,37 @@ impl ColdStore {
         .map_err(|e: std::io::Error| TieringError::Internal(format!("removing staged uploads: {e}")))
     }
 
+    /// Whether `bytes`, read from this store, are a JSON object that a power
+    /// cut tore: on `file://`, an object whose write was not yet fsynced
+    /// (see [`ColdStore::make_durable`]) can come back empty or cut short
+    /// after a power loss, and its writer never relied on it (the write had
+    /// not returned). S3 puts are atomic, so there it is damage, never a tear.
+    pub fn is_torn_json(&self, bytes: &[u8]) -> bool {
+        self.local_root().is_some()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err()
+    }
+
     /// Makes a written object durable. A no-op for S3 (a completed PUT is
     /// durable); for `file://` stores it fsyncs the file and its directory,
     /// which the local object store does not do.
     pub async fn make_durable(&self, path: &object_store::path::Path) -> Result<()> {
+        self.fsync_local(path, true).await
+    }
+
+    /// Makes the removal or creation of entries in directory `dir` durable
+    /// (fsyncs it on `file://`; a no-op elsewhere).
+    pub async fn make_dir_durable(&self, dir: &object_store::path::Path) -> Result<()> {
+        self.fsync_local(dir, false).await
+    }
+
+    async fn fsync_local(&self, path: &object_store::path::Path, is_file: bool) -> Result<()> {
         let Some(root) = self.local_root() else {
             return Ok(());
         };
-        let file = root.join(path.as_ref());
+        let target = root.join(path.as_ref());
         tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&file)?.sync_all()?;
-            match file.parent() {
+            std::fs::File::open(&target)?.sync_all()?;
+            match target.parent().filter(|_| is_file) {
                 Some(dir) => std::fs::File::open(dir)?.sync_all(),
                 None => Ok(()),
             }

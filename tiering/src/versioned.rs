@@ -71,13 +71,21 @@ impl VersionedObjects {
         // A version can vanish between the LIST and the GET only when
         // enough newer ones landed meanwhile to make it old enough to
         // delete: list again.
-        for _ in 0..3 {
+        for _ in 0..4 {
             let newest = self.newest().await?;
             if newest == 0 {
                 return Ok(None);
             }
-            if let Some(bytes) = self.read(newest).await? {
-                return Ok(Some((newest, bytes)));
+            match self.read(newest).await? {
+                Some(bytes) if self.cold.is_torn_json(&bytes) => {
+                    // Its create never returned (it is durable before it
+                    // does): nobody relied on it, and the next writer must
+                    // be able to create this version again.
+                    tracing::warn!(path = %self.path(newest), "removing a version a power cut tore");
+                    self.remove_torn(newest).await?;
+                }
+                Some(bytes) => return Ok(Some((newest, bytes))),
+                None => {}
             }
         }
         Err(TieringError::Conflict {
@@ -131,6 +139,15 @@ impl VersionedObjects {
         self.cold.make_durable(&path).await
     }
 
+    /// Deletes a torn `version` durably (its directory fsynced on `file://`).
+    async fn remove_torn(&self, version: u64) -> Result<()> {
+        match self.cold.store.delete(&self.path(version)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.cold.make_dir_durable(&self.dir).await
+    }
+
     /// Deletes `version`, best effort: old versions are garbage, and a
     /// reader that lists just before the delete lists again.
     pub async fn forget(&self, version: u64) {
@@ -179,5 +196,38 @@ mod tests {
         objects.forget(1).await;
         assert_eq!(objects.read(1).await.expect("read"), None);
         assert_eq!(objects.newest().await.expect("newest"), 2);
+    }
+
+    /// Guards the power-loss rule: on `file://` a version whose create never
+    /// returned can come back empty or cut short; it must neither stop a
+    /// reader nor block the next writer from creating that version.
+    #[tokio::test]
+    async fn a_version_torn_by_a_power_cut_is_dropped_on_file_stores() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", dir.path().display());
+        let cold = ColdStore::open(&url).expect("file store");
+        let objects = VersionedObjects::new(&cold, Path::from("state"));
+        objects
+            .create(1, b"{\"n\":1}".to_vec())
+            .await
+            .expect("create 1");
+        for torn in [&b""[..], &b"{\"n\":"[..]] {
+            std::fs::write(dir.path().join("state/00000000000000000002.json"), torn)
+                .expect("tear version 2");
+            let (version, bytes) = objects.read_newest().await.expect("read").expect("some");
+            assert_eq!((version, &bytes[..]), (1, &b"{\"n\":1}"[..]));
+        }
+        objects
+            .create(2, b"{\"n\":2}".to_vec())
+            .await
+            .expect("create 2 again");
+        assert_eq!(
+            objects.read_newest().await.expect("read").expect("some").0,
+            2
+        );
+        // Elsewhere bytes that do not parse are damage, reported by the caller.
+        let memory = ColdStore::open("memory://t").expect("memory store");
+        assert!(!memory.is_torn_json(b""));
+        assert!(cold.is_torn_json(b"") && !cold.is_torn_json(b"{}"));
     }
 }
