@@ -57,8 +57,34 @@ export STRATA_TEST_PYTHON="$PWD/$venv/bin/python"
 
 free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 s3_pid=""
-cleanup() { [ -n "$s3_pid" ] && kill "$s3_pid" 2>/dev/null; rm -rf "${minio_dir:-}"; }
+cleanup() {
+  [ -n "$s3_pid" ] && kill "$s3_pid" 2>/dev/null
+  rm -rf "${minio_dir:-}"
+  [ -n "${unmount_small_disk:-}" ] && umount "$small_disk" && rm -f target/small-disk.img
+  true
+}
 trap cleanup EXIT
+
+# The full-disk test needs a small real file system that returns ENOSPC: a
+# 48 MiB ext4 image, loop-mounted (root only; unmounted on exit).
+small_disk=$PWD/target/small-disk
+if ! mountpoint -q "$small_disk" 2>/dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "the full-disk test loop-mounts a small file system: run this script as root" >&2
+    exit 1
+  fi
+  if ! command -v mkfs.ext4 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs >/dev/null || true
+  fi
+  echo "== mounting a 48 MiB ext4 volume at $small_disk (the full-disk test fills it)"
+  mkdir -p "$small_disk"
+  rm -f target/small-disk.img
+  truncate -s 48M target/small-disk.img
+  mkfs.ext4 -q -F target/small-disk.img
+  mount -o loop target/small-disk.img "$small_disk"
+  unmount_small_disk=1
+fi
+export STRATA_TEST_SMALL_DISK=$small_disk
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-strata-test}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-strata-test-secret}
 export AWS_REGION=${AWS_REGION:-us-east-1}

@@ -32,6 +32,7 @@ pub struct Broker {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     admin: Mutex<()>,
     groups: GroupStore,
+    disk: crate::disk::DiskWatch,
     _lock: File,
 }
 
@@ -60,13 +61,16 @@ impl Broker {
             topics.insert(topic.name().to_string(), Arc::new(topic));
         }
         tracing::info!(data_dir = %root.display(), topics = topics.len(), "recovered data directory");
-        Ok(Self {
+        let broker = Self {
             groups: GroupStore::open(&root.join("groups"))?,
             config,
             topics: RwLock::new(topics),
             admin: Mutex::new(()),
+            disk: crate::disk::DiskWatch::default(),
             _lock: lock,
-        })
+        };
+        broker.watch_disk();
+        Ok(broker)
     }
 
     /// The configuration the broker runs with.
@@ -233,10 +237,40 @@ impl Broker {
             .sum()
     }
 
+    /// Measures the data directory's free space (see [`crate::disk`]) and
+    /// lets partitions that a full disk stopped take writes again.
+    pub fn watch_disk(&self) {
+        if let Err(error) = self.disk.refresh(&self.config.data_dir) {
+            tracing::warn!(%error, "cannot measure the data directory's free space");
+        }
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                p.recover();
+            }
+        }
+    }
+
+    /// The data directory's space as last measured by [`Broker::watch_disk`].
+    pub fn disk_space(&self) -> Option<crate::disk::DiskSpace> {
+        self.disk.last()
+    }
+
     /// `Unavailable` (503 with `Retry-After`) once the local disk budget
-    /// `max_local_bytes` is used up: produce must wait for offload and local
-    /// retention to free space rather than fill the disk.
+    /// `max_local_bytes` is used up, or the data disk's free space is below
+    /// its reserve: produce must wait for offload and local retention to
+    /// free space rather than fill the disk.
     pub fn check_local_budget(&self) -> Result<()> {
+        if let Some(space) = self.disk.last().filter(|s| s.is_low()) {
+            return Err(BrokerError::Unavailable {
+                message: format!(
+                    "the data disk is nearly full ({} bytes free, {} kept in reserve); \
+                     retry once offloaded segments leave the local disk",
+                    space.free_bytes,
+                    space.reserve_bytes()
+                ),
+                retry_after_secs: 5,
+            });
+        }
         let budget = self.config.max_local_bytes;
         if budget < 0 {
             return Ok(());

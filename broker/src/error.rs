@@ -95,3 +95,12 @@ impl<T> IoContext<T> for io::Result<T> {
         })
     }
 }
+
+impl BrokerError {
+    /// Whether the file system ran out of space (or the user's quota): a
+    /// condition that passes once space is freed, unlike a failing disk.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, Self::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+    }
+}

@@ -46,5 +46,5 @@ pub mod topic;
 pub use broker::Broker;
 pub use config::{BrokerConfig, TimestampType, TopicConfig, TopicConfigOverrides};
 pub use error::{BrokerError, Result};
-pub use partition::Partition;
+pub use partition::{Appended, Partition};
 pub use topic::Topic;

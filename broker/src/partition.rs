@@ -20,11 +20,11 @@
 //! lock, the sealing queue, the sync state), and it can only be checked
 //! when it is read in one place.
 
-use std::fs;
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
@@ -71,6 +71,8 @@ struct Writer {
     first_append_ms: Option<i64>,
     /// Segments rolled away whose last bytes the next leader writes and seals.
     sealing: Vec<Sealing>,
+    /// The sync state's generation when this writer was made.
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -84,7 +86,37 @@ struct Sealing {
 #[derive(Debug, Default)]
 struct SyncState {
     in_progress: bool,
-    failed: Option<String>,
+    failed: Option<Failure>,
+    /// Bumped by each recovery from a full disk, which discards what was
+    /// appended but not durable: a batch of an older generation is durable
+    /// only if it ended at or before its generation's last durable end.
+    generation: u64,
+    /// The durable end offset each past generation finished at.
+    generation_ends: Vec<u64>,
+}
+
+/// Why the partition stopped taking writes.
+#[derive(Debug)]
+struct Failure {
+    reason: String,
+    /// The file system was full: passes once space is freed, and the
+    /// partition recovers in place (see [`Partition::recover`]).
+    out_of_space: bool,
+    /// When a recovery was last tried.
+    last_try: Option<Instant>,
+}
+
+/// How often a partition stopped by a full disk tries to take writes again.
+const RECOVERY_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Where an appended batch landed; [`Partition::wait_durable`] takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The batch's first offset.
+    pub base: u64,
+    /// One past its last offset.
+    pub end: u64,
+    generation: u64,
 }
 
 /// A partition's log on local disk.
@@ -175,6 +207,7 @@ impl Partition {
                 next_offset,
                 first_append_ms,
                 sealing: Vec::new(),
+                generation: 0,
             }),
             sync: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
@@ -211,9 +244,9 @@ impl Partition {
         self.end_tx.subscribe()
     }
 
-    /// Appends one batch and returns its base offset. The batch is only in
+    /// Appends one batch and returns where it landed. The batch is only in
     /// memory: call [`Partition::wait_durable`] before acknowledging it.
-    pub fn append(&self, batch: &mut EncodedBatch, now_ms: i64) -> Result<u64> {
+    pub fn append(&self, batch: &mut EncodedBatch, now_ms: i64) -> Result<Appended> {
         Ok(self.prepare_append(batch, now_ms)?.append(batch, now_ms))
     }
 
@@ -229,12 +262,7 @@ impl Partition {
                 retry_after_secs: 1,
             });
         }
-        if let Some(reason) = &self.sync.lock().failed {
-            return Err(BrokerError::Internal(format!(
-                "partition {} is read-only: {reason}",
-                self.id
-            )));
-        }
+        self.recover_locked(&mut w)?;
         let len = batch.as_bytes().len() as u64;
         let count = u64::from(batch.view().record_count());
         if self.should_roll(&w, len, count, now_ms) {
@@ -246,21 +274,39 @@ impl Partition {
         })
     }
 
-    /// Blocks until every offset below `target` is durable (fsynced) and
-    /// visible. When this returns `Ok`, those records survive a crash.
-    pub fn wait_durable(&self, target: u64) -> Result<()> {
+    /// Blocks until the appended batch (and every offset before it) is
+    /// durable (fsynced) and visible. When this returns `Ok`, those records
+    /// survive a crash; an error means the batch was not written (a retry
+    /// does not double it).
+    pub fn wait_durable(&self, appended: Appended) -> Result<()> {
         let mut st = self.sync.lock();
         loop {
+            if appended.generation != st.generation {
+                let durable = st
+                    .generation_ends
+                    .get(appended.generation as usize)
+                    .is_some_and(|&end| appended.end <= end);
+                return if durable {
+                    Ok(())
+                } else {
+                    Err(BrokerError::Unavailable {
+                        message: format!(
+                            "partition {}: the data disk filled before this write was durable; \
+                             nothing of it was written",
+                            self.id
+                        ),
+                        retry_after_secs: 1,
+                    })
+                };
+            }
             // Durable first: records a sync published before a later write
             // failed are acknowledged, not reported as failed (a retry
             // would double them).
-            if self.end_offset() >= target {
+            if self.end_offset() >= appended.end {
                 return Ok(());
             }
-            if let Some(reason) = &st.failed {
-                return Err(BrokerError::Internal(format!(
-                    "an earlier write failed: {reason}"
-                )));
+            if let Some(failure) = &st.failed {
+                return Err(self.refusal(failure));
             }
             if st.in_progress {
                 self.synced.wait(&mut st);
@@ -282,12 +328,135 @@ impl Partition {
         st.in_progress = true;
         let outcome = MutexGuard::unlocked(st, work);
         st.in_progress = false;
-        if let Err(e) = &outcome {
-            tracing::error!(partition = self.id, error = %e, "log write failed; partition is now read-only");
-            st.failed = Some(e.to_string());
-        }
+        let outcome = outcome.map_err(|e| self.fail(st, e));
         self.synced.notify_all();
         outcome
+    }
+
+    /// Stops writes after `error` and returns what to answer: `503` when the
+    /// disk is full (the partition recovers once space is back), else the
+    /// error itself (the partition stays read-only until a restart).
+    fn fail(&self, st: &mut SyncState, error: BrokerError) -> BrokerError {
+        let out_of_space = error.is_out_of_space();
+        if out_of_space {
+            tracing::warn!(partition = self.id, %error, "the data disk is full; the partition refuses writes until space is freed");
+        } else {
+            tracing::error!(partition = self.id, %error, "log write failed; partition is now read-only");
+        }
+        let failure = Failure {
+            reason: error.to_string(),
+            out_of_space,
+            last_try: Some(Instant::now()),
+        };
+        let answer = if out_of_space {
+            self.refusal(&failure)
+        } else {
+            error
+        };
+        st.failed = Some(failure);
+        answer
+    }
+
+    /// The error a write gets while the partition is stopped by `failure`.
+    fn refusal(&self, failure: &Failure) -> BrokerError {
+        if failure.out_of_space {
+            BrokerError::Unavailable {
+                message: format!(
+                    "partition {} cannot write, the data disk is full ({}); \
+                     writes resume by themselves once space is freed",
+                    self.id, failure.reason
+                ),
+                retry_after_secs: 5,
+            }
+        } else {
+            BrokerError::Internal(format!(
+                "partition {} is read-only after a failed write: {}",
+                self.id, failure.reason
+            ))
+        }
+    }
+
+    /// Takes writes again if a full disk stopped them and space may be back
+    /// (at most once per second); returns whether the partition takes writes.
+    /// Cheap when nothing failed. See [`Partition::recover_locked`].
+    pub fn recover(&self) -> bool {
+        if self.sync.lock().failed.is_none() {
+            return true;
+        }
+        let mut w = self.writer.lock();
+        !self.closed.load(Ordering::Acquire) && self.recover_locked(&mut w).is_ok()
+    }
+
+    /// `Ok` when the partition takes writes; after a full disk, first
+    /// recovers in place: every segment is cut back to what was durable
+    /// (published), the log is reopened from disk as at a start, and what
+    /// was appended but never durable is discarded (its writers get an
+    /// error, see [`Partition::wait_durable`]). Nothing acknowledged is
+    /// touched. Any other failure stays until a restart.
+    fn recover_locked(&self, w: &mut Writer) -> Result<()> {
+        let mut st = self.sync.lock();
+        let in_progress = st.in_progress;
+        let Some(failure) = st.failed.as_mut() else {
+            return Ok(());
+        };
+        let due = failure.out_of_space
+            && !in_progress
+            && failure
+                .last_try
+                .is_none_or(|t| t.elapsed() >= RECOVERY_BACKOFF);
+        if !due {
+            return Err(self.refusal(failure));
+        }
+        failure.last_try = Some(Instant::now());
+        if let Err(error) = self.reopen(w) {
+            tracing::debug!(partition = self.id, %error, "not recovered from the full disk yet");
+            return match &st.failed {
+                Some(failure) => Err(self.refusal(failure)),
+                None => Ok(()),
+            };
+        }
+        let end = self.end_offset();
+        st.generation_ends.push(end);
+        st.generation += 1;
+        w.generation = st.generation;
+        st.failed = None;
+        tracing::warn!(
+            partition = self.id,
+            end_offset = end,
+            "space is back; the partition takes writes again"
+        );
+        Ok(())
+    }
+
+    /// Cuts the active and rolling segments back to their durable length and
+    /// replaces the writer and segment list with the log reopened from disk.
+    fn reopen(&self, w: &mut Writer) -> Result<()> {
+        let open = w.sealing.iter().map(|s| &s.segment).chain([&w.active]);
+        for segment in open {
+            let path = segment.path();
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|file| {
+                    file.set_len(segment.visible_len())?;
+                    file.sync_all()
+                })
+                .context(|| format!("cutting {} back to its durable length", path.display()))?;
+        }
+        let fresh = Partition::open(self.id, &self.dir, self.config)?;
+        if fresh.end_offset() != self.end_offset() {
+            return Err(BrokerError::Internal(format!(
+                "partition {} reopened at end offset {}, not at its durable end {}",
+                self.id,
+                fresh.end_offset(),
+                self.end_offset()
+            )));
+        }
+        *w = fresh.writer.into_inner();
+        *self.segments.write() = fresh.segments.into_inner();
+        self.local_bytes
+            .store(fresh.local_bytes.into_inner(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Waits for any running leader, then leads `work`.
@@ -296,10 +465,8 @@ impl Partition {
         while st.in_progress {
             self.synced.wait(&mut st);
         }
-        if let Some(reason) = &st.failed {
-            return Err(BrokerError::Internal(format!(
-                "an earlier write failed: {reason}"
-            )));
+        if let Some(failure) = &st.failed {
+            return Err(self.refusal(failure));
         }
         self.lead(&mut st, work)
     }
@@ -390,12 +557,7 @@ impl Partition {
             if w.tail.len() == 0 || self.closed.load(Ordering::Acquire) || !due(&w) {
                 return Ok(false);
             }
-            if let Some(reason) = &self.sync.lock().failed {
-                return Err(BrokerError::Internal(format!(
-                    "partition {} is read-only: {reason}",
-                    self.id
-                )));
-            }
+            self.recover_locked(&mut w)?;
             self.roll_locked(&mut w)?;
         }
         self.lead_now(|| self.sync_once())?;
@@ -424,9 +586,7 @@ impl Partition {
             Err(e) => {
                 // A segment file that recovery would take for the next one
                 // stays behind: appending on would break density.
-                tracing::error!(partition = self.id, error = %e, "roll failed; partition is now read-only");
-                self.sync.lock().failed = Some(e.to_string());
-                return Err(e);
+                return Err(self.fail(&mut self.sync.lock(), e));
             }
         };
         let new = Arc::new(new);
@@ -558,8 +718,8 @@ pub struct AppendSlot<'a> {
 
 impl AppendSlot<'_> {
     /// Appends `batch` to the tail (not yet durable: see
-    /// [`Partition::wait_durable`]) and returns its base offset.
-    pub fn append(mut self, batch: &mut EncodedBatch, now_ms: i64) -> u64 {
+    /// [`Partition::wait_durable`]) and returns where it landed.
+    pub fn append(mut self, batch: &mut EncodedBatch, now_ms: i64) -> Appended {
         let w = &mut *self.writer;
         let len = batch.as_bytes().len() as u64;
         let count = u64::from(batch.view().record_count());
@@ -571,6 +731,10 @@ impl AppendSlot<'_> {
         w.active.on_append(&batch.view(), position);
         w.next_offset += count;
         w.first_append_ms.get_or_insert(now_ms);
-        base
+        Appended {
+            base,
+            end: w.next_offset,
+            generation: w.generation,
+        }
     }
 }

@@ -280,14 +280,12 @@ impl Topic {
         };
         let mut pending = Vec::with_capacity(batches.len());
         for (slot, (p, batch)) in slots.into_iter().zip(&mut batches) {
-            let n = u64::from(batch.view().record_count());
-            let base = slot.append(batch, now_ms);
-            pending.push((*p, base, base + n));
+            pending.push((*p, slot.append(batch, now_ms)));
         }
         let mut outcome = Ok(());
-        for (p, base, target) in pending {
-            match self.partitions[p].wait_durable(target) {
-                Ok(()) => based[p] = Some(base),
+        for (p, appended) in pending {
+            match self.partitions[p].wait_durable(appended) {
+                Ok(()) => based[p] = Some(appended.base),
                 Err(e) => {
                     if outcome.is_ok() {
                         outcome = Err(e);

@@ -25,11 +25,12 @@ fn batch(first: u64, count: u64, ts: impl Fn(u64) -> i64) -> EncodedBatch {
 }
 
 fn append(p: &Partition, first: u64, count: u64, now_ms: i64) -> u64 {
-    let base = p
+    let appended = p
         .append(&mut batch(first, count, |i| i as i64 * 10), now_ms)
         .unwrap();
-    p.wait_durable(base + count).unwrap();
-    base
+    assert_eq!(appended.end, appended.base + count);
+    p.wait_durable(appended).unwrap();
+    appended.base
 }
 
 /// A directory holding a closed partition of offsets 0..400 in batches of
@@ -172,14 +173,17 @@ fn missing_or_damaged_indexes_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let before = {
         let p = Partition::open(0, dir.path(), CONFIG).unwrap();
+        let mut last = None;
         for i in 0..50 {
-            p.append(
-                &mut batch(i * 10, 10, |n| 1_000 + ((n * 37) % 500) as i64),
-                0,
-            )
-            .unwrap();
+            last = Some(
+                p.append(
+                    &mut batch(i * 10, 10, |n| 1_000 + ((n * 37) % 500) as i64),
+                    0,
+                )
+                .unwrap(),
+            );
         }
-        p.wait_durable(500).unwrap();
+        p.wait_durable(last.unwrap()).unwrap();
         p.close().unwrap();
         let lookups: Vec<_> = [0, 1_000, 1_250, 1_499, 1_500]
             .iter()
@@ -216,11 +220,12 @@ fn offset_for_timestamp_scans_from_the_time_index() {
             n as i64 * 100
         }
     };
+    let mut last = None;
     for i in 0..40 {
         let mut b = batch(i * 10, 10, ts);
-        p.append(&mut b, 0).unwrap();
+        last = Some(p.append(&mut b, 0).unwrap());
     }
-    p.wait_durable(400).unwrap();
+    p.wait_durable(last.unwrap()).unwrap();
     for target in [0, 5_000, 8_005, 10_000, 10_001, 20_000, 39_900, 39_901] {
         let want = (0..400u64).find(|&n| ts(n) >= target).map(|n| (n, ts(n)));
         assert_eq!(

@@ -138,7 +138,7 @@ impl Server {
             tls,
         } = self;
         let broker = state.broker.clone();
-        let roller = tokio::spawn(roll_due_segments(broker.clone(), stopping.subscribe()));
+        let roller = tokio::spawn(maintain_local_disk(broker.clone(), stopping.subscribe()));
         let offloader = tokio::spawn(state.tiering.clone().run_background(stopping.subscribe()));
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = listener
@@ -180,7 +180,9 @@ impl Server {
     }
 }
 
-async fn roll_due_segments(broker: Arc<Broker>, mut stopping: watch::Receiver<bool>) {
+/// Once a second: measures the data disk's free space, lets partitions a
+/// full disk stopped take writes again, and rolls segments due by age.
+async fn maintain_local_disk(broker: Arc<Broker>, mut stopping: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -190,6 +192,7 @@ async fn roll_due_segments(broker: Arc<Broker>, mut stopping: watch::Receiver<bo
         }
         let broker = broker.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            broker.watch_disk();
             broker.roll_due_segments(strata_broker::timestamp::now_ms())
         })
         .await;

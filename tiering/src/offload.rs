@@ -149,11 +149,27 @@ impl Tiering {
             self.manifests.put_topic_meta(topic.meta()).await?;
             self.described.lock().insert(topic.name().to_string());
         }
+        // Space management: a nearly full data disk cannot wait for a segment
+        // to fill or age, nor keep local copies of what is cold already.
+        let pressure = self
+            .broker
+            .disk_space()
+            .is_some_and(|space| space.under_pressure());
+        if pressure {
+            let partition = p.clone();
+            match tokio::task::spawn_blocking(move || partition.roll()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(topic = topic.name(), partition = p.id(), %error, "could not roll under disk pressure");
+                }
+                Err(error) => return Err(TieringError::Internal(error.to_string())),
+            }
+        }
         for segment in p.segments() {
             if !segment.sealed || segment.end_offset <= manifest.end_offset {
                 continue;
             }
-            if !self.old_enough(&segment) {
+            if !pressure && !self.old_enough(&segment) {
                 break;
             }
             if manifest.files.is_empty() && manifest.end_offset < segment.base_offset {
@@ -199,7 +215,8 @@ impl Tiering {
             tracing::debug!(topic = topic.name(), partition = p.id(), file = %file.path, "offloaded segment");
         }
         let manifest = self.apply_total_retention(topic, p, manifest).await?;
-        self.apply_local_retention(topic, p, &manifest).await?;
+        self.apply_local_retention(topic, p, &manifest, pressure)
+            .await?;
         self.delete_due_objects().await;
         Ok(summary)
     }

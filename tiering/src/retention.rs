@@ -50,12 +50,15 @@ impl Tiering {
     }
 
     /// Deletes local segments that are committed to the cold tier and beyond
-    /// the topic's `local_retention_bytes` / `local_retention_ms`.
+    /// the topic's `local_retention_bytes` / `local_retention_ms`, or all of
+    /// them when the data disk is under `pressure` (reads of them go to the
+    /// cold tier).
     pub(crate) async fn apply_local_retention(
         &self,
         topic: &Topic,
         p: &Arc<Partition>,
         manifest: &Manifest,
+        pressure: bool,
     ) -> Result<()> {
         let config = topic.config();
         let segments = p.segments();
@@ -71,7 +74,7 @@ impl Tiering {
             let too_old = config.local_retention_ms >= 0
                 && s.max_timestamp
                     .is_some_and(|ts| now.saturating_sub(ts) > config.local_retention_ms);
-            if !(over_bytes || too_old) {
+            if !(over_bytes || too_old || pressure) {
                 break;
             }
             local_bytes -= s.size_bytes;
@@ -79,12 +82,21 @@ impl Tiering {
         }
         if let Some(offset) = delete_below {
             let removed = delete_local_below(p, offset).await?;
-            tracing::debug!(
-                topic = topic.name(),
-                partition = p.id(),
-                segments = removed,
-                "local retention"
-            );
+            if pressure {
+                tracing::info!(
+                    topic = topic.name(),
+                    partition = p.id(),
+                    segments = removed,
+                    "the data disk is nearly full: dropped local copies of offloaded segments"
+                );
+            } else {
+                tracing::debug!(
+                    topic = topic.name(),
+                    partition = p.id(),
+                    segments = removed,
+                    "local retention"
+                );
+            }
         }
         Ok(())
     }

@@ -11,10 +11,6 @@ use serde_json::json;
 use super::AppState;
 use crate::request::json_response;
 
-/// Free bytes on the data directory's file system below which the server
-/// reports itself not ready: produce is about to fail for lack of space.
-pub const MIN_FREE_DISK_BYTES: u64 = 64 << 20;
-
 /// How long the readiness check waits for the object store.
 pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -29,11 +25,12 @@ pub(super) async fn ready(State(app): State<AppState>) -> Response {
     let data_dir = app.broker.config().data_dir.clone();
     let disk =
         match tokio::task::spawn_blocking(move || strata_broker::disk::space(&data_dir)).await {
+            // Not ready below the reserve: produce is refused there.
             Ok(Ok(space)) => json!({
-                "ok": space.free_bytes >= MIN_FREE_DISK_BYTES,
+                "ok": !space.is_low(),
                 "free_bytes": space.free_bytes,
                 "total_bytes": space.total_bytes,
-                "min_free_bytes": MIN_FREE_DISK_BYTES,
+                "reserve_bytes": space.reserve_bytes(),
             }),
             Ok(Err(e)) => json!({"ok": false, "error": e.to_string()}),
             Err(e) => json!({"ok": false, "error": e.to_string()}),
