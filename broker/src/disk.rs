@@ -5,9 +5,11 @@
 //! A full disk is back-pressure, not a failure: below the reserve produce
 //! answers `503` with `Retry-After`, so rolling, sealing (index files) and
 //! small control files always find room; under pressure (80 % used, or
-//! less than twice the reserve free) the offloader rolls active segments, offloads without waiting
-//! and drops local copies of everything already in the cold tier (what
-//! Redpanda calls space management). If a burst still fills the disk, the
+//! less than twice the reserve free) the offloader offloads sealed segments
+//! without waiting and drops local copies of everything already in the
+//! cold tier (what Redpanda calls space management), and when it is
+//! critical (less than twice the reserve free) it rolls active segments
+//! first, so they can go too. If a burst still fills the disk, the
 //! partition recovers in place (`Partition::recover`).
 
 use std::path::Path;
@@ -38,9 +40,21 @@ impl DiskSpace {
 
     /// More than 80 % used, or less than twice the reserve free: offloaded
     /// segments leave the local disk now, whatever local retention says
-    /// (Redpanda's `retention_local_target_capacity_percent` is 80 too).
+    /// (Redpanda's `retention_local_target_capacity_percent` is 80 too), and
+    /// sealed ones are offloaded without waiting.
     pub fn under_pressure(&self) -> bool {
-        self.free_bytes < (self.total_bytes / 5).max(self.reserve_bytes().saturating_mul(2))
+        self.free_bytes < (self.total_bytes / 5).max(self.critical_bytes())
+    }
+
+    /// Less than twice the reserve free: active segments are rolled too, so
+    /// they can be offloaded and dropped. (Not at 80 % alone: on a volume
+    /// that other data fills, that would cut tiny segments forever.)
+    pub fn is_critical(&self) -> bool {
+        self.free_bytes < self.critical_bytes()
+    }
+
+    fn critical_bytes(&self) -> u64 {
+        self.reserve_bytes().saturating_mul(2)
     }
 }
 
@@ -124,7 +138,12 @@ mod tests {
             total_bytes: 100 << 20,
         };
         assert_eq!(small.reserve_bytes(), 5 << 20);
-        assert!(small.is_low() && small.under_pressure());
+        assert!(small.is_low() && small.under_pressure() && small.is_critical());
+        let crowded = DiskSpace {
+            free_bytes: 15 << 20,
+            ..small
+        };
+        assert!(!crowded.is_low() && crowded.under_pressure() && !crowded.is_critical());
         let watch = DiskWatch::default();
         assert_eq!(watch.last(), None);
         let dir = tempfile::tempdir().unwrap();

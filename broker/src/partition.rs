@@ -292,10 +292,10 @@ impl Partition {
                     Err(BrokerError::Unavailable {
                         message: format!(
                             "partition {}: the data disk filled before this write was durable; \
-                             nothing of it was written",
+                             nothing of it was written to this partition",
                             self.id
                         ),
-                        retry_after_secs: 1,
+                        retry_after_secs: 5,
                     })
                 };
             }
@@ -409,11 +409,15 @@ impl Partition {
         }
         failure.last_try = Some(Instant::now());
         if let Err(error) = self.reopen(w) {
-            tracing::debug!(partition = self.id, %error, "not recovered from the full disk yet");
-            return match &st.failed {
-                Some(failure) => Err(self.refusal(failure)),
-                None => Ok(()),
-            };
+            if !error.is_out_of_space() {
+                // Not the disk's space: something a restart must look at.
+                tracing::error!(partition = self.id, %error, "recovery after a full disk failed; partition is now read-only");
+                failure.reason = error.to_string();
+                failure.out_of_space = false;
+            } else {
+                tracing::debug!(partition = self.id, %error, "not recovered from the full disk yet");
+            }
+            return Err(self.refusal(failure));
         }
         let end = self.end_offset();
         st.generation_ends.push(end);
@@ -428,11 +432,19 @@ impl Partition {
         Ok(())
     }
 
-    /// Cuts the active and rolling segments back to their durable length and
-    /// replaces the writer and segment list with the log reopened from disk.
+    /// Cuts every unsealed segment (the active one, and rolled ones whose
+    /// sealing had not finished — a failed sync drops them from the sealing
+    /// queue, not from the list) back to its durable length, and replaces
+    /// the writer and segment list with the log reopened from disk.
     fn reopen(&self, w: &mut Writer) -> Result<()> {
-        let open = w.sealing.iter().map(|s| &s.segment).chain([&w.active]);
-        for segment in open {
+        let unsealed: Vec<Arc<Segment>> = self
+            .segments
+            .read()
+            .iter()
+            .filter(|s| !s.info().sealed)
+            .cloned()
+            .collect();
+        for segment in &unsealed {
             let path = segment.path();
             OpenOptions::new()
                 .write(true)
@@ -554,10 +566,20 @@ impl Partition {
     fn roll_when(&self, due: impl FnOnce(&Writer) -> bool) -> Result<bool> {
         {
             let mut w = self.writer.lock();
-            if w.tail.len() == 0 || self.closed.load(Ordering::Acquire) || !due(&w) {
+            if self.closed.load(Ordering::Acquire) {
                 return Ok(false);
             }
-            self.recover_locked(&mut w)?;
+            // First: a recovery replaces the writer the checks below look at.
+            if let Err(e) = self.recover_locked(&mut w) {
+                return if w.tail.len() == 0 || !due(&w) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                };
+            }
+            if w.tail.len() == 0 || !due(&w) {
+                return Ok(false);
+            }
             self.roll_locked(&mut w)?;
         }
         self.lead_now(|| self.sync_once())?;
@@ -636,6 +658,9 @@ impl Partition {
     /// Readers that already hold a cursor over them finish their reads:
     /// the files stay open until the last cursor is dropped.
     pub fn delete_segments_below(&self, offset: u64) -> Result<Vec<SegmentInfo>> {
+        // Held throughout: a recovery after a full disk reopens the
+        // directory under it and must not see files vanish half-way.
+        let _writer = self.writer.lock();
         let removed: Vec<Arc<Segment>> = {
             let mut segments = self.segments.write();
             let keep_from = segments

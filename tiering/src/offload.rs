@@ -151,11 +151,9 @@ impl Tiering {
         }
         // Space management: a nearly full data disk cannot wait for a segment
         // to fill or age, nor keep local copies of what is cold already.
-        let pressure = self
-            .broker
-            .disk_space()
-            .is_some_and(|space| space.under_pressure());
-        if pressure {
+        let space = self.broker.disk_space();
+        let pressure = space.is_some_and(|space| space.under_pressure());
+        if space.is_some_and(|space| space.is_critical()) {
             let partition = p.clone();
             match tokio::task::spawn_blocking(move || partition.roll()).await {
                 Ok(Ok(_)) => {}
