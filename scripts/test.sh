@@ -48,10 +48,11 @@ if ! command -v openssl >/dev/null 2>&1; then
 fi
 
 venv=target/test-venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import pyarrow, moto" 2>/dev/null; then
-  echo "== installing the test tools (moto S3 server, pyarrow) into $venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import pyarrow, moto, schemathesis" 2>/dev/null; then
+  echo "== installing the test tools (moto S3 server, pyarrow, schemathesis) into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[s3]==5.2.5" flask flask-cors pyarrow
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[s3]==5.2.5" flask flask-cors pyarrow \
+    "schemathesis==4.32.5"
 fi
 export STRATA_TEST_PYTHON="$PWD/$venv/bin/python"
 

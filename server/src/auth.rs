@@ -146,7 +146,8 @@ impl Principal {
 
 /// The permission each route needs, by method and route template, with
 /// the route's path parameters: the one table of the API's permissions.
-/// `None` for the one public route, `GET /health`.
+/// `None` for the public routes: `GET /health` and `GET /openapi.json`
+/// (the API's description, the same for everyone, naming no topic).
 pub fn route_need<'a>(method: &Method, route: &str, topic: Option<&'a str>) -> Option<Need<'a>> {
     let topic = topic.unwrap_or_default();
     // HEAD runs the GET handler: it needs what GET needs.
@@ -156,7 +157,7 @@ pub fn route_need<'a>(method: &Method, route: &str, topic: Option<&'a str>) -> O
         method.as_str()
     };
     let need = match (method, route) {
-        ("GET", "/health") => return None,
+        ("GET", "/health" | "/openapi.json") => return None,
         ("POST", "/v1/topics") => Need::Admin,
         ("DELETE", "/v1/topics/{topic}") => Need::Admin,
         ("GET", "/v1/topics/{topic}") => Need::ProduceOrConsume(topic),
@@ -445,6 +446,7 @@ mod tests {
     fn every_route_but_health_needs_a_token() {
         let get = Method::GET;
         assert_eq!(route_need(&get, "/health", None), None);
+        assert_eq!(route_need(&get, "/openapi.json", None), None);
         for route in ["/health/ready", "/v1/cluster", "/v1/topics", "unmatched"] {
             assert_eq!(
                 route_need(&get, route, None),

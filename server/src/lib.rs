@@ -29,6 +29,7 @@ pub mod api_error;
 pub mod auth;
 pub mod error;
 pub mod membership;
+pub mod openapi;
 pub mod quota;
 pub mod render;
 pub mod request;

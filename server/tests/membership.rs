@@ -74,7 +74,8 @@ impl Node {
         let proxy = behind_proxy.then(|| FaultProxy::start(addr));
         let url = format!("http://{}", proxy.as_ref().map_or(addr, |p| p.addr));
         let (stop, stopping) = watch::channel(false);
-        let routes = strata_server::routes::cluster::routes(membership.clone());
+        let routes: axum::Router =
+            strata_server::routes::cluster::routes(membership.clone()).into();
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             let _ = axum::serve(listener, routes).await;

@@ -3,23 +3,23 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
 use strata_cluster::{ClusterView, Heartbeat};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api_error::ApiError;
 use crate::membership::{Membership, Refusal};
 use crate::request::{MAX_ADMIN_BODY, json_response, read_body};
 
 /// The cluster routes alone, served by every node as part of the API.
-pub fn routes(membership: Arc<Membership>) -> Router {
-    Router::new()
-        .route("/v1/cluster", get(view))
-        .route("/v1/cluster/heartbeat", post(heartbeat))
+pub fn routes(membership: Arc<Membership>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(view))
+        .routes(routes!(heartbeat))
         .with_state(membership)
 }
 
@@ -30,6 +30,8 @@ fn view_response(view: &ClusterView) -> Result<Response, ApiError> {
 
 /// `200` with the cluster view, `503` while this node knows no controller
 /// (the object store has been unreachable since it started).
+#[utoipa::path(get, path = "/v1/cluster", operation_id = "cluster_view", tag = "cluster",
+    responses((status = 200, description = "the nodes, the controller and its epoch", body = serde_json::Value)))]
 async fn view(State(membership): State<Arc<Membership>>) -> Result<Response, ApiError> {
     match membership.view() {
         Some(view) => view_response(&view),
@@ -43,6 +45,14 @@ async fn view(State(membership): State<Arc<Membership>>) -> Result<Response, Api
 /// `200` with the cluster view when this node is the controller; `409
 /// not_controller`, `409 not_registered` or `409 stale_incarnation`
 /// otherwise.
+#[utoipa::path(post, path = "/v1/cluster/heartbeat", operation_id = "heartbeat", tag = "cluster",
+    description = "Between nodes only (node secret when authentication is on).",
+    request_body = serde_json::Value,
+    responses(
+        (status = 200, description = "the controller's view", body = serde_json::Value),
+        (status = 400, description = "`invalid_request`"),
+        (status = 409, description = "`not_controller`, `not_registered`, `stale_incarnation`"),
+        (status = 413, description = "`payload_too_large`")))]
 async fn heartbeat(
     State(membership): State<Arc<Membership>>,
     headers: HeaderMap,

@@ -16,9 +16,11 @@ use crate::api_error::ApiError;
 use crate::auth::{Need, Principal};
 use crate::request::{ApiPath, MAX_ADMIN_BODY, blocking, json_response, read_body};
 
-#[derive(Deserialize)]
+/// `POST /v1/groups/{group}/offsets`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Commit {
+    #[schema(value_type = Vec<crate::openapi::CommittedOffset>)]
     offsets: Vec<CommittedOffset>,
 }
 
@@ -31,6 +33,14 @@ fn check_group(group: &str) -> Result<(), ApiError> {
     })
 }
 
+#[utoipa::path(post, path = "/v1/groups/{group}/offsets", operation_id = "commit_offsets", tag = "groups",
+    params(("group" = String, Path, description = "consumer group name")),
+    request_body = Commit,
+    responses(
+        (status = 204, description = "committed, durably"),
+        (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
+        (status = 404, description = "`topic_not_found`, `partition_not_found`"),
+        (status = 413, description = "`payload_too_large`")))]
 pub(super) async fn commit(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -60,6 +70,12 @@ pub(super) async fn commit(
 }
 
 /// The group's offsets of the topics the caller may consume.
+#[utoipa::path(get, path = "/v1/groups/{group}/offsets", operation_id = "fetch_offsets", tag = "groups",
+    params(("group" = String, Path, description = "consumer group name")),
+    responses(
+        (status = 200, description = "the group's offsets with lag", body = serde_json::Value),
+        (status = 400, description = "`invalid_request`"),
+        (status = 404, description = "`not_found`")))]
 pub(super) async fn fetch(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -15,12 +15,20 @@ use crate::request::json_response;
 pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Always `200 {"status":"ok"}` while the process serves requests.
+#[utoipa::path(get, path = "/health", operation_id = "live", tag = "health",
+    description = "Liveness: `200` whenever the process serves requests (the only route that never needs a token).",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = serde_json::Value)))]
 pub(super) async fn live() -> Response {
     json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
 }
 
 /// `200` when the server can take writes and offload them, else `503`
 /// (with `Retry-After`), with each check's findings either way.
+#[utoipa::path(get, path = "/health/ready", operation_id = "ready", tag = "health",
+    description = "Readiness, with each check's findings (disk, object store, local budget).",
+    responses(
+        (status = 200, description = "every check passes", body = serde_json::Value),
+        (status = 503, description = "a check fails; the body still lists every check", body = serde_json::Value)))]
 pub(super) async fn ready(State(app): State<AppState>) -> Response {
     let data_dir = app.broker.config().data_dir.clone();
     let disk =
@@ -76,6 +84,9 @@ pub(super) async fn ready(State(app): State<AppState>) -> Response {
     response
 }
 
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health",
+    description = "Prometheus text exposition (admin when authentication is on).",
+    responses((status = 200, description = "metrics", body = String, content_type = "text/plain")))]
 pub(super) async fn metrics_text(State(app): State<AppState>) -> Response {
     for topic in app.broker.topics() {
         let bytes: u64 = topic.partitions().iter().map(|p| p.local_bytes()).sum();

@@ -18,16 +18,19 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use strata_broker::Broker;
 use strata_query::QueryService;
 use strata_tiering::Tiering;
 use tokio::sync::watch;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api_error::ApiError;
 use crate::auth::{Auth, authorize};
 use crate::membership::Membership;
+use crate::openapi;
 use crate::quota::Quotas;
 
 /// What every handler can reach.
@@ -50,49 +53,42 @@ pub struct AppState {
     pub quotas: Arc<Quotas>,
 }
 
-/// The whole API.
+/// The whole API, and its OpenAPI description served at `/openapi.json`:
+/// every route is registered through `routes!`, which collects the
+/// handler's `#[utoipa::path]` entry with it.
 pub fn router(state: AppState) -> Router {
     let membership = state.membership.clone();
     let auth = state.auth.clone();
-    Router::new()
-        .route("/health", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(health::metrics_text))
-        .route("/v1/topics", get(topics::list).post(topics::create))
-        .route(
-            "/v1/topics/{topic}",
-            get(topics::describe).delete(topics::delete),
-        )
-        .route("/v1/topics/{topic}/records", post(records::produce))
-        .route(
-            "/v1/topics/{topic}/partitions/{partition}/records",
-            get(records::consume),
-        )
-        .route(
-            "/v1/topics/{topic}/partitions/{partition}/offset",
-            get(records::offset_for_timestamp),
-        )
-        .route("/v1/topics/{topic}/tiering/run", post(tiering::run))
-        .route("/v1/topics/{topic}/range", get(query::range))
-        .route("/v1/topics/{topic}/snapshot", get(query::snapshot))
-        .route("/v1/query", post(query::sql))
-        .route("/v1/views", get(query::list_views).post(query::create_view))
-        .route(
-            "/v1/views/{name}",
-            get(query::read_view).delete(query::delete_view),
-        )
-        .route(
-            "/v1/groups/{group}/offsets",
-            get(groups::fetch).post(groups::commit),
-        )
-        .route("/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/v1/tokens/{name}", delete(tokens::revoke))
+    let (api, description) = OpenApiRouter::new()
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics_text))
+        .routes(routes!(topics::list, topics::create))
+        .routes(routes!(topics::describe, topics::delete))
+        .routes(routes!(records::produce))
+        .routes(routes!(records::consume))
+        .routes(routes!(records::offset_for_timestamp))
+        .routes(routes!(tiering::run))
+        .routes(routes!(query::range))
+        .routes(routes!(query::snapshot))
+        .routes(routes!(query::sql))
+        .routes(routes!(query::list_views, query::create_view))
+        .routes(routes!(query::read_view, query::delete_view))
+        .routes(routes!(groups::fetch, groups::commit))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
         .with_state(state)
         .merge(cluster::routes(membership))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(auth, authorize))
-        .layer(middleware::from_fn(track_request))
+        .split_for_parts();
+    let description = Arc::new(openapi::finish(description));
+    api.route(
+        "/openapi.json",
+        get(move || async move { axum::Json(description.as_ref().clone()) }),
+    )
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(middleware::from_fn_with_state(auth, authorize))
+    .layer(middleware::from_fn(track_request))
 }
 
 async fn not_found() -> ApiError {

@@ -77,6 +77,23 @@ fn time_param(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
+#[utoipa::path(get, path = "/v1/topics/{topic}/range", operation_id = "range", tag = "reads",
+    params(
+        ("topic" = String, Path, description = "topic name"),
+        ("from" = Option<String>, Query, description = "epoch ms or RFC 3339, inclusive"),
+        ("to" = Option<String>, Query, description = "epoch ms or RFC 3339, exclusive"),
+        ("partition" = Option<u32>, Query, description = "one partition only"),
+        ("key" = Option<String>, Query, description = "one key only"),
+        ("limit" = Option<u64>, Query, description = "most records"),
+        ("format" = Option<String>, Query, description = "json (default), ndjson, csv, arrow")),
+    responses(
+        (status = 200, description = "the records, streamed", content(
+            (serde_json::Value = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+        (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
+        (status = 404, description = "`topic_not_found`, `partition_not_found`")))]
 pub(super) async fn range(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -102,6 +119,20 @@ pub(super) async fn range(
     Ok(streaming(app.query.range(request).await?, &app, meter))
 }
 
+#[utoipa::path(get, path = "/v1/topics/{topic}/snapshot", operation_id = "snapshot", tag = "reads",
+    params(
+        ("topic" = String, Path, description = "topic name"),
+        ("as_of" = Option<String>, Query, description = "epoch ms or RFC 3339 (default: now)"),
+        ("key" = Option<Vec<String>>, Query, description = "only these keys (repeat up to 1000 times)"),
+        ("format" = Option<String>, Query, description = "json (default), ndjson, csv, arrow")),
+    responses(
+        (status = 200, description = "each key's latest record, streamed", content(
+            (serde_json::Value = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+        (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
+        (status = 404, description = "`topic_not_found`")))]
 pub(super) async fn snapshot(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -121,7 +152,8 @@ pub(super) async fn snapshot(
     ))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/query`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct QueryBody {
     sql: String,
@@ -129,6 +161,17 @@ struct QueryBody {
     format: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/query", operation_id = "sql", tag = "reads",
+    request_body = QueryBody,
+    responses(
+        (status = 200, description = "the rows, streamed", content(
+            (serde_json::Value = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+        (status = 400, description = "`invalid_request`, `invalid_sql` (naming a limit when one is hit)"),
+        (status = 404, description = "`topic_not_found`, `not_found`"),
+        (status = 413, description = "`payload_too_large`")))]
 pub(super) async fn sql(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -160,13 +203,21 @@ async fn check_topics(app: &AppState, principal: &Principal, sql: &str) -> Resul
     principal.require_consume_all(&app.query.topics_read(sql).await?)
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/views`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateView {
     name: String,
     sql: String,
 }
 
+#[utoipa::path(post, path = "/v1/views", operation_id = "create_view", tag = "views",
+    request_body = CreateView,
+    responses(
+        (status = 201, description = "created", body = serde_json::Value),
+        (status = 400, description = "`invalid_request`, `invalid_sql`"),
+        (status = 409, description = "`view_exists`"),
+        (status = 413, description = "`payload_too_large`")))]
 pub(super) async fn create_view(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -189,6 +240,8 @@ pub(super) async fn create_view(
 
 /// The views whose topics the caller may all consume (a view's SQL names
 /// its topics).
+#[utoipa::path(get, path = "/v1/views", operation_id = "list_views", tag = "views",
+    responses((status = 200, description = "the views the caller may read", body = serde_json::Value)))]
 pub(super) async fn list_views(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -211,6 +264,18 @@ pub(super) async fn list_views(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/views/{name}", operation_id = "read_view", tag = "views",
+    params(
+        ("name" = String, Path, description = "view name"),
+        ("format" = Option<String>, Query, description = "json (default), ndjson, csv, arrow")),
+    responses(
+        (status = 200, description = "the view's rows, streamed", content(
+            (serde_json::Value = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+        (status = 400, description = "`invalid_request`"),
+        (status = 404, description = "`not_found`")))]
 pub(super) async fn read_view(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -232,6 +297,12 @@ pub(super) async fn read_view(
 
 /// Deletes a view the caller may read: one that reads only topics it may
 /// consume.
+#[utoipa::path(delete, path = "/v1/views/{name}", operation_id = "delete_view", tag = "views",
+    params(("name" = String, Path, description = "view name")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "`invalid_request`"),
+        (status = 404, description = "`not_found`")))]
 pub(super) async fn delete_view(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,

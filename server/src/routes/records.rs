@@ -30,6 +30,19 @@ const MAX_MAX_RECORDS: u64 = 100_000;
 const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
 const MAX_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
+#[utoipa::path(post, path = "/v1/topics/{topic}/records", operation_id = "produce", tag = "records",
+    params(
+        ("topic" = String, Path, description = "topic name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "makes retries of this request answer with the first answer's offsets")),
+    request_body(content(
+        (crate::openapi::ProduceBody = "application/json"),
+        (String = "application/x-ndjson"))),
+    responses(
+        (status = 200, description = "durable: every record's partition, offset and timestamp", body = crate::openapi::ProduceAnswer),
+        (status = 400, description = "`invalid_request`, `invalid_record` (with `index`), `invalid_topic_name`"),
+        (status = 404, description = "`topic_not_found`"),
+        (status = 409, description = "`idempotency_key_reused`"),
+        (status = 413, description = "`payload_too_large`")))]
 pub(super) async fn produce(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -89,6 +102,19 @@ fn render_acks(acks: &[Ack]) -> Vec<u8> {
     out
 }
 
+#[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/records", operation_id = "consume", tag = "records",
+    params(
+        ("topic" = String, Path, description = "topic name"),
+        ("partition" = u32, Path, description = "partition number"),
+        ("offset" = Option<u64>, Query, description = "first offset (default: the partition's start)"),
+        ("max_records" = Option<u32>, Query, description = "1..=100000, default 1000"),
+        ("max_bytes" = Option<u64>, Query, description = "1..=67108864, default 1048576"),
+        ("wait_ms" = Option<u64>, Query, description = "long-poll time at the end of the log")),
+    responses(
+        (status = 200, description = "a page of records", body = crate::openapi::RecordPage),
+        (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
+        (status = 404, description = "`topic_not_found`, `partition_not_found`"),
+        (status = 416, description = "`offset_out_of_range`")))]
 pub(super) async fn consume(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -128,6 +154,15 @@ pub(super) async fn consume(
     Ok(json_response(StatusCode::OK, body))
 }
 
+#[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/offset", operation_id = "offset_for_timestamp", tag = "records",
+    params(
+        ("topic" = String, Path, description = "topic name"),
+        ("partition" = u32, Path, description = "partition number"),
+        ("timestamp" = String, Query, description = "epoch milliseconds or RFC 3339")),
+    responses(
+        (status = 200, description = "the earliest offset at or after the timestamp", body = crate::openapi::OffsetAnswer),
+        (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
+        (status = 404, description = "`topic_not_found`, `partition_not_found`")))]
 pub(super) async fn offset_for_timestamp(
     State(app): State<AppState>,
     ApiPath((topic, partition)): ApiPath<(String, String)>,

@@ -9,6 +9,14 @@ use super::AppState;
 use crate::api_error::ApiError;
 use crate::request::{ApiPath, Params, json_response};
 
+#[utoipa::path(post, path = "/v1/topics/{topic}/tiering/run", operation_id = "offload_now", tag = "operations",
+    params(
+        ("topic" = String, Path, description = "topic name"),
+        ("roll" = Option<bool>, Query, description = "seal the active segments first")),
+    responses(
+        (status = 200, description = "what was offloaded", body = serde_json::Value),
+        (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
+        (status = 404, description = "`topic_not_found`")))]
 pub(super) async fn run(
     State(app): State<AppState>,
     ApiPath(topic): ApiPath<String>,

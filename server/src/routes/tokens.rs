@@ -12,14 +12,18 @@ use super::AppState;
 use crate::api_error::ApiError;
 use crate::request::{ApiPath, MAX_ADMIN_BODY, json_response, read_body};
 
-#[derive(Deserialize)]
+/// `POST /v1/tokens`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateToken {
     name: String,
+    /// `admin`, `produce:<topic glob>`, `consume:<topic glob>`, `query`.
     permissions: Vec<String>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     produce_bytes_per_sec: Option<u64>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     consume_bytes_per_sec: Option<u64>,
 }
 
@@ -40,6 +44,13 @@ fn shown(record: &TokenRecord) -> serde_json::Value {
 
 /// `201 {"name", "token", "permissions", "created_at"}`: the token is in
 /// this answer and nowhere else.
+#[utoipa::path(post, path = "/v1/tokens", operation_id = "create_token", tag = "security",
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "created; the token is shown this once", body = serde_json::Value),
+        (status = 400, description = "`invalid_request`"),
+        (status = 409, description = "`token_exists`"),
+        (status = 413, description = "`payload_too_large`")))]
 pub(super) async fn create(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -75,6 +86,8 @@ pub(super) async fn create(
 
 /// `200 {"tokens": [{"name", "permissions", "created_at"}]}`, never a
 /// token or its hash.
+#[utoipa::path(get, path = "/v1/tokens", operation_id = "list_tokens", tag = "security",
+    responses((status = 200, description = "every token's name and permissions (never a secret)", body = serde_json::Value)))]
 pub(super) async fn list(State(app): State<AppState>) -> Response {
     let tokens: Vec<_> = app.auth.list().await.iter().map(shown).collect();
     json_response(
@@ -84,6 +97,12 @@ pub(super) async fn list(State(app): State<AppState>) -> Response {
 }
 
 /// `204`, or `404 token_not_found`.
+#[utoipa::path(delete, path = "/v1/tokens/{name}", operation_id = "revoke_token", tag = "security",
+    params(("name" = String, Path, description = "token name")),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 400, description = "`invalid_request`"),
+        (status = 404, description = "`not_found`")))]
 pub(super) async fn revoke(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,

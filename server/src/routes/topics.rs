@@ -15,16 +15,27 @@ use crate::auth::{Need, Principal};
 use crate::request::{ApiPath, MAX_ADMIN_BODY, blocking, json_response, read_body};
 use crate::tiers::describe_topic;
 
-#[derive(Deserialize)]
+/// `POST /v1/topics`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTopic {
     name: String,
+    /// Default: the server's `default_partitions`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
     partitions: Option<u32>,
     #[serde(default)]
+    #[schema(value_type = crate::openapi::TopicConfig)]
     config: TopicConfigOverrides,
 }
 
+#[utoipa::path(post, path = "/v1/topics", operation_id = "create_topic", tag = "topics",
+    request_body = CreateTopic,
+    responses(
+        (status = 201, description = "created", body = crate::openapi::TopicDescription),
+        (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
+        (status = 409, description = "`topic_exists`"),
+        (status = 413, description = "`payload_too_large`")))]
 pub(super) async fn create(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -52,6 +63,8 @@ pub(super) async fn create(
 
 /// Lists the topics the caller may produce to or consume (every topic
 /// with authentication off, or for an admin): a listing leaks no names.
+#[utoipa::path(get, path = "/v1/topics", operation_id = "list_topics", tag = "topics",
+    responses((status = 200, description = "the topics the caller may see", body = crate::openapi::TopicList)))]
 pub(super) async fn list(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -69,6 +82,12 @@ pub(super) async fn list(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/topics/{topic}", operation_id = "describe_topic", tag = "topics",
+    params(("topic" = String, Path, description = "topic name")),
+    responses(
+        (status = 200, description = "the topic", body = crate::openapi::TopicDescription),
+        (status = 400, description = "`invalid_topic_name`"),
+        (status = 404, description = "`topic_not_found`")))]
 pub(super) async fn describe(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -83,6 +102,12 @@ pub(super) async fn describe(
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/topics/{topic}", operation_id = "delete_topic", tag = "topics",
+    params(("topic" = String, Path, description = "topic name")),
+    responses(
+        (status = 204, description = "deleted from both tiers"),
+        (status = 400, description = "`invalid_topic_name`"),
+        (status = 404, description = "`topic_not_found`")))]
 pub(super) async fn delete(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
