@@ -29,10 +29,21 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of `server` (`http://` or `https://`). `STRATA_CA_CERT`
+    /// names a PEM file of extra certificate authorities to trust (a
+    /// self-signed server certificate, a private CA).
     pub fn new(server: &str) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()?;
+        let mut builder = reqwest::Client::builder().pool_max_idle_per_host(64);
+        if let Some(path) = std::env::var_os("STRATA_CA_CERT").filter(|p| !p.is_empty()) {
+            let pem = std::fs::read(&path)
+                .map_err(|e| anyhow!("cannot read STRATA_CA_CERT {}: {e}", path.display()))?;
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow!("STRATA_CA_CERT {}: {e}", path.display()))?
+            {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build()?;
         Ok(Self {
             http,
             base: server.trim_end_matches('/').to_string(),

@@ -128,6 +128,27 @@ async fn https_only_and_a_rotated_certificate_needs_no_restart() {
         "{}",
         server.log()
     );
+    // The CLI over HTTPS: it trusts the certificate in STRATA_CA_CERT.
+    let cli = |ca: Option<&Path>| {
+        let mut command = Command::new(binary());
+        command.args(["--server", &https, "topic", "list"]);
+        command.env_remove("STRATA_CA_CERT");
+        if let Some(ca) = ca {
+            command.env("STRATA_CA_CERT", ca);
+        }
+        strata_test_support::output_within(&mut command, Duration::from_secs(30))
+    };
+    let trusted = cli(Some(&cert_b));
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let untrusted = cli(None);
+    assert!(
+        !untrusted.status.success(),
+        "a self-signed certificate is refused"
+    );
     assert!(server.terminate().success(), "a clean stop over TLS");
 }
 

@@ -1,5 +1,5 @@
 //! Who may do what (API.md "Security"): bearer tokens checked on every
-//! request but `GET /health`, and the one table of the permission each
+//! request but `GET /health` and `GET /openapi.json`, and the one table of the permission each
 //! route needs ([`route_need`]).
 //!
 //! With authentication off (the default) every request is allowed, as

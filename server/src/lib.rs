@@ -14,6 +14,8 @@
 //! - [`membership`]: this node's part in the cluster (registration,
 //!   controller election, heartbeats; the control objects themselves are
 //!   in `strata-cluster`);
+//! - [`connections`]: the accept loop of HTTP and HTTPS, with handshake,
+//!   header and drain timeouts;
 //! - [`tls`]: HTTPS with rustls, certificates reloaded when their files
 //!   change;
 //! - [`tiers`]: the union of the tiers for consume, offset-for-timestamp
@@ -27,6 +29,7 @@
 
 pub mod api_error;
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod membership;
 pub mod openapi;

@@ -153,14 +153,7 @@ impl Server {
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = stop.send(true);
         };
-        let served = match tls {
-            Some(tls) => crate::tls::serve(listener, router(state), tls, draining).await,
-            None => {
-                axum::serve(listener, router(state))
-                    .with_graceful_shutdown(draining)
-                    .await
-            }
-        };
+        let served = crate::connections::serve(listener, router(state), tls, draining).await;
         let _ = stopping.send(true);
         let _ = roller.await;
         let _ = membership.await;

@@ -10,33 +10,19 @@
 //! server down. Only TLS 1.2 and 1.3 with ring's cipher suites are
 //! offered; plain HTTP is not served on the same port.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use parking_lot::RwLock;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::error::{Result, ServerError};
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
-
-/// Longest a client may take over its TLS handshake (a scanner or a
-/// slow-loris client must not hold a connection, or shutdown, for ever).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest shutdown waits for open connections to finish their requests
-/// (a streamed answer to a client that stopped reading never finishes).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the certificate chain and its private key are.
 #[derive(Debug, Clone)]
@@ -156,7 +142,7 @@ impl TlsState {
         }))
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.current.read().0.clone())
     }
 
@@ -184,90 +170,16 @@ impl TlsState {
     }
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown` resolves, then
-/// lets every open connection finish its request and close.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    tls: Arc<TlsState>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (stop_tx, stop) = watch::channel(false);
-    let reloading = {
-        let tls = tls.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RELOAD_EVERY);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                let tls = tls.clone();
-                let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
-            }
-        })
-    };
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
+/// Reloads the files every [`RELOAD_EVERY`] when they changed, until
+/// `stop` turns true.
+pub async fn reload_until(tls: Arc<TlsState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(RELOAD_EVERY);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors and the like: back off, keep serving.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        while connections.try_join_next().is_some() {}
-        let acceptor = tls.acceptor();
-        let service = TowerToHyperService::new(router.clone());
-        let mut stop = stop.clone();
-        connections.spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            let stream = tokio::select! {
-                done = handshake => match done {
-                    Ok(Ok(stream)) => stream,
-                    // A failed or slow handshake is the client's problem
-                    // (wrong CA, plain HTTP on the TLS port): nothing to
-                    // log per attempt.
-                    _ => return,
-                },
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            // The timer turns on hyper's 30 s limit for reading headers.
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            let stopping = tokio::select! {
-                _ = connection.as_mut() => false,
-                stopped = stop.wait_for(|s| *s) => stopped.is_ok(),
-            };
-            if stopping {
-                // Finish the request in flight, then close.
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
-            }
-        });
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let tls = tls.clone();
+        let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
     }
-    // No new clients wait in the backlog while the others drain.
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}: closing them");
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
-    }
-    let _ = reloading.await;
-    Ok(())
 }

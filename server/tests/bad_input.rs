@@ -422,3 +422,42 @@ async fn bad_consume_requests() {
         (json!(0), json!(1))
     );
 }
+
+/// Regression guarded: on plain HTTP (served by `axum::serve`, which sets
+/// no timer) a client that sent part of its headers and then nothing held
+/// its connection for ever, and with it shutdown: a slow-loris attack.
+/// Now plain HTTP and HTTPS share one accept loop with a header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use std::time::{Duration, Instant};
+    use strata_server::connections::HEADER_READ_TIMEOUT;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = start().await;
+    let mut slow = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: strata\r\nX-Slow: ")
+        .await
+        .expect("write part of the headers");
+    let started = Instant::now();
+    // Meanwhile the server answers everyone else.
+    let (status, _) = server.api.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        HEADER_READ_TIMEOUT + Duration::from_secs(15),
+        slow.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= HEADER_READ_TIMEOUT - Duration::from_secs(1),
+        "cut off after {:?}, before the timeout",
+        started.elapsed()
+    );
+}

@@ -186,12 +186,13 @@ impl ColdStore {
     /// after a power loss, and its writer never relied on it (the write had
     /// not returned). S3 puts are atomic, so there it is damage, never a tear.
     ///
-    /// Only a short read counts (empty, cut short, or zeros where the file
-    /// system had not written the data yet): a whole object that does not
-    /// parse is damage, reported by the reader, never dropped.
+    /// Only a short read counts: empty or cut short, or with zero bytes
+    /// where the file system had not written the data yet (the JSON Strata
+    /// writes never holds a NUL byte). A whole object that does not parse
+    /// is damage, reported by the reader, never dropped.
     pub fn is_torn_json(&self, bytes: &[u8]) -> bool {
         self.local_root().is_some()
-            && (bytes.iter().all(|&b| b == 0)
+            && (bytes.contains(&0)
                 || serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
                     .is_err_and(|e| e.is_eof()))
     }

@@ -241,6 +241,10 @@ mod tests {
             cold.is_torn_json(&[0; 64]),
             "zeros where data was not written yet"
         );
+        assert!(
+            cold.is_torn_json(b"{\"n\":1}\0\0\0\0"),
+            "a whole-looking prefix, then unwritten zeros"
+        );
         // Whole but damaged: reported by the reader, never dropped.
         assert!(!cold.is_torn_json(b"{\"n\":1}}") && !cold.is_torn_json(b"garbage"));
     }

@@ -91,6 +91,7 @@ async fn conformance(url: &str) {
         0
     );
 
+    check_key_bloom_filters(&f, "conf").await;
     for p in 0..2u32 {
         let stats = f.tiering.cold_stats("conf", p);
         assert_eq!((stats.start_offset, stats.end_offset), (0, 200));
@@ -495,6 +496,75 @@ async fn a_recreated_topic_keeps_its_files(url: &str) {
 }
 
 /// Every offset in `file`, read as a query scan reads it.
+/// Every cold file of `topic` carries a bloom filter on `key` per row
+/// group that holds each key of the row group and (these keys, this fpp)
+/// rules out one that is absent.
+async fn check_key_bloom_filters(f: &Storage, topic: &str) {
+    use parquet::file::properties::ReaderProperties;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::serialized_reader::ReadOptionsBuilder;
+
+    let listed: Vec<object_store::ObjectMeta> = f
+        .cold
+        .store
+        .list(Some(&f.cold.root.topic(topic)))
+        .try_collect()
+        .await
+        .unwrap();
+    let files: Vec<_> = listed
+        .iter()
+        .filter(|o| o.location.as_ref().ends_with(".parquet"))
+        .collect();
+    assert!(!files.is_empty());
+    for object in files {
+        let bytes = f
+            .cold
+            .store
+            .get(&object.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let options = ReadOptionsBuilder::new()
+            .with_reader_properties(
+                ReaderProperties::builder()
+                    .set_read_bloom_filter(true)
+                    .build(),
+            )
+            .build();
+        let reader = SerializedFileReader::new_with_options(bytes, options).unwrap();
+        let schema = reader.metadata().file_metadata().schema_descr_ptr();
+        let key = (0..schema.num_columns())
+            .find(|&i| schema.column(i).name() == "key")
+            .expect("a key column");
+        for g in 0..reader.num_row_groups() {
+            let group = reader.get_row_group(g).unwrap();
+            let filter = group
+                .get_column_bloom_filter(key)
+                .unwrap_or_else(|| panic!("{}: no bloom filter on key", object.location));
+            let keys: Vec<String> = group
+                .get_row_iter(None)
+                .unwrap()
+                .filter_map(|row| {
+                    let row = row.unwrap();
+                    row.get_column_iter()
+                        .find(|(name, _)| name.as_str() == "key")
+                        .and_then(|(_, field)| match field {
+                            parquet::record::Field::Str(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                })
+                .collect();
+            assert!(!keys.is_empty());
+            for k in &keys {
+                assert!(filter.check(&k.as_str()), "{k} missing from the filter");
+            }
+            assert!(!filter.check(&"no-such-key"), "an absent key passes");
+        }
+    }
+}
+
 async fn count_offsets(tiering: &Tiering, file: &ColdFile) -> Vec<u64> {
     let scan = FileScan {
         file,

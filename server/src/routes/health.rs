@@ -16,7 +16,7 @@ pub const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Always `200 {"status":"ok"}` while the process serves requests.
 #[utoipa::path(get, path = "/health", operation_id = "live", tag = "health",
-    description = "Liveness: `200` whenever the process serves requests (the only route that never needs a token).",
+    description = "Liveness: `200` whenever the process serves requests (with `/openapi.json`, the only routes that never need a token).",
     responses((status = 200, description = "`{\"status\":\"ok\"}`", body = serde_json::Value)))]
 pub(super) async fn live() -> Response {
     json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
