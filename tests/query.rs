@@ -548,6 +548,18 @@ async fn views_are_durable_and_bad_requests_are_refused() {
     let (status, body) = api.get("/v1/views/top_keys?format=json").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"columns": ["key", "n"], "rows": expected}));
+    // Regression: without LIMIT a view's ORDER BY was lost when it was read.
+    let (status, body) = api
+        .post(
+            "/v1/views",
+            &json!({"name": "ranked", "sql": "SELECT key, n FROM per_key ORDER BY n DESC, key"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let all_ranked: Vec<Value> = top.iter().map(|(k, n)| json!([k, n])).collect();
+    let (status, body) = api.get("/v1/views/ranked").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"columns": ["key", "n"], "rows": all_ranked}));
 
     // Bad requests: each gets its status and code, and changes nothing.
     let cases = [
@@ -602,7 +614,7 @@ async fn views_are_durable_and_bad_requests_are_refused() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["per_key", "top_keys"]);
+    assert_eq!(names, ["per_key", "ranked", "top_keys"]);
 
     // Views survive a restart.
     let data_dir = server.data_dir.clone();

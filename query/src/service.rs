@@ -266,11 +266,14 @@ impl QueryService {
 
     /// The current rows of a view.
     pub async fn read_view(&self, name: &str, format: Format) -> Result<Output> {
-        if self.views.get(name).is_none() {
+        let Some(view) = self.views.get(name) else {
             return Err(QueryError::ViewNotFound(name.chars().take(128).collect()));
-        }
-        let sql = format!("SELECT * FROM {}", quote_identifier(name));
-        self.run_sql("view", sql, format, Shape::Table).await
+        };
+        // The view's own SQL, not `SELECT * FROM view`: the optimizer drops
+        // an ORDER BY without LIMIT inside a subquery, so the rows came back
+        // in partition order although the same SQL through /v1/query is
+        // ordered (issue #12).
+        self.run_sql("view", view.sql, format, Shape::Table).await
     }
 
     /// The table a topic's change log describes at `as_of_ms`; with
