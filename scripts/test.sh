@@ -4,7 +4,10 @@
 # an ephemeral port, and end-to-end tests of the `strata` binary, including
 # SIGKILL crash tests). Installs and starts what the tests need: an
 # S3-compatible server on loopback (MinIO if present, else moto from PyPI)
-# and pyarrow as an independent Parquet reader.
+# and pyarrow as an independent Parquet reader; schemathesis, which fuzzes
+# the API from /openapi.json; and, as root, a small loop-mounted ext4
+# volume for the full-disk test (the power-loss test mounts its own FUSE
+# file system, also as root).
 #
 #   scripts/test.sh [cargo test args]
 #   S3_SERVER=garage scripts/test.sh [cargo test args]

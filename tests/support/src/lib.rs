@@ -1,8 +1,10 @@
 //! Shared fixtures for Strata's integration and end-to-end tests: a server
 //! in this process or as a child process on an ephemeral port, an HTTP
 //! client for the API, and polling with a deadline (never sleeps as
-//! synchronisation); [`storage`] holds the storage crates without HTTP.
+//! synchronisation); [`storage`] holds the storage crates without HTTP;
+//! [`power_loss`] is a FUSE file system that loses unsynced writes.
 
+pub mod power_loss;
 pub mod storage;
 
 use std::future::Future;
