@@ -592,13 +592,33 @@ async fn hot_and_cold_consume_count_max_bytes_alike() {
 }
 
 /// `/health/ready` reports what it checked: the data directory's disk, the
-/// object store (here the local `file://` cold tier) and the local budget.
+/// object store (here the local `file://` cold tier), the local budget and
+/// the cluster (ready once this node has a view of it: a node alone
+/// elects itself within a heartbeat or two).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_reports_each_check() {
     let server = TestServer::start().await;
-    let (status, body) = server.api.get("/health/ready").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = strata_test_support::eventually(
+        std::time::Duration::from_secs(15),
+        "readiness",
+        || async {
+            let (status, body) = server.api.get("/health/ready").await;
+            (status == StatusCode::OK).then_some(body)
+        },
+    )
+    .await;
     assert_eq!(body["status"], "ready");
+    let cluster = &body["checks"]["cluster"];
+    assert_eq!(cluster["ok"], true, "{body}");
+    assert_eq!(
+        cluster["controller"], cluster["node"],
+        "alone, it leads: {body}"
+    );
+    assert_eq!(
+        (cluster["nodes"].as_u64(), cluster["alive"].as_u64()),
+        (Some(1), Some(1)),
+        "{body}"
+    );
     let checks = &body["checks"];
     assert_eq!(checks["disk"]["ok"], true, "{body}");
     assert!(checks["disk"]["free_bytes"].as_u64().unwrap() > 0);

@@ -65,10 +65,28 @@ pub(super) async fn ready(State(app): State<AppState>) -> Response {
         "max_local_bytes": app.broker.config().max_local_bytes,
         "records_not_offloaded": local_only,
     });
-    let ok = [&disk, &store, &local].iter().all(|c| c["ok"] == true);
+    let node = app.membership.id().to_string();
+    let cluster = match app.membership.view() {
+        Some(view) => json!({
+            "ok": true,
+            "node": node,
+            "controller": view.controller,
+            "controller_epoch": view.controller_epoch,
+            "nodes": view.nodes.len(),
+            "alive": view.nodes.iter().filter(|n| n.alive).count(),
+        }),
+        None => json!({
+            "ok": false,
+            "node": node,
+            "error": "no view of the cluster yet: no controller heard from",
+        }),
+    };
+    let ok = [&disk, &store, &local, &cluster]
+        .iter()
+        .all(|c| c["ok"] == true);
     let body = json!({
         "status": if ok { "ready" } else { "not_ready" },
-        "checks": {"disk": disk, "object_store": store, "local_budget": local},
+        "checks": {"disk": disk, "object_store": store, "local_budget": local, "cluster": cluster},
     });
     let status = if ok {
         StatusCode::OK
