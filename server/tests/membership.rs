@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use strata_server::ClusterConfig;
 use strata_server::broker::{Broker, BrokerConfig};
 use strata_server::cluster::{ClusterView, NodeId};
+use strata_server::connections;
 use strata_server::membership::Membership;
 use strata_server::tiering::ColdStore;
+use strata_server::tls::{TlsConfig, TlsState};
+use strata_test_support::tls::{client_trusting, make_cert};
 use strata_test_support::{Api, FaultProxy, eventually};
 use tempfile::TempDir;
 use tokio::sync::watch;
@@ -40,6 +43,18 @@ impl Node {
     /// Starts node `id` on `dir` (a new one when `None`), reachable by the
     /// others directly or, with `behind_proxy`, through a fault proxy.
     fn start(cold: &ColdStore, id: &str, dir: Option<TempDir>, behind_proxy: bool) -> Self {
+        Self::start_with(cold, id, dir, behind_proxy, None)
+    }
+
+    /// [`Node::start`], serving HTTPS with `tls` when given (and sending
+    /// its heartbeats over HTTPS, trusting that certificate).
+    fn start_with(
+        cold: &ColdStore,
+        id: &str,
+        dir: Option<TempDir>,
+        behind_proxy: bool,
+        tls: Option<&TlsConfig>,
+    ) -> Self {
         let dir = dir.unwrap_or_else(|| TempDir::new().expect("tempdir"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -64,7 +79,7 @@ impl Node {
                     failure_timeout: FAILURE_TIMEOUT,
                 },
                 broker,
-                None,
+                tls,
             )
             .expect("open membership"),
         );
@@ -72,19 +87,25 @@ impl Node {
         listener.set_nonblocking(true).expect("non-blocking");
         let addr = listener.local_addr().expect("addr");
         let proxy = behind_proxy.then(|| FaultProxy::start(addr));
-        let url = format!("http://{}", proxy.as_ref().map_or(addr, |p| p.addr));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", proxy.as_ref().map_or(addr, |p| p.addr));
         let (stop, stopping) = watch::channel(false);
         let routes: axum::Router =
             strata_server::routes::cluster::routes(membership.clone()).into();
+        let tls_state = tls.map(|config| TlsState::open(config.clone()).expect("TLS files"));
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = axum::serve(listener, routes).await;
+            let _ = connections::serve(listener, routes, tls_state, std::future::pending()).await;
         });
         runtime.spawn(membership.run(url, stopping));
+        let mut api = Api::new(&format!("{scheme}://{addr}"));
+        if let Some(tls) = tls {
+            api.http = client_trusting(&tls.cert);
+        }
         Self {
             id: id.to_string(),
             dir: Some(dir),
-            api: Api::new(&format!("http://{addr}")),
+            api,
             proxy,
             runtime: Some(runtime),
             _stop: stop,
@@ -312,4 +333,39 @@ async fn a_controller_cut_off_from_the_others_is_deposed_and_follows() {
     .await;
     assert_eq!(healed.controller, after.controller);
     assert_eq!(healed.controller_epoch, after.controller_epoch);
+}
+
+/// TLS between nodes (issue #14): with `--tls-cert`, nodes serve HTTPS and
+/// send their heartbeats over HTTPS, trusting the cluster's certificate;
+/// they register, elect one controller and see each other alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_travel_over_tls() {
+    let store_dir = TempDir::new().expect("tempdir");
+    let certs = TempDir::new().expect("tempdir");
+    let (cert, key) = make_cert(certs.path(), "cluster");
+    let tls = TlsConfig {
+        cert,
+        key,
+        client_ca: None,
+    };
+    let cold = ColdStore::open(&format!("file://{}", store_dir.path().display())).expect("store");
+    let n1 = Node::start_with(&cold, "n1", None, false, Some(&tls));
+    let n2 = Node::start_with(&cold, "n2", None, false, Some(&tls));
+    let view = agreed(
+        &[&n1, &n2],
+        Some(&["n1", "n2"]),
+        &[],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        view.nodes.iter().all(|n| n.url.starts_with("https://")),
+        "{view:?}"
+    );
+    // Plain HTTP gets nothing from a node that serves HTTPS.
+    let plain = reqwest::Client::new()
+        .get(n1.api.base.replacen("https://", "http://", 1) + "/v1/cluster")
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
 }

@@ -6,6 +6,7 @@
 
 pub mod power_loss;
 pub mod storage;
+pub mod tls;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
