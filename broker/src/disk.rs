@@ -4,8 +4,8 @@
 //!
 //! A full disk is back-pressure, not a failure: below the reserve produce
 //! answers `503` with `Retry-After`, so rolling, sealing (index files) and
-//! small control files always find room; under pressure (80 % used, or
-//! less than twice the reserve free) the offloader offloads sealed segments
+//! small control files always find room; under pressure (less than four
+//! times the reserve free) the offloader offloads sealed segments
 //! without waiting and drops local copies of everything already in the
 //! cold tier (what Redpanda calls space management), and when it is
 //! critical (less than twice the reserve free) it rolls active segments
@@ -38,17 +38,17 @@ impl DiskSpace {
         self.free_bytes < self.reserve_bytes()
     }
 
-    /// More than 80 % used, or less than twice the reserve free: offloaded
-    /// segments leave the local disk now, whatever local retention says
-    /// (Redpanda's `retention_local_target_capacity_percent` is 80 too), and
-    /// sealed ones are offloaded without waiting.
+    /// Less than four times the reserve free: offloaded segments leave the
+    /// local disk now, whatever local retention says, and sealed ones are
+    /// offloaded without waiting. (Not a share of the volume, as Redpanda's
+    /// 80 %: on a volume that other data fills, the offloader would then
+    /// ignore `offload_after` and local retention for good.)
     pub fn under_pressure(&self) -> bool {
-        self.free_bytes < (self.total_bytes / 5).max(self.critical_bytes())
+        self.free_bytes < self.reserve_bytes().saturating_mul(4)
     }
 
     /// Less than twice the reserve free: active segments are rolled too, so
-    /// they can be offloaded and dropped. (Not at 80 % alone: on a volume
-    /// that other data fills, that would cut tiny segments forever.)
+    /// they can be offloaded and dropped.
     pub fn is_critical(&self) -> bool {
         self.free_bytes < self.critical_bytes()
     }

@@ -20,9 +20,7 @@ use crate::error::{QueryError, Result};
 use crate::format::{Encoder, Format, Shape};
 use crate::pin;
 use crate::scan::{self, BatchStream, ScanSpec};
-use crate::sql::{
-    MAX_SNAPSHOT_KEYS, SqlConfig, SqlEngine, quote_identifier, snapshot_keys_sql, snapshot_sql,
-};
+use crate::sql::{MAX_SNAPSHOT_KEYS, SqlConfig, SqlEngine, snapshot_keys_sql, snapshot_sql};
 use crate::sql_limits::QUERY_THREAD_STACK;
 use crate::views::{View, ViewStore};
 
@@ -215,13 +213,19 @@ impl QueryService {
             .map_err(|e| QueryError::Internal(format!("reading the query's topics failed: {e}")))?
     }
 
-    /// Every topic that reading view `name` reads.
+    /// Every topic that reading view `name` reads: the topics of the SQL
+    /// [`QueryService::read_view`] runs, the view's own (not of `SELECT *
+    /// FROM name`, which would name a topic of the same name instead).
     pub async fn view_topics(&self, name: &str) -> Result<BTreeSet<String>> {
-        if self.views.get(name).is_none() {
+        let Some(view) = self.views.get(name) else {
             return Err(QueryError::ViewNotFound(name.chars().take(128).collect()));
-        }
-        self.topics_read(&format!("SELECT * FROM {}", quote_identifier(name)))
-            .await
+        };
+        self.topics_read(&view.sql).await
+    }
+
+    /// Whether a view is named `name` (a topic may not take its name).
+    pub fn has_view(&self, name: &str) -> bool {
+        self.views.get(name).is_some()
     }
 
     /// Stores a view after checking that its SQL plans.

@@ -72,6 +72,18 @@ pub enum TimestampType {
     LogAppendTime,
 }
 
+/// The format of rows and records read (`format=`): docs/api.md "Result
+/// formats".
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Ndjson,
+    Json,
+    Csv,
+    Arrow,
+    Parquet,
+}
+
 /// A topic and each partition's offsets in both tiers.
 #[derive(ToSchema)]
 pub struct TopicDescription {
@@ -307,6 +319,20 @@ mod tests {
         assert!(TOKEN_NAME_PATTERN.ends_with("{1,64}$"));
         assert!(strata_cluster::tokens::check_token_name(&"t".repeat(64)).is_ok());
         assert!(strata_cluster::tokens::check_token_name(&"t".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn the_formats_described_are_the_formats_parsed() {
+        let schema = serde_json::to_value(<OutputFormat as utoipa::PartialSchema>::schema())
+            .expect("schema JSON");
+        let described: Vec<&str> = schema["enum"]
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let parsed: Vec<&str> = strata_query::Format::NAMES.split(", ").collect();
+        assert_eq!(described, parsed);
     }
 
     #[test]

@@ -211,6 +211,14 @@ async fn each_permission_allows_what_it_says_and_nothing_else() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, _) = reader.get("/v1/views/all_orders").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a view reads what it names");
+    // Regression: a topic created with a view's name made the check look at
+    // that topic while the read ran the view's SQL. Now a topic may not
+    // take a view's name, and the check reads the view's own SQL.
+    let (status, body) = admin
+        .post("/v1/topics", &json!({"name": "all_orders"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "view_exists", "{body}");
     let (status, _) = reader
         .post("/v1/query", &sql("SELECT * FROM all_orders"))
         .await;

@@ -495,7 +495,6 @@ async fn a_recreated_topic_keeps_its_files(url: &str) {
     );
 }
 
-/// Every offset in `file`, read as a query scan reads it.
 /// Every cold file of `topic` carries a bloom filter on `key` per row
 /// group that holds each key of the row group and (these keys, this fpp)
 /// rules out one that is absent.
@@ -565,6 +564,7 @@ async fn check_key_bloom_filters(f: &Storage, topic: &str) {
     }
 }
 
+/// Every offset in `file`, read as a query scan reads it.
 async fn count_offsets(tiering: &Tiering, file: &ColdFile) -> Vec<u64> {
     let scan = FileScan {
         file,

@@ -25,7 +25,7 @@ pub(super) async fn live() -> Response {
 /// `200` when the server can take writes and offload them, else `503`
 /// (with `Retry-After`), with each check's findings either way.
 #[utoipa::path(get, path = "/health/ready", operation_id = "ready", tag = "health",
-    description = "Readiness, with each check's findings (disk, object store, local budget).",
+    description = "Readiness, with each check's findings (disk, object store, local budget, cluster).",
     responses(
         (status = 200, description = "every check passes", body = serde_json::Value),
         (status = 503, description = "a check fails; the body still lists every check", body = serde_json::Value)))]

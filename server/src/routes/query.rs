@@ -85,13 +85,14 @@ fn time_param(params: &Params, name: &str) -> Result<Option<i64>, ApiError> {
         ("partition" = Option<u32>, Query, description = "one partition only"),
         ("key" = Option<String>, Query, description = "one key only"),
         ("limit" = Option<u64>, Query, description = "most records"),
-        ("format" = Option<String>, Query, description = "json (default), ndjson, csv, arrow")),
+        ("format" = Option<crate::openapi::OutputFormat>, Query, description = "default ndjson")),
     responses(
         (status = 200, description = "the records, streamed", content(
             (serde_json::Value = "application/json"),
             (String = "application/x-ndjson"),
             (String = "text/csv"),
-            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+            (Vec<u8> = "application/vnd.apache.parquet"))),
         (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
         (status = 404, description = "`topic_not_found`, `partition_not_found`")))]
 pub(super) async fn range(
@@ -124,13 +125,14 @@ pub(super) async fn range(
         ("topic" = String, Path, description = "topic name"),
         ("as_of" = Option<String>, Query, description = "epoch ms or RFC 3339 (default: now)"),
         ("key" = Option<Vec<String>>, Query, description = "only these keys (repeat up to 1000 times)"),
-        ("format" = Option<String>, Query, description = "json (default), ndjson, csv, arrow")),
+        ("format" = Option<crate::openapi::OutputFormat>, Query, description = "default json")),
     responses(
         (status = 200, description = "each key's latest record, streamed", content(
             (serde_json::Value = "application/json"),
             (String = "application/x-ndjson"),
             (String = "text/csv"),
-            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+            (Vec<u8> = "application/vnd.apache.parquet"))),
         (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
         (status = 404, description = "`topic_not_found`")))]
 pub(super) async fn snapshot(
@@ -158,6 +160,7 @@ pub(super) async fn snapshot(
 struct QueryBody {
     sql: String,
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::OutputFormat>)]
     format: Option<String>,
 }
 
@@ -168,7 +171,8 @@ struct QueryBody {
             (serde_json::Value = "application/json"),
             (String = "application/x-ndjson"),
             (String = "text/csv"),
-            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+            (Vec<u8> = "application/vnd.apache.parquet"))),
         (status = 400, description = "`invalid_request`, `invalid_sql` (naming a limit when one is hit)"),
         (status = 404, description = "`topic_not_found`, `not_found`"),
         (status = 413, description = "`payload_too_large`")))]
@@ -216,7 +220,7 @@ struct CreateView {
     responses(
         (status = 201, description = "created", body = serde_json::Value),
         (status = 400, description = "`invalid_request`, `invalid_sql`"),
-        (status = 409, description = "`view_exists`"),
+        (status = 409, description = "`view_exists`, `topic_exists` (a topic has that name)"),
         (status = 413, description = "`payload_too_large`")))]
 pub(super) async fn create_view(
     State(app): State<AppState>,
@@ -267,15 +271,16 @@ pub(super) async fn list_views(
 #[utoipa::path(get, path = "/v1/views/{name}", operation_id = "read_view", tag = "views",
     params(
         ("name" = String, Path, description = "view name"),
-        ("format" = Option<String>, Query, description = "json (default), ndjson, csv, arrow")),
+        ("format" = Option<crate::openapi::OutputFormat>, Query, description = "default json")),
     responses(
         (status = 200, description = "the view's rows, streamed", content(
             (serde_json::Value = "application/json"),
             (String = "application/x-ndjson"),
             (String = "text/csv"),
-            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+            (Vec<u8> = "application/vnd.apache.parquet"))),
         (status = 400, description = "`invalid_request`"),
-        (status = 404, description = "`not_found`")))]
+        (status = 404, description = "`view_not_found`")))]
 pub(super) async fn read_view(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -302,7 +307,7 @@ pub(super) async fn read_view(
     responses(
         (status = 204, description = "deleted"),
         (status = 400, description = "`invalid_request`"),
-        (status = 404, description = "`not_found`")))]
+        (status = 404, description = "`view_not_found`")))]
 pub(super) async fn delete_view(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -102,7 +102,7 @@ pub(super) async fn list(State(app): State<AppState>) -> Response {
     responses(
         (status = 204, description = "revoked"),
         (status = 400, description = "`invalid_request`"),
-        (status = 404, description = "`not_found`")))]
+        (status = 404, description = "`token_not_found`")))]
 pub(super) async fn revoke(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,

@@ -34,7 +34,7 @@ struct CreateTopic {
     responses(
         (status = 201, description = "created", body = crate::openapi::TopicDescription),
         (status = 400, description = "`invalid_request`, `invalid_topic_name`"),
-        (status = 409, description = "`topic_exists`"),
+        (status = 409, description = "`topic_exists`, or `view_exists` (a view has that name)"),
         (status = 413, description = "`payload_too_large`")))]
 pub(super) async fn create(
     State(app): State<AppState>,
@@ -47,6 +47,14 @@ pub(super) async fn create(
             "expected {{\"name\", \"partitions\", \"config\"}}: {e}"
         ))
     })?;
+    if app.query.has_view(&request.name) {
+        // SQL would not know which of the two a name means.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "view_exists",
+            format!("a view is named {:?}", request.name),
+        ));
+    }
     let broker = app.broker.clone();
     let topic =
         blocking(move || broker.create_topic(&request.name, request.partitions, &request.config))

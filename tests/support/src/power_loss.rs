@@ -196,19 +196,34 @@ impl Fs {
     }
 
     /// Writes `ino`'s unsynced contents to `lower` and syncs them there.
+    /// The path is checked to still be that inode (a rename or unlink may
+    /// have moved it), so the bytes never land in another file.
     fn sync(&self, ino: u64) -> std::io::Result<()> {
         let mut state = lock(&self.state);
-        let Some(bytes) = state.unsynced.remove(&ino) else {
+        if !state.unsynced.contains_key(&ino) {
             return Ok(());
-        };
-        let path = match state.paths.get(&ino) {
-            Some(p) => self.lower.join(p),
-            None => return Ok(()), // unlinked: nothing left to keep
+        }
+        let Some(path) = state.paths.get(&ino).map(|p| self.lower.join(p)) else {
+            return Err(std::io::Error::from_raw_os_error(libc::ESTALE));
         };
         let file = OpenOptions::new().write(true).open(&path)?;
+        if self.fuse_ino(file.metadata()?.ino()) != ino {
+            return Err(std::io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        let bytes = state.unsynced.remove(&ino).unwrap_or_default();
         file.set_len(bytes.len() as u64)?;
         file.write_all_at(&bytes, 0)?;
         file.sync_all()
+    }
+
+    /// Forgets an inode whose last link went: its unsynced contents are
+    /// gone with it, and a new file that reuses the number starts empty.
+    fn forget_if_gone(&self, ino: u64, links_before: u64) {
+        if links_before <= 1 {
+            let mut state = lock(&self.state);
+            state.unsynced.remove(&ino);
+            state.paths.remove(&ino);
+        }
     }
 }
 
@@ -297,14 +312,15 @@ impl Filesystem for Fs {
         let Some(path) = self.child(parent, name) else {
             return reply.error(libc::ESTALE);
         };
-        let ino = fs::symlink_metadata(&path).map(|m| self.fuse_ino(m.ino()));
+        let before = fs::symlink_metadata(&path).map(|m| (self.fuse_ino(m.ino()), m.nlink()));
         match fs::remove_file(&path) {
             Ok(()) => {
-                if let Ok(ino) = ino {
+                if let Ok((ino, links)) = before {
+                    self.forget_if_gone(ino, links);
                     let mut state = lock(&self.state);
                     let relative = path.strip_prefix(&self.lower).ok().map(Path::to_path_buf);
                     if state.paths.get(&ino) == relative.as_ref() {
-                        // Another link may remain; a lookup finds it again.
+                        // Another link remains; a lookup finds it again.
                         state.paths.remove(&ino);
                     }
                 }
@@ -336,11 +352,15 @@ impl Filesystem for Fs {
         else {
             return reply.error(libc::ESTALE);
         };
-        if flags & libc::RENAME_NOREPLACE != 0 && fs::symlink_metadata(&to).is_ok() {
+        let replaced = fs::symlink_metadata(&to).ok();
+        if flags & libc::RENAME_NOREPLACE != 0 && replaced.is_some() {
             return reply.error(libc::EEXIST);
         }
         match fs::rename(&from, &to) {
             Ok(()) => {
+                if let Some(old) = replaced.filter(|m| m.is_file()) {
+                    self.forget_if_gone(self.fuse_ino(old.ino()), old.nlink());
+                }
                 // Paths under a renamed directory are found again by lookup.
                 let _ = self.attr_of(&to);
                 reply.ok()
@@ -386,6 +406,7 @@ impl Filesystem for Fs {
         let Some(path) = self.child(parent, name) else {
             return reply.error(libc::ESTALE);
         };
+        let existed = path.exists();
         let mut options = OpenOptions::new();
         options.write(true).mode(mode);
         if flags & libc::O_EXCL != 0 {
@@ -393,7 +414,14 @@ impl Filesystem for Fs {
         } else {
             options.create(true);
         }
-        let created = options.open(&path).and_then(|_| self.attr_of(&path));
+        let created = options.open(&path).and_then(|file| {
+            if !existed {
+                // A new file may reuse the number of one deleted earlier.
+                let ino = self.fuse_ino(file.metadata()?.ino());
+                lock(&self.state).unsynced.remove(&ino);
+            }
+            self.attr_of(&path)
+        });
         match created {
             Ok(attr) => {
                 if flags & libc::O_TRUNC != 0 {
