@@ -209,8 +209,15 @@ async fn each_permission_allows_what_it_says_and_nothing_else() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, _) = reader.get("/v1/views/all_orders").await;
+    let (status, forbidden) = reader.get("/v1/views/all_orders").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a view reads what it names");
+    // An unknown view gets the same answer, and neither names the topic
+    // behind the view: no view or topic name leaks.
+    let (status, unknown) = reader.get("/v1/views/no_such_view").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{unknown}");
+    assert_eq!(forbidden["error"]["code"], unknown["error"]["code"]);
+    let message = forbidden["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("topic"), "{forbidden}");
     // Regression: a topic created with a view's name made the check look at
     // that topic while the read ran the view's SQL. Now a topic may not
     // take a view's name, and the check reads the view's own SQL.

@@ -289,9 +289,7 @@ pub(super) async fn read_view(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), &["format"])?;
     let format = format_param(&params, Format::Json)?;
-    if !principal.may(Need::Admin) {
-        principal.require_consume_all(&app.query.view_topics(&name).await?)?;
-    }
+    require_view(&app, &principal, &name).await?;
     let meter = consume_meter(&app, &principal)?;
     Ok(streaming(
         app.query.read_view(&name, format).await?,
@@ -313,11 +311,32 @@ pub(super) async fn delete_view(
     Extension(principal): Extension<Principal>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    if !principal.may(Need::Admin) {
-        principal.require_consume_all(&app.query.view_topics(&name).await?)?;
-    }
+    require_view(&app, &principal, &name).await?;
     app.query.delete_view(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `403` unless the caller may read view `name` (may consume every topic
+/// it reads). To a caller that is not an admin, an unknown view and a
+/// forbidden one get the same answer, naming no topic: either difference
+/// would leak names (which views exist, which topics a view reads).
+async fn require_view(app: &AppState, principal: &Principal, name: &str) -> Result<(), ApiError> {
+    if principal.may(Need::Admin) {
+        return Ok(());
+    }
+    let allowed = match app.query.view_topics(name).await {
+        Ok(topics) => topics.iter().all(|topic| principal.may_consume(topic)),
+        Err(strata_query::QueryError::ViewNotFound(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "this token may not read view {:?}",
+            name.chars().take(128).collect::<String>()
+        )))
+    }
 }
 
 fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
