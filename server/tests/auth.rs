@@ -292,6 +292,11 @@ async fn each_permission_allows_what_it_says_and_nothing_else() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = reader.post("/v1/groups/g/offsets", &commit("orders")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // An unknown group looks like one with nothing it may see: no names leak.
+    let (status, body) = reader.get("/v1/groups/no_such_group/offsets").await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({"offsets": []})));
+    let (status, _) = admin.get("/v1/groups/no_such_group/offsets").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an admin is told");
 
     // Admin only: topics, tokens, offload.
     for (method, path) in [
