@@ -106,6 +106,15 @@ proptest! {
     }
 
     #[test]
+    /// A consumer group's offsets file holding anything: the store opens
+    /// or refuses with an error, never panics.
+    #[test]
+    fn arbitrary_bytes_as_a_group_file(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("g.json"), &bytes).unwrap();
+        let _ = strata_broker::groups::GroupStore::open(dir.path());
+    }
+
     fn arbitrary_text_as_timestamps_and_file_names(text in "\\PC{0,40}") {
         let _ = parse_timestamp(&text);
         let _ = parse_log_file_name(&text);
