@@ -148,6 +148,12 @@ pub struct EncodedBatch {
 }
 
 impl EncodedBatch {
+    /// A batch from bytes already checked with [`BatchView::verify`] (a
+    /// leader's batch arriving at a follower).
+    pub(crate) fn from_verified(buf: Vec<u8>) -> Self {
+        Self { buf }
+    }
+
     /// Writes the offset of the batch's first record (not covered by the CRC).
     pub fn set_base_offset(&mut self, base_offset: u64) {
         self.buf[0..8].copy_from_slice(&base_offset.to_le_bytes());

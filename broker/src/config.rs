@@ -34,6 +34,14 @@ pub struct TopicConfig {
     pub timestamp_type: TimestampType,
     /// How long a produce's `Idempotency-Key` is remembered.
     pub idempotency_window_ms: i64,
+    /// How many nodes hold each partition; 0 in `[topic_defaults]` means
+    /// min(3, live nodes), fixed when a topic is created (a topic stored
+    /// before the cluster existed reads as 0: one copy). See
+    /// [`TopicConfig::replicas`].
+    pub replication_factor: u32,
+    /// How many in-sync replicas a produce needs; 0 means
+    /// min(2, replication factor). See [`TopicConfig::min_insync`].
+    pub min_insync_replicas: u32,
 }
 
 impl Default for TopicConfig {
@@ -46,9 +54,14 @@ impl Default for TopicConfig {
             retention_ms: -1,
             timestamp_type: TimestampType::CreateTime,
             idempotency_window_ms: 3_600_000,
+            replication_factor: 0,
+            min_insync_replicas: 0,
         }
     }
 }
+
+/// Most replicas a partition may have.
+pub const MAX_REPLICATION_FACTOR: u32 = 16;
 
 /// Smallest accepted `segment_bytes`.
 pub const MIN_SEGMENT_BYTES: u64 = 1024;
@@ -66,6 +79,8 @@ pub struct TopicConfigOverrides {
     pub retention_ms: Option<i64>,
     pub timestamp_type: Option<TimestampType>,
     pub idempotency_window_ms: Option<i64>,
+    pub replication_factor: Option<u32>,
+    pub min_insync_replicas: Option<u32>,
 }
 
 impl TopicConfigOverrides {
@@ -85,6 +100,12 @@ impl TopicConfigOverrides {
             idempotency_window_ms: self
                 .idempotency_window_ms
                 .unwrap_or(defaults.idempotency_window_ms),
+            replication_factor: self
+                .replication_factor
+                .unwrap_or(defaults.replication_factor),
+            min_insync_replicas: self
+                .min_insync_replicas
+                .unwrap_or(defaults.min_insync_replicas),
         };
         config.validate()?;
         Ok(config)
@@ -92,9 +113,43 @@ impl TopicConfigOverrides {
 }
 
 impl TopicConfig {
+    /// How many nodes hold each partition (1 for a topic from before the
+    /// cluster, whose `replication_factor` reads as 0).
+    pub fn replicas(&self) -> u32 {
+        self.replication_factor.max(1)
+    }
+
+    /// How many in-sync replicas a produce needs.
+    pub fn min_insync(&self) -> u32 {
+        match self.min_insync_replicas {
+            0 => self.replicas().min(2),
+            n => n,
+        }
+    }
+
+    /// Whether the topic is replicated: led and followed across nodes,
+    /// with its state in the cluster's objects. A topic with one replica
+    /// is the node's own, as on a single server.
+    pub fn is_replicated(&self) -> bool {
+        self.replicas() > 1
+    }
+
     /// Checks every value's range.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(BrokerError::InvalidRequest(msg));
+        if self.replication_factor > MAX_REPLICATION_FACTOR {
+            return bad(format!(
+                "replication_factor must be between 1 and {MAX_REPLICATION_FACTOR}, got {}",
+                self.replication_factor
+            ));
+        }
+        if self.min_insync_replicas > self.replicas() && self.replication_factor != 0 {
+            return bad(format!(
+                "min_insync_replicas ({}) must not exceed replication_factor ({})",
+                self.min_insync_replicas,
+                self.replicas()
+            ));
+        }
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
             return bad(format!(
                 "segment_bytes must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}, got {}",

@@ -24,6 +24,7 @@ pub mod cursor;
 pub mod direct_io;
 pub mod disk;
 pub mod durable;
+pub mod epochs;
 pub mod error;
 pub mod groups;
 pub mod idempotency;

@@ -7,7 +7,9 @@
 //! appending; when it finishes, every writer covered by that fsync returns,
 //! and the next waiter leads the next write. One write and one fsync thus
 //! cover as many batches as arrive while the previous one runs. Records
-//! become visible to readers (and count in `end_offset`) only once durable.
+//! become visible to readers (and count in `end_offset`) only once durable,
+//! and, on a replicated partition, only once committed (below the high
+//! watermark that the replication layer sets: see `replica`).
 //!
 //! Rolling happens under the writer lock without I/O on the old segment:
 //! its last bytes are queued, and the next leader writes them, trims the
@@ -29,9 +31,14 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 
+mod replica;
+
+pub use replica::Fetched;
+
 use crate::batch::EncodedBatch;
 use crate::cursor::{LogCursor, PinnedLog};
 use crate::durable::{TMP_SUFFIX, sync_dir};
+use crate::epochs::LeaderEpochs;
 use crate::error::{BrokerError, IoContext, Result};
 use crate::segment::{
     Segment, SegmentInfo, log_file_name, parse_log_file_name, remove_segment_files,
@@ -129,8 +136,18 @@ pub struct Partition {
     writer: Mutex<Writer>,
     sync: Mutex<SyncState>,
     synced: Condvar,
-    end_offset: AtomicU64,
+    /// One past the last durable record (the log end offset).
+    durable_end: AtomicU64,
+    /// One past the last committed record of a replicated partition;
+    /// `u64::MAX` while the partition is not replicated (every durable
+    /// record is committed). Readers see `min(durable_end, high_watermark)`.
+    high_watermark: AtomicU64,
+    /// Sends what readers may see whenever it grows.
     end_tx: watch::Sender<u64>,
+    /// Sends the durable end whenever it changes (followers' long polls).
+    log_end_tx: watch::Sender<u64>,
+    /// Which leader epoch wrote which offsets (see [`crate::epochs`]).
+    epochs: Mutex<LeaderEpochs>,
     closed: AtomicBool,
     /// Bytes of all segments on local disk, appended but unwritten included.
     local_bytes: AtomicU64,
@@ -196,6 +213,7 @@ impl Partition {
         segments.push(active.clone());
         let (end_tx, _) = watch::channel(next_offset);
         let local_bytes = segments.iter().map(|s| s.info().size_bytes).sum::<u64>();
+        let epochs = LeaderEpochs::load(dir)?;
         Ok(Self {
             id,
             dir: dir.to_path_buf(),
@@ -211,8 +229,11 @@ impl Partition {
             }),
             sync: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
-            end_offset: AtomicU64::new(next_offset),
+            durable_end: AtomicU64::new(next_offset),
+            high_watermark: AtomicU64::new(u64::MAX),
             end_tx,
+            log_end_tx: watch::channel(next_offset).0,
+            epochs: Mutex::new(epochs),
             closed: AtomicBool::new(false),
             local_bytes: AtomicU64::new(local_bytes),
             fsync_seconds: metrics::histogram!("strata_fsync_seconds"),
@@ -229,9 +250,18 @@ impl Partition {
         self.local_bytes.load(Ordering::Relaxed)
     }
 
-    /// The offset the next record will get; every offset below it is durable.
+    /// The end of what readers see: every offset below it is durable and
+    /// committed. On a partition that is not replicated (a single node),
+    /// the offset the next record will get.
     pub fn end_offset(&self) -> u64 {
-        self.end_offset.load(Ordering::Acquire)
+        self.log_end_offset()
+            .min(self.high_watermark.load(Ordering::Acquire))
+    }
+
+    /// The offset the next record will get; every offset below it is
+    /// durable on this node (but, when replicated, perhaps not committed).
+    pub fn log_end_offset(&self) -> u64 {
+        self.durable_end.load(Ordering::Acquire)
     }
 
     /// The first offset still on local disk.
@@ -242,6 +272,12 @@ impl Partition {
     /// A receiver that changes whenever `end_offset` grows (for long polls).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.end_tx.subscribe()
+    }
+
+    /// A receiver that changes whenever `log_end_offset` does (for a
+    /// follower's long poll at its leader: committed or not).
+    pub fn subscribe_log_end(&self) -> watch::Receiver<u64> {
+        self.log_end_tx.subscribe()
     }
 
     /// Appends one batch and returns where it landed. The batch is only in
@@ -302,7 +338,7 @@ impl Partition {
             // Durable first: records a sync published before a later write
             // failed are acknowledged, not reported as failed (a retry
             // would double them).
-            if self.end_offset() >= appended.end {
+            if self.log_end_offset() >= appended.end {
                 return Ok(());
             }
             if let Some(failure) = &st.failed {
@@ -419,7 +455,7 @@ impl Partition {
             }
             return Err(self.refusal(failure));
         }
-        let end = self.end_offset();
+        let end = self.log_end_offset();
         st.generation_ends.push(end);
         st.generation += 1;
         w.generation = st.generation;
@@ -456,12 +492,12 @@ impl Partition {
                 .context(|| format!("cutting {} back to its durable length", path.display()))?;
         }
         let fresh = Partition::open(self.id, &self.dir, self.config)?;
-        if fresh.end_offset() != self.end_offset() {
+        if fresh.log_end_offset() != self.log_end_offset() {
             return Err(BrokerError::Internal(format!(
                 "partition {} reopened at end offset {}, not at its durable end {}",
                 self.id,
-                fresh.end_offset(),
-                self.end_offset()
+                fresh.log_end_offset(),
+                self.log_end_offset()
             )));
         }
         *w = fresh.writer.into_inner();
@@ -525,14 +561,27 @@ impl Partition {
 
     fn publish(&self, segment: &Segment, position: u64, next_offset: u64) {
         segment.publish(position, next_offset);
-        let previous = self.end_offset.fetch_max(next_offset, Ordering::AcqRel);
+        let previous = self.durable_end.fetch_max(next_offset, Ordering::AcqRel);
         if next_offset > previous {
-            self.end_tx.send_if_modified(|v| {
-                let grew = next_offset > *v;
-                *v = (*v).max(next_offset);
-                grew
-            });
+            self.announce();
         }
+    }
+
+    /// Tells long polls what readers may see now, and followers' long polls
+    /// where the log ends.
+    fn announce(&self) {
+        let end = self.log_end_offset();
+        self.log_end_tx.send_if_modified(|v| {
+            let changed = end != *v;
+            *v = end;
+            changed
+        });
+        let visible = self.end_offset();
+        self.end_tx.send_if_modified(|v| {
+            let changed = visible != *v;
+            *v = visible;
+            changed
+        });
     }
 
     fn should_roll(&self, w: &Writer, len: u64, count: u64, now_ms: i64) -> bool {
@@ -700,7 +749,12 @@ impl Partition {
     /// A cursor from `from` up to the current end offset.
     /// `from` outside `[start_offset, end_offset]` is `OffsetOutOfRange`.
     pub fn cursor(&self, from: u64) -> Result<LogCursor> {
-        let end = self.end_offset();
+        self.cursor_to(from, self.end_offset())
+    }
+
+    /// A cursor from `from` up to `end` (the end readers see, or the
+    /// durable end for a follower's fetch).
+    fn cursor_to(&self, from: u64, end: u64) -> Result<LogCursor> {
         let segments = self.segments.read();
         let start = segments.first().map_or(0, |s| s.base_offset());
         if from < start || from > end {
@@ -742,6 +796,11 @@ pub struct AppendSlot<'a> {
 }
 
 impl AppendSlot<'_> {
+    /// The offset the batch will get.
+    pub fn next_offset(&self) -> u64 {
+        self.writer.next_offset
+    }
+
     /// Appends `batch` to the tail (not yet durable: see
     /// [`Partition::wait_durable`]) and returns where it landed.
     pub fn append(mut self, batch: &mut EncodedBatch, now_ms: i64) -> Appended {

@@ -343,6 +343,36 @@ impl Segment {
             .map_or(0, |(_, pos)| u64::from(pos))
     }
 
+    /// File position of the batch that starts at `offset`, or `None` when
+    /// no visible batch starts there (`offset` at the visible end counts:
+    /// its position is the visible length).
+    pub(crate) fn batch_position(&self, offset: u64) -> Result<Option<u64>> {
+        let (len, end) = {
+            let st = self.state.read();
+            (st.visible_len, st.visible_end)
+        };
+        if offset == end {
+            return Ok(Some(len));
+        }
+        let mut pos = self.position_for(offset);
+        let mut reader = BlockReader::default();
+        while pos < len {
+            let bytes = reader
+                .read(&self.file, pos, crate::batch::BATCH_HEADER_LEN, len)
+                .context(|| format!("reading {}", self.path.display()))?;
+            let header =
+                crate::batch::BatchHeader::parse(bytes).map_err(|e| BrokerError::Corrupt {
+                    path: self.path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            if header.base_offset >= offset {
+                return Ok((header.base_offset == offset).then_some(pos));
+            }
+            pos += header.len as u64;
+        }
+        Ok(None)
+    }
+
     /// An offset from which scanning finds the first record with `timestamp >= target`.
     pub(crate) fn scan_start_for_time(&self, target: i64) -> u64 {
         self.base_offset + u64::from(self.state.read().index.times.lookup(target))

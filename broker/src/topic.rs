@@ -151,13 +151,7 @@ impl Topic {
     /// write, so an invalid record leaves the topic unchanged.
     pub fn produce(&self, records: &[ProducedRecord<'_>], now_ms: i64) -> Result<Vec<Ack>> {
         let assignment = self.assign(records, None)?;
-        let (landed, outcome) = self.append(records, &assignment, |_| true, None, now_ms);
-        outcome?;
-        let landed: Vec<_> = landed
-            .into_iter()
-            .map(|base| base.map(|b| (b, now_ms)))
-            .collect();
-        Ok(self.acks(records, &assignment, &landed))
+        self.produce_assigned(records, &assignment, now_ms, None)
     }
 
     /// [`Self::produce`] with an idempotency key (see
@@ -175,6 +169,33 @@ impl Topic {
         body_hash: u128,
     ) -> Result<Vec<Ack>> {
         check_key(key.as_bytes())?;
+        let assignment = self.assign(records, Some(key))?;
+        self.produce_assigned(records, &assignment, now_ms, Some((key, body_hash)))
+    }
+
+    /// Appends `records`, each to the partition `assignment` names (from
+    /// [`Self::assign`]), idempotently when `idempotency` gives the key and
+    /// the hash of the whole request's body. In a cluster, a request whose
+    /// partitions have different leaders is split: each leader gets the
+    /// records of its partitions, in request order, with the whole body's
+    /// hash, so that a retry after leaders moved still matches.
+    pub fn produce_assigned(
+        &self,
+        records: &[ProducedRecord<'_>],
+        assignment: &[u32],
+        now_ms: i64,
+        idempotency: Option<(&str, u128)>,
+    ) -> Result<Vec<Ack>> {
+        let Some((key, body_hash)) = idempotency else {
+            let (landed, outcome) = self.append(records, assignment, |_| true, None, now_ms);
+            outcome?;
+            let landed: Vec<_> = landed
+                .into_iter()
+                .map(|base| base.map(|b| (b, now_ms)))
+                .collect();
+            return Ok(self.acks(records, assignment, &landed));
+        };
+        check_key(key.as_bytes())?;
         let window = self.meta.config.idempotency_window_ms;
         let mut claim = self.idempotency.claim(key, now_ms, window);
         let mut landed: Vec<Option<(u64, i64)>> = vec![None; self.partitions.len()];
@@ -190,7 +211,6 @@ impl Topic {
                 }
             }
         }
-        let assignment = self.assign(records, Some(key))?;
         let missing: Vec<bool> = landed.iter().map(Option::is_none).collect();
         if claim.entry.is_some() {
             self.metrics.idempotent_retries.increment(1);
@@ -198,7 +218,7 @@ impl Topic {
         let tag = ProducerTag { key, body_hash };
         let (written, outcome) = self.append(
             records,
-            &assignment,
+            assignment,
             |p| missing[p as usize],
             Some(&tag),
             now_ms,
@@ -217,7 +237,22 @@ impl Topic {
             }
         }
         outcome?;
-        Ok(self.acks(records, &assignment, &landed))
+        Ok(self.acks(records, assignment, &landed))
+    }
+
+    /// Rebuilds what the idempotency index knows of `partition` from its
+    /// log (a follower that became the leader: the batches it copied carry
+    /// their keys).
+    pub fn reindex_partition(&self, partition: u32) -> Result<()> {
+        let Some(p) = self.partitions.get(partition as usize) else {
+            return Ok(());
+        };
+        let since =
+            crate::timestamp::now_ms().saturating_sub(self.meta.config.idempotency_window_ms);
+        let mut found = Vec::new();
+        recover_partition(&mut found, p.id(), &p.pin(), since)?;
+        self.idempotency.recover(found);
+        Ok(())
     }
 
     /// Appends, as one batch per partition, the records assigned to each
@@ -331,7 +366,7 @@ impl Topic {
     /// key, else round-robin for null keys. With an idempotency key the
     /// round robin starts where the key hashes to, so that a retry of the
     /// same body assigns every record as the first attempt did.
-    fn assign(
+    pub fn assign(
         &self,
         records: &[ProducedRecord<'_>],
         idempotency_key: Option<&str>,

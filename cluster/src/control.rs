@@ -7,6 +7,7 @@
 //! <root>/_cluster/nodes/<node>/<incarnation:020>.json            a node's registrations
 //! <root>/_cluster/controller/<epoch:020>.json                    controller epochs
 //! <root>/_cluster/tokens/<version:020>.json                       every bearer token (hashes only)
+//! <root>/_cluster/topics/<topic>/<version:020>.json             a replicated topic
 //! <root>/_cluster/partitions/<topic>/<partition>/<version:020>.json  a partition's state
 //! ```
 //!
@@ -34,6 +35,16 @@ const KEEP_EPOCHS: u64 = 16;
 
 /// Registrations of a node kept behind its newest.
 const KEEP_INCARNATIONS: u64 = 4;
+
+/// A replicated topic as the controller records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRecord {
+    pub meta: strata_broker::topic::TopicMeta,
+    /// The topic was deleted: nodes delete their replicas.
+    #[serde(default)]
+    pub deleted: bool,
+}
 
 /// A node's registration: one per incarnation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +354,55 @@ impl ControlStore {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    fn topic_versions(&self, topic: &str) -> VersionedObjects {
+        self.versions(&["topics", topic])
+    }
+
+    /// The newest record of a replicated topic and its version.
+    pub async fn topic_record(&self, topic: &str) -> Result<Option<(u64, TopicRecord)>> {
+        newest(&self.topic_versions(topic)).await
+    }
+
+    /// Writes `record` as `version` of a replicated topic's record.
+    ///
+    /// # Contract
+    ///
+    /// At most one writer creates any version (a conflict means another
+    /// controller did: reread); durable when it returns `Ok`. A topic is
+    /// created by version 1 and deleted by a version with `deleted`.
+    pub async fn write_topic_record(
+        &self,
+        topic: &str,
+        version: u64,
+        record: &TopicRecord,
+    ) -> Result<()> {
+        let versions = self.topic_versions(topic);
+        create(&versions, version, record).await?;
+        if version > KEEP_EPOCHS {
+            versions.forget(version - KEEP_EPOCHS).await;
+        }
+        Ok(())
+    }
+
+    /// The names of every replicated topic ever recorded (deleted ones
+    /// too: their newest record says so).
+    pub async fn topic_names(&self) -> Result<Vec<String>> {
+        let topics = self.dir.clone().join("topics");
+        let listing = self
+            .cold
+            .store
+            .list_with_delimiter(Some(&topics))
+            .await
+            .map_err(strata_tiering::TieringError::from)?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|dir| dir.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     fn partition_versions(&self, topic: &str, partition: u32) -> VersionedObjects {

@@ -18,7 +18,11 @@
 //! - [`liveness`]: the controller's table of heartbeats (pure logic);
 //! - [`partition_state`]: a partition's leader, leader epoch and in-sync
 //!   replicas, the transitions the controller may make between them, and
-//!   replica assignment (pure logic; not yet used by the server);
+//!   replica assignment (pure logic);
+//! - [`replication`]: a leader's view of its followers, the high
+//!   watermark, ISR joins and leaves, and KIP-101 truncation (pure logic);
+//! - [`partition_map`]: the replicated topics and their partitions' states,
+//!   as the controller tells every node;
 //! - [`tokens`]: bearer tokens (only their hashes are stored) and
 //!   permissions, kept cluster-wide as one versioned object;
 //! - [`messages`]: what nodes and the controller say to each other, and
@@ -32,13 +36,16 @@ pub mod identity;
 pub mod liveness;
 pub mod messages;
 pub mod node_id;
+pub mod partition_map;
 pub mod partition_state;
+pub mod replication;
 pub mod tokens;
 
-pub use control::{ClusterIdentity, ControlStore, ControllerRecord, Registration};
+pub use control::{ClusterIdentity, ControlStore, ControllerRecord, Registration, TopicRecord};
 pub use error::{ClusterError, Result};
 pub use identity::LocalIdentity;
 pub use liveness::Liveness;
-pub use messages::{ClusterView, Heartbeat, NodeView};
+pub use messages::{ClusterView, Heartbeat, IsrReport, NodeView};
 pub use node_id::NodeId;
+pub use partition_map::{MapVersion, MappedTopic, PartitionMap};
 pub use partition_state::{PartitionState, Replica};

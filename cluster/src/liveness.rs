@@ -121,6 +121,16 @@ impl Liveness {
             .is_some_and(|seen| now.saturating_duration_since(seen) < self.timeout)
     }
 
+    /// How many nodes this table has heard from at least once: what a
+    /// majority is counted against (nodes registered but never heard from
+    /// by this controller do not count).
+    pub fn heard(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.last_seen.is_some())
+            .count()
+    }
+
     /// Nodes that were alive at the last look and are dead at `now`, each
     /// reported once per death.
     pub fn newly_dead(&mut self, now: Instant) -> Vec<NodeId> {
@@ -166,6 +176,8 @@ mod tests {
             controller_epoch: 1,
             leader_of: 0,
             replica_of: 0,
+            map_version: None,
+            reports: Vec::new(),
         }
     }
 

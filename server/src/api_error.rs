@@ -60,6 +60,31 @@ impl ApiError {
         e
     }
 
+    /// `503 not_enough_replicas` with `Retry-After`: a replicated
+    /// partition has fewer in-sync replicas than its topic's
+    /// `min_insync_replicas`, or they did not confirm in time.
+    pub fn not_enough_replicas(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_enough_replicas",
+            message,
+        );
+        e.retry_after_secs = Some(1);
+        e
+    }
+
+    /// `409 not_leader` (between nodes): this node does not lead the
+    /// partition at the epoch the caller follows.
+    pub fn not_leader(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "not_leader", message)
+    }
+
+    /// `409 diverged` (between nodes): the follower's log is not a prefix
+    /// of the leader's; it must truncate first.
+    pub fn diverged(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "diverged", message)
+    }
+
     /// `500 internal`, logged: it is a bug or a failure of the machine.
     pub fn internal(message: impl Into<String>) -> Self {
         let message = message.into();

@@ -170,7 +170,9 @@ pub fn route_need<'a>(method: &Method, route: &str, topic: Option<&'a str>) -> O
         ("POST", "/v1/query")
         | ("GET" | "POST", "/v1/views")
         | ("GET" | "DELETE", "/v1/views/{name}") => Need::Query,
-        ("POST", "/v1/cluster/heartbeat") => Need::Node,
+        ("POST", "/v1/cluster/heartbeat")
+        | ("GET", "/v1/cluster/partitions/{topic}/{partition}/fetch")
+        | ("GET", "/v1/cluster/partitions/{topic}/{partition}/epoch-end") => Need::Node,
         // Listings are filtered and group offsets checked per topic.
         ("GET", "/health/ready")
         | ("GET", "/v1/cluster")

@@ -14,6 +14,11 @@
 //! - [`membership`]: this node's part in the cluster (registration,
 //!   controller election, heartbeats; the control objects themselves are
 //!   in `strata-cluster`);
+//! - [`controller`]: the controller's decisions about replicated topics
+//!   and partition states;
+//! - [`replication`]: this node's replicas: leading, following, the high
+//!   watermark and acknowledgements;
+//! - [`forward`]: requests passed on to the node that must do them;
 //! - [`connections`]: the accept loop of HTTP and HTTPS, with handshake,
 //!   header and drain timeouts;
 //! - [`tls`]: HTTPS with rustls, certificates reloaded when their files
@@ -30,11 +35,14 @@
 pub mod api_error;
 pub mod auth;
 pub mod connections;
+pub mod controller;
 pub mod error;
+pub mod forward;
 pub mod membership;
 pub mod openapi;
 pub mod quota;
 pub mod render;
+pub mod replication;
 pub mod request;
 pub mod routes;
 pub mod server;

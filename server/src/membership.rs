@@ -26,7 +26,7 @@
 //! serving: nothing else waits for the cluster yet.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -35,12 +35,15 @@ use strata_cluster::liveness::Beat;
 use strata_cluster::tokens::Token;
 use strata_cluster::{
     ClusterError, ClusterIdentity, ClusterView, ControlStore, ControllerRecord, Heartbeat,
-    Liveness, LocalIdentity, NodeId, Registration,
+    IsrReport, Liveness, LocalIdentity, NodeId, PartitionMap, Registration, Replica,
 };
 use strata_tiering::ColdStore;
 use tokio::sync::watch;
 
+use crate::api_error::ApiError;
+use crate::controller::{CreateRefusal, PartitionController};
 use crate::error::ServerError;
+use crate::replication::Replication;
 
 /// A controller that hears from no other node rereads the newest epoch
 /// this many failure timeouts apart (instead of every one).
@@ -97,8 +100,18 @@ pub struct Membership {
     /// The heartbeat client, and what the TLS files looked like when it
     /// was made: a rotated certificate makes a new one.
     http: Mutex<(reqwest::Client, Option<crate::tls::Stamp>)>,
+    /// The same for other requests between nodes (a longer timeout).
+    node_http: Mutex<(reqwest::Client, Option<crate::tls::Stamp>)>,
     tls: Option<crate::tls::TlsConfig>,
     state: Mutex<State>,
+    /// This node's replicas (set once the cold tier is open).
+    replication: OnceLock<Arc<Replication>>,
+    /// As the controller: the replicated topics and partition states.
+    controller: tokio::sync::Mutex<Option<PartitionController>>,
+    /// The controller's map as last changed, for heartbeat answers.
+    map: Mutex<Option<PartitionMap>>,
+    /// ISR changes leaders asked for since the controller's last pass.
+    reports: Mutex<Vec<IsrReport>>,
 }
 
 struct State {
@@ -122,6 +135,12 @@ struct State {
     failing: bool,
     /// Nodes the controller looked up in the store lately (see `learn`).
     looked_up: std::collections::HashMap<NodeId, Instant>,
+    /// When this node last became the controller.
+    controller_since: Instant,
+    /// The controller this node replaced for its silence, if any.
+    deposed: Option<NodeId>,
+    /// When the controller last passed over the partitions.
+    last_pass: Instant,
 }
 
 impl Membership {
@@ -139,6 +158,7 @@ impl Membership {
             .map_err(ServerError::Identity)?;
         let tls = tls.cloned();
         let http = heartbeat_client(&config, tls.as_ref())?;
+        let node_http = node_client(tls.as_ref(), NODE_REQUEST_TIMEOUT)?;
         let stamp = tls.as_ref().map(crate::tls::stamp);
         let now = Instant::now();
         Ok(Self {
@@ -146,6 +166,7 @@ impl Membership {
             data_dir,
             control: ControlStore::new(cold),
             http: Mutex::new((http, stamp)),
+            node_http: Mutex::new((node_http, stamp)),
             tls,
             broker,
             state: Mutex::new(State {
@@ -160,14 +181,131 @@ impl Membership {
                 view: None,
                 failing: false,
                 looked_up: std::collections::HashMap::new(),
+                controller_since: now,
+                deposed: None,
+                last_pass: now,
             }),
             config,
+            replication: OnceLock::new(),
+            controller: tokio::sync::Mutex::new(None),
+            map: Mutex::new(None),
+            reports: Mutex::new(Vec::new()),
         })
     }
 
     /// This node's name.
     pub fn id(&self) -> &NodeId {
         &self.id
+    }
+
+    /// Gives membership this node's replicas, which follow the partition
+    /// maps the controller sends (call once, before [`Membership::run`]).
+    pub fn set_replication(&self, replication: Arc<Replication>) {
+        let _ = self.replication.set(replication);
+    }
+
+    /// A client for requests to other nodes (TLS as configured; made
+    /// again when the TLS files change), with a timeout for requests that
+    /// may take long: forwarded produces, followers' fetches.
+    pub fn client(&self) -> reqwest::Client {
+        let Some(tls) = &self.tls else {
+            return self.node_http.lock().0.clone();
+        };
+        let now = crate::tls::stamp(tls);
+        let mut http = self.node_http.lock();
+        if http.1.as_ref() != Some(&now) {
+            match node_client(Some(tls), NODE_REQUEST_TIMEOUT) {
+                Ok(client) => http.0 = client,
+                Err(error) => {
+                    tracing::warn!(%error, "the TLS files changed but do not load; requests to other nodes keep the previous ones");
+                }
+            }
+            http.1 = Some(now);
+        }
+        http.0.clone()
+    }
+
+    /// The controller's URL, `None` while none is known or this node is it.
+    pub fn controller_url(&self) -> Option<String> {
+        let state = self.state.lock();
+        match (&state.me, &state.controller) {
+            (Some(me), Some(c)) if c.node == me.node && c.incarnation == me.incarnation => None,
+            (_, Some(c)) => Some(c.url.clone()),
+            _ => None,
+        }
+    }
+
+    /// How many nodes are alive, as the controller last said (1 while
+    /// nothing is known: this node).
+    pub fn live_nodes(&self) -> usize {
+        self.view().map_or(1, |view| {
+            view.nodes.iter().filter(|n| n.alive).count().max(1)
+        })
+    }
+
+    /// As the controller, creates a replicated topic (its record and each
+    /// partition's first state), and applies the new map here.
+    pub async fn create_replicated_topic(
+        &self,
+        meta: strata_broker::topic::TopicMeta,
+    ) -> Result<(), ApiError> {
+        let nodes = self.controller_nodes()?;
+        let name = meta.name.clone();
+        let mut controller = self.controller.lock().await;
+        let Some(controller) = controller.as_mut() else {
+            return Err(ApiError::unavailable("the controller is starting", 1));
+        };
+        match controller.create_topic(meta, &nodes).await {
+            Ok(()) => {}
+            Err(CreateRefusal::Exists) => {
+                return Err(strata_broker::BrokerError::TopicExists(name).into());
+            }
+            Err(CreateRefusal::TooFewNodes { wanted, alive }) => {
+                return Err(ApiError::invalid_request(format!(
+                    "replication_factor {wanted} is more than the {alive} live nodes"
+                )));
+            }
+            Err(CreateRefusal::Store(error)) => return Err(error.into()),
+        }
+        let map = controller.map().clone();
+        *self.map.lock() = Some(map.clone());
+        if let Some(replication) = self.replication.get() {
+            replication.apply(map, &nodes).await;
+        }
+        Ok(())
+    }
+
+    /// As the controller, deletes a replicated topic; `false` when there is
+    /// none.
+    pub async fn delete_replicated_topic(&self, name: &str) -> Result<bool, ApiError> {
+        let nodes = self.controller_nodes()?;
+        let mut controller = self.controller.lock().await;
+        let Some(controller) = controller.as_mut() else {
+            return Err(ApiError::unavailable("the controller is starting", 1));
+        };
+        if !controller.delete_topic(name).await? {
+            return Ok(false);
+        }
+        let map = controller.map().clone();
+        *self.map.lock() = Some(map.clone());
+        if let Some(replication) = self.replication.get() {
+            replication.apply(map, &nodes).await;
+        }
+        Ok(true)
+    }
+
+    /// The nodes as this node, the controller, sees them.
+    fn controller_nodes(&self) -> Result<Vec<strata_cluster::NodeView>, ApiError> {
+        let state = self.state.lock();
+        match (&state.me, &state.controller) {
+            (Some(me), Some(c)) if c.node == me.node && c.incarnation == me.incarnation => {
+                Ok(state.liveness.nodes(Instant::now()))
+            }
+            _ => Err(ApiError::unavailable(
+                "this node is not the cluster's controller",
+                1,
+            )),
+        }
     }
 
     /// Whether `token` is the secret the cluster's nodes present to each
@@ -263,6 +401,15 @@ impl Membership {
             self.state.lock().identity = saved;
         }
         tracing::info!(node = %me.node, incarnation = me.incarnation, url = %me.url, %cluster_id, "registered in the cluster");
+        if let Some(replication) = self.replication.get() {
+            replication.registered(
+                Replica {
+                    node: me.node.clone(),
+                    incarnation: me.incarnation,
+                },
+                Some(node_secret.clone()),
+            );
+        }
         let mut state = self.state.lock();
         state.cluster_id = Some(cluster_id);
         state.node_secret = Some(node_secret);
@@ -303,7 +450,16 @@ impl Membership {
                             Vec::new()
                         }
                     };
+                    *self.controller.lock().await = None;
                     let mut state = self.state.lock();
+                    state.controller_since = Instant::now();
+                    // Replaced for its silence: it is dead for this
+                    // controller's first decisions, which need not wait a
+                    // failure timeout to tell it from a node not heard yet.
+                    state.deposed = newest
+                        .as_ref()
+                        .filter(|c| c.node != me.node && replace)
+                        .map(|c| c.node.clone());
                     state.liveness = Liveness::new(self.config.failure_timeout);
                     for registration in &registrations {
                         state.liveness.know(registration);
@@ -356,6 +512,7 @@ impl Membership {
             };
             now.duration_since(state.epoch_checked) >= every
         };
+        self.control_partitions(mine.epoch).await?;
         if check_epoch {
             // Counted as checked even if the store fails: an outage must not
             // turn the check into one request per tick.
@@ -379,6 +536,81 @@ impl Membership {
         Ok(())
     }
 
+    /// The controller's pass over the replicated partitions: loads them at
+    /// the first pass of its epoch, then handles deaths, new incarnations
+    /// and the leaders' ISR reports, and applies the map on this node.
+    async fn control_partitions(&self, epoch: u64) -> Result<(), ClusterError> {
+        let (nodes, deaths) = {
+            let mut state = self.state.lock();
+            let now = Instant::now();
+            if now.duration_since(state.last_pass) > self.config.failure_timeout / 2 {
+                // This process was paused or starved: its table is stale
+                // (everyone looks dead) and it may have been deposed. It
+                // waits as a new controller would, rereading its epoch.
+                state.controller_since = now;
+                if let Some(long_ago) = now.checked_sub(self.config.failure_timeout * 2) {
+                    state.epoch_checked = long_ago;
+                }
+            }
+            state.last_pass = now;
+            let mut nodes = state.liveness.nodes(now);
+            let alive = nodes.iter().filter(|n| n.alive).count();
+            // Deaths count only while this controller hears from a
+            // majority of the nodes it has heard from: one cut off from
+            // the others must not take their partitions away.
+            let quorum = alive * 2 > state.liveness.heard();
+            let settled = quorum && state.controller_since.elapsed() >= self.config.failure_timeout;
+            if !settled {
+                for node in &mut nodes {
+                    if Some(&node.id) == state.deposed.as_ref() {
+                        node.alive = false;
+                    }
+                }
+            }
+            (nodes, settled)
+        };
+        let presumed_dead = if deaths {
+            None
+        } else {
+            self.state.lock().deposed.clone()
+        };
+        let mut held = self.controller.lock().await;
+        let fresh = match held.as_ref() {
+            Some(c) if c.map().version.controller_epoch == epoch => false,
+            _ => {
+                *held = Some(PartitionController::load(self.control.clone(), epoch).await?);
+                true
+            }
+        };
+        let Some(controller) = held.as_mut() else {
+            return Ok(());
+        };
+        let mut reports = std::mem::take(&mut *self.reports.lock());
+        if let Some(replication) = self.replication.get() {
+            reports.extend(replication.reports());
+        }
+        let Some(changed) = controller
+            .maintain(&nodes, &reports, deaths, presumed_dead.as_ref())
+            .await
+        else {
+            tracing::warn!(node = %self.id, epoch, "deposed as controller: a newer epoch exists");
+            *held = None;
+            let mut state = self.state.lock();
+            state.controller = None;
+            return Ok(());
+        };
+        let map = controller.map().clone();
+        if fresh || changed {
+            *self.map.lock() = Some(map.clone());
+        }
+        if let Some(replication) = self.replication.get()
+            && replication.map_version() != Some(map.version)
+        {
+            replication.apply(map, &nodes).await;
+        }
+        Ok(())
+    }
+
     async fn follow(&self, me: &Registration, c: &ControllerRecord) -> Result<(), ClusterError> {
         let beat = self.heartbeat(me, c.epoch);
         let url = format!("{}/v1/cluster/heartbeat", c.url.trim_end_matches('/'));
@@ -390,7 +622,12 @@ impl Membership {
         let refused = match answer {
             Ok(response) if response.status().is_success() => {
                 match response.json::<ClusterView>().await {
-                    Ok(view) => {
+                    Ok(mut view) => {
+                        if let Some(map) = view.map.take()
+                            && let Some(replication) = self.replication.get()
+                        {
+                            replication.apply(map, &view.nodes).await;
+                        }
                         let mut state = self.state.lock();
                         // The controller may have claimed a newer epoch at
                         // the same URL (a restart): follow that epoch, so
@@ -460,21 +697,29 @@ impl Membership {
     }
 
     fn heartbeat(&self, me: &Registration, controller_epoch: u64) -> Heartbeat {
-        let partitions: u64 = self
+        // A node leads the partitions of its own topics, and what the map
+        // says of the replicated ones.
+        let own: u64 = self
             .broker
             .topics()
             .iter()
+            .filter(|t| !t.config().is_replicated())
             .map(|t| t.partitions().len() as u64)
             .sum();
+        let (led, held) = self.replication.get().map_or((0, 0), |r| r.counts());
+        let (map_version, reports) = match self.replication.get() {
+            Some(r) => (r.map_version(), r.reports()),
+            None => (None, Vec::new()),
+        };
         Heartbeat {
             node: me.node.clone(),
             incarnation: me.incarnation,
             url: me.url.clone(),
             controller_epoch,
-            // Until partitions are replicated, each node leads the
-            // partitions it holds.
-            leader_of: partitions,
-            replica_of: partitions,
+            leader_of: own + led,
+            replica_of: own + held,
+            map_version,
+            reports,
         }
     }
 
@@ -505,7 +750,17 @@ impl Membership {
             }
             Beat::Alive => {}
         }
-        Ok(Self::controller_view(&state, &mine, now))
+        drop(state);
+        self.reports.lock().extend(beat.reports.iter().cloned());
+        let state = self.state.lock();
+        let mut view = Self::controller_view(&state, &mine, now);
+        let map = self.map.lock();
+        if let Some(map) = map.as_ref()
+            && beat.map_version != Some(map.version)
+        {
+            view.map = Some(map.clone());
+        }
+        Ok(view)
     }
 
     /// Looks `node` up in the store (a node that registered after this
@@ -539,6 +794,7 @@ impl Membership {
             controller: mine.node.clone(),
             controller_epoch: mine.epoch,
             nodes: state.liveness.nodes(now),
+            map: None,
         }
     }
 
@@ -564,8 +820,23 @@ fn heartbeat_client(
     config: &ClusterConfig,
     tls: Option<&crate::tls::TlsConfig>,
 ) -> Result<reqwest::Client, ServerError> {
-    let mut http = reqwest::Client::builder()
-        .timeout(config.heartbeat_interval.max(Duration::from_millis(200)) * 2);
+    node_client(
+        tls,
+        config.heartbeat_interval.max(Duration::from_millis(200)) * 2,
+    )
+}
+
+/// How long a request passed to another node (a produce, a follower's
+/// fetch) may take before it counts as failed.
+pub const NODE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client for requests from this node to another, giving up after
+/// `timeout` (see [`heartbeat_client`] for TLS).
+fn node_client(
+    tls: Option<&crate::tls::TlsConfig>,
+    timeout: Duration,
+) -> Result<reqwest::Client, ServerError> {
+    let mut http = reqwest::Client::builder().timeout(timeout);
     if let Some(tls) = tls {
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|error| ServerError::Tls {

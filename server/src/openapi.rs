@@ -62,6 +62,12 @@ pub struct TopicConfig {
     pub timestamp_type: Option<TimestampType>,
     #[schema(minimum = 0)]
     pub idempotency_window_ms: Option<i64>,
+    /// Nodes holding each partition; default min(3, live nodes).
+    #[schema(minimum = 1, maximum = 16)]
+    pub replication_factor: Option<u32>,
+    /// In-sync replicas a produce needs; default min(2, replication_factor).
+    #[schema(minimum = 1, maximum = 16)]
+    pub min_insync_replicas: Option<u32>,
 }
 
 /// Which timestamp a record keeps.
@@ -104,6 +110,14 @@ pub struct PartitionDescription {
     /// RFC 3339, `null` when both tiers are empty.
     pub min_timestamp: Option<String>,
     pub max_timestamp: Option<String>,
+    /// The node that leads the partition, `null` while none does.
+    pub leader: Option<String>,
+    /// The nodes that hold a replica, preferred leader first.
+    pub replicas: Vec<String>,
+    /// The replicas that have every acknowledged record.
+    pub isr: Vec<String>,
+    /// Incremented at every change of leader (0: a topic with one replica).
+    pub leader_epoch: u64,
 }
 
 /// `GET /v1/topics`.

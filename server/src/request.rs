@@ -171,3 +171,12 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
         .map_err(ApiError::from)
 }
+
+/// [`blocking`] for work that fails with the API's errors.
+pub async fn blocking_api<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::auth::{Auth, AuthConfig};
 use crate::error::{Result, ServerError};
 use crate::membership::{ClusterConfig, Membership};
+use crate::replication::{Replication, ReplicationConfig};
 use crate::routes::{AppState, router};
 use crate::tls::{TlsConfig, TlsState};
 use strata_cluster::ControlStore;
@@ -67,6 +68,12 @@ impl Server {
             error,
         })?;
         let tls = config.tls.clone().map(TlsState::open).transpose()?;
+        // A data directory without an identity is a new node: maybe a
+        // single server back from a lost disk under a new name.
+        let fresh = !data_dir
+            .join(strata_cluster::identity::IDENTITY_FILE)
+            .exists()
+            && !data_dir.join("server-id").exists();
         let membership = Membership::open(
             data_dir.clone(),
             &cold,
@@ -89,12 +96,34 @@ impl Server {
                 tracing::warn!(%error, "cannot read the tokens yet; retrying in the background");
             }
         }
+        let control = ControlStore::new(&cold);
         let tiering = Tiering::open(broker.clone(), cold, config.tiering.clone(), &owner)
             .await
             .map_err(ServerError::LoadColdTier)?;
+        if fresh {
+            let gone = unreachable_nodes(&control, &owner, &membership.client()).await;
+            tiering
+                .adopt_topics_of(&gone)
+                .await
+                .map_err(ServerError::LoadColdTier)?;
+        }
         let query = QueryService::open(broker.clone(), tiering.clone(), config.query.clone())
             .map_err(ServerError::StartQuery)?;
         let (stopping, stopping_rx) = watch::channel(false);
+        let replication = Replication::new(
+            membership.id().clone(),
+            broker.clone(),
+            tiering.clone(),
+            ReplicationConfig {
+                max_lag: config.cluster.failure_timeout,
+                ..ReplicationConfig::default()
+            },
+            membership.client(),
+            stopping_rx.clone(),
+        );
+        let scope: Arc<dyn strata_tiering::OffloadScope> = replication.clone();
+        tiering.set_scope(&scope);
+        membership.set_replication(replication.clone());
         let state = AppState {
             broker,
             tiering,
@@ -102,6 +131,7 @@ impl Server {
             metrics: strata_broker::metrics::prometheus_handle(),
             stopping: stopping_rx,
             membership,
+            replication,
             auth,
             quotas: Arc::default(),
         };
@@ -171,6 +201,38 @@ impl Server {
         tracing::info!("stopped: every partition fsynced");
         Ok(())
     }
+}
+
+/// The registered nodes other than `me` that do not answer at their URL
+/// (within a second each, all at once): their topics with one replica have
+/// no other home. A node that lost its disk comes back under a new name
+/// (unless started with the same `--node-id`) and takes its old self's
+/// topics back from the cold tier this way.
+async fn unreachable_nodes(
+    control: &ControlStore,
+    me: &str,
+    client: &reqwest::Client,
+) -> Vec<String> {
+    let registrations =
+        match tokio::time::timeout(Duration::from_secs(5), control.registrations()).await {
+            Ok(Ok(found)) => found,
+            _ => return Vec::new(),
+        };
+    let probes = registrations
+        .into_iter()
+        .filter(|r| r.node.as_str() != me)
+        .map(|r| async move {
+            let url = format!("{}/health", r.url.trim_end_matches('/'));
+            let answered = tokio::time::timeout(Duration::from_secs(1), client.get(&url).send())
+                .await
+                .is_ok_and(|sent| sent.is_ok());
+            (!answered).then(|| r.node.to_string())
+        });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Once a second: measures the data disk's free space, lets partitions a

@@ -217,10 +217,27 @@ pub async fn offset_for_timestamp(
 }
 
 /// The API's topic description, hot and cold tiers together, each
-/// partition as one pin sees it.
-pub async fn describe_topic(topic: &Topic, tiering: &Tiering) -> Result<Value, ApiError> {
+/// partition as one pin sees it, with its leader, replicas, in-sync
+/// replicas and leader epoch (a topic with one replica is this node's:
+/// it leads it at epoch 0).
+pub async fn describe_topic(
+    app: &crate::routes::AppState,
+    topic: &Topic,
+) -> Result<Value, ApiError> {
+    let tiering = &app.tiering;
+    let me = app.membership.id().to_string();
     let mut partitions = Vec::with_capacity(topic.partitions().len());
     for p in topic.partitions() {
+        let state = app.replication.state(topic.name(), p.id());
+        let (leader, replicas, isr, leader_epoch) = match &state {
+            Some(s) => (
+                json!(s.leader.as_ref().map(|l| l.to_string())),
+                json!(s.replicas.iter().map(|r| r.to_string()).collect::<Vec<_>>()),
+                json!(s.isr.iter().map(|r| r.node.to_string()).collect::<Vec<_>>()),
+                s.leader_epoch,
+            ),
+            None => (json!(me), json!([me]), json!([me]), 0),
+        };
         let pinned = pin_partition(tiering, topic.name(), p).await?;
         let hot = pinned.hot().stats(p.id());
         let cold = pinned.cold_stats();
@@ -241,6 +258,10 @@ pub async fn describe_topic(topic: &Topic, tiering: &Tiering) -> Result<Value, A
             "cold": {"files": cold.files, "bytes": cold.bytes, "end_offset": cold.end_offset},
             "min_timestamp": min.map(format_timestamp),
             "max_timestamp": max.map(format_timestamp),
+            "leader": leader,
+            "replicas": replicas,
+            "isr": isr,
+            "leader_epoch": leader_epoch,
         }));
     }
     Ok(json!({

@@ -50,10 +50,21 @@ async fn topic_lifecycle() {
     assert_eq!(created["config"]["segment_bytes"], 4096);
     assert_eq!(created["config"]["timestamp_type"], "log_append_time");
     assert_eq!(created["config"]["retention_ms"], -1);
+    assert_eq!(created["config"]["replication_factor"], 1, "a lone node");
+    assert_eq!(created["config"]["min_insync_replicas"], 1);
     let partitions = created["partitions"].as_array().unwrap();
     assert_eq!(partitions.len(), 3);
+    // A topic with one replica is this node's own: it leads it at epoch 0.
+    let mut second = partitions[1].clone();
+    let node = second["leader"].as_str().expect("a leader").to_string();
+    for field in ["leader", "replicas", "isr", "leader_epoch"] {
+        second.as_object_mut().unwrap().remove(field);
+    }
+    assert_eq!(partitions[1]["replicas"], json!([node]));
+    assert_eq!(partitions[1]["isr"], json!([node]));
+    assert_eq!(partitions[1]["leader_epoch"], 0);
     assert_eq!(
-        partitions[1],
+        second,
         json!({"partition": 1, "start_offset": 0, "local_start_offset": 0, "end_offset": 0,
                "hot": {"segments": 1, "bytes": 0}, "cold": {"files": 0, "bytes": 0, "end_offset": 0},
                "min_timestamp": null, "max_timestamp": null})

@@ -4,9 +4,8 @@
 //! (every task and connection of it ends at once, as with kill -9); a
 //! controller is cut off from the others by a fault proxy in front of it.
 //!
-//! (Until partitions are replicated, whole servers cannot yet share a
-//! store: the cold tier's writer lease admits one. These tests therefore
-//! serve the cluster routes of each node alone.)
+//! These tests serve the cluster routes of each node alone (whole servers
+//! sharing a store, with replicated topics: tests/replication.rs).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -105,6 +105,20 @@ pub struct Tiering {
     pub(crate) pending_deletes: Mutex<Vec<(i64, object_store::path::Path)>>,
     /// Reads of the cold tier in progress, by start time.
     pub(crate) readers: Arc<Readers>,
+    /// Which partitions this node offloads; every one when unset. Weak:
+    /// the scope (the server's replicas) holds this tier.
+    pub(crate) scope: parking_lot::RwLock<Option<std::sync::Weak<dyn OffloadScope>>>,
+    /// This node's name: the owner of the topics it creates.
+    pub(crate) owner: String,
+}
+
+/// Which partitions a node offloads. In a cluster only a partition's
+/// leader does (its followers hold the same records); a single server
+/// offloads every partition.
+pub trait OffloadScope: Send + Sync + std::fmt::Debug {
+    /// Whether this node offloads (and applies retention to) `partition`
+    /// of `topic` now.
+    fn offloads(&self, topic: &str, partition: u32) -> bool;
 }
 
 impl Tiering {
@@ -137,8 +151,10 @@ impl Tiering {
             uploads,
             pending_deletes: Mutex::default(),
             readers: Arc::default(),
+            scope: parking_lot::RwLock::new(None),
+            owner: owner.to_string(),
         });
-        tiering.restore_missing_topics().await?;
+        tiering.restore_missing_topics(&[]).await?;
         for topic in tiering.broker.topics() {
             for p in topic.partitions() {
                 let manifest = tiering.manifests.load(topic.name(), p.id()).await?;
@@ -159,12 +175,15 @@ impl Tiering {
         Ok(tiering)
     }
 
-    /// Re-creates, from the store alone, topics that have cold data but no
-    /// local directory (a lost or replaced disk): each partition continues
-    /// at the cold tier's end offset.
-    pub(crate) async fn restore_missing_topics(&self) -> Result<()> {
-        for meta in self.manifests.topic_metas().await? {
-            if self.broker.topic(&meta.name).is_ok() {
+    /// Re-creates, from the store alone, this node's own topics that have
+    /// cold data but no local directory (a lost or replaced disk): each
+    /// partition continues at the cold tier's end offset.
+    pub(crate) async fn restore_missing_topics(&self, adopt: &[String]) -> Result<()> {
+        for (meta, owner) in self.manifests.topic_metas().await? {
+            // A replicated topic comes back through the cluster (from its
+            // other replicas); another node's own topic is that node's.
+            let others = owner.is_some_and(|owner| owner != self.owner && !adopt.contains(&owner));
+            if self.broker.topic(&meta.name).is_ok() || meta.config.is_replicated() || others {
                 continue;
             }
             let mut starts = Vec::new();
@@ -202,6 +221,32 @@ impl Tiering {
             }
         }
         Ok(())
+    }
+
+    /// Restores, as this node's, the topics of `owners` that have cold data
+    /// but no local directory: nodes known to be gone (a server whose disk
+    /// was lost and which came back under a new name). The topics become
+    /// this node's at their next offload.
+    pub async fn adopt_topics_of(&self, owners: &[String]) -> Result<()> {
+        if owners.is_empty() {
+            return Ok(());
+        }
+        self.restore_missing_topics(owners).await
+    }
+
+    /// From now on, offloads only the partitions `scope` names (while it
+    /// lives: once it is dropped, nothing).
+    pub fn set_scope(&self, scope: &Arc<dyn OffloadScope>) {
+        *self.scope.write() = Some(Arc::downgrade(scope));
+    }
+
+    pub(crate) fn offloads(&self, topic: &str, partition: u32) -> bool {
+        match self.scope.read().as_ref() {
+            None => true,
+            Some(scope) => scope
+                .upgrade()
+                .is_some_and(|scope| scope.offloads(topic, partition)),
+        }
     }
 
     /// Records that `topic` was just created: its cold tier is empty (a

@@ -1,6 +1,13 @@
-//! The writer lease: one server owns a cold-tier prefix at a time.
+//! The writer lease: one process per node writes to a cold-tier prefix.
 //!
-//! `<root>/_lease.json` names the owner, an epoch and an expiry. A server
+//! Nodes of one cluster share the prefix; each offloads only the
+//! partitions it owns (its own topics, and replicated partitions it leads:
+//! see strata-cluster). What the lease adds is that two processes of the
+//! *same node* (a restarted server whose predecessor is paused, not dead;
+//! a copied data directory) never both commit.
+//!
+//! `<root>/_cluster/leases/<node>.json` names the owner, an epoch and an
+//! expiry. A server
 //! takes the lease on start (when it is free, expired, or already its own)
 //! and renews it on every offload pass; before each manifest commit it
 //! checks that the lease is still its own, so a server that lost the lease
@@ -10,8 +17,9 @@
 //! the last writer wins, and the check before every commit narrows the
 //! window in which two servers could both commit to the time between that
 //! check and the commit. On the local file system a server also holds an
-//! exclusive OS lock on `<root>/_lease.lock` for as long as it lives, so
-//! two processes cannot both own a `file://` prefix there either; the lock
+//! exclusive OS lock on `<root>/_cluster/leases/<node>.lock` for as long
+//! as it lives, so two processes of one node cannot both use a `file://`
+//! prefix there either; the lock
 //! goes with the process, also when it is killed.
 
 use std::fs::{File, TryLockError};
@@ -58,10 +66,10 @@ impl Lease {
     /// same server), or fails with the current owner and expiry.
     pub async fn acquire(cold: &ColdStore, owner: &str) -> Result<Self> {
         let local_lock = match cold.local_root() {
-            Some(root) => Some(lock_local_root(root, &cold.url)?),
+            Some(root) => Some(lock_local_root(root, owner, &cold.url)?),
             None => None,
         };
-        let path = cold.root.path().clone().join("_lease.json");
+        let path = lease_path(cold, owner);
         let current = read(cold, &path).await?;
         let now = strata_broker::timestamp::now_ms();
         if let Some((held, _)) = current
@@ -206,14 +214,17 @@ impl Lease {
 /// Takes the exclusive OS lock of a `file://` cold tier rooted at `root`,
 /// or fails at once if another process (or another lease in this one)
 /// holds it.
-fn lock_local_root(root: &std::path::Path, url: &str) -> Result<File> {
-    let path = root.join("_lease.lock");
+fn lock_local_root(root: &std::path::Path, owner: &str, url: &str) -> Result<File> {
+    let dir = root.join(LEASES_DIR);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| TieringError::Config(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(format!("{owner}.lock"));
     let file = File::create(&path)
         .map_err(|e| TieringError::Config(format!("cannot create {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(TieringError::Config(format!(
-            "the cold tier {url} is in use by another server on this machine ({} is locked)",
+            "the cold tier {url} is in use by another process of node {owner:?} on this machine ({} is locked)",
             path.display()
         ))),
         Err(TryLockError::Error(e)) => Err(TieringError::Config(format!(
@@ -221,6 +232,19 @@ fn lock_local_root(root: &std::path::Path, url: &str) -> Result<File> {
             path.display()
         ))),
     }
+}
+
+/// Where the leases live, under the root (beside the cluster's objects).
+const LEASES_DIR: &str = "_cluster/leases";
+
+/// The lease file of `owner`.
+fn lease_path(cold: &ColdStore, owner: &str) -> Path {
+    cold.root
+        .path()
+        .clone()
+        .join("_cluster")
+        .join("leases")
+        .join(format!("{owner}.json"))
 }
 
 /// The lease file and its version, `None` when there is none. A lease file
@@ -259,22 +283,22 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn one_owner_at_a_time() {
+    async fn one_process_per_node_and_nodes_share_the_root() {
         let cold = ColdStore::open("memory://").unwrap();
         let first = Lease::acquire(&cold, "server-a").await.unwrap();
         first.check().await.unwrap();
-        assert!(
-            Lease::acquire(&cold, "server-b").await.is_err(),
-            "held by a"
-        );
-        // The same server after a restart takes its own lease back at once.
+        // Another node of the cluster holds its own lease meanwhile.
+        let b = Lease::acquire(&cold, "server-b").await.unwrap();
+        // The same node after a restart takes its own lease back at once;
+        // the old process (paused, not dead) can no longer commit.
         let again = Lease::acquire(&cold, "server-a").await.unwrap();
         assert!(first.check().await.is_err(), "the old epoch lost it");
         again.renew().await.unwrap();
-        again.release().await;
-        let b = Lease::acquire(&cold, "server-b").await.unwrap();
-        assert!(again.check().await.is_err());
         b.check().await.unwrap();
+        again.release().await;
+        let after = Lease::acquire(&cold, "server-a").await.unwrap();
+        assert!(again.check().await.is_err());
+        after.check().await.unwrap();
     }
 
     /// Guards the power-loss rule: a `_lease.json` that a power cut left
@@ -286,18 +310,21 @@ mod tests {
         let url = format!("file://{}", dir.path().display());
         for torn in [&b""[..], &b"{\"owner\":\"server-a\",\"ep"[..]] {
             let cold = ColdStore::open(&url).expect("file store");
-            std::fs::write(dir.path().join("_lease.json"), torn).expect("tear the lease");
+            let file = dir.path().join("_cluster/leases/server-b.json");
+            std::fs::create_dir_all(file.parent().unwrap()).expect("leases dir");
+            std::fs::write(&file, torn).expect("tear the lease");
             let lease = Lease::acquire(&cold, "server-b").await.expect("acquire");
             lease.check().await.expect("held");
-            let text = std::fs::read(dir.path().join("_lease.json")).expect("lease");
+            let text = std::fs::read(&file).expect("lease");
             let whole: LeaseFile = serde_json::from_slice(&text).expect("a whole lease");
             assert_eq!(whole.owner, "server-b");
+            drop(lease);
         }
     }
 
     /// Rewrites the lease file with another expiry, as time passing would.
     async fn expire_at(cold: &ColdStore, expires_ms: i64) {
-        let path = cold.root.path().clone().join("_lease.json");
+        let path = lease_path(cold, "server-a");
         let (mut held, _) = read(cold, &path).await.unwrap().unwrap();
         held.expires_ms = expires_ms;
         let bytes = serde_json::to_vec(&held).unwrap();
@@ -308,7 +335,7 @@ mod tests {
     }
 
     async fn expiry(cold: &ColdStore) -> i64 {
-        let path = cold.root.path().clone().join("_lease.json");
+        let path = lease_path(cold, "server-a");
         read(cold, &path).await.unwrap().unwrap().0.expires_ms
     }
 
@@ -325,10 +352,10 @@ mod tests {
         expire_at(&cold, now - 1).await;
         lease.check().await.unwrap();
         assert!(expiry(&cold).await >= now + LEASE_MS);
-        // Expired and taken by another server: the check fails, and it
-        // cannot be renewed back.
+        // Expired and taken by another process of the node: the check
+        // fails, and it cannot be renewed back.
         expire_at(&cold, now - 1).await;
-        let b = Lease::acquire(&cold, "server-b").await.unwrap();
+        let b = Lease::acquire(&cold, "server-a").await.unwrap();
         assert!(lease.check().await.is_err());
         assert!(lease.renew().await.is_err());
         b.check().await.unwrap();
@@ -340,14 +367,14 @@ mod tests {
         let cold = ColdStore::open(&format!("file://{}", dir.path().display())).unwrap();
         let first = Lease::acquire(&cold, "server-a").await.unwrap();
         first.release().await;
-        // Released in the file, but the holder still lives: even its own
-        // name cannot take the prefix twice.
-        for owner in ["server-a", "server-b"] {
-            let refused = Lease::acquire(&cold, owner).await.unwrap_err();
-            assert!(refused.to_string().contains("in use"), "{refused}");
-        }
-        drop(first);
+        // Released in the file, but the holder still lives: its name
+        // cannot take the prefix twice; another node's can.
+        let refused = Lease::acquire(&cold, "server-a").await.unwrap_err();
+        assert!(refused.to_string().contains("in use"), "{refused}");
         let b = Lease::acquire(&cold, "server-b").await.unwrap();
         b.check().await.unwrap();
+        drop(first);
+        let a = Lease::acquire(&cold, "server-a").await.unwrap();
+        a.check().await.unwrap();
     }
 }

@@ -37,7 +37,7 @@ pub mod upload;
 pub mod versioned;
 
 pub use error::{Result, TieringError};
-pub use facade::{CrashPoint, Tiering, TieringConfig};
+pub use facade::{CrashPoint, OffloadScope, Tiering, TieringConfig};
 pub use offload::OffloadSummary;
 pub use partition_reads::{ColdRecord, ColdStats};
 pub use pins::{PinnedManifest, ReadPin};

@@ -172,6 +172,9 @@ impl Manifest {
     }
 }
 
+/// The field of a stored topic description that names its owner.
+const OWNER_FIELD: &str = "owner";
+
 /// Reads and commits manifests of one store.
 #[derive(Debug, Clone)]
 pub struct ManifestStore {
@@ -228,18 +231,25 @@ impl ManifestStore {
         Ok(())
     }
 
-    /// Stores the topic's description next to its data; durable when
-    /// this returns `Ok` (fsynced on `file://`).
-    pub async fn put_topic_meta(&self, meta: &TopicMeta) -> Result<()> {
+    /// Stores the topic's description next to its data, with the node
+    /// that owns (offloads) it; durable when this returns `Ok` (fsynced on
+    /// `file://`).
+    pub async fn put_topic_meta(&self, meta: &TopicMeta, owner: &str) -> Result<()> {
+        let mut value =
+            serde_json::to_value(meta).map_err(|e| TieringError::Internal(e.to_string()))?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert(OWNER_FIELD.into(), owner.into());
+        }
         let bytes =
-            serde_json::to_vec_pretty(meta).map_err(|e| TieringError::Internal(e.to_string()))?;
+            serde_json::to_vec_pretty(&value).map_err(|e| TieringError::Internal(e.to_string()))?;
         let path = self.root.topic_meta(&meta.name);
         self.store.put(&path, PutPayload::from(bytes)).await?;
         self.cold.make_durable(&path).await
     }
 
-    /// The descriptions of every topic in the store.
-    pub async fn topic_metas(&self) -> Result<Vec<TopicMeta>> {
+    /// The descriptions of every topic in the store, each with the node
+    /// that stored it (`None` for descriptions from before the cluster).
+    pub async fn topic_metas(&self) -> Result<Vec<(TopicMeta, Option<String>)>> {
         let listing = self
             .store
             .list_with_delimiter(Some(self.root.path()))
@@ -258,12 +268,17 @@ impl ManifestStore {
                 tracing::warn!(%path, "skipping a topic description a power cut tore");
                 continue;
             }
-            let meta: TopicMeta =
-                serde_json::from_slice(&bytes).map_err(|e| TieringError::CorruptManifest {
-                    path: path.to_string(),
-                    message: e.to_string(),
-                })?;
-            metas.push(meta);
+            let corrupt = |e: serde_json::Error| TieringError::CorruptManifest {
+                path: path.to_string(),
+                message: e.to_string(),
+            };
+            let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+            let owner = value
+                .as_object_mut()
+                .and_then(|object| object.remove(OWNER_FIELD))
+                .and_then(|owner| owner.as_str().map(str::to_string));
+            let meta: TopicMeta = serde_json::from_value(value).map_err(corrupt)?;
+            metas.push((meta, owner));
         }
         Ok(metas)
     }

@@ -143,10 +143,16 @@ impl Tiering {
         if self.is_deleting(topic) {
             return Ok(OffloadSummary::default());
         }
+        if !self.offloads(topic.name(), p.id()) {
+            self.follow_cold_tier(topic, p).await?;
+            return Ok(OffloadSummary::default());
+        }
         let mut manifest = self.manifest(topic.name(), p.id()).await?;
         let mut summary = OffloadSummary::default();
         if !self.described.lock().contains(topic.name()) {
-            self.manifests.put_topic_meta(topic.meta()).await?;
+            self.manifests
+                .put_topic_meta(topic.meta(), &self.owner)
+                .await?;
             self.described.lock().insert(topic.name().to_string());
         }
         // Space management: a nearly full data disk cannot wait for a segment
@@ -168,6 +174,11 @@ impl Tiering {
                 continue;
             }
             if !pressure && !self.old_enough(&segment) {
+                break;
+            }
+            if segment.end_offset > p.end_offset() {
+                // Not committed yet (a replicated partition's followers
+                // have not all got it): it could still be truncated.
                 break;
             }
             if manifest.files.is_empty() && manifest.end_offset < segment.base_offset {

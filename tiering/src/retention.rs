@@ -49,6 +49,36 @@ impl Tiering {
         Ok(next)
     }
 
+    /// A replica another node offloads (a follower's): drops the local
+    /// segments that node has offloaded, as local retention would on it.
+    /// The manifest is reread from the store only when some sealed segment
+    /// is due, so an idle follower costs the store nothing.
+    pub(crate) async fn follow_cold_tier(&self, topic: &Topic, p: &Arc<Partition>) -> Result<()> {
+        let pressure = self
+            .broker
+            .disk_space()
+            .is_some_and(|space| space.under_pressure());
+        let config = topic.config();
+        let segments = p.segments();
+        let local_bytes: u64 = segments.iter().map(|s| s.size_bytes).sum();
+        let now = strata_broker::timestamp::now_ms();
+        let due = segments.iter().filter(|s| s.sealed).any(|s| {
+            pressure
+                || (config.local_retention_bytes >= 0
+                    && local_bytes > config.local_retention_bytes as u64)
+                || (config.local_retention_ms >= 0
+                    && s.max_timestamp
+                        .is_some_and(|ts| now.saturating_sub(ts) > config.local_retention_ms))
+        });
+        if !due {
+            return Ok(());
+        }
+        let manifest = self.manifests.load(topic.name(), p.id()).await?;
+        let manifest = self.remember(manifest);
+        self.apply_local_retention(topic, p, &manifest, pressure)
+            .await
+    }
+
     /// Deletes local segments that are committed to the cold tier and beyond
     /// the topic's `local_retention_bytes` / `local_retention_ms`, or all of
     /// them when the data disk is under `pressure` (reads of them go to the

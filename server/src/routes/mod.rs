@@ -6,6 +6,7 @@ mod groups;
 mod health;
 mod query;
 mod records;
+mod replication;
 mod tiering;
 mod tokens;
 mod topics;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub stopping: watch::Receiver<bool>,
     /// This node's part in the cluster.
     pub membership: Arc<Membership>,
+    /// This node's replicas of replicated topics.
+    pub replication: Arc<crate::replication::Replication>,
     /// Tokens and who may do what.
     pub auth: Arc<Auth>,
     /// Per-token byte rates.
@@ -58,6 +61,7 @@ pub struct AppState {
 /// handler's `#[utoipa::path]` entry with it.
 pub fn router(state: AppState) -> Router {
     let membership = state.membership.clone();
+    let replicas = state.replication.clone();
     let auth = state.auth.clone();
     let (api, description) = OpenApiRouter::new()
         .routes(routes!(health::live))
@@ -79,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(tokens::revoke))
         .with_state(state)
         .merge(cluster::routes(membership))
+        .merge(replication::routes(replicas))
         .split_for_parts();
     let description = Arc::new(openapi::finish(description));
     api.route(

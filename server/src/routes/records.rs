@@ -1,5 +1,7 @@
 //! Produce, consume by offset, and offset-for-timestamp.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -7,8 +9,9 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use strata_broker::Topic;
 use strata_broker::idempotency::{body_hash, check_key};
-use strata_broker::produce::{BodyFormat, parse_body};
+use strata_broker::produce::{BodyFormat, ProducedRecord, parse_body};
 use strata_broker::render::write_int;
 use strata_broker::timestamp::{TimestampWriter, now_ms, parse_timestamp};
 use strata_broker::topic::Ack;
@@ -16,8 +19,10 @@ use strata_broker::topic::Ack;
 use super::AppState;
 use crate::api_error::ApiError;
 use crate::auth::Principal;
+use crate::forward;
 use crate::quota::{Direction, Quotas};
-use crate::request::{ApiPath, Params, blocking, json_response, read_body};
+use crate::replication::Route;
+use crate::request::{ApiPath, Params, blocking, blocking_api, json_response, read_body};
 use crate::tiers::{self, PageRequest};
 
 /// The header that makes a produce idempotent (API.md, "Idempotent produce").
@@ -70,6 +75,15 @@ pub(super) async fn produce(
         Some(value) => Some(check_key(value.as_bytes())?.to_string()),
         None => None,
     };
+    if topic.config().is_replicated() {
+        let request = Replicated {
+            body,
+            format,
+            max_record_bytes,
+            idempotency_key,
+        };
+        return produce_replicated(&app, topic, &headers, request).await;
+    }
     let rendered = blocking(move || {
         let records = parse_body(&body, format, max_record_bytes)?;
         let acks = match &idempotency_key {
@@ -80,6 +94,168 @@ pub(super) async fn produce(
     })
     .await?;
     Ok(json_response(StatusCode::OK, rendered))
+}
+
+/// A produce to a replicated topic, parsed from the request.
+struct Replicated {
+    body: bytes::Bytes,
+    format: BodyFormat,
+    max_record_bytes: usize,
+    idempotency_key: Option<String>,
+}
+
+/// Each partition's records go to its leader: those led here are written
+/// here, the others are passed on (at once, in parallel) to their leaders,
+/// each with the hash of the whole body so that a retry deduplicates
+/// whichever node splits it. Answers once every part is committed (on
+/// every in-sync replica); a part that fails fails the request, and a
+/// retry with the same `Idempotency-Key` completes it exactly once.
+async fn produce_replicated(
+    app: &AppState,
+    topic: Arc<Topic>,
+    headers: &HeaderMap,
+    request: Replicated,
+) -> Result<Response, ApiError> {
+    let Replicated {
+        body,
+        format,
+        max_record_bytes,
+        idempotency_key,
+    } = request;
+    let hash = headers
+        .get(forward::BODY_HASH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u128::from_str_radix(v, 16).ok())
+        .unwrap_or_else(|| body_hash(&body));
+    let forwarded = headers.contains_key(forward::FORWARDED);
+    let replication = app.replication.clone();
+    let client = app.membership.client();
+    let runtime = tokio::runtime::Handle::current();
+    let caller = headers.clone();
+    let producing = topic.clone();
+    let key = idempotency_key.clone();
+    let (local, remote, count) = blocking_api(move || {
+        let records = parse_body(&body, format, max_record_bytes)?;
+        let assignment = producing.assign(&records, key.as_deref())?;
+        let mut here: Vec<usize> = Vec::new();
+        let mut elsewhere: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut routes: BTreeMap<u32, Route> = BTreeMap::new();
+        for (i, &p) in assignment.iter().enumerate() {
+            let route = routes
+                .entry(p)
+                .or_insert_with(|| replication.route(&producing, p));
+            match route {
+                Route::Here => here.push(i),
+                Route::Node(_, url) if !forwarded => {
+                    elsewhere.entry(url.clone()).or_default().push(i)
+                }
+                Route::Node(..) | Route::Nobody => {
+                    return Err(ApiError::unavailable(
+                        format!(
+                            "partition {p} of topic {:?} has no leader this node can reach now",
+                            producing.name()
+                        ),
+                        1,
+                    ));
+                }
+            }
+        }
+        let local: Vec<u32> = routes
+            .iter()
+            .filter(|(_, r)| **r == Route::Here)
+            .map(|(p, _)| *p)
+            .collect();
+        replication.check_writable(&producing, &local)?;
+        let mut remote = Vec::new();
+        for (url, indexes) in elsewhere {
+            let part: Vec<(&ProducedRecord<'_>, u32)> = indexes
+                .iter()
+                .map(|&i| (&records[i], assignment[i]))
+                .collect();
+            let sub_body = forward::render_records(&part)?;
+            let target = format!(
+                "{}/v1/topics/{}/records",
+                url.trim_end_matches('/'),
+                producing.name()
+            );
+            let mut extra = vec![(forward::BODY_HASH, format!("{hash:x}"))];
+            if let Some(key) = &key {
+                extra.push((IDEMPOTENCY_KEY, key.clone()));
+            }
+            let client = client.clone();
+            let caller = caller.clone();
+            let sending = runtime.spawn(async move {
+                forward::send(
+                    &client,
+                    reqwest::Method::POST,
+                    &target,
+                    &caller,
+                    &extra,
+                    "application/x-ndjson",
+                    sub_body,
+                )
+                .await
+            });
+            remote.push((indexes, sending));
+        }
+        let acks = if here.is_empty() {
+            Vec::new()
+        } else {
+            let mine: Vec<ProducedRecord<'_>> = here.iter().map(|&i| records[i].clone()).collect();
+            let mine_assigned: Vec<u32> = here.iter().map(|&i| assignment[i]).collect();
+            let idempotency = key.as_deref().map(|k| (k, hash));
+            producing.produce_assigned(&mine, &mine_assigned, now_ms(), idempotency)?
+        };
+        Ok((
+            here.into_iter().zip(acks).collect::<Vec<_>>(),
+            remote,
+            records.len(),
+        ))
+    })
+    .await?;
+    let mut ends: BTreeMap<u32, u64> = BTreeMap::new();
+    for (_, ack) in &local {
+        let end = ends.entry(ack.partition).or_default();
+        *end = (*end).max(ack.offset + 1);
+    }
+    let ends: Vec<(u32, u64)> = ends.into_iter().collect();
+    app.replication.await_committed(&topic, &ends).await?;
+    let mut acks: Vec<Option<Ack>> = vec![None; count];
+    for (i, ack) in local {
+        acks[i] = Some(ack);
+    }
+    for (indexes, sending) in remote {
+        let (status, headers, body) = sending
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+        if status != StatusCode::OK {
+            return Ok(forward::pass_on(status, &headers, body));
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::internal(format!("a leader's answer: {e}")))?;
+        let offsets = answer["offsets"].as_array().cloned().unwrap_or_default();
+        if offsets.len() != indexes.len() {
+            return Err(ApiError::internal("a leader answered for other records"));
+        }
+        for (i, offset) in indexes.into_iter().zip(offsets) {
+            let timestamp = offset["timestamp"]
+                .as_str()
+                .and_then(|t| parse_timestamp(t).ok())
+                .unwrap_or_default();
+            acks[i] = Some(Ack {
+                partition: offset["partition"].as_u64().unwrap_or_default() as u32,
+                offset: offset["offset"].as_u64().unwrap_or_default(),
+                timestamp,
+            });
+        }
+    }
+    let acks: Vec<Ack> = acks.into_iter().flatten().collect();
+    if acks.len() != count {
+        return Err(ApiError::internal(
+            "a record of the request has no acknowledgement",
+        ));
+    }
+    Ok(json_response(StatusCode::OK, render_acks(&acks)))
 }
 
 fn render_acks(acks: &[Ack]) -> Vec<u8> {

@@ -523,6 +523,26 @@ impl ChildServer {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the process stops where it is, its sockets open (a long
+    /// GC pause, a VM frozen), until [`ChildServer::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`ChildServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "could not send {signal} to {pid}");
+    }
+
     /// SIGTERM, then waits for the exit status (panics after 30 s).
     pub fn terminate(mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
