@@ -7,6 +7,7 @@ mod bench_query;
 mod client;
 mod config;
 mod consume;
+mod node;
 mod produce;
 mod query;
 mod serve;
@@ -59,6 +60,9 @@ enum Command {
     /// STRATA_TOKEN).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Cluster nodes: drain one before stopping it.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 /// Flags of `strata serve`; each overrides its `STRATA_*` variable, which
@@ -144,6 +148,7 @@ fn main() -> ExitCode {
             Command::Query(args) => query::query(&cli.server, args).await,
             Command::Bench(cmd) => bench::run(&cli.server, cmd).await,
             Command::Token(cmd) => token::run(&cli.server, cmd).await,
+            Command::Node(cmd) => node::run(&cli.server, cmd).await,
         }
     });
     match outcome {

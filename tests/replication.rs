@@ -21,6 +21,12 @@ fn binary() -> &'static Path {
 /// that a busy 2-core machine does not fail over for nothing.
 const CONFIG: &str = "[cluster]\nheartbeat_interval_ms = 200\nfailure_timeout_ms = 1500\n";
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.keep_logs();
+    }
+}
+
 struct Cluster {
     _root: TempDir,
     store: String,
@@ -71,6 +77,16 @@ impl Cluster {
         ];
         let node = ChildServer::spawn(binary(), &dir, &args);
         self.nodes.insert(name.to_string(), node);
+    }
+
+    /// Writes each node's log to `$STRATA_TEST_LOGS/<node>.log` when that
+    /// variable is set (for a failure's post-mortem).
+    fn keep_logs(&self) {
+        if let Some(dir) = std::env::var_os("STRATA_TEST_LOGS") {
+            for (name, node) in &self.nodes {
+                let _ = std::fs::write(Path::new(&dir).join(format!("{name}.log")), node.log());
+            }
+        }
     }
 
     fn api(&self, name: &str) -> &Api {
@@ -383,10 +399,11 @@ impl Producer {
                     .map(|i| json!({"key": format!("k{i}"), "value": {"request": sent, "i": i}}))
                     .collect();
                 let started = Instant::now();
+                let mut last = String::new();
                 loop {
                     assert!(
                         started.elapsed() < Duration::from_secs(30),
-                        "request {sent} was not acknowledged within 30 s"
+                        "request {sent} was not acknowledged within 30 s; last answer: {last}"
                     );
                     let api = {
                         let targets = t.lock().unwrap();
@@ -400,9 +417,13 @@ impl Producer {
                         .json(&json!({ "records": records }))
                         .send()
                         .await;
-                    let Ok(answer) = answer else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                    let answer = match answer {
+                        Ok(answer) => answer,
+                        Err(error) => {
+                            last = format!("{} {error}", api.base);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
                     };
                     let status = answer.status();
                     let body: Value = answer.json().await.unwrap_or_default();
@@ -616,4 +637,139 @@ async fn nemesis_on_s3() {
         return;
     };
     nemesis(Some(url)).await;
+}
+
+/// A node that joins gets its share of replicas and leaderships, and a
+/// drained node gives all of its up (keeping every partition's replication
+/// factor) so that stopping it costs nothing; a steady producer meanwhile
+/// loses and doubles nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_takes_its_share_and_a_drained_one_gives_all_up() {
+    let mut cluster = Cluster::start(&["n1", "n2", "n3"]);
+    cluster.settle(3).await;
+    cluster
+        .api("n1")
+        .create_topic("moving", 6, json!({"replication_factor": 3}))
+        .await;
+    for name in ["n1", "n2", "n3"] {
+        eventually(Duration::from_secs(10), "the topic everywhere", || async {
+            (cluster.api(name).get("/v1/topics/moving").await.0 == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    let apis =
+        |cluster: &Cluster| -> Vec<Api> { cluster.nodes.values().map(|n| n.api.clone()).collect() };
+    let producer = Producer::start(apis(&cluster), "moving");
+
+    // A fourth node joins: within 60 s it holds a fair share of the 18
+    // replicas and leads at least one of the 6 partitions.
+    cluster.dirs.insert("n4".into(), TempDir::new().unwrap());
+    cluster.spawn("n4");
+    cluster.settle(4).await;
+    let joined = Instant::now();
+    let counts = |described: &Value, node: &str| -> (usize, usize) {
+        let partitions = described["partitions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let held = partitions
+            .iter()
+            .filter(|p| {
+                p["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|n| n == node))
+            })
+            .count();
+        let led = partitions.iter().filter(|p| p["leader"] == node).count();
+        (held, led)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "n4 to hold and lead its share",
+        || async {
+            let (_, described) = cluster.api("n1").get("/v1/topics/moving").await;
+            let (held, led) = counts(&described, "n4");
+            let settled = described["partitions"].as_array()?.iter().all(|p| {
+                p["replicas"].as_array().is_some_and(|r| r.len() == 3)
+                    && p["isr"].as_array().is_some_and(|r| r.len() == 3)
+            });
+            (held >= 4 && led >= 1 && settled).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "n4 held and led its share {:?} after joining",
+        joined.elapsed()
+    );
+    producer.set_targets(apis(&cluster));
+
+    // Drain n1 through another node; it ends up holding nothing, every
+    // partition keeps three replicas, and it can be stopped.
+    let (status, answer) = cluster
+        .api("n2")
+        .post("/v1/cluster/nodes/n1/drain", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let (status, _) = cluster
+        .api("n2")
+        .post("/v1/cluster/nodes/nobody/drain", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    eventually(Duration::from_secs(60), "n1 to hold nothing", || async {
+        let (_, described) = cluster.api("n2").get("/v1/topics/moving").await;
+        let (held, led) = counts(&described, "n1");
+        let full = described["partitions"].as_array()?.iter().all(|p| {
+            p["replicas"].as_array().is_some_and(|r| r.len() == 3)
+                && p["isr"].as_array().is_some_and(|r| r.len() == 3)
+        });
+        (held == 0 && led == 0 && full).then_some(())
+    })
+    .await;
+    let view = eventually(
+        Duration::from_secs(10),
+        "the view to show n1 drained",
+        || async {
+            let (_, view) = cluster.api("n3").get("/v1/cluster").await;
+            let n1 = view["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"] == "n1")?
+                .clone();
+            (n1["replica_of"] == 0 && n1["draining"] == false).then_some(view)
+        },
+    )
+    .await;
+    println!("after the drain: {view}");
+    producer.set_targets(
+        cluster
+            .nodes
+            .iter()
+            .filter(|(n, _)| n.as_str() != "n1")
+            .map(|(_, node)| node.api.clone())
+            .collect(),
+    );
+    let stopped = Instant::now();
+    assert!(cluster.nodes.remove("n1").unwrap().terminate().success());
+    let unavailable = producer
+        .next_ack_after(stopped, Duration::from_secs(10))
+        .await;
+    println!("produce acknowledged {unavailable:?} after the drained node stopped");
+    assert!(
+        unavailable < Duration::from_secs(2),
+        "stopping a drained node cost {unavailable:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = producer.finish().await;
+    for (name, node) in &cluster.nodes {
+        let seen = eventually(
+            Duration::from_secs(15),
+            "every node to hold every record",
+            || async {
+                let seen = read_all(&node.api, "moving", 6).await;
+                (seen == acked).then_some(seen)
+            },
+        )
+        .await;
+        assert_eq!(seen.len(), acked.len(), "{name}");
+    }
 }

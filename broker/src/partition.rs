@@ -149,6 +149,9 @@ pub struct Partition {
     /// Which leader epoch wrote which offsets (see [`crate::epochs`]).
     epochs: Mutex<LeaderEpochs>,
     closed: AtomicBool,
+    /// Whether produces may append (false on a follower of a replicated
+    /// partition: only the leader's batches, through `append_replica`).
+    writable: AtomicBool,
     /// Bytes of all segments on local disk, appended but unwritten included.
     local_bytes: AtomicU64,
     fsync_seconds: metrics::Histogram,
@@ -235,6 +238,7 @@ impl Partition {
             log_end_tx: watch::channel(next_offset).0,
             epochs: Mutex::new(epochs),
             closed: AtomicBool::new(false),
+            writable: AtomicBool::new(true),
             local_bytes: AtomicU64::new(local_bytes),
             fsync_seconds: metrics::histogram!("strata_fsync_seconds"),
         })
@@ -291,7 +295,19 @@ impl Partition {
     /// succeeds, [`AppendSlot::append`] cannot fail. Lets a produce to
     /// several partitions find every refusal before it appends anything.
     pub fn prepare_append(&self, batch: &EncodedBatch, now_ms: i64) -> Result<AppendSlot<'_>> {
+        self.prepare(batch, now_ms, false)
+    }
+
+    /// [`Partition::prepare_append`], for a leader's batch on a follower
+    /// when `replica` (taken whether or not produces may append).
+    fn prepare(&self, batch: &EncodedBatch, now_ms: i64, replica: bool) -> Result<AppendSlot<'_>> {
         let mut w = self.writer.lock();
+        if !replica && !self.writable.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable {
+                message: format!("partition {} is not led by this node now", self.id),
+                retry_after_secs: 1,
+            });
+        }
         if self.closed.load(Ordering::Acquire) {
             return Err(BrokerError::Unavailable {
                 message: format!("partition {} is closed (shutting down or deleted)", self.id),

@@ -23,6 +23,9 @@ use crate::error::{IoContext, Result};
 pub use crate::direct_io::BLOCK;
 use crate::direct_io::round_up;
 
+/// The write buffer's first size (16 blocks).
+const INITIAL_BUFFER: usize = 64 * 1024;
+
 /// A growable byte buffer whose contents start at a `BLOCK`-aligned address.
 #[derive(Debug)]
 struct AlignedBuf {
@@ -122,7 +125,10 @@ impl Tail {
     pub(crate) fn open(path: &Path, len: u64) -> Result<Self> {
         let file = open_for_append(path)?;
         let buf_pos = round_down(len);
-        let mut buf = AlignedBuf::with_capacity(1 << 20);
+        // Small at first: a topic of thousands of partitions must not cost
+        // a MiB each before it sees a record; a busy partition's buffer
+        // grows by doubling and keeps its size.
+        let mut buf = AlignedBuf::with_capacity(INITIAL_BUFFER);
         let partial = (len - buf_pos) as usize;
         if partial > 0 {
             let mut head = vec![0u8; partial];

@@ -8,6 +8,7 @@
 //! <root>/_cluster/controller/<epoch:020>.json                    controller epochs
 //! <root>/_cluster/tokens/<version:020>.json                       every bearer token (hashes only)
 //! <root>/_cluster/topics/<topic>/<version:020>.json             a replicated topic
+//! <root>/_cluster/draining/<version:020>.json                    nodes being drained
 //! <root>/_cluster/partitions/<topic>/<partition>/<version:020>.json  a partition's state
 //! ```
 //!
@@ -354,6 +355,28 @@ impl ControlStore {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The nodes being drained, and the version of that list (0: none yet).
+    pub async fn draining(&self) -> Result<(u64, Vec<NodeId>)> {
+        Ok(newest::<Vec<NodeId>>(&self.versions(&["draining"]))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Writes the list of nodes being drained as `version`.
+    ///
+    /// # Contract
+    ///
+    /// At most one writer creates any version (a conflict: reread and
+    /// decide again); durable when it returns `Ok`.
+    pub async fn write_draining(&self, version: u64, nodes: &[NodeId]) -> Result<()> {
+        let versions = self.versions(&["draining"]);
+        create(&versions, version, &nodes.to_vec()).await?;
+        if version > KEEP_EPOCHS {
+            versions.forget(version - KEEP_EPOCHS).await;
+        }
+        Ok(())
     }
 
     fn topic_versions(&self, topic: &str) -> VersionedObjects {

@@ -159,6 +159,7 @@ impl Liveness {
                 incarnation: m.incarnation,
                 leader_of: m.leader_of,
                 replica_of: m.replica_of,
+                draining: false,
             })
             .collect()
     }

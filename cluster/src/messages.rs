@@ -70,4 +70,7 @@ pub struct NodeView {
     pub incarnation: u64,
     pub leader_of: u64,
     pub replica_of: u64,
+    /// Being drained: its replicas and leaderships are moving away.
+    #[serde(default)]
+    pub draining: bool,
 }

@@ -217,6 +217,60 @@ impl PartitionState {
     }
 }
 
+impl PartitionState {
+    /// `node` gets a replica too (a reassignment's first step): it is not
+    /// in sync, and joins the ISR once the leader says it caught up.
+    pub fn add_replica(&self, node: &NodeId, controller_epoch: u64) -> Option<Self> {
+        if self.replicas.contains(node) {
+            return None;
+        }
+        let mut next = self.next(controller_epoch);
+        next.replicas.push(node.clone());
+        Some(next)
+    }
+
+    /// The leadership moves to `to`, an in-sync replica, at the next
+    /// epoch (a drain, or balancing leaders): the old leader becomes its
+    /// follower, holding nothing the new one lacks.
+    pub fn move_leader(&self, to: &NodeId, controller_epoch: u64) -> Option<Self> {
+        if self.leader.as_ref() == Some(to)
+            || self.leader.is_none()
+            || !self.isr.iter().any(|m| m.node == *to)
+        {
+            return None;
+        }
+        let mut next = self.next(controller_epoch);
+        next.leader = Some(to.clone());
+        next.leader_epoch += 1;
+        // The preferred leader (first replica) is the one it moved to.
+        next.replicas.retain(|n| n != to);
+        next.replicas.insert(0, to.clone());
+        Some(next)
+    }
+
+    /// `node`'s replica goes (a reassignment's last step): never the
+    /// leader's, and only while every other replica is in sync, so the ISR
+    /// keeps every acknowledged record and never empties.
+    pub fn remove_replica(&self, node: &NodeId, controller_epoch: u64) -> Option<Self> {
+        let others_in_sync = self
+            .replicas
+            .iter()
+            .filter(|n| *n != node)
+            .all(|n| self.isr.iter().any(|m| m.node == *n));
+        if !self.replicas.contains(node)
+            || self.leader.as_ref() == Some(node)
+            || self.replicas.len() <= 1
+            || !others_in_sync
+        {
+            return None;
+        }
+        let mut next = self.next(controller_epoch);
+        next.replicas.retain(|n| n != node);
+        next.isr.retain(|m| m.node != *node);
+        Some(next)
+    }
+}
+
 /// Assigns `replication_factor` replicas of each of `partitions`
 /// partitions over `nodes` (in id order), Kafka's way: round-robin leaders
 /// starting at `start`, followers shifted so that replicas of one node's
@@ -268,6 +322,32 @@ mod tests {
 
     fn three() -> PartitionState {
         PartitionState::initial(&[replica("n1", 1), replica("n2", 1), replica("n3", 1)], 1)
+    }
+
+    #[test]
+    fn a_replica_moves_by_add_catch_up_lead_and_remove() {
+        let state = three();
+        let n4 = id("n4");
+        let added = state.add_replica(&n4, 2).expect("added");
+        assert!(added.add_replica(&n4, 2).is_none(), "once");
+        assert_eq!(added.isr.len(), 3, "not in sync yet");
+        added.check().expect("valid");
+        // n1 cannot go before n4 caught up, nor while it leads.
+        assert!(added.remove_replica(&id("n1"), 2).is_none());
+        let synced = added.expand_isr(&replica("n4", 1), 2).expect("caught up");
+        assert!(
+            synced.remove_replica(&id("n1"), 2).is_none(),
+            "the leader stays"
+        );
+        assert!(synced.move_leader(&id("n5"), 2).is_none(), "not a replica");
+        let moved = synced.move_leader(&n4, 2).expect("moved");
+        assert_eq!(moved.leader, Some(n4.clone()));
+        assert_eq!(moved.leader_epoch, state.leader_epoch + 1);
+        assert_eq!(moved.replicas[0], n4);
+        let removed = moved.remove_replica(&id("n1"), 2).expect("removed");
+        assert_eq!(removed.replicas.len(), 3);
+        assert!(!removed.isr.iter().any(|m| m.node == id("n1")));
+        removed.check().expect("valid");
     }
 
     #[test]

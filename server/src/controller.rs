@@ -9,7 +9,7 @@
 //! deposed meanwhile finds the newer controller epoch and stops. The map
 //! is only the controller's copy of what it wrote.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use strata_broker::topic::TopicMeta;
 use strata_cluster::partition_state::assign;
@@ -37,7 +37,14 @@ pub struct PartitionController {
     /// Where the next topic's first leader goes (round robin, as Kafka
     /// starts each topic's assignment at a random broker).
     next_start: usize,
+    /// Nodes being drained, and the version of that list in the store.
+    draining: BTreeSet<NodeId>,
+    draining_version: u64,
 }
+
+/// Most reassignment steps (replica added or removed, leader moved) one
+/// pass makes: a join or a drain moves partitions a few at a time.
+const STEPS_PER_PASS: usize = 8;
 
 impl PartitionController {
     /// Reads every replicated topic and partition state from the store,
@@ -75,7 +82,10 @@ impl PartitionController {
                 );
             }
         }
+        let (draining_version, draining) = control.draining().await?;
         Ok(Self {
+            draining: draining.into_iter().collect(),
+            draining_version,
             control,
             epoch,
             map: PartitionMap {
@@ -94,12 +104,37 @@ impl PartitionController {
         &self.map
     }
 
+    /// The nodes being drained.
+    pub fn draining(&self) -> &BTreeSet<NodeId> {
+        &self.draining
+    }
+
+    /// Starts draining `node`: its replicas move to other live nodes
+    /// (keeping each partition's replication factor where enough remain)
+    /// and its leaderships to other in-sync replicas, a few per pass. The
+    /// list is kept in the store, so a new controller goes on with it.
+    pub async fn drain(&mut self, node: &NodeId) -> Result<(), ClusterError> {
+        if self.draining.contains(node) {
+            return Ok(());
+        }
+        let mut next: Vec<NodeId> = self.draining.iter().cloned().collect();
+        next.push(node.clone());
+        self.control
+            .write_draining(self.draining_version + 1, &next)
+            .await?;
+        self.draining_version += 1;
+        self.draining.insert(node.clone());
+        tracing::info!(%node, "draining the node");
+        Ok(())
+    }
+
     fn changed(&mut self) {
         self.map.version.counter += 1;
     }
 
     /// Creates a replicated topic: its record, then each partition's first
-    /// state (replicas spread over the live nodes, Kafka's way).
+    /// state (replicas spread over the live nodes that are not being
+    /// drained, Kafka's way).
     pub async fn create_topic(
         &mut self,
         meta: TopicMeta,
@@ -108,7 +143,10 @@ impl PartitionController {
         if self.map.topics.contains_key(&meta.name) {
             return Err(CreateRefusal::Exists);
         }
-        let alive: Vec<&NodeView> = nodes.iter().filter(|n| n.alive).collect();
+        let alive: Vec<&NodeView> = nodes
+            .iter()
+            .filter(|n| n.alive && !self.draining.contains(&n.id))
+            .collect();
         let wanted = meta.config.replicas();
         let ids: Vec<NodeId> = alive.iter().map(|n| n.id.clone()).collect();
         let Some(assigned) = assign(meta.partitions, wanted as usize, &ids, self.next_start) else {
@@ -222,6 +260,8 @@ impl PartitionController {
         presumed_dead: Option<&NodeId>,
     ) -> Option<bool> {
         let mut epoch_checked = false;
+        let mut steps = 0;
+        let mut load = Load::of(&self.map, nodes);
         let alive = |id: &NodeId| nodes.iter().any(|n| n.id == *id && n.alive);
         let current = |id: &NodeId| nodes.iter().find(|n| n.id == *id).map(|n| n.incarnation);
         let mut changed = false;
@@ -274,6 +314,15 @@ impl PartitionController {
                         if let Some(c) = next.shrink_isr(node, epoch) {
                             next = c;
                         }
+                    }
+                }
+                if next == state && deaths && steps < STEPS_PER_PASS {
+                    let rf = self.map.topics[&name].meta.config.replicas() as usize;
+                    if let Some(step) = balance_step(&next, rf, &load, nodes, &self.draining, epoch)
+                    {
+                        load.apply(&next, &step);
+                        next = step;
+                        steps += 1;
                     }
                 }
                 if next == state {
@@ -351,4 +400,137 @@ fn log_change(topic: &str, partition: u32, before: &PartitionState, after: &Part
         metrics::counter!("strata_cluster_isr_expands_total").increment(1);
         tracing::info!(topic, partition, from = %isr(before), to = %isr(after), "the ISR changed");
     }
+}
+
+/// How many replicas and leaderships each live node holds.
+struct Load {
+    replicas: BTreeMap<NodeId, usize>,
+    leaders: BTreeMap<NodeId, usize>,
+}
+
+impl Load {
+    fn of(map: &PartitionMap, nodes: &[NodeView]) -> Self {
+        let mut load = Self {
+            replicas: nodes
+                .iter()
+                .filter(|n| n.alive)
+                .map(|n| (n.id.clone(), 0))
+                .collect(),
+            leaders: BTreeMap::new(),
+        };
+        for topic in map.topics.values() {
+            for (_, state) in &topic.partitions {
+                load.count(state, 1);
+            }
+        }
+        load
+    }
+
+    fn count(&mut self, state: &PartitionState, sign: isize) {
+        let bump = |n: &mut usize| *n = n.saturating_add_signed(sign);
+        for node in &state.replicas {
+            if let Some(n) = self.replicas.get_mut(node) {
+                bump(n);
+            }
+        }
+        if let Some(leader) = &state.leader {
+            bump(self.leaders.entry(leader.clone()).or_default());
+        }
+    }
+
+    fn apply(&mut self, before: &PartitionState, after: &PartitionState) {
+        self.count(before, -1);
+        self.count(after, 1);
+    }
+
+    fn replicas_of(&self, node: &NodeId) -> usize {
+        self.replicas.get(node).copied().unwrap_or(0)
+    }
+
+    fn leaders_of(&self, node: &NodeId) -> usize {
+        self.leaders.get(node).copied().unwrap_or(0)
+    }
+}
+
+/// The next step, if any, that moves `state` towards no replica on a
+/// draining node, `rf` replicas spread evenly over the live nodes, and
+/// leaderships spread evenly too. A replica moves in steps that never
+/// weaken the ISR: the new node is added, catches up and joins the ISR
+/// (the leader reports it), the leadership moves off the old node if it
+/// led, and only then is the old replica removed.
+fn balance_step(
+    state: &PartitionState,
+    rf: usize,
+    load: &Load,
+    nodes: &[NodeView],
+    draining: &BTreeSet<NodeId>,
+    epoch: u64,
+) -> Option<PartitionState> {
+    state.leader.as_ref()?;
+    let live = |n: &NodeId| nodes.iter().any(|v| v.id == *n && v.alive) && !draining.contains(n);
+    let candidates: Vec<&NodeId> = load
+        .replicas
+        .keys()
+        .filter(|n| live(n) && !state.replicas.contains(n))
+        .collect();
+    let fewest = |among: &[&NodeId]| {
+        among
+            .iter()
+            .min_by_key(|n| load.replicas_of(n))
+            .map(|n| (*n).clone())
+    };
+    let staying: Vec<&NodeId> = state
+        .replicas
+        .iter()
+        .filter(|n| !draining.contains(*n))
+        .collect();
+    // A replica to remove: a draining node's once enough others stay, or
+    // the most loaded node's when there is one replica too many.
+    let leaving = match state.replicas.iter().find(|n| draining.contains(*n)) {
+        Some(gone) => {
+            if staying.len() < rf && !candidates.is_empty() {
+                return state.add_replica(&fewest(&candidates)?, epoch);
+            }
+            Some(gone.clone())
+        }
+        None if state.replicas.len() > rf => state
+            .replicas
+            .iter()
+            .max_by_key(|n| (load.replicas_of(n), state.leader.as_ref() != Some(*n)))
+            .cloned(),
+        None => None,
+    };
+    if let Some(leaving) = leaving {
+        if state.leader.as_ref() == Some(&leaving) {
+            let to = state
+                .isr
+                .iter()
+                .map(|m| &m.node)
+                .filter(|n| **n != leaving && live(n))
+                .min_by_key(|n| load.leaders_of(n))?;
+            return state.move_leader(to, epoch);
+        }
+        return state.remove_replica(&leaving, epoch);
+    }
+    // A node with two replicas fewer than the busiest one of this
+    // partition takes one (a node that joined).
+    if let Some(newcomer) = fewest(&candidates) {
+        let busiest = state.replicas.iter().max_by_key(|n| load.replicas_of(n))?;
+        if load.replicas_of(busiest) > load.replicas_of(&newcomer) + 1 {
+            return state.add_replica(&newcomer, epoch);
+        }
+    }
+    // Leaderships: from a node that leads two more than an in-sync
+    // replica of this partition, to that replica.
+    let leader = state.leader.as_ref()?;
+    let to = state
+        .isr
+        .iter()
+        .map(|m| &m.node)
+        .filter(|n| *n != leader && live(n))
+        .min_by_key(|n| load.leaders_of(n))?;
+    if load.leaders_of(leader) > load.leaders_of(to) + 1 {
+        return state.move_leader(to, epoch);
+    }
+    None
 }

@@ -112,6 +112,8 @@ pub struct Membership {
     map: Mutex<Option<PartitionMap>>,
     /// ISR changes leaders asked for since the controller's last pass.
     reports: Mutex<Vec<IsrReport>>,
+    /// As the controller: the nodes being drained (for the view).
+    draining: Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 struct State {
@@ -190,6 +192,7 @@ impl Membership {
             controller: tokio::sync::Mutex::new(None),
             map: Mutex::new(None),
             reports: Mutex::new(Vec::new()),
+            draining: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -291,6 +294,23 @@ impl Membership {
         if let Some(replication) = self.replication.get() {
             replication.apply(map, &nodes).await;
         }
+        Ok(true)
+    }
+
+    /// As the controller, starts draining `node` (see
+    /// [`PartitionController::drain`]); `Ok(false)` when no such node is
+    /// registered.
+    pub async fn drain(&self, node: &NodeId) -> Result<bool, ApiError> {
+        let nodes = self.controller_nodes()?;
+        if !nodes.iter().any(|n| n.id == *node) {
+            return Ok(false);
+        }
+        let mut controller = self.controller.lock().await;
+        let Some(controller) = controller.as_mut() else {
+            return Err(ApiError::unavailable("the controller is starting", 1));
+        };
+        controller.drain(node).await?;
+        *self.draining.lock() = controller.draining().clone();
         Ok(true)
     }
 
@@ -603,6 +623,9 @@ impl Membership {
         if fresh || changed {
             *self.map.lock() = Some(map.clone());
         }
+        if fresh {
+            *self.draining.lock() = controller.draining().clone();
+        }
         if let Some(replication) = self.replication.get()
             && replication.map_version() != Some(map.version)
         {
@@ -753,7 +776,7 @@ impl Membership {
         drop(state);
         self.reports.lock().extend(beat.reports.iter().cloned());
         let state = self.state.lock();
-        let mut view = Self::controller_view(&state, &mine, now);
+        let mut view = self.controller_view(&state, &mine, now);
         let map = self.map.lock();
         if let Some(map) = map.as_ref()
             && beat.map_version != Some(map.version)
@@ -788,12 +811,18 @@ impl Membership {
         Ok(())
     }
 
-    fn controller_view(state: &State, mine: &ControllerRecord, now: Instant) -> ClusterView {
+    fn controller_view(&self, state: &State, mine: &ControllerRecord, now: Instant) -> ClusterView {
+        let draining = self.draining.lock();
+        let mut nodes = state.liveness.nodes(now);
+        for node in &mut nodes {
+            // Shown until it holds nothing; it gets nothing new after.
+            node.draining = draining.contains(&node.id) && node.replica_of > 0;
+        }
         ClusterView {
             cluster_id: state.cluster_id.clone().unwrap_or_default(),
             controller: mine.node.clone(),
             controller_epoch: mine.epoch,
-            nodes: state.liveness.nodes(now),
+            nodes,
             map: None,
         }
     }
@@ -805,7 +834,7 @@ impl Membership {
         let state = self.state.lock();
         match (&state.me, &state.controller) {
             (Some(me), Some(c)) if c.node == me.node && c.incarnation == me.incarnation => {
-                Some(Self::controller_view(&state, c, Instant::now()))
+                Some(self.controller_view(&state, c, Instant::now()))
             }
             _ => state.view.clone(),
         }

@@ -79,7 +79,7 @@ impl Partition {
                 return Err(bad("a batch without records".into()));
             }
             let mut batch = EncodedBatch::from_verified(view.bytes().to_vec());
-            let slot = self.prepare_append(&batch, now_ms)?;
+            let slot = self.prepare(&batch, now_ms, true)?;
             let expected = slot.next_offset();
             if view.base_offset() != expected {
                 return Err(BrokerError::InvalidRequest(format!(
@@ -92,6 +92,15 @@ impl Partition {
             bytes = &bytes[view.len()..];
         }
         Ok(last)
+    }
+
+    /// Lets produces append (a leader) or not (a follower, and a replica
+    /// whose role is not known yet). Appends already under way finish
+    /// first: when this returns `false`-setting, no produce appends any
+    /// more (the writer lock orders them).
+    pub fn set_writable(&self, writable: bool) {
+        let _writer = self.writer.lock();
+        self.writable.store(writable, Ordering::Release);
     }
 
     /// The high watermark: `None` while the partition is not replicated.

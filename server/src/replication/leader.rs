@@ -85,7 +85,7 @@ impl Replication {
         request: FetchRequest,
     ) -> Result<FetchAnswer, ApiError> {
         let partition = self.led(topic, p, request.leader_epoch)?;
-        {
+        let hw = {
             let mut inner = self.inner.lock();
             if !inner
                 .map
@@ -110,9 +110,9 @@ impl Replication {
             if progress.on_fetch(&request.replica, request.offset, end, Instant::now()) {
                 tracing::info!(topic, partition = p, replica = %request.replica, "a replica caught up");
             }
-            let hw = progress.high_watermark(end);
-            partition.set_high_watermark(Some(hw));
-        }
+            progress.high_watermark(end)
+        };
+        partition.set_high_watermark(Some(hw));
         if request.offset == partition.log_end_offset()
             && partition.end_offset() <= request.high_watermark
         {

@@ -127,6 +127,7 @@ impl Replication {
         for topic in broker.topics() {
             if topic.config().is_replicated() {
                 for p in topic.partitions() {
+                    p.set_writable(false);
                     p.set_high_watermark(Some(p.start_offset()));
                 }
             }
@@ -204,6 +205,25 @@ impl Replication {
         }
     }
 
+    /// Where reads of a partition go: here when this node holds a replica
+    /// (or the topic is not replicated), else the leader.
+    pub fn read_route(&self, topic: &Topic, partition: u32) -> Route {
+        if !topic.config().is_replicated() {
+            return Route::Here;
+        }
+        let holds = self
+            .inner
+            .lock()
+            .map
+            .state(topic.name(), partition)
+            .is_some_and(|s| s.replicas.contains(&self.id));
+        if holds {
+            Route::Here
+        } else {
+            self.route(topic, partition)
+        }
+    }
+
     /// The node secret to present to other nodes, if authentication is on.
     pub fn secret(&self) -> Option<Token> {
         self.inner.lock().secret.clone()
@@ -258,21 +278,24 @@ impl Replication {
                 .partitions
                 .iter()
                 .any(|(_, s)| s.replicas.contains(&self.id));
+            // Every node keeps the topic, holding replicas or not, so that
+            // it can take any request for it and pass it on.
             let topic = match self.broker.topic(name) {
                 Ok(topic) if topic.meta().partitions == mapped.meta.partitions => Some(topic),
                 Ok(_) => {
                     tracing::error!(topic = %name, "a local topic of the same name has another shape; not replicating it");
                     None
                 }
-                Err(_) if holds => {
+                Err(_) => {
                     let starts = vec![0; mapped.meta.partitions as usize];
                     match self.broker.restore_topic(mapped.meta.clone(), &starts) {
                         Ok(topic) => {
                             self.tiering.topic_created(&topic);
                             for p in topic.partitions() {
+                                p.set_writable(false);
                                 p.set_high_watermark(Some(0));
                             }
-                            tracing::info!(topic = %name, "created a local replica of a replicated topic");
+                            tracing::info!(topic = %name, replicas_here = holds, "created a replicated topic here");
                             Some(topic)
                         }
                         Err(error) => {
@@ -281,7 +304,6 @@ impl Replication {
                         }
                     }
                 }
-                Err(_) => None,
             };
             let Some(topic) = topic else { continue };
             for (p, (_, state)) in mapped.partitions.iter().enumerate() {
@@ -318,6 +340,11 @@ impl Replication {
         let k = key(topic.name(), p);
         let mut inner = self.inner.lock();
         let current = inner.roles.get_mut(&k);
+        let leads = state.leader.as_ref() == Some(&self.id) && state.isr.contains(me);
+        if !leads {
+            // Before anything else: no produce appends here any more.
+            partition.set_writable(false);
+        }
         if state.leader.as_ref() == Some(&self.id) && !state.isr.contains(me) {
             // The map names an older incarnation of this node (its disk was
             // lost): this process holds none of what that one acknowledged,
@@ -359,6 +386,7 @@ impl Replication {
             let mut progress = LeaderProgress::new(me.clone(), state, known, Instant::now());
             let hw = progress.high_watermark(end);
             partition.set_high_watermark(Some(hw));
+            partition.set_writable(true);
             tracing::info!(
                 topic = topic.name(),
                 partition = p,
@@ -374,6 +402,9 @@ impl Replication {
             if let Some(Role::Follower { task, .. }) = inner.roles.remove(&k) {
                 task.abort();
             }
+            // What is left here is no longer kept up to date: readers see
+            // the cold tier only (consumes are passed to the leader).
+            partition.set_high_watermark(Some(partition.start_offset()));
             return;
         }
         let Some(leader) = state.leader.clone() else {
@@ -470,16 +501,23 @@ impl Replication {
 
     /// Fails unless every one of `partitions` of `topic` is led here with
     /// at least `min_insync_replicas` replicas acking (`503
-    /// not_enough_replicas` otherwise, nothing written).
-    pub fn check_writable(&self, topic: &Topic, partitions: &[u32]) -> Result<(), ApiError> {
+    /// not_enough_replicas` otherwise, nothing written); returns the
+    /// leader epoch of each, for [`Replication::await_committed`].
+    pub fn check_writable(
+        &self,
+        topic: &Topic,
+        partitions: &[u32],
+    ) -> Result<Vec<(u32, u64)>, ApiError> {
         if !topic.config().is_replicated() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let min = topic.config().min_insync() as usize;
         let inner = self.inner.lock();
+        let mut epochs = Vec::with_capacity(partitions.len());
         for &p in partitions {
             match inner.roles.get(&key(topic.name(), p)) {
                 Some(Role::Leader(progress)) => {
+                    epochs.push((p, progress.leader_epoch()));
                     let acking = progress.acking().len();
                     if acking < min {
                         return Err(ApiError::not_enough_replicas(format!(
@@ -499,16 +537,19 @@ impl Replication {
                 }
             }
         }
-        Ok(())
+        Ok(epochs)
     }
 
     /// After a local produce made `ends` (partition, end offset) durable
-    /// here: waits until they are committed (every in-sync replica has
-    /// them), or fails with `503` after the ack timeout.
+    /// here, appended as the leader of the `epochs` that
+    /// [`Replication::check_writable`] returned: waits until they are
+    /// committed (every in-sync replica has them) with this node still the
+    /// leader at that epoch, or fails with `503`.
     pub async fn await_committed(
         &self,
         topic: &Topic,
         ends: &[(u32, u64)],
+        epochs: &[(u32, u64)],
     ) -> Result<(), ApiError> {
         if !topic.config().is_replicated() {
             return Ok(());
@@ -518,11 +559,27 @@ impl Replication {
             let Some(partition) = topic.partitions().get(p as usize) else {
                 continue;
             };
+            let epoch = epochs.iter().find(|(q, _)| *q == p).map(|(_, e)| *e);
             self.advance(topic.name(), partition);
             let mut visible = partition.subscribe();
-            let committed = visible.wait_for(|&v| v >= end);
-            match tokio::time::timeout_at(deadline, committed).await {
-                Ok(Ok(_)) => {}
+            // The borrow the wait returns is dropped at once: holding it
+            // would block every writer of the partition's watch.
+            let reached = tokio::time::timeout_at(deadline, visible.wait_for(|&v| v >= end))
+                .await
+                .is_ok_and(|waited| waited.is_ok());
+            // Still the leader at the epoch it appended in: otherwise the
+            // records may have been truncated and the offsets reused by
+            // another leader's records, which this node now copies.
+            let same_leader = epoch.is_some() && self.leading_epoch(topic.name(), p) == epoch;
+            match (reached, same_leader) {
+                (true, true) => {}
+                (true, false) => {
+                    return Err(ApiError::not_enough_replicas(format!(
+                        "partition {p} of topic {:?}: the leadership moved before the in-sync \
+                         replicas confirmed; retry with the same Idempotency-Key",
+                        topic.name()
+                    )));
+                }
                 _ => {
                     return Err(ApiError::not_enough_replicas(format!(
                         "partition {p} of topic {:?}: the in-sync replicas did not confirm within {} ms; \
@@ -536,14 +593,22 @@ impl Replication {
         Ok(())
     }
 
+    /// The leader epoch this node leads a partition at, if it leads it.
+    fn leading_epoch(&self, topic: &str, partition: u32) -> Option<u64> {
+        match self.inner.lock().roles.get(&key(topic, partition)) {
+            Some(Role::Leader(progress)) => Some(progress.leader_epoch()),
+            _ => None,
+        }
+    }
+
     /// Recomputes a led partition's high watermark (after a local append:
     /// alone in the ISR, the leader commits at once).
     fn advance(&self, topic: &str, partition: &strata_broker::Partition) {
-        let mut inner = self.inner.lock();
-        if let Some(Role::Leader(progress)) = inner.roles.get_mut(&key(topic, partition.id())) {
-            let hw = progress.high_watermark(partition.log_end_offset());
-            partition.set_high_watermark(Some(hw));
-        }
+        let hw = match self.inner.lock().roles.get_mut(&key(topic, partition.id())) {
+            Some(Role::Leader(progress)) => progress.high_watermark(partition.log_end_offset()),
+            _ => return,
+        };
+        partition.set_high_watermark(Some(hw));
     }
 }
 

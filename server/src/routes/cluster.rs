@@ -12,14 +12,16 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api_error::ApiError;
+use crate::forward;
 use crate::membership::{Membership, Refusal};
-use crate::request::{MAX_ADMIN_BODY, json_response, read_body};
+use crate::request::{ApiPath, MAX_ADMIN_BODY, json_response, read_body};
 
 /// The cluster routes alone, served by every node as part of the API.
 pub fn routes(membership: Arc<Membership>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(view))
         .routes(routes!(heartbeat))
+        .routes(routes!(drain))
         .with_state(membership)
 }
 
@@ -100,4 +102,50 @@ async fn heartbeat(
             ),
         )),
     }
+}
+
+/// `202`: the node's replicas and leaderships move to the other live
+/// nodes, a few partitions per controller pass; `GET /v1/cluster` shows
+/// `"draining": true` until it holds no replica. Passed on to the
+/// controller from any node.
+#[utoipa::path(post, path = "/v1/cluster/nodes/{id}/drain", operation_id = "drain_node", tag = "cluster",
+    params(("id" = String, Path, description = "node id")),
+    responses(
+        (status = 202, description = "`{\"node\", \"draining\": true}`", body = serde_json::Value),
+        (status = 400, description = "`invalid_request` (not a node id)"),
+        (status = 404, description = "`node_not_found`")))]
+async fn drain(
+    State(membership): State<Arc<Membership>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let node = strata_cluster::NodeId::parse(&id)?;
+    if let Some(url) = membership.controller_url() {
+        let (status, answer_headers, answer) = forward::send(
+            &membership.client(),
+            reqwest::Method::POST,
+            &format!(
+                "{}/v1/cluster/nodes/{node}/drain",
+                url.trim_end_matches('/')
+            ),
+            &headers,
+            &[],
+            "application/json",
+            Vec::new(),
+        )
+        .await?;
+        return Ok(forward::pass_on(status, &answer_headers, answer));
+    }
+    if !membership.drain(&node).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "node_not_found",
+            format!("no node {node} is registered"),
+        ));
+    }
+    let body = serde_json::json!({"node": node, "draining": true});
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        body.to_string().into_bytes(),
+    ))
 }

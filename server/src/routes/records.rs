@@ -134,7 +134,7 @@ async fn produce_replicated(
     let caller = headers.clone();
     let producing = topic.clone();
     let key = idempotency_key.clone();
-    let (local, remote, count) = blocking_api(move || {
+    let (local, remote, count, epochs) = blocking_api(move || {
         let records = parse_body(&body, format, max_record_bytes)?;
         let assignment = producing.assign(&records, key.as_deref())?;
         let mut here: Vec<usize> = Vec::new();
@@ -165,7 +165,7 @@ async fn produce_replicated(
             .filter(|(_, r)| **r == Route::Here)
             .map(|(p, _)| *p)
             .collect();
-        replication.check_writable(&producing, &local)?;
+        let epochs = replication.check_writable(&producing, &local)?;
         let mut remote = Vec::new();
         for (url, indexes) in elsewhere {
             let part: Vec<(&ProducedRecord<'_>, u32)> = indexes
@@ -210,6 +210,7 @@ async fn produce_replicated(
             here.into_iter().zip(acks).collect::<Vec<_>>(),
             remote,
             records.len(),
+            epochs,
         ))
     })
     .await?;
@@ -219,7 +220,9 @@ async fn produce_replicated(
         *end = (*end).max(ack.offset + 1);
     }
     let ends: Vec<(u32, u64)> = ends.into_iter().collect();
-    app.replication.await_committed(&topic, &ends).await?;
+    app.replication
+        .await_committed(&topic, &ends, &epochs)
+        .await?;
     let mut acks: Vec<Option<Ack>> = vec![None; count];
     for (i, ack) in local {
         acks[i] = Some(ack);
@@ -296,6 +299,7 @@ pub(super) async fn consume(
     Extension(principal): Extension<Principal>,
     ApiPath((topic, partition)): ApiPath<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let meter = Quotas::meter(&principal, Direction::Consume);
     app.quotas.take(meter.as_ref(), 0)?;
@@ -316,6 +320,39 @@ pub(super) async fn consume(
     };
     let topic = app.broker.topic(&topic)?;
     let partition = topic.partition(&partition)?.clone();
+    match app.replication.read_route(&topic, partition.id()) {
+        Route::Here => {}
+        Route::Node(_, url) if !headers.contains_key(forward::FORWARDED) => {
+            let path = format!(
+                "{}/v1/topics/{}/partitions/{}/records?{}",
+                url.trim_end_matches('/'),
+                topic.name(),
+                partition.id(),
+                query.as_deref().unwrap_or("")
+            );
+            let (status, answer_headers, answer) = forward::send(
+                &app.membership.client(),
+                reqwest::Method::GET,
+                &path,
+                &headers,
+                &[],
+                "application/json",
+                Vec::new(),
+            )
+            .await?;
+            return Ok(forward::pass_on(status, &answer_headers, answer));
+        }
+        Route::Node(..) | Route::Nobody => {
+            return Err(ApiError::unavailable(
+                format!(
+                    "partition {} of topic {:?} has no replica this node can reach now",
+                    partition.id(),
+                    topic.name()
+                ),
+                1,
+            ));
+        }
+    }
     let body = tiers::consume(
         &app.tiering,
         &topic,

@@ -458,6 +458,13 @@ impl ChildServer {
                 let ready = ["listening on http://", "listening on https://"]
                     .iter()
                     .find_map(|marker| line.find(marker).map(|at| at + marker.len()));
+                // Logged before the ready address is sent: a test that
+                // looks at the log once the server is up finds that line.
+                {
+                    let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(at) = ready {
                     let addr = line[at..]
                         .split_whitespace()
@@ -468,9 +475,6 @@ impl ChildServer {
                         let _ = tx.send(addr);
                     }
                 }
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
