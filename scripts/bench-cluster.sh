@@ -3,8 +3,11 @@
 # produce` against a single node and against three nodes on this machine
 # sharing one file:// root with a topic of replication factor 3 (every
 # produce acknowledged once all three have it fsynced), alternated run by
-# run so both see the same machine state. Prints every run; quote medians
-# (docs/benchmarks.md).
+# run so both see the same machine state. The cluster is measured twice:
+# every batch sent to one node (which passes the other leaders' parts on)
+# and with `--direct` (each producer sends one partition's records to its
+# leader, as a partition-aware client does). Prints every run; quote
+# medians (docs/benchmarks.md).
 #
 #   scripts/bench-cluster.sh BINARY [RUNS] [SECONDS] [PARTITIONS]
 #       defaults: 3 runs, 20 s of produce per run, 6 partitions
@@ -48,9 +51,12 @@ stop() {
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
 for i in $(seq "$runs"); do
   start 1
-  echo "[single node run $i] $("$bin" --server http://127.0.0.1:18281 bench produce --duration "$secs" | tail -1)"
+  echo "[single node run $i] $("$bin" --server http://127.0.0.1:18281 bench produce --duration "$secs" 2>&1 | tail -1)"
   stop
   start 3
-  echo "[3 nodes RF 3 run $i] $("$bin" --server http://127.0.0.1:18281 bench produce --duration "$secs" | tail -1)"
+  echo "[3 nodes RF 3, via one node, run $i] $("$bin" --server http://127.0.0.1:18281 bench produce --duration "$secs" 2>&1 | tail -1)"
+  stop
+  start 3
+  echo "[3 nodes RF 3, direct to leaders, run $i] $("$bin" --server http://127.0.0.1:18281 bench produce --direct --duration "$secs" 2>&1 | tail -1)"
   stop
 done

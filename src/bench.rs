@@ -70,6 +70,12 @@ pub struct ProduceBench {
     /// Target records/s over all producers (0 = as fast as acks allow).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Each producer writes one partition (producer i: partition i mod
+    /// partitions) and sends to its leader, as a partition-aware client
+    /// does; the default sends every batch, spread over all partitions,
+    /// to `--server`, which passes other leaders' parts on.
+    #[arg(long)]
+    direct: bool,
 }
 
 #[derive(Args)]
@@ -122,8 +128,15 @@ pub(crate) async fn ensure_topic(client: &Client, topic: &str, partitions: u32) 
     }
 }
 
-/// A `{"records": [...]}` body of `count` records of about `size` bytes each.
-fn batch_body(count: usize, size: usize, salt: usize, vocabulary: usize) -> (Bytes, usize) {
+/// A `{"records": [...]}` body of `count` records of about `size` bytes
+/// each, all to `partition` when given.
+fn batch_body(
+    count: usize,
+    size: usize,
+    salt: usize,
+    vocabulary: usize,
+    partition: Option<u32>,
+) -> (Bytes, usize) {
     let mut body = String::from("{\"records\":[");
     let mut record_bytes = 0;
     for i in 0..count {
@@ -131,8 +144,9 @@ fn batch_body(count: usize, size: usize, salt: usize, vocabulary: usize) -> (Byt
             body.push(',');
         }
         let n = salt * count + i;
+        let to = partition.map_or(String::new(), |p| format!(r#""partition":{p},"#));
         let head = format!(
-            r#"{{"value":{{"user":"user-{:06}","page":"/products/{:05}","n":{n},"pad":""#,
+            r#"{{{to}"value":{{"user":"user-{:06}","page":"/products/{:05}","n":{n},"pad":""#,
             n % 1_000_000,
             n % 100_000
         );
@@ -147,14 +161,32 @@ fn batch_body(count: usize, size: usize, salt: usize, vocabulary: usize) -> (Byt
 
 async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
     ensure_topic(client, &args.topic, args.partitions).await?;
-    let (body, record_bytes) = batch_body(args.batch_size, args.record_size, 0, VOCABULARY.len());
+    let (body, record_bytes) =
+        batch_body(args.batch_size, args.record_size, 0, VOCABULARY.len(), None);
     let path = format!("/v1/topics/{}/records", args.topic);
+    let leaders = if args.direct {
+        partition_leaders(client, &args.topic).await?
+    } else {
+        Vec::new()
+    };
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let mut tasks = Vec::new();
     let keys = idempotency_prefix("bench");
     for task in 0..args.concurrency {
-        let (client, body, path) = (client.clone(), body.clone(), path.clone());
+        let (mut client, mut body, path) = (client.clone(), body.clone(), path.clone());
+        if !leaders.is_empty() {
+            let p = task % leaders.len();
+            client = Client::new(&leaders[p])?;
+            body = batch_body(
+                args.batch_size,
+                args.record_size,
+                0,
+                VOCABULARY.len(),
+                Some(p as u32),
+            )
+            .0;
+        }
         let keys = format!("{keys}-{task}");
         let pace = (args.rate > 0).then(|| {
             Duration::from_secs_f64(
@@ -214,6 +246,31 @@ async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
         bail!("{errors} requests failed");
     }
     Ok(())
+}
+
+/// The URL of each partition's leader, by partition number (from the
+/// topic's description and the cluster view).
+async fn partition_leaders(client: &Client, topic: &str) -> Result<Vec<String>> {
+    let described = client.get_json(&format!("/v1/topics/{topic}")).await?;
+    let cluster = client.get_json("/v1/cluster").await?;
+    let url_of = |node: &str| {
+        cluster["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["id"] == node)
+            .and_then(|n| n["url"].as_str())
+            .map(str::to_string)
+    };
+    described["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let leader = p["leader"].as_str().unwrap_or_default();
+            url_of(leader).with_context(|| format!("no URL for leader {leader:?}"))
+        })
+        .collect()
 }
 
 async fn consume(client: &Client, args: ConsumeBench) -> Result<()> {
@@ -334,7 +391,7 @@ async fn load(client: &Client, topic: &str, records: u64, record_size: usize) ->
                 if i >= requests {
                     return anyhow::Ok(());
                 }
-                let (body, _) = batch_body(batch, record_size, i as usize, VOCABULARY.len());
+                let (body, _) = batch_body(batch, record_size, i as usize, VOCABULARY.len(), None);
                 let request = client
                     .request(Method::POST, &path)
                     .header("content-type", "application/json")
@@ -381,6 +438,7 @@ async fn offload(args: OffloadBench) -> Result<()> {
             args.record_size,
             i as usize,
             args.vocabulary as usize,
+            None,
         );
         let records = parse_body(&body, BodyFormat::Json, 1 << 20)?;
         topic.produce(&records, strata_server::broker::timestamp::now_ms())?;

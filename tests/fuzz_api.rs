@@ -84,7 +84,7 @@ async fn the_api_holds_up_under_schemathesis() {
         .args(["--workers", "2"])
         .args(["--no-color"])
         .current_dir(dir.path());
-    let output = output_within(&mut command, Duration::from_secs(budget + 240));
+    let output = output_within(&mut command, Duration::from_secs(budget + 480));
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
