@@ -33,8 +33,10 @@ for n in 1 2 3; do
   pids+=($!)
 done
 
-echo "waiting for three live nodes..."
-until [ "$(curl -s 127.0.0.1:8081/v1/cluster | grep -o '"alive":true' | wc -l)" = 3 ]; do sleep 0.2; done
+echo "waiting until every node sees three live nodes..."
+for port in 8081 8082 8083; do
+  until [ "$(curl -s "127.0.0.1:$port/v1/cluster" | grep -o '"alive":true' | wc -l)" = 3 ]; do sleep 0.2; done
+done
 curl -s 127.0.0.1:8081/v1/cluster; echo
 
 echo "a topic of 3 partitions on all three nodes (created through n2):"
@@ -51,13 +53,14 @@ kill -9 "${pids[${leader#n} - 1]}"
 survivor=$([ "$leader" = n1 ] && echo 8082 || echo 8081)
 
 echo "produce through 127.0.0.1:$survivor until it is acknowledged again:"
-start=$(date +%s.%N)
+start=$(date +%s%N)
 until curl -sf -X POST "127.0.0.1:$survivor/v1/topics/orders/records" -H 'Idempotency-Key: demo-2' \
       -d '{"records":[{"key":"a","value":4},{"key":"b","value":5},{"key":"c","value":6}]}'; do
   sleep 0.1
 done
-echo; echo "acknowledged again after $(echo "$(date +%s.%N) - $start" | bc) s"
+echo; echo "acknowledged again after $(( ($(date +%s%N) - start) / 1000000 )) ms"
 
 echo "every record, read through 127.0.0.1:$survivor:"
 curl -s "127.0.0.1:$survivor/v1/topics/orders/range?format=ndjson"
-curl -s "127.0.0.1:$survivor/v1/topics/orders" | grep -o '"partition":[0-9],[^}]*"leader":"[^"]*","replicas":[^]]*],"isr":[^]]*]'
+echo "each partition's leader, replicas and in-sync replicas now:"
+curl -s "127.0.0.1:$survivor/v1/topics/orders" | grep -o '"leader":"[^"]*","replicas":\[[^]]*\],"isr":\[[^]]*\]'
