@@ -156,16 +156,15 @@ impl PartitionController {
             });
         };
         self.next_start = self.next_start.wrapping_add(1);
-        let version = match self
+        // A record the map lacks is a deleted topic's, or one a controller
+        // crash left without its partitions' states: either way the next
+        // version makes the topic anew.
+        let version = self
             .control
             .topic_record(&meta.name)
             .await
             .map_err(CreateRefusal::Store)?
-        {
-            Some((_, record)) if !record.deleted => return Err(CreateRefusal::Exists),
-            Some((version, _)) => version + 1,
-            None => 1,
-        };
+            .map_or(1, |(version, _)| version + 1);
         let record = TopicRecord {
             meta: meta.clone(),
             deleted: false,
