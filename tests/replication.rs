@@ -250,6 +250,32 @@ async fn three_nodes_replicate_fail_over_and_lose_nothing_acknowledged() {
         assert_eq!(seen.len(), 54);
     }
 
+    // A topic that needs all three replicas in sync (API.md: fewer in-sync
+    // replicas than min_insync_replicas is 503 not_enough_replicas,
+    // nothing acknowledged).
+    cluster
+        .api("n1")
+        .create_topic(
+            "strict",
+            1,
+            json!({"replication_factor": 3, "min_insync_replicas": 3}),
+        )
+        .await;
+    for name in ["n1", "n2", "n3"] {
+        eventually(Duration::from_secs(10), "strict everywhere", || async {
+            (cluster.api(name).get("/v1/topics/strict").await.0 == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    produce_until_acked(
+        cluster.api("n1"),
+        "strict",
+        "strict-1",
+        &[json!({"value": 1})],
+        Duration::from_secs(10),
+    )
+    .await;
+
     // Kill -9 the leader of partition 0; the others take over.
     let (_, described) = cluster.api("n1").get("/v1/topics/orders").await;
     let victim = described["partitions"][0]["leader"]
@@ -302,6 +328,25 @@ async fn three_nodes_replicate_fail_over_and_lose_nothing_acknowledged() {
         }
     }
 
+    // With two of three in sync, "strict" refuses writes and keeps
+    // nothing of them.
+    let refused = eventually(Duration::from_secs(15), "strict to refuse", || async {
+        let (status, body) = cluster
+            .api(survivor)
+            .post(
+                "/v1/topics/strict/records",
+                &json!({"records": [{"value": 2}]}),
+            )
+            .await;
+        (status == StatusCode::SERVICE_UNAVAILABLE
+            && body["error"]["code"] == "not_enough_replicas")
+            .then_some(body)
+    })
+    .await;
+    println!("strict: {refused}");
+    let (_, strict) = cluster.api(survivor).get("/v1/topics/strict").await;
+    assert_eq!(strict["partitions"][0]["end_offset"], 1, "{strict}");
+
     // The killed node comes back with its disk, catches up and rejoins
     // every ISR.
     cluster.spawn(&victim);
@@ -317,6 +362,15 @@ async fn three_nodes_replicate_fail_over_and_lose_nothing_acknowledged() {
                 .all(|p| p["isr"].as_array().is_some_and(|isr| isr.len() == 3))
                 .then_some(())
         },
+    )
+    .await;
+    // Three in sync again: "strict" takes writes.
+    produce_until_acked(
+        cluster.api(survivor),
+        "strict",
+        "strict-3",
+        &[json!({"value": 3})],
+        Duration::from_secs(30),
     )
     .await;
     let seen = eventually(

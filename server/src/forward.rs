@@ -106,3 +106,24 @@ pub fn pass_on(status: StatusCode, headers: &HeaderMap, body: bytes::Bytes) -> R
     }
     response
 }
+
+/// Passes a request without a body on to `url` and its answer back as it
+/// came (a consume, a drain, a topic deletion for another node to do).
+pub async fn relay(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    caller: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let (status, headers, body) = send(
+        client,
+        method,
+        url,
+        caller,
+        &[],
+        "application/json",
+        Vec::new(),
+    )
+    .await?;
+    Ok(pass_on(status, &headers, body))
+}

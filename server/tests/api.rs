@@ -636,3 +636,37 @@ async fn readiness_reports_each_check() {
     assert_eq!(checks["object_store"]["ok"], true, "{body}");
     assert_eq!(checks["local_budget"]["ok"], true, "{body}");
 }
+
+/// API.md, "Cluster": asking for more replicas than live nodes is `400
+/// invalid_request`, as is `min_insync_replicas` above the replication
+/// factor; neither creates anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_replicas_than_live_nodes_is_refused() {
+    let server = TestServer::start().await;
+    let api = &server.api;
+    for config in [
+        json!({"replication_factor": 2}),
+        json!({"replication_factor": 1, "min_insync_replicas": 2}),
+        json!({"replication_factor": 0}),
+    ] {
+        let (status, body) = api
+            .post("/v1/topics", &json!({"name": "wide", "config": config}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{config}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    }
+    let (status, body) = api
+        .post(
+            "/v1/topics",
+            &json!({"name": "wide", "config": {"replication_factor": 2}}),
+        )
+        .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("more than the 1 live nodes")),
+        "{status} {body}"
+    );
+    let (status, _) = api.get("/v1/topics/wide").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was created");
+}

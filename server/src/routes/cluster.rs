@@ -121,7 +121,7 @@ async fn drain(
 ) -> Result<Response, ApiError> {
     let node = strata_cluster::NodeId::parse(&id)?;
     if let Some(url) = membership.controller_url() {
-        let (status, answer_headers, answer) = forward::send(
+        return forward::relay(
             &membership.client(),
             reqwest::Method::POST,
             &format!(
@@ -129,12 +129,8 @@ async fn drain(
                 url.trim_end_matches('/')
             ),
             &headers,
-            &[],
-            "application/json",
-            Vec::new(),
         )
-        .await?;
-        return Ok(forward::pass_on(status, &answer_headers, answer));
+        .await;
     }
     if !membership.drain(&node).await? {
         return Err(ApiError::new(

@@ -330,17 +330,13 @@ pub(super) async fn consume(
                 partition.id(),
                 query.as_deref().unwrap_or("")
             );
-            let (status, answer_headers, answer) = forward::send(
+            return forward::relay(
                 &app.membership.client(),
                 reqwest::Method::GET,
                 &path,
                 &headers,
-                &[],
-                "application/json",
-                Vec::new(),
             )
-            .await?;
-            return Ok(forward::pass_on(status, &answer_headers, answer));
+            .await;
         }
         Route::Node(..) | Route::Nobody => {
             return Err(ApiError::unavailable(

@@ -253,17 +253,13 @@ async fn delete_replicated(
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Some(url) => {
-            let (status, answer_headers, answer) = forward::send(
+            forward::relay(
                 &app.membership.client(),
                 reqwest::Method::DELETE,
                 &format!("{}/v1/topics/{name}", url.trim_end_matches('/')),
                 headers,
-                &[],
-                "application/json",
-                Vec::new(),
             )
-            .await?;
-            Ok(forward::pass_on(status, &answer_headers, answer))
+            .await
         }
     }
 }
