@@ -285,10 +285,7 @@ impl ControlStore {
     /// Durable when it returns `Ok`.
     pub async fn write_tokens(&self, version: u64, tokens: &TokenList) -> Result<()> {
         let versions = self.versions(&["tokens"]);
-        create(&versions, version, tokens).await?;
-        if version > KEEP_EPOCHS {
-            versions.forget(version - KEEP_EPOCHS).await;
-        }
+        create_keeping(&versions, version, tokens, KEEP_EPOCHS).await?;
         Ok(())
     }
 
@@ -372,10 +369,7 @@ impl ControlStore {
     /// decide again); durable when it returns `Ok`.
     pub async fn write_draining(&self, version: u64, nodes: &[NodeId]) -> Result<()> {
         let versions = self.versions(&["draining"]);
-        create(&versions, version, &nodes.to_vec()).await?;
-        if version > KEEP_EPOCHS {
-            versions.forget(version - KEEP_EPOCHS).await;
-        }
+        create_keeping(&versions, version, &nodes.to_vec(), KEEP_EPOCHS).await?;
         Ok(())
     }
 
@@ -402,10 +396,7 @@ impl ControlStore {
         record: &TopicRecord,
     ) -> Result<()> {
         let versions = self.topic_versions(topic);
-        create(&versions, version, record).await?;
-        if version > KEEP_EPOCHS {
-            versions.forget(version - KEEP_EPOCHS).await;
-        }
+        create_keeping(&versions, version, record, KEEP_EPOCHS).await?;
         Ok(())
     }
 
@@ -464,10 +455,7 @@ impl ControlStore {
         state
             .check()
             .map_err(|message| corrupt(&versions, version, &message))?;
-        create(&versions, version, state).await?;
-        if version > KEEP_EPOCHS {
-            versions.forget(version - KEEP_EPOCHS).await;
-        }
+        create_keeping(&versions, version, state, KEEP_EPOCHS).await?;
         Ok(())
     }
 }
@@ -503,6 +491,21 @@ async fn newest<T: DeserializeOwned>(versions: &VersionedObjects) -> Result<Opti
         Some((version, bytes)) => Ok(Some((version, decode(versions, version, &bytes)?))),
         None => Ok(None),
     }
+}
+
+/// [`create`], then forgets the version `keep` behind it (readers list
+/// again when a version they found is gone).
+async fn create_keeping<T: Serialize>(
+    versions: &VersionedObjects,
+    version: u64,
+    value: &T,
+    keep: u64,
+) -> Result<()> {
+    create(versions, version, value).await?;
+    if version > keep {
+        versions.forget(version - keep).await;
+    }
+    Ok(())
 }
 
 async fn create<T: Serialize>(versions: &VersionedObjects, version: u64, value: &T) -> Result<()> {
