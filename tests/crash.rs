@@ -81,6 +81,65 @@ async fn verify(api: &Api, acked: &Acked) -> usize {
     total
 }
 
+/// Guards the key index across SIGKILL (issue #12): each key's lookup
+/// equals its latest record in the log, first as the restarted server
+/// answers at once (index or scan), then once the index answers.
+async fn verify_lookups(api: &Api) {
+    let mut latest: HashMap<String, (String, u64, u64)> = HashMap::new();
+    for p in 0..PARTITIONS {
+        for record in api.consume_all("crash", p, 0).await {
+            let key = record["key"].as_str().unwrap().to_string();
+            // RFC 3339 with fixed-width milliseconds sorts as time does.
+            let at = (
+                record["timestamp"].as_str().unwrap().to_string(),
+                u64::from(p),
+                record["offset"].as_u64().unwrap(),
+            );
+            if latest.get(&key).is_none_or(|best| at > *best) {
+                latest.insert(key, at);
+            }
+        }
+    }
+    let keys: Vec<String> = (0..13).map(|k| format!("k{k}")).collect();
+    let query: String = keys.iter().map(|k| format!("key={k}&")).collect();
+    let url = format!("{}/v1/topics/crash/snapshot?{query}", api.base);
+    let expected: Vec<(u64, u64)> = keys
+        .iter()
+        .filter_map(|k| latest.get(k).map(|(_, p, o)| (*p, *o)))
+        .collect();
+    let answer = |response: reqwest::Response| async move {
+        let how = response.headers()["strata-lookup"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: Value = response.json().await.unwrap();
+        let rows: Vec<(u64, u64)> = body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["partition"].as_u64().unwrap(),
+                    r["offset"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (how, rows)
+    };
+    let (how, rows) = answer(api.http.get(&url).send().await.unwrap()).await;
+    assert_eq!(rows, expected, "lookups right after the restart ({how})");
+    let rows = eventually(
+        Duration::from_secs(60),
+        "lookups from the index",
+        || async {
+            let (how, rows) = answer(api.http.get(&url).send().await.unwrap()).await;
+            (how == "index").then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(rows, expected, "lookups from the index after the restart");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,6 +177,7 @@ async fn acknowledged_records_survive_sigkill() {
         server = ChildServer::spawn(binary(), dir.path(), &[]);
         let total = verify(&server.api, &acked).await;
         assert!(total >= acked.lock().unwrap().len());
+        verify_lookups(&server.api).await;
     }
     let status = server.terminate();
     assert!(status.success(), "clean shutdown exits 0: {status:?}");

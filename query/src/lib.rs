@@ -12,6 +12,8 @@
 //!   statistics, segment time bounds and time index), streamed in batches;
 //! - [`table`]: topics as DataFusion tables with time, offset and partition
 //!   predicates and projections pushed down;
+//! - [`key_index`]: each key's latest record, kept up to date as records
+//!   are committed, for `snapshot?key=` lookups;
 //! - [`sql`]: the SQL engine (DataFusion with JSON functions, a shared
 //!   memory pool that spills, no DDL or DML);
 //! - [`sql_limits`]: how long and how deep a SQL text may be, checked
@@ -24,6 +26,7 @@
 
 pub mod error;
 pub mod format;
+pub mod key_index;
 pub mod pin;
 pub mod scan;
 pub mod service;

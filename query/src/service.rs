@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::error::{QueryError, Result};
 use crate::format::{Encoder, Format, Shape};
+use crate::key_index::{KeyIndex, Lookup};
 use crate::pin;
 use crate::scan::{self, BatchStream, ScanSpec};
 use crate::sql::{MAX_SNAPSHOT_KEYS, SqlConfig, SqlEngine, snapshot_keys_sql, snapshot_sql};
@@ -78,9 +79,15 @@ pub struct RangeRequest {
 #[derive(Debug)]
 pub struct Output {
     pub content_type: &'static str,
+    /// Response headers the read sets, such as `Strata-Lookup`.
+    pub headers: Vec<(&'static str, String)>,
     pub first: Bytes,
     pub rest: mpsc::Receiver<Result<Bytes>>,
 }
+
+/// The response header saying how a key lookup was answered: `index`, or
+/// `scan` (the snapshot's SQL, when the index cannot know).
+pub const LOOKUP_HEADER: &str = "strata-lookup";
 
 /// Range reads, SQL, views and snapshots of one server.
 #[derive(Debug)]
@@ -88,6 +95,7 @@ pub struct QueryService {
     broker: Arc<Broker>,
     tiering: Arc<Tiering>,
     views: Arc<ViewStore>,
+    keys: Arc<KeyIndex>,
     sql: Arc<SqlEngine>,
     config: QueryConfig,
     permits: Arc<Semaphore>,
@@ -107,6 +115,7 @@ impl QueryService {
     /// Loads the views and starts the query runtime.
     pub fn open(broker: Arc<Broker>, tiering: Arc<Tiering>, config: QueryConfig) -> Result<Self> {
         let views = Arc::new(ViewStore::open(&config.data_dir.join("views"))?);
+        let keys = Arc::new(KeyIndex::open(&config.data_dir.join("index"))?);
         let spill_dir = config.data_dir.join("tmp").join("query");
         // Spill files of queries cut short by a crash are garbage.
         let _ = std::fs::remove_dir_all(&spill_dir);
@@ -133,6 +142,7 @@ impl QueryService {
             broker,
             tiering,
             views,
+            keys,
             sql: Arc::new(sql),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             config,
@@ -143,6 +153,24 @@ impl QueryService {
     /// The stored views.
     pub fn views(&self) -> &ViewStore {
         &self.views
+    }
+
+    /// The key index.
+    pub fn key_index(&self) -> &KeyIndex {
+        &self.keys
+    }
+
+    /// Starts the upkeep of the key index on the query runtime; the task
+    /// ends (with the index synced) once `stopping` turns true.
+    pub fn start_background(
+        &self,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>> {
+        let (keys, broker, tiering) =
+            (self.keys.clone(), self.broker.clone(), self.tiering.clone());
+        Ok(self
+            .query_runtime()?
+            .spawn(keys.maintain(broker, tiering, stopping)))
     }
 
     /// Every record of the request's window, partition by partition in
@@ -296,12 +324,56 @@ impl QueryService {
                 keys.len()
             )));
         }
-        let sql = if keys.is_empty() {
-            snapshot_sql(topic, as_of_ms)
-        } else {
-            snapshot_keys_sql(topic, as_of_ms, keys)
-        };
-        self.run_sql("snapshot", sql, format, Shape::Records).await
+        if keys.is_empty() {
+            let sql = snapshot_sql(topic, as_of_ms);
+            return self.run_sql("snapshot", sql, format, Shape::Records).await;
+        }
+        let started = Instant::now();
+        match self.lookup(topic, as_of_ms, keys).await {
+            Ok(Lookup::Rows(rows)) => {
+                metrics::histogram!("strata_lookup_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                let schema = rows.schema();
+                let batches = futures::stream::once(async move { Ok(rows) }).boxed();
+                let answer = async move { Ok((schema, batches)) };
+                let mut output = self
+                    .stream("lookup", format, Shape::Records, None, answer)
+                    .await?;
+                output.headers.push((LOOKUP_HEADER, "index".into()));
+                return Ok(output);
+            }
+            Ok(Lookup::Scan(reason)) => {
+                metrics::counter!("strata_lookup_scans_total", "reason" => reason).increment(1);
+                tracing::debug!(topic, reason, "a key lookup scans the log");
+            }
+            Err(e @ QueryError::Broker(_)) => return Err(e),
+            Err(error) => {
+                metrics::counter!("strata_lookup_scans_total", "reason" => "index error")
+                    .increment(1);
+                tracing::warn!(%error, topic, "the key index failed; the lookup scans the log");
+            }
+        }
+        let sql = snapshot_keys_sql(topic, as_of_ms, keys);
+        let mut output = self
+            .run_sql("snapshot", sql, format, Shape::Records)
+            .await?;
+        output.headers.push((LOOKUP_HEADER, "scan".into()));
+        Ok(output)
+    }
+
+    /// A key lookup from the index, run on the query runtime.
+    async fn lookup(&self, topic: &str, as_of_ms: i64, keys: &[String]) -> Result<Lookup> {
+        let (index, broker, tiering) =
+            (self.keys.clone(), self.broker.clone(), self.tiering.clone());
+        let (topic, keys) = (topic.to_string(), keys.to_vec());
+        self.query_runtime()?
+            .spawn(async move {
+                index
+                    .lookup(&broker, &tiering, &topic, as_of_ms, &keys)
+                    .await
+            })
+            .await
+            .map_err(|e| QueryError::Internal(format!("a key lookup failed: {e}")))?
     }
 
     fn query_runtime(&self) -> Result<&tokio::runtime::Runtime> {
@@ -351,6 +423,7 @@ impl QueryService {
         match rx.recv().await {
             Some(Ok(first)) => Ok(Output {
                 content_type: format.content_type(),
+                headers: Vec::new(),
                 first,
                 rest: rx,
             }),

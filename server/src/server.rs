@@ -170,6 +170,10 @@ impl Server {
         let broker = state.broker.clone();
         let roller = tokio::spawn(maintain_local_disk(broker.clone(), stopping.subscribe()));
         let offloader = tokio::spawn(state.tiering.clone().run_background(stopping.subscribe()));
+        let indexer = state
+            .query
+            .start_background(stopping.subscribe())
+            .map_err(ServerError::StartQuery)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = listener
             .local_addr()
@@ -188,6 +192,7 @@ impl Server {
         let _ = roller.await;
         let _ = membership.await;
         let _ = tokens.await;
+        let _ = indexer.await;
         // Partitions are fsynced before the offloader's last steps (giving
         // up its lease may wait on an object store that is down).
         let closing = broker.clone();

@@ -227,6 +227,7 @@ pub async fn describe_topic(
     let tiering = &app.tiering;
     let me = app.membership.id().to_string();
     let mut partitions = Vec::with_capacity(topic.partitions().len());
+    let mut unindexed = 0;
     for p in topic.partitions() {
         let state = app.replication.state(topic.name(), p.id());
         let (leader, replicas, isr, leader_epoch) = match &state {
@@ -239,6 +240,11 @@ pub async fn describe_topic(
             None => (json!(me), json!([me]), json!([me]), 0),
         };
         let pinned = pin_partition(tiering, topic.name(), p).await?;
+        let indexed = app.query.key_index().progress(topic.name(), p.id());
+        let indexed = indexed.ok().flatten().unwrap_or(0);
+        unindexed += pinned
+            .end_offset()
+            .saturating_sub(indexed.max(pinned.start_offset()));
         let hot = pinned.hot().stats(p.id());
         let cold = pinned.cold_stats();
         let min = [hot.min_timestamp, cold.min_timestamp]
@@ -268,5 +274,6 @@ pub async fn describe_topic(
         "name": topic.name(),
         "config": topic.config(),
         "partitions": partitions,
+        "indexes": [{"kind": "latest_by_key", "records_behind": unindexed}],
     }))
 }

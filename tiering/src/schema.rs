@@ -217,21 +217,57 @@ impl ArrowBatchBuilder {
             std::str::from_utf8(bytes)
                 .map_err(|e| TieringError::Internal(format!("record {offset} is not UTF-8: {e}")))
         };
+        let key = record.key.map(text).transpose()?;
+        let value = text(record.value)?;
+        let headers = record
+            .headers()
+            .map(|(name, value)| Ok((text(name)?, text(value)?)));
+        self.append(partition, offset, record.timestamp, key, value, headers)
+    }
+
+    /// Appends one record given as its parts (a record kept outside a
+    /// batch, such as a key index's copy).
+    pub fn push_parts(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        timestamp: i64,
+        key: Option<&str>,
+        value: &str,
+        headers: &[(String, String)],
+    ) -> Result<()> {
+        let headers = headers.iter().map(|(n, v)| Ok((n.as_str(), v.as_str())));
+        self.append(partition, offset, timestamp, key, value, headers)
+    }
+
+    fn append<'h>(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        timestamp: i64,
+        key: Option<&str>,
+        value: &str,
+        headers: impl Iterator<Item = Result<(&'h str, &'h str)>>,
+    ) -> Result<()> {
         self.partition.append_value(partition as i32);
-        self.offset.append_value(record.offset as i64);
-        self.timestamp.append_value(record.timestamp);
-        match record.key {
-            Some(key) => self.key.append_value(text(key)?),
+        self.offset.append_value(offset as i64);
+        self.timestamp.append_value(timestamp);
+        match key {
+            Some(key) => self.key.append_value(key),
             None => self.key.append_null(),
         }
-        self.value.append_value(text(record.value)?);
-        for (name, value) in record.headers() {
-            self.headers.keys().append_value(text(name)?);
-            self.headers.values().append_value(text(value)?);
+        self.value.append_value(value);
+        let mut header_bytes = 0;
+        for header in headers {
+            let (name, value) = header?;
+            self.headers.keys().append_value(name);
+            self.headers.values().append_value(value);
+            header_bytes += name.len() + value.len();
         }
         self.headers.append(true)?;
         self.rows += 1;
-        self.bytes += record.data_len();
+        self.bytes +=
+            strata_broker::batch::record_size(key.map_or(0, str::len), value.len(), header_bytes);
         Ok(())
     }
 

@@ -33,6 +33,7 @@ fn consume_meter(app: &AppState, principal: &Principal) -> Result<Option<Meter>,
 fn streaming(output: Output, app: &AppState, meter: Option<Meter>) -> Response {
     let Output {
         content_type,
+        headers,
         first,
         rest,
     } = output;
@@ -61,6 +62,11 @@ fn streaming(output: Output, app: &AppState, meter: Option<Meter>) -> Response {
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
     response
 }
 
@@ -127,7 +133,9 @@ pub(super) async fn range(
         ("key" = Option<Vec<String>>, Query, description = "only these keys (repeat up to 1000 times)"),
         ("format" = Option<crate::openapi::OutputFormat>, Query, description = "default json")),
     responses(
-        (status = 200, description = "each key's latest record, streamed", content(
+        (status = 200, description = "each key's latest record, streamed", headers(
+            ("strata-lookup" = String, description = "with `key`: `index` when the key index answered, `scan` when the snapshot's SQL did")),
+            content(
             (serde_json::Value = "application/json"),
             (String = "application/x-ndjson"),
             (String = "text/csv"),

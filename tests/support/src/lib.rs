@@ -359,6 +359,15 @@ impl TestServer {
         }
     }
 
+    /// Stops gracefully, runs `meddle` on the data directory (to damage or
+    /// remove something), and starts again on it.
+    pub async fn restart_after(self, meddle: impl FnOnce(&Path)) -> Self {
+        let auth = self.auth.clone();
+        let (config, dir) = self.stop().await;
+        meddle(&config.data_dir);
+        Self::start_in(config, auth, dir).await
+    }
+
     /// Stops gracefully and starts again on the same data directory.
     pub async fn restart(self) -> Self {
         let auth = self.auth.clone();

@@ -1,0 +1,181 @@
+//! Keeping the key index up to date: a loop that follows every local
+//! partition's committed records (the same pinned union read as range
+//! reads, so a partition offloaded before it was indexed is read from the
+//! cold tier) and applies them in order, a batch per transaction.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, Int64Array};
+use futures::TryStreamExt;
+use strata_broker::{Broker, Partition, Topic};
+use strata_tiering::Tiering;
+use tokio::sync::watch;
+
+use super::KeyIndex;
+use crate::error::{QueryError, Result};
+use crate::pin::pin_partition;
+use crate::scan::{ScanMetrics, ScanSpec, col, scan_partition};
+
+/// Pause between passes that found nothing to apply.
+const IDLE: Duration = Duration::from_millis(20);
+/// Most records one pass applies to one partition, so that every
+/// partition moves on in turn.
+const RECORDS_PER_STEP: u64 = 64 * 1024;
+/// How often topics that no longer exist are dropped from the index.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs until `stopping`: applies what every partition committed, forgets
+/// deleted topics, and syncs the index before returning.
+pub(crate) async fn run(
+    index: Arc<KeyIndex>,
+    broker: Arc<Broker>,
+    tiering: Arc<Tiering>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    let mut swept: Option<Instant> = None;
+    while !*stopping.borrow() {
+        let busy = match pass(&index, &broker, &tiering, &mut swept).await {
+            Ok(busy) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("the key index is being updated again");
+                }
+                busy
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(%error, "the key index cannot be updated; lookups scan the log until it can");
+                }
+                false
+            }
+        };
+        if !busy {
+            tokio::select! {
+                () = tokio::time::sleep(if failing { IDLE * 50 } else { IDLE }) => {}
+                _ = stopping.changed() => {}
+            }
+        }
+    }
+    let store = index.store.clone();
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || store.sync()).await {
+        tracing::warn!(%error, "the key index could not be synced at shutdown");
+    }
+}
+
+/// One pass over every topic; true when records were applied.
+async fn pass(
+    index: &Arc<KeyIndex>,
+    broker: &Broker,
+    tiering: &Arc<Tiering>,
+    swept: &mut Option<Instant>,
+) -> Result<bool> {
+    let topics = broker.topics();
+    if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+        sweep(index, &topics).await?;
+        *swept = Some(Instant::now());
+    }
+    let mut busy = false;
+    for topic in &topics {
+        if !index.is_verified(topic) {
+            // A topic that replaced one of the same name (deleted and
+            // created again) starts from nothing; the first topics seen
+            // after a start are the ones the index was built from.
+            if index.was_seen(topic.name()) {
+                index.reset(topic.name()).await?;
+            }
+            index.verify(topic);
+        }
+        let mut behind = 0;
+        for partition in topic.partitions() {
+            let (applied, left) = step(index, tiering, topic, partition).await?;
+            busy |= applied;
+            behind += left;
+        }
+        metrics::gauge!("strata_key_index_lag_records", "topic" => topic.name().to_string())
+            .set(behind as f64);
+    }
+    metrics::gauge!("strata_key_index_bytes").set(index.store.bytes() as f64);
+    Ok(busy)
+}
+
+/// Drops the index of topics that no longer exist.
+async fn sweep(index: &Arc<KeyIndex>, topics: &[Arc<Topic>]) -> Result<()> {
+    let store = index.store.clone();
+    let held = blocking(move || store.partitions()).await?;
+    let live: HashSet<&str> = topics.iter().map(|t| t.name()).collect();
+    let gone: BTreeSet<String> = held
+        .into_iter()
+        .map(|(topic, _)| topic)
+        .filter(|t| !live.contains(t.as_str()))
+        .collect();
+    for topic in gone {
+        index.reset(&topic).await?;
+    }
+    index.forget_missing(&live);
+    Ok(())
+}
+
+/// Applies up to [`RECORDS_PER_STEP`] committed records of one partition;
+/// returns whether any were, and how many committed records are left.
+async fn step(
+    index: &Arc<KeyIndex>,
+    tiering: &Arc<Tiering>,
+    topic: &Topic,
+    partition: &Arc<Partition>,
+) -> Result<(bool, u64)> {
+    let id = partition.id();
+    let name = topic.name().to_string();
+    let store = index.store.clone();
+    let at = name.clone();
+    let progress = blocking(move || store.progress(&at, id)).await?;
+    let pinned = pin_partition(tiering, &name, partition).await?;
+    let (start, end) = (pinned.start_offset(), pinned.end_offset());
+    // An index ahead of the log (a follower whose high watermark is not
+    // known again yet) waits; lookups scan meanwhile.
+    let from = progress.unwrap_or(start).max(start);
+    if from >= end {
+        return Ok((false, 0));
+    }
+    let to = end.min(from + RECORDS_PER_STEP);
+    let spec = ScanSpec {
+        offsets: from..to,
+        ..ScanSpec::default()
+    };
+    let mut batches = scan_partition(
+        tiering.clone(),
+        Arc::new(pinned),
+        Arc::new(spec),
+        ScanMetrics::default(),
+    );
+    let mut applied = from;
+    while let Some(batch) = batches.try_next().await? {
+        let offsets = batch
+            .column(col::OFFSET)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| QueryError::Internal("a scan returned no offsets".into()))?;
+        if offsets.is_empty() {
+            continue;
+        }
+        let next = offsets.value(offsets.len() - 1) as u64 + 1;
+        let (store, at) = (index.store.clone(), name.clone());
+        blocking(move || store.apply(&at, id, next, &[batch])).await?;
+        applied = next;
+    }
+    if applied < to {
+        let (store, at) = (index.store.clone(), name.clone());
+        blocking(move || store.apply(&at, id, to, &[])).await?;
+    }
+    Ok((true, end - to))
+}
+
+/// Runs blocking index work off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| QueryError::Internal(format!("the key index task failed: {e}")))?
+}

@@ -1,0 +1,298 @@
+//! The key index on disk: one redb database per node (`<data>/index/keys.redb`),
+//! a table per partition (`keys/<topic>/<partition>`, key → [`entry`]) and
+//! one table of how far each partition has been applied.
+//!
+//! # Contract
+//!
+//! - [`IndexStore::apply`] is atomic: a partition's entries and its
+//!   progress change together, so after any crash the index is exactly the
+//!   result of applying the partition's records below its progress.
+//! - Commits are made durable at most [`SYNC_EVERY`] apart (and by
+//!   [`IndexStore::sync`]); a crash loses at most that much progress, which
+//!   the maintainer applies again from the log. Nothing here is a source of
+//!   truth: a damaged file is deleted and rebuilt.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use parking_lot::Mutex;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use strata_tiering::schema::RecordColumns;
+
+use super::entry::{self, Entry};
+use crate::error::{QueryError, Result};
+
+/// Longest a commit stays volatile (see the contract).
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// `<topic>/<partition>` → the next offset to apply.
+const PROGRESS: TableDefinition<&str, u64> = TableDefinition::new("progress");
+
+/// Prefix of the per-partition tables' names.
+const KEYS: &str = "keys/";
+
+fn name(topic: &str, partition: u32) -> String {
+    format!("{topic}/{partition}")
+}
+
+fn keys_table(name: &str) -> String {
+    format!("{KEYS}{name}")
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> QueryError {
+    QueryError::Internal(format!("the key index failed {what}: {e}"))
+}
+
+/// What the index holds for some keys in one partition.
+#[derive(Debug)]
+pub struct PartitionHits {
+    /// The next offset to apply: entries reflect every record below it.
+    /// `None` when the partition was never indexed.
+    pub progress: Option<u64>,
+    /// One per key asked, in order.
+    pub entries: Vec<Option<Entry>>,
+}
+
+/// The node's key index (see the module doc).
+pub struct IndexStore {
+    db: Database,
+    path: PathBuf,
+    synced: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for IndexStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl IndexStore {
+    /// Opens (or creates) the index in `dir`. A file that does not open
+    /// (damaged, or of another format) is deleted and started afresh: the
+    /// maintainer rebuilds it from the log and the cold tier.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
+        let path = dir.join("keys.redb");
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(),
+                    "the key index does not open; rebuilding it from the log");
+                std::fs::remove_file(&path).map_err(|e| err("removing a damaged file", e))?;
+                Database::create(&path).map_err(|e| err("creating its file", e))?
+            }
+        };
+        Ok(Self {
+            db,
+            path,
+            synced: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Bytes the index takes on disk.
+    pub fn bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// How far `partition` of `topic` has been applied (`None`: never).
+    pub fn progress(&self, topic: &str, partition: u32) -> Result<Option<u64>> {
+        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let table = match txn.open_table(PROGRESS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(err("reading", e)),
+        };
+        Ok(table
+            .get(name(topic, partition).as_str())
+            .map_err(|e| err("reading", e))?
+            .map(|v| v.value()))
+    }
+
+    /// Every (topic, partition) the index holds.
+    pub fn partitions(&self) -> Result<Vec<(String, u32)>> {
+        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let tables = txn.list_tables().map_err(|e| err("reading", e))?;
+        Ok(tables
+            .filter_map(|t| {
+                let (topic, partition) = t.name().strip_prefix(KEYS)?.rsplit_once('/')?;
+                Some((topic.to_string(), partition.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Applies the records of `batches` (rows of [`strata_tiering::schema::schema`],
+    /// offsets `from..to` of the partition) and sets its progress to `to`,
+    /// in one transaction. A key keeps its latest record (by timestamp,
+    /// then offset); records without a key are not indexed.
+    pub fn apply(
+        &self,
+        topic: &str,
+        partition: u32,
+        to: u64,
+        batches: &[RecordBatch],
+    ) -> Result<()> {
+        let mut txn = self.db.begin_write().map_err(|e| err("writing", e))?;
+        let durable = self.synced.lock().elapsed() >= SYNC_EVERY;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| err("writing", e))?;
+        }
+        let at = name(topic, partition);
+        {
+            let table_name = keys_table(&at);
+            let mut table = txn
+                .open_table(TableDefinition::<&str, &[u8]>::new(&table_name))
+                .map_err(|e| err("writing", e))?;
+            let mut encoded = Vec::new();
+            for batch in batches {
+                let columns = RecordColumns::new(batch)?;
+                // The newest row of each key in this batch, then one read
+                // and at most one write per key.
+                let mut newest: HashMap<&str, usize> = HashMap::new();
+                for row in 0..batch.num_rows() {
+                    let Some(key) = columns.key(row) else {
+                        continue;
+                    };
+                    let order = (columns.timestamp(row), columns.offset(row));
+                    newest
+                        .entry(key)
+                        .and_modify(|best| {
+                            if order > (columns.timestamp(*best), columns.offset(*best)) {
+                                *best = row;
+                            }
+                        })
+                        .or_insert(row);
+                }
+                for (key, row) in newest {
+                    let order = (columns.timestamp(row), columns.offset(row));
+                    let stored = table.get(key).map_err(|e| err("reading", e))?;
+                    if stored.is_some_and(|s| entry::order(s.value()).is_some_and(|o| o >= order)) {
+                        continue;
+                    }
+                    encoded.clear();
+                    let headers: Vec<(&str, &str)> = columns.headers(row).collect();
+                    let fits = entry::encode(
+                        &mut encoded,
+                        order.0,
+                        order.1,
+                        columns.value(row),
+                        headers.into_iter(),
+                    );
+                    if fits.is_some() {
+                        table
+                            .insert(key, encoded.as_slice())
+                            .map_err(|e| err("writing", e))?;
+                    } else {
+                        // A record the entry format cannot hold: its key
+                        // must never answer from an older record.
+                        table.remove(key).map_err(|e| err("writing", e))?;
+                    }
+                }
+            }
+            let mut progress = txn.open_table(PROGRESS).map_err(|e| err("writing", e))?;
+            progress
+                .insert(at.as_str(), to)
+                .map_err(|e| err("writing", e))?;
+        }
+        txn.commit().map_err(|e| err("committing", e))?;
+        if durable {
+            *self.synced.lock() = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Forgets a partition (`None`: every partition of the topic), so that it
+    /// is indexed again from its start.
+    pub fn reset(&self, topic: &str, partition: Option<u32>) -> Result<()> {
+        let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
+        {
+            let doomed: Vec<String> = match partition {
+                Some(p) => vec![name(topic, p)],
+                None => self
+                    .partitions()?
+                    .into_iter()
+                    .filter(|(t, _)| t == topic)
+                    .map(|(t, p)| name(&t, p))
+                    .collect(),
+            };
+            let mut progress = txn.open_table(PROGRESS).map_err(|e| err("writing", e))?;
+            for at in &doomed {
+                progress
+                    .remove(at.as_str())
+                    .map_err(|e| err("writing", e))?;
+                let table_name = keys_table(at);
+                txn.delete_table(TableDefinition::<&str, &[u8]>::new(&table_name))
+                    .map_err(|e| err("writing", e))?;
+            }
+        }
+        txn.commit().map_err(|e| err("committing", e))?;
+        *self.synced.lock() = Instant::now();
+        Ok(())
+    }
+
+    /// Makes every commit so far durable.
+    pub fn sync(&self) -> Result<()> {
+        let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
+        txn.commit().map_err(|e| err("committing", e))?;
+        *self.synced.lock() = Instant::now();
+        Ok(())
+    }
+
+    /// What the index holds for `keys` in each of `partitions`, all read
+    /// in one snapshot.
+    pub fn lookup(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        keys: &[&str],
+    ) -> Result<Vec<PartitionHits>> {
+        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let progress = match txn.open_table(PROGRESS) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(err("reading", e)),
+        };
+        let mut out = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let at = name(topic, p);
+            let done = match &progress {
+                Some(t) => t
+                    .get(at.as_str())
+                    .map_err(|e| err("reading", e))?
+                    .map(|v| v.value()),
+                None => None,
+            };
+            let table_name = keys_table(&at);
+            let table = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&table_name)) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(err("reading", e)),
+            };
+            let mut entries = Vec::with_capacity(keys.len());
+            for key in keys {
+                let found = match &table {
+                    Some(t) => t.get(*key).map_err(|e| err("reading", e))?,
+                    None => None,
+                };
+                entries.push(match found {
+                    None => None,
+                    Some(bytes) => Some(entry::decode(bytes.value()).ok_or_else(|| {
+                        err(
+                            "decoding an entry",
+                            format!("{topic}/{p} holds a damaged entry"),
+                        )
+                    })?),
+                });
+            }
+            out.push(PartitionHits {
+                progress: done,
+                entries,
+            });
+        }
+        Ok(out)
+    }
+}
