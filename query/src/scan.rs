@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, BooleanArray, RecordBatch, Scalar, StringArray, StringViewArray};
 use arrow::array::{RecordBatchOptions, TimestampMillisecondArray};
-use arrow::compute::kernels::boolean::and;
+use arrow::compute::kernels::boolean::{and, or};
 use arrow::compute::kernels::cmp::{eq, gt_eq, lt};
 use arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use arrow::datatypes::SchemaRef;
@@ -51,8 +51,9 @@ pub struct ScanSpec {
     pub to_ms: Option<i64>,
     /// Offsets wanted in each partition.
     pub offsets: Range<u64>,
-    /// Only records with exactly this key.
-    pub key: Option<String>,
+    /// Only records with one of these keys, sorted and without repeats
+    /// (see [`ScanSpec::with_keys`]); empty: any key.
+    pub keys: Vec<String>,
     /// Output columns (indexes of [`schema`], ascending).
     pub columns: Vec<usize>,
     /// At most this many rows per partition.
@@ -67,7 +68,7 @@ impl Default for ScanSpec {
             from_ms: None,
             to_ms: None,
             offsets: 0..u64::MAX,
-            key: None,
+            keys: Vec::new(),
             columns: col::ALL.to_vec(),
             limit: None,
             string_views: false,
@@ -76,6 +77,14 @@ impl Default for ScanSpec {
 }
 
 impl ScanSpec {
+    /// This scan restricted to `keys` (any order, repeats allowed).
+    pub fn with_keys(mut self, keys: impl IntoIterator<Item = String>) -> Self {
+        self.keys = keys.into_iter().collect();
+        self.keys.sort_unstable();
+        self.keys.dedup();
+        self
+    }
+
     /// The schema of the batches the scan yields.
     pub fn output_schema(&self) -> Result<SchemaRef> {
         let full = if self.string_views {
@@ -93,7 +102,7 @@ impl ScanSpec {
         if self.from_ms.is_some() || self.to_ms.is_some() {
             cols.push(col::TIMESTAMP);
         }
-        if self.key.is_some() {
+        if !self.keys.is_empty() {
             cols.push(col::KEY);
         }
         cols.sort_unstable();
@@ -104,10 +113,12 @@ impl ScanSpec {
     fn matches(&self, record: &RecordView<'_>) -> bool {
         self.from_ms.is_none_or(|from| record.timestamp >= from)
             && self.to_ms.is_none_or(|to| record.timestamp < to)
-            && self
-                .key
-                .as_ref()
-                .is_none_or(|key| record.key == Some(key.as_bytes()))
+            && (self.keys.is_empty()
+                || record.key.is_some_and(|key| {
+                    self.keys
+                        .binary_search_by(|k| k.as_bytes().cmp(key))
+                        .is_ok()
+                }))
     }
 
     /// Keeps the rows of a cold batch (with `read` columns) that match, in
@@ -137,19 +148,28 @@ impl ScanSpec {
                 combine(lt(stamps, &Scalar::new(bound))?)?;
             }
         }
-        if let (Some(key), Some(i)) = (&self.key, position(col::KEY)) {
+        if let (false, Some(i)) = (self.keys.is_empty(), position(col::KEY)) {
             let keys = batch.column(i);
-            // A null key never matches: nulls become false.
-            let matches = if keys.data_type() == &arrow::datatypes::DataType::Utf8View {
-                eq(keys, &StringViewArray::new_scalar(key.as_str()))?
-            } else {
-                eq(keys, &StringArray::new_scalar(key.as_str()))?
-            };
-            combine(if matches.null_count() > 0 {
-                prep_null_mask_filter(&matches)
-            } else {
-                matches
-            })?;
+            let mut any: Option<BooleanArray> = None;
+            for key in &self.keys {
+                let matches = if keys.data_type() == &arrow::datatypes::DataType::Utf8View {
+                    eq(keys, &StringViewArray::new_scalar(key.as_str()))?
+                } else {
+                    eq(keys, &StringArray::new_scalar(key.as_str()))?
+                };
+                any = Some(match any.take() {
+                    Some(before) => or(&before, &matches)?,
+                    None => matches,
+                });
+            }
+            if let Some(matches) = any {
+                // A null key never matches: nulls become false.
+                combine(if matches.null_count() > 0 {
+                    prep_null_mask_filter(&matches)
+                } else {
+                    matches
+                })?;
+            }
         }
         let batch = match mask {
             Some(mask) => filter_record_batch(&batch, &mask)?,
@@ -309,6 +329,7 @@ async fn scan_cold(
             to_ms: spec.to_ms,
             columns: &read,
             string_views: spec.string_views,
+            keys: &spec.keys,
         };
         let Some(opened) = tiering.scan_file(&scan, SCAN_BATCH_ROWS).await? else {
             continue;

@@ -192,11 +192,11 @@ impl QueryService {
         let spec = ScanSpec {
             from_ms: request.from_ms,
             to_ms: request.to_ms,
-            key: request.key.clone(),
             // No partition needs more than the whole limit.
             limit: request.limit,
             ..ScanSpec::default()
-        };
+        }
+        .with_keys(request.key.clone());
         let read = async move {
             let partitions = request.partition.map(|p| vec![p]);
             let snapshot =

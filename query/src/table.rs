@@ -37,6 +37,7 @@ use strata_tiering::schema::{schema, view_schema};
 use crate::error::QueryError;
 use crate::pin::{self, PinnedPartition};
 use crate::scan::{self, ScanMetrics, ScanSpec, col};
+use strata_tiering::cold_read::MAX_BLOOM_KEYS;
 
 /// A topic as a table of `partition, offset, timestamp, key, value, headers`.
 #[derive(Debug)]
@@ -104,13 +105,15 @@ impl TableProvider for TopicTable {
             from_ms: bounds.from_ms,
             to_ms: bounds.to_ms,
             offsets: bounds.offsets.clone(),
-            key: None,
+            keys: Vec::new(),
             columns: projection.cloned().unwrap_or_else(|| col::ALL.to_vec()),
             limit: limit.map(|l| l as u64),
             string_views: true,
-        };
+        }
+        .with_keys(bounds.keys.clone().unwrap_or_default());
         let output = spec.output_schema()?;
-        if ids.is_empty() || spec.offsets.is_empty() || bounds.time_is_empty() {
+        let no_key = bounds.keys.as_ref().is_some_and(BTreeSet::is_empty);
+        if ids.is_empty() || spec.offsets.is_empty() || bounds.time_is_empty() || no_key {
             return Ok(Arc::new(EmptyExec::new(output)));
         }
         let snapshot = pin::pin_topic(&self.broker, &self.tiering, &self.topic, Some(&ids))
@@ -134,6 +137,9 @@ pub struct Bounds {
     partitions_from: i64,
     partitions_to: i64,
     partitions_in: Option<BTreeSet<i64>>,
+    /// `key = 'k'` or `key IN (...)`: only these keys can match (cold row
+    /// groups are pruned by their bloom filters); `None`: any key.
+    pub keys: Option<BTreeSet<String>>,
 }
 
 impl Default for Bounds {
@@ -145,6 +151,7 @@ impl Default for Bounds {
             partitions_from: 0,
             partitions_to: i64::MAX,
             partitions_in: None,
+            keys: None,
         }
     }
 }
@@ -200,6 +207,27 @@ impl Bounds {
                 }
                 _ => false,
             },
+            Expr::InList(list)
+                if !list.negated
+                    && column_name(&list.expr) == Some("key")
+                    && list.list.len() <= MAX_BLOOM_KEYS =>
+            {
+                let values: Option<BTreeSet<String>> = list
+                    .list
+                    .iter()
+                    .map(|e| match e {
+                        Expr::Literal(v, _) => text(v),
+                        _ => None,
+                    })
+                    .collect();
+                match values {
+                    Some(values) => {
+                        self.narrow_keys(values);
+                        true
+                    }
+                    None => false,
+                }
+            }
             Expr::InList(list) if !list.negated && column_name(&list.expr) == Some("partition") => {
                 let values: Option<BTreeSet<i64>> = list
                     .list
@@ -239,7 +267,23 @@ impl Bounds {
         matches!((self.from_ms, self.to_ms), (Some(from), Some(to)) if from >= to)
     }
 
+    fn narrow_keys(&mut self, keys: BTreeSet<String>) {
+        self.keys = Some(match self.keys.take() {
+            Some(old) => old.intersection(&keys).cloned().collect(),
+            None => keys,
+        });
+    }
+
     fn compare(&mut self, column: &str, op: Operator, value: &ScalarValue) -> bool {
+        if column == "key" {
+            return match (op, text(value)) {
+                (Operator::Eq, Some(key)) => {
+                    self.narrow_keys(BTreeSet::from([key]));
+                    true
+                }
+                _ => false,
+            };
+        }
         let bounds: Vec<Bound> = match (column, op) {
             ("timestamp", _) => match timestamp_ms(value) {
                 Some((ms, exact)) => range_bounds(op, ms, exact),
@@ -312,6 +356,16 @@ fn column_name(expr: &Expr) -> Option<&str> {
         Expr::Column(c) => Some(c.name.as_str()),
         Expr::Cast(cast) if keeps_order(cast.field.data_type()) => column_name(&cast.expr),
         Expr::TryCast(cast) if keeps_order(cast.field.data_type()) => column_name(&cast.expr),
+        _ => None,
+    }
+}
+
+/// A string literal's text.
+fn text(value: &ScalarValue) -> Option<String> {
+    match value {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Some(s.clone()),
         _ => None,
     }
 }
@@ -407,6 +461,10 @@ impl DisplayAs for TopicScanExec {
                 ", offsets=[{}, {})",
                 self.spec.offsets.start, self.spec.offsets.end
             )?;
+        }
+        if !self.spec.keys.is_empty() {
+            // Bloom filters prune cold row groups for these keys.
+            write!(f, ", keys={}", self.spec.keys.len())?;
         }
         Ok(())
     }
@@ -510,9 +568,28 @@ mod tests {
     }
 
     #[test]
+    fn key_equality_and_lists_narrow_the_keys() {
+        let mut b = Bounds::default();
+        assert!(b.apply(&column("key").in_list(vec![lit("a"), lit("b")], false)));
+        assert!(b.apply(&column("key").eq(lit("b"))));
+        assert_eq!(b.keys, Some(BTreeSet::from(["b".to_string()])));
+        assert!(b.apply(&column("key").eq(lit("z"))));
+        assert_eq!(
+            b.keys,
+            Some(BTreeSet::new()),
+            "contradicting keys match nothing"
+        );
+        let mut negated = Bounds::default();
+        assert!(!negated.apply(&column("key").in_list(vec![lit("a")], true)));
+        let many: Vec<_> = (0..=MAX_BLOOM_KEYS).map(|i| lit(format!("k{i}"))).collect();
+        assert!(!Bounds::default().apply(&column("key").in_list(many, false)));
+    }
+
+    #[test]
     fn other_predicates_are_left_to_the_engine() {
         let mut b = Bounds::default();
-        assert!(!b.apply(&column("key").eq(lit("a"))));
+        assert!(!b.apply(&column("key").not_eq(lit("a"))));
+        assert!(!b.apply(&column("key").gt(lit("a"))));
         assert!(!b.apply(&column("offset").not_eq(lit(1i64))));
         assert_eq!(b, Bounds::default());
         let mut list = Bounds::default();

@@ -111,22 +111,26 @@ async fn union_reads_are_exact(url: &str) {
         (1_002_000, 1_004_999),
         (0, 1_000_001),
     ] {
-        let spec = ScanSpec {
-            from_ms: Some(from),
-            to_ms: Some(to),
-            key: Some("k3".into()),
-            offsets: 100..900,
-            ..ScanSpec::default()
-        };
-        let got = rows(&read(&tiering, &broker, spec).await);
-        let want: Vec<_> = expected
-            .iter()
-            .filter(|(_, o, t, k)| {
-                (from..to).contains(t) && k.as_deref() == Some("k3") && (100..900).contains(o)
-            })
-            .cloned()
-            .collect();
-        assert_eq!(got, want, "{url} [{from}, {to})");
+        for keys in [vec!["k3"], vec!["k5", "k3", "k5"]] {
+            let spec = ScanSpec {
+                from_ms: Some(from),
+                to_ms: Some(to),
+                offsets: 100..900,
+                ..ScanSpec::default()
+            }
+            .with_keys(keys.iter().map(|k| k.to_string()));
+            let got = rows(&read(&tiering, &broker, spec).await);
+            let want: Vec<_> = expected
+                .iter()
+                .filter(|(_, o, t, k)| {
+                    (from..to).contains(t)
+                        && k.as_deref().is_some_and(|k| keys.contains(&k))
+                        && (100..900).contains(o)
+                })
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "{url} [{from}, {to}) {keys:?}");
+        }
     }
     let offsets_only = ScanSpec {
         columns: vec![1],

@@ -139,7 +139,15 @@ pub struct FileScan<'a> {
     pub columns: &'a [usize],
     /// Decode `key` and `value` as `Utf8View` ([`crate::schema::view_schema`]).
     pub string_views: bool,
+    /// Only rows with one of these keys are wanted: row groups whose `key`
+    /// bloom filter rules all of them out are skipped (rows of the groups
+    /// read still need filtering). Empty: any key.
+    pub keys: &'a [String],
 }
+
+/// Most keys whose bloom filters a scan checks; a longer list reads every
+/// row group its other bounds allow.
+pub const MAX_BLOOM_KEYS: usize = 1000;
 
 /// Opens a stream of the rows of `scan.file` that can match `scan`, or
 /// `None` when the manifest's ranges rule every row out (a file whose
@@ -170,18 +178,41 @@ pub async fn scan_file(
         let options = ArrowReaderOptions::new().with_schema(crate::schema::view_schema());
         metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), options)?;
     }
-    let plan = plan_rows(metadata.metadata(), lo..hi, scan.from_ms, scan.to_ms);
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
+    let mut plan = plan_rows(builder.metadata(), lo..hi, scan.from_ms, scan.to_ms, &[]);
+    if !scan.keys.is_empty() && scan.keys.len() <= MAX_BLOOM_KEYS {
+        let mut absent = Vec::new();
+        for &group in &plan.groups {
+            // The first five Parquet leaf columns are the Arrow columns of
+            // the same index.
+            let filter = builder
+                .get_row_group_column_bloom_filter(group, col::KEY)
+                .await?;
+            if filter.is_some_and(|f| !scan.keys.iter().any(|k| f.check(&k.as_str()))) {
+                absent.push(group);
+            }
+        }
+        if !absent.is_empty() {
+            plan = plan_rows(
+                builder.metadata(),
+                lo..hi,
+                scan.from_ms,
+                scan.to_ms,
+                &absent,
+            );
+        }
+    }
     // Batches of large records hold fewer rows, like consume windows.
-    let rows_fitting = window_rows_for(bytes_per_row(metadata.metadata()));
+    let rows_fitting = window_rows_for(bytes_per_row(builder.metadata()));
     let batch_rows = batch_rows.min(usize::try_from(rows_fitting).unwrap_or(usize::MAX));
-    let row_groups_total = metadata.metadata().num_row_groups();
+    let row_groups_total = builder.metadata().num_row_groups();
     let (row_groups, rows) = (plan.groups.len(), plan.ranges.iter().map(|r| r.len()).sum());
     let mask = ProjectionMask::roots(
-        metadata.metadata().file_metadata().schema_descr(),
+        builder.metadata().file_metadata().schema_descr(),
         scan.columns.iter().copied(),
     );
     let selection = RowSelection::from_consecutive_ranges(plan.ranges.into_iter(), plan.rows);
-    let batches = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+    let batches = builder
         .with_row_groups(plan.groups)
         .with_row_selection(selection)
         .with_projection(mask)
@@ -204,11 +235,14 @@ struct RowPlan {
     rows: usize,
 }
 
+/// The rows of `wanted` (as row numbers of the file) whose row group and
+/// page statistics allow `from_ms..to_ms`, outside the row groups `skip`.
 fn plan_rows(
     meta: &ParquetMetaData,
     wanted: Range<u64>,
     from_ms: Option<i64>,
     to_ms: Option<i64>,
+    skip: &[usize],
 ) -> RowPlan {
     let overlaps = |min: Option<i64>, max: Option<i64>| {
         !(from_ms.is_some_and(|from| max.is_some_and(|max| max < from))
@@ -221,7 +255,7 @@ fn plan_rows(
         let group = group_start..group_start + rows;
         group_start += rows;
         let want = wanted.start.max(group.start)..wanted.end.min(group.end);
-        if want.is_empty() {
+        if want.is_empty() || skip.contains(&i) {
             continue;
         }
         let (min, max) = match rg.column(col::TIMESTAMP).statistics() {
@@ -364,12 +398,12 @@ mod tests {
         let meta = three_row_groups();
         assert_eq!(meta.num_row_groups(), 3);
         // Starting in the second group: the first is skipped and counts for nothing.
-        let plan = plan_rows(&meta, 15..22, None, None);
+        let plan = plan_rows(&meta, 15..22, None, None, &[]);
         assert_eq!(plan.groups, vec![1, 2]);
         assert_eq!(plan.ranges, vec![5..10, 10..12]);
         assert_eq!(plan.rows, 15);
         // A time range that only the last group can hold.
-        let plan = plan_rows(&meta, 0..25, Some(21), Some(23));
+        let plan = plan_rows(&meta, 0..25, Some(21), Some(23), &[]);
         assert_eq!(plan.groups, vec![2]);
         assert_eq!(plan.ranges, vec![0..5]);
         assert_eq!(plan.rows, 5);

@@ -92,6 +92,7 @@ async fn conformance(url: &str) {
     );
 
     check_key_bloom_filters(&f, "conf").await;
+    check_key_pruning(&f.tiering, "conf").await;
     for p in 0..2u32 {
         let stats = f.tiering.cold_stats("conf", p);
         assert_eq!((stats.start_offset, stats.end_offset), (0, 200));
@@ -559,6 +560,54 @@ async fn check_key_bloom_filters(f: &Storage, topic: &str) {
     }
 }
 
+/// A scan for keys prunes by the bloom filters: a key no file holds reads
+/// no row group; a key a file holds reads the row groups that have it.
+/// Partition 0 of `topic` holds record `i = 2 * offset`, keyed `k{i}`
+/// unless `i % 7 == 0` (the fixture above).
+async fn check_key_pruning(tiering: &Tiering, topic: &str) {
+    let pinned = tiering.pin_manifest(topic, 0).await.unwrap();
+    assert!(!pinned.manifest.files.is_empty());
+    for file in &pinned.manifest.files {
+        let scan = |keys| FileScan {
+            file,
+            offsets: 0..u64::MAX,
+            from_ms: None,
+            to_ms: None,
+            columns: &[1, 3],
+            string_views: false,
+            keys,
+        };
+        let absent = ["no-such-key".to_string()];
+        let opened = tiering.scan_file(&scan(&absent), 1024).await.unwrap();
+        assert_eq!(
+            opened.map(|o| o.row_groups),
+            Some(0),
+            "{}: an absent key read a row group",
+            file.path
+        );
+        let offset = (file.first_offset..=file.last_offset)
+            .find(|o| (2 * o) % 7 != 0)
+            .expect("a keyed record");
+        let present = [format!("k{}", 2 * offset)];
+        let opened = tiering
+            .scan_file(&scan(&present), 1024)
+            .await
+            .unwrap()
+            .expect("rows");
+        assert!(opened.row_groups >= 1);
+        let batches: Vec<_> = opened.batches.try_collect().await.unwrap();
+        let found = batches.iter().any(|b| {
+            let keys = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            keys.iter().any(|k| k == Some(present[0].as_str()))
+        });
+        assert!(found, "{}: the key's row group was read", file.path);
+    }
+}
+
 /// Every offset in `file`, read as a query scan reads it.
 async fn count_offsets(tiering: &Tiering, file: &ColdFile) -> Vec<u64> {
     let scan = FileScan {
@@ -568,6 +617,7 @@ async fn count_offsets(tiering: &Tiering, file: &ColdFile) -> Vec<u64> {
         to_ms: None,
         columns: &[1],
         string_views: false,
+        keys: &[],
     };
     let opened = tiering.scan_file(&scan, 1024).await.unwrap().expect("rows");
     let batches: Vec<_> = opened.batches.try_collect().await.unwrap();
