@@ -23,6 +23,8 @@ pub enum BenchCommand {
     Offload(OffloadBench),
     /// Range reads and SQL over days of data, mostly in the cold tier (and DuckDB on the same files).
     Query(crate::bench_query::QueryBench),
+    /// Key lookups, one key's history and SQL by key over a long, mostly cold history.
+    Serve(crate::bench_serve::ServeBench),
 }
 
 #[derive(Args)]
@@ -109,6 +111,7 @@ pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
         BenchCommand::Consume(args) => consume(&client, args).await,
         BenchCommand::Offload(args) => offload(args).await,
         BenchCommand::Query(args) => crate::bench_query::run(&client, args).await,
+        BenchCommand::Serve(args) => crate::bench_serve::run(&client, args).await,
     }
 }
 

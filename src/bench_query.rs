@@ -44,7 +44,14 @@ const DAY_MS: i64 = 86_400_000;
 
 pub async fn run(client: &Client, args: QueryBench) -> Result<()> {
     let start_ms = END_MS - args.days as i64 * DAY_MS;
-    load(client, &args, start_ms).await?;
+    let data = Dataset {
+        topic: args.topic.clone(),
+        partitions: args.partitions,
+        records: args.records,
+        days: args.days,
+        keys: 1000,
+    };
+    load(client, &data).await?;
     // One day in the middle of the history: in the cold tier.
     let day_from = start_ms + (args.days as i64 / 2) * DAY_MS;
     let day_to = day_from + DAY_MS;
@@ -145,7 +152,7 @@ fn rfc3339(ms: i64) -> String {
     strata_server::broker::timestamp::format_timestamp(ms)
 }
 
-fn median(times: &mut [f64]) -> f64 {
+pub(crate) fn median(times: &mut [f64]) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
@@ -177,9 +184,21 @@ fn memchr_count(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
+/// What a query or serving bench loads.
+pub(crate) struct Dataset {
+    pub topic: String,
+    pub partitions: u32,
+    pub records: u64,
+    /// Days the timestamps span, ending at 2026-01-01T00:00:00Z.
+    pub days: u64,
+    /// Distinct keys (`user-N`).
+    pub keys: u64,
+}
+
 /// Loads the records unless the topic holds them, offloads all but the
 /// last ~1 %, which stays hot.
-async fn load(client: &Client, args: &QueryBench, start_ms: i64) -> Result<()> {
+pub(crate) async fn load(client: &Client, args: &Dataset) -> Result<()> {
+    let start_ms = END_MS - args.days as i64 * DAY_MS;
     ensure_topic(client, &args.topic, args.partitions).await?;
     let held = crate::bench::held_records(client, &args.topic).await?;
     if held >= args.records {
@@ -205,7 +224,7 @@ async fn load(client: &Client, args: &QueryBench, start_ms: i64) -> Result<()> {
                 break;
             }
             let count = batch.min(end - sent);
-            let body = body(sent, count, args.records, start_ms, span);
+            let body = body(sent, count, args.records, args.keys, start_ms, span);
             let (client, path) = (client.clone(), format!("/v1/topics/{}/records", args.topic));
             tasks.push(tokio::spawn(async move {
                 client
@@ -232,7 +251,7 @@ async fn load(client: &Client, args: &QueryBench, start_ms: i64) -> Result<()> {
     Ok(())
 }
 
-async fn offload(client: &Client, topic: &str) -> Result<()> {
+pub(crate) async fn offload(client: &Client, topic: &str) -> Result<()> {
     let started = Instant::now();
     let summary = client
         .send(client.request(
@@ -250,15 +269,22 @@ async fn offload(client: &Client, topic: &str) -> Result<()> {
 }
 
 /// Records `first..first+count` of `total`, their timestamps spread evenly
-/// over `span` ms from `start_ms`, keyed by one of 1,000 users.
-fn body(first: u64, count: u64, total: u64, start_ms: i64, span: i64) -> Bytes {
+/// over `span` ms from `start_ms`, keyed by one of `keys` users.
+pub(crate) fn body(
+    first: u64,
+    count: u64,
+    total: u64,
+    keys: u64,
+    start_ms: i64,
+    span: i64,
+) -> Bytes {
     let mut out = String::from("{\"records\":[");
     for n in first..first + count {
         if n > first {
             out.push(',');
         }
         let ts = start_ms + (n as i128 * span as i128 / total as i128) as i64;
-        let user = n.wrapping_mul(2_654_435_761) % 1000;
+        let user = n.wrapping_mul(2_654_435_761) % keys;
         let head = format!(
             r#"{{"key":"user-{user:04}","timestamp":{ts},"value":{{"page":"/products/{:05}","n":{n},"pad":""#,
             n % 100_000
@@ -276,7 +302,7 @@ fn body(first: u64, count: u64, total: u64, start_ms: i64, span: i64) -> Bytes {
 }
 
 /// Median seconds of DuckDB running `sql` (two threads, like this machine).
-fn duckdb_median(python: &str, sql: &str, runs: usize) -> Result<f64> {
+pub(crate) fn duckdb_median(python: &str, sql: &str, runs: usize) -> Result<f64> {
     let script = r#"
 import sys, time, duckdb
 con = duckdb.connect()

@@ -70,6 +70,8 @@ pub struct QueryFile {
     pub max_concurrent: Option<usize>,
     /// How long a response waits for a client that stopped reading (default 60000).
     pub stalled_read_ms: Option<u64>,
+    /// Keep the key index for `snapshot?key=` lookups (default true).
+    pub key_index: Option<bool>,
 }
 
 impl QueryFile {
@@ -90,6 +92,9 @@ impl QueryFile {
         }
         if let Some(ms) = self.stalled_read_ms {
             config.stalled_read = Duration::from_millis(ms.max(1));
+        }
+        if let Some(on) = self.key_index {
+            config.key_index = on;
         }
         config
     }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_query;
+mod bench_serve;
 mod client;
 mod config;
 mod consume;

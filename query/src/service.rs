@@ -45,6 +45,9 @@ pub struct QueryConfig {
     pub stalled_read: Duration,
     /// Worker threads of the query runtime.
     pub threads: usize,
+    /// Keep the key index (`<data_dir>/index/`) and answer key lookups
+    /// from it; off, lookups run the snapshot's SQL.
+    pub key_index: bool,
 }
 
 impl QueryConfig {
@@ -58,6 +61,7 @@ impl QueryConfig {
             max_concurrent: 8,
             stalled_read: Duration::from_secs(60),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            key_index: true,
         }
     }
 }
@@ -329,7 +333,12 @@ impl QueryService {
             return self.run_sql("snapshot", sql, format, Shape::Records).await;
         }
         let started = Instant::now();
-        match self.lookup(topic, as_of_ms, keys).await {
+        let found = if self.config.key_index {
+            self.lookup(topic, as_of_ms, keys).await
+        } else {
+            Ok(Lookup::Scan("the key index is off"))
+        };
+        match found {
             Ok(Lookup::Rows(rows)) => {
                 metrics::histogram!("strata_lookup_seconds")
                     .record(started.elapsed().as_secs_f64());

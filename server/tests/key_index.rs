@@ -298,3 +298,82 @@ async fn lookups_equal_an_oracle_across_tiers_restarts_and_a_lost_index() {
     until_indexed(&server, topic).await;
     check_all(&server, topic, &fresh, None).await;
 }
+
+/// Retention that removed a key's latest record: the index still holds
+/// it, so the lookup must not answer from it (it scans, and finds what
+/// the log still has: nothing for keys all of whose records expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_records_retention_removed_is_gone() {
+    let server = TestServer::start().await;
+    let topic = "expiring";
+    let year_ms = 365 * 86_400_000i64;
+    server
+        .api
+        .create_topic(
+            topic,
+            1,
+            json!({"segment_bytes": 16384, "local_retention_bytes": 0, "retention_ms": year_ms}),
+        )
+        .await;
+    let ancient: Vec<Value> = (0..600)
+        .map(|i| json!({"key": format!("k{}", i % 40), "value": {"old": i}, "timestamp": 1_000_000 + i}))
+        .collect();
+    for chunk in ancient.chunks(100) {
+        server.api.produce(topic, chunk).await;
+    }
+    until_indexed(&server, topic).await;
+    let (status, body) = server
+        .api
+        .post(
+            &format!("/v1/topics/{topic}/tiering/run?roll=true"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, described) = server.api.get(&format!("/v1/topics/{topic}")).await;
+    assert_eq!(
+        described["partitions"][0]["start_offset"], 600,
+        "retention dropped every ancient record: {described}"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let mut recent = Vec::new();
+    let records: Vec<Value> = (0..100)
+        .map(|i| json!({"key": format!("k{}", i % 20), "value": {"new": i}, "timestamp": now_ms - 60_000 + i}))
+        .collect();
+    for (record, ack) in records
+        .iter()
+        .zip(server.api.produce(topic, &records).await)
+    {
+        recent.push(Produced {
+            partition: 0,
+            offset: ack["offset"].as_u64().expect("offset"),
+            timestamp: record["timestamp"].as_i64().expect("timestamp"),
+            key: record["key"].as_str().expect("key").to_string(),
+            value: record["value"].clone(),
+        });
+    }
+    let live: Vec<String> = (0..20).map(|k| format!("k{k}")).collect();
+    let expired: Vec<String> = (20..40).map(|k| format!("k{k}")).collect();
+    let expected = oracle(&recent, i64::MAX);
+    let (how, rows) = lookup(&server, topic, &expired, None).await;
+    assert_eq!(how, "scan", "the index cannot answer for expired records");
+    assert!(rows.is_empty(), "expired keys are gone: {rows:?}");
+    let rows = eventually(
+        Duration::from_secs(30),
+        "live keys from the index",
+        || async {
+            let (how, rows) = lookup(&server, topic, &live, None).await;
+            (how == "index").then_some(rows)
+        },
+    )
+    .await;
+    let want: Vec<(String, u64, u64, Value)> = live
+        .iter()
+        .map(|k| &expected[k])
+        .map(|r| (r.key.clone(), r.partition, r.offset, r.value.clone()))
+        .collect();
+    assert_eq!(rows, want);
+}

@@ -1,0 +1,190 @@
+//! `strata bench serve`: serving reads over a long history that is mostly
+//! in the cold tier — key lookups from the key index (one key, and
+//! multi-gets of 100), one key's history (`range?key=`), and SQL
+//! `WHERE key = …` (beside DuckDB on the same Parquet files). Prints
+//! medians and p99s measured over HTTP from this process.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Args;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::bench_query::{Dataset, duckdb_median, load, median};
+use crate::client::Client;
+
+#[derive(Args)]
+pub struct ServeBench {
+    #[arg(long, default_value = "bench-serve")]
+    topic: String,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Records to load (skipped when the topic already holds them).
+    #[arg(long, default_value_t = 10_000_000)]
+    records: u64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Days the records' timestamps span.
+    #[arg(long, default_value_t = 30)]
+    days: u64,
+    /// Single-key lookups timed (multi-gets: a tenth as many).
+    #[arg(long, default_value_t = 2000)]
+    lookups: u32,
+    /// Runs of the slower reads (range, SQL); the median is reported.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
+    /// A Python with `duckdb` installed: time DuckDB on the same files.
+    #[arg(long)]
+    duckdb_python: Option<String>,
+    /// The cold tier's directory (`<data_dir>/cold`) for DuckDB.
+    #[arg(long)]
+    cold_dir: Option<String>,
+}
+
+pub async fn run(client: &Client, args: ServeBench) -> Result<()> {
+    let data = Dataset {
+        topic: args.topic.clone(),
+        partitions: args.partitions,
+        records: args.records,
+        days: args.days,
+        keys: args.keys,
+    };
+    load(client, &data).await?;
+    let topic = &args.topic;
+    let started = Instant::now();
+    loop {
+        let described = client.get_json(&format!("/v1/topics/{topic}")).await?;
+        if described["indexes"][0]["records_behind"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "key index caught up {:.1} s after loading",
+        started.elapsed().as_secs_f64()
+    );
+    let key = |n: u64| format!("user-{:04}", n.wrapping_mul(0x9e37_79b9) % args.keys);
+
+    let mut times = Vec::new();
+    for n in 0..u64::from(args.lookups) {
+        let path = format!("/v1/topics/{topic}/snapshot?key={}", key(n));
+        times.push(timed_lookup(client, &path, 1).await?);
+    }
+    report("lookup, one key", &mut times);
+
+    let mut times = Vec::new();
+    for n in 0..u64::from(args.lookups / 10).max(1) {
+        let keys: String = (0..100)
+            .map(|i| format!("key={}&", key(n * 100 + i)))
+            .collect();
+        let path = format!("/v1/topics/{topic}/snapshot?{keys}");
+        times.push(timed_lookup(client, &path, 100).await?);
+    }
+    report("multi-get, 100 keys", &mut times);
+
+    let mut times = Vec::new();
+    for n in 0..u64::from(args.runs) {
+        let path = format!("/v1/topics/{topic}/range?key={}&format=ndjson", key(n));
+        let started = Instant::now();
+        let body = client
+            .send(client.request(Method::GET, &path))
+            .await?
+            .bytes()
+            .await?;
+        times.push(started.elapsed().as_secs_f64());
+        if body.is_empty() {
+            bail!("range?key= returned nothing");
+        }
+    }
+    report("range?key=, one key's history", &mut times);
+
+    let sql = |table: &str, k: &str| {
+        format!("SELECT * FROM {table} WHERE key = '{k}' ORDER BY \"timestamp\" DESC LIMIT 1")
+    };
+    let mut times = Vec::new();
+    for n in 0..u64::from(args.runs) {
+        let text = sql(&format!("\"{topic}\""), &key(n));
+        let started = Instant::now();
+        let response = client
+            .send(
+                client
+                    .request(Method::POST, "/v1/query")
+                    .json(&json!({"sql": text})),
+            )
+            .await?;
+        let body: Value = response.json().await?;
+        times.push(started.elapsed().as_secs_f64());
+        if body["rows"].as_array().is_none_or(Vec::is_empty) {
+            bail!("SQL by key: no rows: {body}");
+        }
+    }
+    let ours = report("sql WHERE key = …, latest", &mut times);
+    if let (Some(python), Some(cold)) = (&args.duckdb_python, &args.cold_dir) {
+        let glob = format!("read_parquet('{cold}/{topic}/**/*.parquet')");
+        let t = duckdb_median(python, &sql(&glob, &key(0)), usize::from(args.runs))?;
+        println!(
+            "duckdb sql WHERE key = …, latest (cold files only): median {:.1} ms; duckdb / strata = {:.1}",
+            t * 1e3,
+            t / ours
+        );
+    }
+
+    let described = client.get_json(&format!("/v1/topics/{topic}")).await?;
+    let cold: u64 = described["partitions"]
+        .as_array()
+        .map(|ps| ps.iter().filter_map(|p| p["cold"]["bytes"].as_u64()).sum())
+        .unwrap_or(0);
+    let metrics = client
+        .send(client.request(Method::GET, "/metrics"))
+        .await?
+        .text()
+        .await?;
+    let index = metrics
+        .lines()
+        .find(|l| l.starts_with("strata_key_index_bytes"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    println!(
+        "key index {:.1} MiB, cold tier {:.1} MiB: {:.1} %",
+        index / f64::from(1 << 20),
+        cold as f64 / f64::from(1 << 20),
+        100.0 * index / cold.max(1) as f64
+    );
+    Ok(())
+}
+
+/// One lookup's seconds; fails unless the index answered with `rows` rows.
+async fn timed_lookup(client: &Client, path: &str, rows: usize) -> Result<f64> {
+    let started = Instant::now();
+    let response = client.send(client.request(Method::GET, path)).await?;
+    let how = response
+        .headers()
+        .get("strata-lookup")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body: Value = response.json().await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let found = body["records"].as_array().map_or(0, Vec::len);
+    if how != "index" || found != rows {
+        bail!("{path}: answered by {how:?} with {found} records, expected {rows} from the index");
+    }
+    Ok(elapsed)
+}
+
+/// Prints the median and p99 of `times`; returns the median.
+fn report(name: &str, times: &mut [f64]) -> f64 {
+    let m = median(times);
+    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+    println!(
+        "{name}: median {:.2} ms, p99 {:.2} ms ({} reads)",
+        m * 1e3,
+        p99 * 1e3,
+        times.len()
+    );
+    m
+}
