@@ -5,11 +5,11 @@
 use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray, RecordBatch, Scalar, StringArray, StringViewArray};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, Scalar};
 use arrow::array::{RecordBatchOptions, TimestampMillisecondArray};
-use arrow::compute::kernels::boolean::{and, or};
-use arrow::compute::kernels::cmp::{eq, gt_eq, lt};
-use arrow::compute::{filter_record_batch, prep_null_mask_filter};
+use arrow::compute::filter_record_batch;
+use arrow::compute::kernels::boolean::and;
+use arrow::compute::kernels::cmp::{gt_eq, lt};
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::metrics::Count;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -150,26 +150,21 @@ impl ScanSpec {
         }
         if let (false, Some(i)) = (self.keys.is_empty(), position(col::KEY)) {
             let keys = batch.column(i);
-            let mut any: Option<BooleanArray> = None;
-            for key in &self.keys {
-                let matches = if keys.data_type() == &arrow::datatypes::DataType::Utf8View {
-                    eq(keys, &StringViewArray::new_scalar(key.as_str()))?
-                } else {
-                    eq(keys, &StringArray::new_scalar(key.as_str()))?
-                };
-                any = Some(match any.take() {
-                    Some(before) => or(&before, &matches)?,
-                    None => matches,
-                });
-            }
-            if let Some(matches) = any {
-                // A null key never matches: nulls become false.
-                combine(if matches.null_count() > 0 {
-                    prep_null_mask_filter(&matches)
-                } else {
-                    matches
-                })?;
-            }
+            // A null key never matches.
+            let wanted = |key: Option<&str>| {
+                Some(key.is_some_and(|k| self.keys.binary_search_by(|w| w.as_str().cmp(k)).is_ok()))
+            };
+            let matches: BooleanArray = if let Some(view) = keys.as_string_view_opt() {
+                view.iter().map(wanted).collect()
+            } else if let Some(text) = keys.as_string_opt::<i32>() {
+                text.iter().map(wanted).collect()
+            } else {
+                return Err(QueryError::Internal(format!(
+                    "a cold batch has a key column of type {}",
+                    keys.data_type()
+                )));
+            };
+            combine(matches)?;
         }
         let batch = match mask {
             Some(mask) => filter_record_batch(&batch, &mask)?,

@@ -377,3 +377,30 @@ async fn a_key_whose_records_retention_removed_is_gone() {
         .collect();
     assert_eq!(rows, want);
 }
+
+/// Partitions that never had a record are indexed too (they were left
+/// "not indexed yet", so every lookup of the topic scanned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_empty_partitions_answers_from_the_index() {
+    let server = TestServer::start().await;
+    server.api.create_topic("sparse", 4, json!({})).await;
+    let records: Vec<Value> = (0..10)
+        .map(|i| json!({"key": format!("k{i}"), "value": {"i": i}, "partition": 0}))
+        .collect();
+    server.api.produce("sparse", &records).await;
+    until_indexed(&server, "sparse").await;
+    let (_, rows) = lookup(
+        &server,
+        "sparse",
+        &["k3".to_string(), "k9".to_string()],
+        None,
+    )
+    .await;
+    assert_eq!(
+        rows,
+        [
+            ("k3".to_string(), 0, 3, json!({"i": 3})),
+            ("k9".to_string(), 0, 9, json!({"i": 9}))
+        ]
+    );
+}

@@ -14,7 +14,13 @@ pub struct Entry {
     /// The record's JSON text (`null` for a tombstone).
     pub value: String,
     pub headers: Vec<(String, String)>,
+    /// The record is too large for the entry format: only its place is
+    /// kept, and a lookup that finds it scans.
+    pub unindexed: bool,
 }
+
+/// The value length that marks an entry [`Entry::unindexed`].
+const UNINDEXED: u32 = u32::MAX;
 
 impl Entry {
     /// Whether the record is a tombstone (its key is deleted).
@@ -54,6 +60,14 @@ pub fn encode<'a>(
     Some(())
 }
 
+/// Appends the stored form of a record whose value or headers do not fit
+/// (see [`Entry::unindexed`]).
+pub fn encode_unindexed(out: &mut Vec<u8>, timestamp: i64, offset: u64) {
+    out.extend_from_slice(&timestamp.to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&UNINDEXED.to_le_bytes());
+}
+
 /// The (timestamp, offset) of a stored record, without decoding the rest.
 pub fn order(bytes: &[u8]) -> Option<(i64, u64)> {
     let mut cur = Cursor(bytes);
@@ -65,6 +79,15 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
     let mut cur = Cursor(bytes);
     let timestamp = cur.i64()?;
     let offset = cur.u64()?;
+    if cur.0 == UNINDEXED.to_le_bytes() {
+        return Some(Entry {
+            timestamp,
+            offset,
+            value: String::new(),
+            headers: Vec::new(),
+            unindexed: true,
+        });
+    }
     let value = cur.text_u32()?;
     let count = cur.u16()?;
     let mut headers = Vec::with_capacity(usize::from(count).min(bytes.len()));
@@ -78,6 +101,7 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
         offset,
         value,
         headers,
+        unindexed: false,
     })
 }
 
@@ -127,7 +151,11 @@ mod tests {
             entry.headers,
             vec![("a".into(), "1".into()), ("".into(), "é".into())]
         );
-        assert!(!entry.is_tombstone());
+        assert!(!entry.is_tombstone() && !entry.unindexed);
+        let mut marked = Vec::new();
+        encode_unindexed(&mut marked, 3, 4);
+        let marked = decode(&marked).unwrap();
+        assert!(marked.unindexed && (marked.timestamp, marked.offset) == (3, 4));
         assert!(entry.is_after(-5, 6) && !entry.is_after(-5, 7) && !entry.is_after(0, 0));
     }
 

@@ -37,7 +37,7 @@ pub(crate) async fn run(
     let mut failing = false;
     let mut swept: Option<Instant> = None;
     while !*stopping.borrow() {
-        let busy = match pass(&index, &broker, &tiering, &mut swept).await {
+        let busy = match pass(&index, &broker, &tiering, &mut swept, &stopping).await {
             Ok(busy) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!("the key index is being updated again");
@@ -70,6 +70,7 @@ async fn pass(
     broker: &Broker,
     tiering: &Arc<Tiering>,
     swept: &mut Option<Instant>,
+    stopping: &watch::Receiver<bool>,
 ) -> Result<bool> {
     let topics = broker.topics();
     if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
@@ -89,14 +90,33 @@ async fn pass(
         }
         let mut behind = 0;
         for partition in topic.partitions() {
-            let (applied, left) = step(index, tiering, topic, partition).await?;
-            busy |= applied;
-            behind += left;
+            if *stopping.borrow() {
+                return Ok(false);
+            }
+            // One partition that cannot be read (a cold file that fails,
+            // a topic deleted meanwhile) holds up no other.
+            match step(index, tiering, topic, partition).await {
+                Ok((applied, left)) => {
+                    busy |= applied;
+                    behind += left;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, topic = topic.name(), partition = partition.id(),
+                        "the key index skips a partition this pass");
+                }
+            }
         }
         metrics::gauge!("strata_key_index_lag_records", "topic" => topic.name().to_string())
             .set(behind as f64);
     }
-    metrics::gauge!("strata_key_index_bytes").set(index.store.bytes() as f64);
+    let store = index.store.clone();
+    let bytes = blocking(move || {
+        // An idle index makes its last commits durable too.
+        store.sync_if_due()?;
+        Ok(store.bytes())
+    })
+    .await?;
+    metrics::gauge!("strata_key_index_bytes").set(bytes as f64);
     Ok(busy)
 }
 
@@ -136,6 +156,12 @@ async fn step(
     // known again yet) waits; lookups scan meanwhile.
     let from = progress.unwrap_or(start).max(start);
     if from >= end {
+        if progress.is_none() {
+            // Nothing to apply yet, but the partition is indexed: lookups
+            // of an empty partition need not scan.
+            let (store, at) = (index.store.clone(), name.clone());
+            blocking(move || store.apply(&at, id, end, &[])).await?;
+        }
         return Ok((false, 0));
     }
     let to = end.min(from + RECORDS_PER_STEP);

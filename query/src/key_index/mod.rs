@@ -118,6 +118,15 @@ impl KeyIndex {
             .retain(|name, _| live.contains(name.as_str()));
     }
 
+    /// Forgets a topic that is being deleted, so that one created later
+    /// under its name starts from nothing even across a restart.
+    /// (The topic stays in `verified`: a pass that was applying the old
+    /// topic's records meanwhile is undone when the next one finds another
+    /// topic object under the name.)
+    pub async fn topic_deleted(&self, topic: &str) -> Result<()> {
+        self.reset(topic).await
+    }
+
     async fn reset(&self, topic: &str) -> Result<()> {
         tracing::info!(topic, "the key index forgets a deleted topic");
         let (store, topic) = (self.store.clone(), topic.to_string());
@@ -144,16 +153,21 @@ impl KeyIndex {
             .filter(|k| seen.insert(k.as_str()))
             .cloned()
             .collect();
-        // Pinned first: everything acknowledged before now is below the
-        // pinned ends, and the index is read after.
-        let pinned = pin_topic(broker, tiering, topic, None).await?;
-        let ids: Vec<u32> = pinned.partitions.iter().map(|p| p.id).collect();
+        // The index is read before the partitions are pinned: everything
+        // acknowledged before the request is below the pinned ends, and
+        // the records between the index's progress and those ends (the
+        // tail) are applied here.
+        let ids: Vec<u32> = (0..current.partitions().len() as u32).collect();
         let (store, name, asked) = (self.store.clone(), topic.to_string(), wanted.clone());
         let hits = blocking(move || {
             let keys: Vec<&str> = asked.iter().map(String::as_str).collect();
             store.lookup(&name, &ids, &keys)
         })
         .await?;
+        let pinned = pin_topic(broker, tiering, topic, None).await?;
+        if pinned.partitions.len() != hits.len() {
+            return Ok(Lookup::Scan("the topic changed during the lookup"));
+        }
         let mut best: Vec<Option<(u32, Entry)>> = vec![None; wanted.len()];
         for (part, hits) in pinned.partitions.iter().zip(hits) {
             let Some(done) = hits.progress else {
@@ -172,6 +186,9 @@ impl KeyIndex {
             }
             for (i, entry) in found.into_iter().enumerate() {
                 let Some(entry) = entry else { continue };
+                if entry.unindexed {
+                    return Ok(Lookup::Scan("a key's latest record is too large to index"));
+                }
                 if entry.offset < start {
                     return Ok(Lookup::Scan("retention removed a key's latest record"));
                 }
@@ -246,6 +263,7 @@ async fn apply_tail(
                         .headers(row)
                         .map(|(n, v)| (n.to_string(), v.to_string()))
                         .collect(),
+                    unindexed: false,
                 });
             }
         }

@@ -59,7 +59,9 @@ pub struct PartitionHits {
 pub struct IndexStore {
     db: Database,
     path: PathBuf,
-    synced: Mutex<Instant>,
+    /// When commits were last made durable, and whether any were made
+    /// since without being durable.
+    synced: Mutex<(Instant, bool)>,
 }
 
 impl std::fmt::Debug for IndexStore {
@@ -77,8 +79,22 @@ impl IndexStore {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
         let path = dir.join("keys.redb");
-        let db = match Database::create(&path) {
+        // redb can panic instead of failing on some damaged files: either
+        // way the file is damaged and is rebuilt.
+        let opened = std::panic::catch_unwind(|| Database::create(&path))
+            .unwrap_or_else(|_| Err(redb::DatabaseError::RepairAborted));
+        let db = match opened {
             Ok(db) => db,
+            // Not damage: the file stays.
+            Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => return Err(err("opening", e)),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return Err(err("opening", e));
+            }
             Err(error) => {
                 tracing::warn!(%error, path = %path.display(),
                     "the key index does not open; rebuilding it from the log");
@@ -89,7 +105,7 @@ impl IndexStore {
         Ok(Self {
             db,
             path,
-            synced: Mutex::new(Instant::now()),
+            synced: Mutex::new((Instant::now(), false)),
         })
     }
 
@@ -136,7 +152,7 @@ impl IndexStore {
         batches: &[RecordBatch],
     ) -> Result<()> {
         let mut txn = self.db.begin_write().map_err(|e| err("writing", e))?;
-        let durable = self.synced.lock().elapsed() >= SYNC_EVERY;
+        let durable = self.synced.lock().0.elapsed() >= SYNC_EVERY;
         if !durable {
             txn.set_durability(Durability::None)
                 .map_err(|e| err("writing", e))?;
@@ -182,15 +198,16 @@ impl IndexStore {
                         columns.value(row),
                         headers.into_iter(),
                     );
-                    if fits.is_some() {
-                        table
-                            .insert(key, encoded.as_slice())
-                            .map_err(|e| err("writing", e))?;
-                    } else {
+                    if fits.is_none() {
                         // A record the entry format cannot hold: its key
-                        // must never answer from an older record.
-                        table.remove(key).map_err(|e| err("writing", e))?;
+                        // is marked so that lookups of it scan, never
+                        // answering from an older record.
+                        encoded.clear();
+                        entry::encode_unindexed(&mut encoded, order.0, order.1);
                     }
+                    table
+                        .insert(key, encoded.as_slice())
+                        .map_err(|e| err("writing", e))?;
                 }
             }
             let mut progress = txn.open_table(PROGRESS).map_err(|e| err("writing", e))?;
@@ -199,9 +216,12 @@ impl IndexStore {
                 .map_err(|e| err("writing", e))?;
         }
         txn.commit().map_err(|e| err("committing", e))?;
-        if durable {
-            *self.synced.lock() = Instant::now();
-        }
+        let mut synced = self.synced.lock();
+        *synced = if durable {
+            (Instant::now(), false)
+        } else {
+            (synced.0, true)
+        };
         Ok(())
     }
 
@@ -230,7 +250,7 @@ impl IndexStore {
             }
         }
         txn.commit().map_err(|e| err("committing", e))?;
-        *self.synced.lock() = Instant::now();
+        *self.synced.lock() = (Instant::now(), false);
         Ok(())
     }
 
@@ -238,7 +258,17 @@ impl IndexStore {
     pub fn sync(&self) -> Result<()> {
         let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
         txn.commit().map_err(|e| err("committing", e))?;
-        *self.synced.lock() = Instant::now();
+        *self.synced.lock() = (Instant::now(), false);
+        Ok(())
+    }
+
+    /// [`IndexStore::sync`] when a commit has stayed volatile for
+    /// [`SYNC_EVERY`] (an index gone idle keeps the contract).
+    pub fn sync_if_due(&self) -> Result<()> {
+        let (at, dirty) = *self.synced.lock();
+        if dirty && at.elapsed() >= SYNC_EVERY {
+            self.sync()?;
+        }
         Ok(())
     }
 
@@ -294,5 +324,84 @@ impl IndexStore {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_tiering::schema::ArrowBatchBuilder;
+
+    fn batch(first: u64, n: u64) -> RecordBatch {
+        let mut rows = ArrowBatchBuilder::new();
+        for offset in first..first + n {
+            let key = format!("k{}", offset % 50);
+            let value = format!("{{\"o\":{offset}}}");
+            rows.push_parts(0, offset, offset as i64, Some(&key), &value, &[])
+                .unwrap();
+        }
+        rows.finish().unwrap()
+    }
+
+    /// A damaged index file (cut short anywhere, or not a database at
+    /// all) opens as an empty index instead of failing or panicking.
+    #[test]
+    fn damaged_files_open_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = IndexStore::open(dir.path()).unwrap();
+            store.apply("t", 0, 500, &[batch(0, 500)]).unwrap();
+            store.sync().unwrap();
+            assert_eq!(store.progress("t", 0).unwrap(), Some(500));
+            let hits = store.lookup("t", &[0], &["k7", "nope"]).unwrap();
+            assert_eq!(hits[0].entries[0].as_ref().map(|e| e.offset), Some(457));
+            assert!(hits[0].entries[1].is_none());
+        }
+        let path = dir.path().join("keys.redb");
+        let whole = std::fs::read(&path).unwrap();
+        let mut cuts: Vec<usize> = (0..whole.len()).step_by(whole.len() / 16 + 1).collect();
+        cuts.push(whole.len() - 1);
+        for cut in cuts {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let store = IndexStore::open(dir.path()).unwrap();
+            // Whatever survived is consistent: no progress, or all of it.
+            let progress = store.progress("t", 0).unwrap();
+            assert!(
+                matches!(progress, None | Some(500)),
+                "cut at {cut}: {progress:?}"
+            );
+            store.apply("t", 1, 10, &[batch(0, 10)]).unwrap();
+        }
+        std::fs::write(&path, b"not a database").unwrap();
+        let store = IndexStore::open(dir.path()).unwrap();
+        assert_eq!(store.progress("t", 0).unwrap(), None);
+    }
+
+    /// Later records win by timestamp, not by arrival: an older record
+    /// applied after a newer one leaves the newer one.
+    #[test]
+    fn the_latest_by_timestamp_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IndexStore::open(dir.path()).unwrap();
+        let mut rows = ArrowBatchBuilder::new();
+        rows.push_parts(0, 0, 200, Some("k"), "\"new\"", &[])
+            .unwrap();
+        rows.push_parts(0, 1, 100, Some("k"), "\"old\"", &[])
+            .unwrap();
+        store.apply("t", 0, 2, &[rows.finish().unwrap()]).unwrap();
+        let mut rows = ArrowBatchBuilder::new();
+        rows.push_parts(0, 2, 150, Some("k"), "\"older\"", &[])
+            .unwrap();
+        rows.push_parts(0, 3, 200, Some("k"), "\"tie\"", &[])
+            .unwrap();
+        store.apply("t", 0, 4, &[rows.finish().unwrap()]).unwrap();
+        let hits = store.lookup("t", &[0], &["k"]).unwrap();
+        assert_eq!(
+            hits[0].entries[0].as_ref().map(|e| e.value.as_str()),
+            Some("\"tie\"")
+        );
+        store.reset("t", None).unwrap();
+        assert_eq!(store.progress("t", 0).unwrap(), None);
+        assert!(store.partitions().unwrap().is_empty());
     }
 }

@@ -233,7 +233,13 @@ pub(super) async fn delete(
     app.broker.topic(&name)?;
     app.tiering.delete_topic(&name).await?;
     let broker = app.broker.clone();
-    blocking(move || broker.delete_topic(&name)).await?;
+    let deleted = name.clone();
+    blocking(move || broker.delete_topic(&deleted)).await?;
+    // Derived data: a failure here is logged, and the index's own checks
+    // (its start-up sweep, the topic object) forget the topic later.
+    if let Err(error) = app.query.key_index().topic_deleted(&name).await {
+        tracing::warn!(%error, topic = %name, "the key index did not forget a deleted topic yet");
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
