@@ -81,6 +81,20 @@ async fn verify(api: &Api, acked: &Acked) -> usize {
     total
 }
 
+const VIEW_SQL: &str = "SELECT key, count(*) AS n, max(\"offset\") AS last, sum(length(value)) AS bytes FROM crash GROUP BY key ORDER BY key";
+
+/// Guards materialized views across SIGKILL (issue #12): the view equals
+/// its SQL after the restart, nothing counted twice or lost.
+async fn verify_view(api: &Api) {
+    let (status, view) = api.get("/v1/views/per_key").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{view}");
+    let (_, direct) = api.post("/v1/query", &json!({ "sql": VIEW_SQL })).await;
+    assert_eq!(
+        view, direct,
+        "the materialized view equals its SQL after SIGKILL"
+    );
+}
+
 /// Guards the key index across SIGKILL (issue #12): each key's lookup
 /// equals its latest record in the log, first as the restarted server
 /// answers at once (index or scan), then once the index answers.
@@ -149,6 +163,14 @@ async fn acknowledged_records_survive_sigkill() {
         .api
         .create_topic("crash", PARTITIONS, json!({"segment_bytes": 65536}))
         .await;
+    let (status, body) = server
+        .api
+        .post(
+            "/v1/views",
+            &json!({"name": "per_key", "sql": VIEW_SQL, "materialized": true}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
     for (round, kill_after) in [3000usize, 12000, 500, 30000, 6000].into_iter().enumerate() {
         let before = acked.lock().unwrap().len();
         let producers: Vec<_> = (0..PRODUCERS)
@@ -178,6 +200,7 @@ async fn acknowledged_records_survive_sigkill() {
         let total = verify(&server.api, &acked).await;
         assert!(total >= acked.lock().unwrap().len());
         verify_lookups(&server.api).await;
+        verify_view(&server.api).await;
     }
     let status = server.terminate();
     assert!(status.success(), "clean shutdown exits 0: {status:?}");

@@ -14,6 +14,8 @@
 //!   predicates and projections pushed down;
 //! - [`key_index`]: each key's latest record, kept up to date as records
 //!   are committed, for `snapshot?key=` lookups;
+//! - [`materialized`]: materialized views, kept up to date as records
+//!   arrive;
 //! - [`sql`]: the SQL engine (DataFusion with JSON functions, a shared
 //!   memory pool that spills, no DDL or DML);
 //! - [`sql_limits`]: how long and how deep a SQL text may be, checked
@@ -27,6 +29,7 @@
 pub mod error;
 pub mod format;
 pub mod key_index;
+pub mod materialized;
 pub mod pin;
 pub mod scan;
 pub mod service;

@@ -19,6 +19,8 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::error::{QueryError, Result};
 use crate::format::{Encoder, Format, Shape};
 use crate::key_index::{KeyIndex, Lookup};
+use crate::materialized::Materialized;
+use crate::materialized::shape::{Shape as ViewShape, analyze};
 use crate::pin;
 use crate::scan::{self, BatchStream, ScanSpec};
 use crate::sql::{MAX_SNAPSHOT_KEYS, SqlConfig, SqlEngine, snapshot_keys_sql, snapshot_sql};
@@ -89,6 +91,10 @@ pub struct Output {
     pub rest: mpsc::Receiver<Result<Bytes>>,
 }
 
+/// The response header of a materialized view's read: which records it
+/// reflects, as `<topic>/<partition>=<next offset>,...`.
+pub const VIEW_OFFSETS_HEADER: &str = "strata-view-offsets";
+
 /// The response header saying how a key lookup was answered: `index`, or
 /// `scan` (the snapshot's SQL, when the index cannot know).
 pub const LOOKUP_HEADER: &str = "strata-lookup";
@@ -100,6 +106,7 @@ pub struct QueryService {
     tiering: Arc<Tiering>,
     views: Arc<ViewStore>,
     keys: Arc<KeyIndex>,
+    materialized: Arc<Materialized>,
     sql: Arc<SqlEngine>,
     config: QueryConfig,
     permits: Arc<Semaphore>,
@@ -120,6 +127,7 @@ impl QueryService {
     pub fn open(broker: Arc<Broker>, tiering: Arc<Tiering>, config: QueryConfig) -> Result<Self> {
         let views = Arc::new(ViewStore::open(&config.data_dir.join("views"))?);
         let keys = Arc::new(KeyIndex::open(&config.data_dir.join("index"))?);
+        let materialized = Arc::new(Materialized::open(&config.data_dir.join("index"))?);
         let spill_dir = config.data_dir.join("tmp").join("query");
         // Spill files of queries cut short by a crash are garbage.
         let _ = std::fs::remove_dir_all(&spill_dir);
@@ -142,16 +150,38 @@ impl QueryService {
             .enable_all()
             .build()
             .map_err(|e| QueryError::Internal(format!("starting the query runtime: {e}")))?;
-        Ok(Self {
+        let service = Self {
             broker,
             tiering,
             views,
             keys,
+            materialized,
             sql: Arc::new(sql),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             config,
             runtime: Some(runtime),
-        })
+        };
+        for view in service.views.list().into_iter().filter(|v| v.materialized) {
+            // Planned on the query runtime, whose threads have the stack.
+            let (engine, broker) = (service.sql.clone(), service.broker.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            let sql = view.sql.clone();
+            service.query_runtime()?.spawn(async move {
+                let _ = tx.send(materialize(&engine, &broker, &sql).await);
+            });
+            // Waited for here, so that reads never see a materialized view
+            // that is not kept yet (open may run inside another runtime,
+            // whose thread this blocks briefly).
+            let kept = rx
+                .recv()
+                .map_err(|_| QueryError::Internal("planning a materialized view stopped".into()))?;
+            match kept {
+                Ok((shape, schema)) => service.materialized.register(&view.name, shape, schema)?,
+                Err(error) => tracing::warn!(%error, view = %view.name,
+                    "a materialized view cannot be kept; it is computed at each read"),
+            }
+        }
+        Ok(service)
     }
 
     /// The stored views.
@@ -260,8 +290,9 @@ impl QueryService {
         self.views.get(name).is_some()
     }
 
-    /// Stores a view after checking that its SQL plans.
-    pub async fn create_view(&self, name: &str, sql: &str) -> Result<View> {
+    /// Stores a view after checking that its SQL plans (and, materialized,
+    /// that it can be kept up to date incrementally).
+    pub async fn create_view(&self, name: &str, sql: &str, materialized: bool) -> Result<View> {
         crate::views::check_name(name)?;
         if self.broker.topic(name).is_ok() {
             return Err(QueryError::NameTaken(name.to_string()));
@@ -271,9 +302,17 @@ impl QueryService {
         }
         // Planned on the query runtime, whose threads have the stack for it.
         let engine = self.sql.clone();
-        let checked = sql.to_string();
-        self.query_runtime()?
-            .spawn(async move { engine.check(&checked).await })
+        let (checked, broker) = (sql.to_string(), self.broker.clone());
+        let kept = self
+            .query_runtime()?
+            .spawn(async move {
+                engine.check(&checked).await?;
+                if materialized {
+                    materialize(&engine, &broker, &checked).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            })
             .await
             .map_err(|e| QueryError::Internal(format!("checking the view failed: {e}")))??;
         let view = View {
@@ -282,34 +321,84 @@ impl QueryService {
             created_at: strata_broker::timestamp::format_timestamp(
                 strata_broker::timestamp::now_ms(),
             ),
+            materialized,
         };
         let views = self.views.clone();
         let stored = view.clone();
+        // Any state left by an earlier view of this name goes first.
+        self.materialized.forget(name).await?;
         tokio::task::spawn_blocking(move || views.create(stored))
             .await
             .map_err(|e| QueryError::Internal(format!("storing the view failed: {e}")))??;
+        if let Some((shape, schema)) = kept {
+            self.materialized.register(name, shape, schema)?;
+        }
         Ok(view)
     }
 
     /// Deletes a view.
     pub async fn delete_view(&self, name: &str) -> Result<()> {
         let views = self.views.clone();
-        let name = name.to_string();
-        tokio::task::spawn_blocking(move || views.delete(&name))
+        let deleted = name.to_string();
+        tokio::task::spawn_blocking(move || views.delete(&deleted))
             .await
-            .map_err(|e| QueryError::Internal(format!("deleting the view failed: {e}")))?
+            .map_err(|e| QueryError::Internal(format!("deleting the view failed: {e}")))??;
+        self.materialized.forget(name).await
     }
 
-    /// The current rows of a view.
-    pub async fn read_view(&self, name: &str, format: Format) -> Result<Output> {
+    /// The current rows of a view; with `key`, only the row of that key
+    /// (a materialized view whose first column is the topic's key).
+    pub async fn read_view(&self, name: &str, format: Format, key: Option<&str>) -> Result<Output> {
         let Some(view) = self.views.get(name) else {
             return Err(QueryError::ViewNotFound(name.chars().take(128).collect()));
         };
-        // The view's own SQL, not `SELECT * FROM view`: the optimizer drops
-        // an ORDER BY without LIMIT inside a subquery, so the rows came back
-        // in partition order although the same SQL through /v1/query is
-        // ordered (issue #12).
-        self.run_sql("view", view.sql, format, Shape::Table).await
+        let live = self.materialized.get(name);
+        if key.is_some() && !live.as_ref().is_some_and(|l| l.shape.key_first) {
+            return Err(QueryError::InvalidRequest(
+                "key= reads one row of a materialized view whose first column is the topic's key"
+                    .into(),
+            ));
+        }
+        let Some(live) = live else {
+            // The view's own SQL, not `SELECT * FROM view`: the optimizer
+            // drops an ORDER BY without LIMIT inside a subquery, so the
+            // rows came back in partition order although the same SQL
+            // through /v1/query is ordered (issue #12).
+            return self.run_sql("view", view.sql, format, Shape::Table).await;
+        };
+        let permit = self.permit()?;
+        let (views, engine) = (self.materialized.clone(), self.sql.clone());
+        let (broker, tiering) = (self.broker.clone(), self.tiering.clone());
+        let key = key.map(str::to_string);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let read = async move {
+            let read = views
+                .read(&live, &engine, &broker, &tiering, key.as_deref())
+                .await?;
+            let offsets = read
+                .offsets
+                .iter()
+                .map(|(p, next)| format!("{}/{p}={next}", live.shape.topic))
+                .collect::<Vec<_>>()
+                .join(",");
+            let _ = tx.send(offsets);
+            let batches: BatchStream = read.batches.map_err(QueryError::from).boxed();
+            Ok((read.schema, batches))
+        };
+        let limits = Limits::new(permit, self.config.timeout);
+        let mut output = self
+            .stream(
+                "materialized_view",
+                format,
+                Shape::Table,
+                Some(limits),
+                read,
+            )
+            .await?;
+        if let Ok(offsets) = rx.await {
+            output.headers.push((VIEW_OFFSETS_HEADER, offsets));
+        }
+        Ok(output)
     }
 
     /// The table a topic's change log describes at `as_of_ms`; with
@@ -459,6 +548,31 @@ impl Limits {
             timeout,
         }
     }
+}
+
+/// The shape of a view to materialize and its partial rows' schema, or
+/// `400` naming what cannot be maintained incrementally.
+async fn materialize(
+    engine: &SqlEngine,
+    broker: &Broker,
+    sql: &str,
+) -> Result<(ViewShape, SchemaRef)> {
+    let refuse = |why: String| {
+        QueryError::InvalidRequest(format!(
+            "this view cannot be materialized (kept up to date as records arrive): {why}"
+        ))
+    };
+    let output = engine.check(sql).await?;
+    let names: Vec<String> = output.fields().iter().map(|f| f.name().clone()).collect();
+    let shape = analyze(sql, &names).map_err(refuse)?;
+    if broker.topic(&shape.topic).is_err() {
+        return Err(refuse(format!(
+            "it must read a topic, and {:?} is not one",
+            shape.topic
+        )));
+    }
+    let partial = engine.check(&shape.partial_sql(0, 0, 0)).await?;
+    Ok((shape, partial))
 }
 
 async fn sql_batches(engine: &SqlEngine, sql: &str) -> Result<(SchemaRef, BatchStream)> {

@@ -105,6 +105,21 @@ impl SqlEngine {
         Ok(DataFrame::new(ctx.state(), plan).execute_stream().await?)
     }
 
+    /// Runs `sql` over one in-memory table `name` holding `batch` (a
+    /// materialized view's state); no topic or view is visible to it.
+    pub async fn execute_over(
+        &self,
+        sql: &str,
+        name: &str,
+        batch: datafusion::arrow::record_batch::RecordBatch,
+    ) -> Result<SendableRecordBatchStream> {
+        let ctx = self.session()?;
+        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        ctx.register_table(name, Arc::new(table))?;
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        Ok(DataFrame::new(ctx.state(), plan).execute_stream().await?)
+    }
+
     async fn plan(
         &self,
         ctx: &SessionContext,

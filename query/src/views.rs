@@ -22,6 +22,9 @@ pub struct View {
     pub sql: String,
     /// RFC 3339 creation time.
     pub created_at: String,
+    /// Kept up to date as records arrive ([`crate::materialized`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub materialized: bool,
 }
 
 /// The views of one server.
@@ -131,6 +134,7 @@ mod tests {
 
     fn view(name: &str) -> View {
         View {
+            materialized: false,
             name: name.into(),
             sql: "SELECT 1".into(),
             created_at: "2024-01-01T00:00:00.000Z".into(),

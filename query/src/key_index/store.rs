@@ -41,8 +41,39 @@ fn keys_table(name: &str) -> String {
     format!("{KEYS}{name}")
 }
 
-fn err(what: &str, e: impl std::fmt::Display) -> QueryError {
-    QueryError::Internal(format!("the key index failed {what}: {e}"))
+pub(crate) fn err(what: &str, e: impl std::fmt::Display) -> QueryError {
+    QueryError::Internal(format!("the index failed {what}: {e}"))
+}
+
+/// Opens (or creates) a redb database of derived data at `path`. A file
+/// that does not open because it is damaged (or of another format) is
+/// deleted and started afresh; "already open" and I/O errors other than
+/// unreadable data are returned.
+pub(crate) fn open_database(path: &Path) -> Result<Database> {
+    // redb can panic instead of failing on some damaged files: either
+    // way the file is damaged and is rebuilt.
+    let opened = std::panic::catch_unwind(|| Database::create(path))
+        .unwrap_or_else(|_| Err(redb::DatabaseError::RepairAborted));
+    let db = match opened {
+        Ok(db) => db,
+        // Not damage: the file stays.
+        Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => return Err(err("opening", e)),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            return Err(err("opening", e));
+        }
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(),
+                "derived data does not open; rebuilding it from the log");
+            std::fs::remove_file(path).map_err(|e| err("removing a damaged file", e))?;
+            Database::create(path).map_err(|e| err("creating its file", e))?
+        }
+    };
+    Ok(db)
 }
 
 /// What the index holds for some keys in one partition.
@@ -79,29 +110,7 @@ impl IndexStore {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
         let path = dir.join("keys.redb");
-        // redb can panic instead of failing on some damaged files: either
-        // way the file is damaged and is rebuilt.
-        let opened = std::panic::catch_unwind(|| Database::create(&path))
-            .unwrap_or_else(|_| Err(redb::DatabaseError::RepairAborted));
-        let db = match opened {
-            Ok(db) => db,
-            // Not damage: the file stays.
-            Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => return Err(err("opening", e)),
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                return Err(err("opening", e));
-            }
-            Err(error) => {
-                tracing::warn!(%error, path = %path.display(),
-                    "the key index does not open; rebuilding it from the log");
-                std::fs::remove_file(&path).map_err(|e| err("removing a damaged file", e))?;
-                Database::create(&path).map_err(|e| err("creating its file", e))?
-            }
-        };
+        let db = open_database(&path)?;
         Ok(Self {
             db,
             path,

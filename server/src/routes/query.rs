@@ -221,6 +221,10 @@ async fn check_topics(app: &AppState, principal: &Principal, sql: &str) -> Resul
 struct CreateView {
     name: String,
     sql: String,
+    /// Keep the view up to date as records arrive (`GROUP BY` views over
+    /// one topic with count, sum, min, max, avg).
+    #[serde(default)]
+    materialized: bool,
 }
 
 #[utoipa::path(post, path = "/v1/views", operation_id = "create_view", tag = "views",
@@ -237,8 +241,11 @@ pub(super) async fn create_view(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, MAX_QUERY_BODY).await?;
-    let request: CreateView = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid_request(format!("expected {{\"name\", \"sql\"}}: {e}")))?;
+    let request: CreateView = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "expected {{\"name\", \"sql\", \"materialized\"}}: {e}"
+        ))
+    })?;
     // Views and topics share one namespace: a name the caller may not
     // consume is refused whether or not a topic has it, so that creating a
     // view cannot tell which topics exist.
@@ -246,7 +253,10 @@ pub(super) async fn create_view(
         principal.require(Need::Consume(&request.name))?;
     }
     check_topics(&app, &principal, &request.sql).await?;
-    let view = app.query.create_view(&request.name, &request.sql).await?;
+    let view = app
+        .query
+        .create_view(&request.name, &request.sql, request.materialized)
+        .await?;
     Ok(json_response(StatusCode::CREATED, json_bytes(&json!(view))))
 }
 
@@ -279,9 +289,12 @@ pub(super) async fn list_views(
 #[utoipa::path(get, path = "/v1/views/{name}", operation_id = "read_view", tag = "views",
     params(
         ("name" = String, Path, description = "view name"),
-        ("format" = Option<crate::openapi::OutputFormat>, Query, description = "default json")),
+        ("format" = Option<crate::openapi::OutputFormat>, Query, description = "default json"),
+        ("key" = Option<String>, Query, description = "one key's row (a materialized view whose first column is the topic's key)")),
     responses(
-        (status = 200, description = "the view's rows, streamed", content(
+        (status = 200, description = "the view's rows, streamed", headers(
+            ("strata-view-offsets" = String, description = "materialized views: the records the rows reflect, `<topic>/<partition>=<next offset>,...`")),
+            content(
             (serde_json::Value = "application/json"),
             (String = "application/x-ndjson"),
             (String = "text/csv"),
@@ -295,12 +308,14 @@ pub(super) async fn read_view(
     ApiPath(name): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query.as_deref(), &["format"])?;
+    let params = Params::parse(query.as_deref(), &["format", "key"])?;
     let format = format_param(&params, Format::Json)?;
     require_view(&app, &principal, &name).await?;
     let meter = consume_meter(&app, &principal)?;
     Ok(streaming(
-        app.query.read_view(&name, format).await?,
+        app.query
+            .read_view(&name, format, params.get("key"))
+            .await?,
         &app,
         meter,
     ))

@@ -1,0 +1,252 @@
+//! Materialized views (`"materialized": true`): views kept up to date as
+//! records arrive instead of computed from the whole history at each read
+//! (issue #12).
+//!
+//! - [`shape`]: which SQL can be maintained, and its partial and final
+//!   queries;
+//! - [`state`]: the views' state on disk and its atomic merge.
+//!
+//! # Contract
+//!
+//! A read returns what the view's SQL returns over everything
+//! acknowledged before the read: it first applies, under the view's lock,
+//! every partition's committed records up to the partition's end as the
+//! read starts (usually few: a background task keeps every view close),
+//! then runs the view's final query over the state. The state is bounded
+//! by the number of groups, survives restarts (progress and state change
+//! together), and is rebuilt from the log and the cold tier when lost.
+//! Records that retention drops after they were applied stay counted: a
+//! view keeps what it has seen (the same SQL run on demand counts only
+//! what is still kept).
+
+pub mod shape;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use futures::TryStreamExt;
+use parking_lot::RwLock;
+use strata_broker::Broker;
+use strata_tiering::Tiering;
+use tokio::sync::watch;
+
+use self::shape::Shape;
+use self::state::{Codec, ViewState};
+use crate::error::{QueryError, Result};
+use crate::pin::pin_partition;
+use crate::sql::SqlEngine;
+
+/// Most offsets of one partition one partial query covers.
+const OFFSETS_PER_CHUNK: u64 = 64 * 1024;
+/// Pause between maintenance passes.
+const IDLE: Duration = Duration::from_millis(50);
+
+/// One materialized view being kept.
+pub struct Live {
+    pub name: String,
+    pub shape: Shape,
+    codec: Codec,
+    /// Held while records are applied: by the background task or a read.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The node's materialized views.
+#[derive(Debug)]
+pub struct Materialized {
+    state: Arc<ViewState>,
+    live: RwLock<HashMap<String, Arc<Live>>>,
+}
+
+/// What a read of a materialized view gives: its rows and, per partition,
+/// the next offset they reflect.
+pub struct ViewRead {
+    pub schema: SchemaRef,
+    pub batches: datafusion::execution::SendableRecordBatchStream,
+    pub offsets: Vec<(u32, u64)>,
+}
+
+impl Materialized {
+    /// Opens the state kept in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            state: Arc::new(ViewState::open(dir)?),
+            live: RwLock::default(),
+        })
+    }
+
+    /// Starts keeping view `name` of `shape`, whose partial rows have
+    /// `partial_schema`.
+    pub fn register(&self, name: &str, shape: Shape, partial_schema: SchemaRef) -> Result<()> {
+        let codec = Codec::new(partial_schema, shape.groups)?;
+        let live = Arc::new(Live {
+            name: name.to_string(),
+            shape,
+            codec,
+            applying: tokio::sync::Mutex::new(()),
+        });
+        self.live.write().insert(name.to_string(), live);
+        Ok(())
+    }
+
+    /// The view `name`, if it is kept.
+    pub fn get(&self, name: &str) -> Option<Arc<Live>> {
+        self.live.read().get(name).cloned()
+    }
+
+    /// Stops keeping `name` and drops its state.
+    pub async fn forget(&self, name: &str) -> Result<()> {
+        let live = self.live.write().remove(name);
+        // A read or pass applying right now finishes first.
+        let _done = match &live {
+            Some(live) => Some(live.applying.lock().await),
+            None => None,
+        };
+        let (state, name) = (self.state.clone(), name.to_string());
+        blocking(move || state.drop_view(&name)).await
+    }
+
+    /// Drops the state of views that are not kept (deleted while the
+    /// server was down).
+    pub async fn sweep(&self) -> Result<()> {
+        let state = self.state.clone();
+        let held = blocking(move || state.views()).await?;
+        for name in held {
+            if self.get(&name).is_none() {
+                let state = self.state.clone();
+                blocking(move || state.drop_view(&name)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every partition's committed records to `live`'s state;
+    /// returns the next offset of each partition it now reflects.
+    pub async fn catch_up(
+        &self,
+        live: &Live,
+        engine: &SqlEngine,
+        broker: &Broker,
+        tiering: &Tiering,
+        stopping: Option<&watch::Receiver<bool>>,
+    ) -> Result<Vec<(u32, u64)>> {
+        let _applying = live.applying.lock().await;
+        let topic = broker.topic(&live.shape.topic)?;
+        let mut offsets = Vec::with_capacity(topic.partitions().len());
+        for partition in topic.partitions() {
+            let id = partition.id();
+            // Everything acknowledged before now is below this end.
+            let pinned = pin_partition(tiering, topic.name(), partition).await?;
+            let (start, end) = (pinned.start_offset(), pinned.end_offset());
+            drop(pinned);
+            let (state, name) = (self.state.clone(), live.name.clone());
+            let mut next = blocking(move || state.progress(&name, id))
+                .await?
+                .unwrap_or(0);
+            while next.max(start) < end {
+                if stopping.is_some_and(|s| *s.borrow()) {
+                    return Ok(offsets);
+                }
+                let from = next.max(start);
+                let to = end.min(from + OFFSETS_PER_CHUNK);
+                let sql = live.shape.partial_sql(id, from, to);
+                let batches: Vec<RecordBatch> = engine.execute(&sql).await?.try_collect().await?;
+                let merges = &live.shape.merges;
+                tokio::task::block_in_place(|| {
+                    self.state
+                        .apply(&live.name, &live.codec, merges, id, to, &batches)
+                })?;
+                next = to;
+            }
+            offsets.push((id, next.max(end)));
+        }
+        Ok(offsets)
+    }
+
+    /// Reads `live`: catches up, then runs its final query over the state
+    /// (with `key`, only that key's row).
+    pub async fn read(
+        &self,
+        live: &Live,
+        engine: &SqlEngine,
+        broker: &Broker,
+        tiering: &Tiering,
+        key: Option<&str>,
+    ) -> Result<ViewRead> {
+        let offsets = self.catch_up(live, engine, broker, tiering, None).await?;
+        let state = tokio::task::block_in_place(|| self.state.read(&live.name, &live.codec))?;
+        let batches = engine
+            .execute_over(&live.shape.final_sql(key), shape::STATE_TABLE, state)
+            .await?;
+        Ok(ViewRead {
+            schema: batches.schema(),
+            batches,
+            offsets,
+        })
+    }
+
+    /// Keeps every view close to its topics until `stopping`.
+    pub async fn maintain(
+        self: Arc<Self>,
+        engine: Arc<SqlEngine>,
+        broker: Arc<Broker>,
+        tiering: Arc<Tiering>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        if let Err(error) = self.sweep().await {
+            tracing::warn!(%error, "could not drop the state of deleted materialized views");
+        }
+        let mut failing: HashMap<String, bool> = HashMap::new();
+        while !*stopping.borrow() {
+            let views: Vec<Arc<Live>> = self.live.read().values().cloned().collect();
+            for live in views {
+                let result = self
+                    .catch_up(&live, &engine, &broker, &tiering, Some(&stopping))
+                    .await;
+                let was = failing
+                    .insert(live.name.clone(), result.is_err())
+                    .unwrap_or(false);
+                match result {
+                    Err(error) if !was => tracing::warn!(%error, view = %live.name,
+                        "a materialized view cannot be updated; its reads catch up themselves"),
+                    Ok(offsets) => {
+                        let behind: u64 = broker.topic(&live.shape.topic).map_or(0, |t| {
+                            t.partitions()
+                                .iter()
+                                .zip(&offsets)
+                                .map(|(p, (_, next))| p.end_offset().saturating_sub(*next))
+                                .sum()
+                        });
+                        metrics::gauge!("strata_view_lag_records", "view" => live.name.clone())
+                            .set(behind as f64);
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(IDLE) => {}
+                _ = stopping.changed() => {}
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| QueryError::Internal(format!("a materialized view task failed: {e}")))?
+}
