@@ -207,6 +207,16 @@ async fn materialized_views_equal_their_sql_across_offload_restarts_and_a_lost_s
         .await;
     assert_eq!(status, StatusCode::CREATED);
     check_views(&server, "after the view was created again").await;
+
+    // The topic deleted and created again: the views start afresh.
+    let (status, _) = server.api.delete(&format!("/v1/topics/{TOPIC}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    server.api.create_topic(TOPIC, 3, json!({})).await;
+    produce_random(&server, &mut rng, 300).await;
+    check_views(&server, "after the topic was created again").await;
+    server = server.restart().await;
+    produce_random(&server, &mut rng, 200).await;
+    check_views(&server, "after the topic was created again and a restart").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

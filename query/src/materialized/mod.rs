@@ -24,14 +24,14 @@ pub mod state;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::TryStreamExt;
 use parking_lot::RwLock;
-use strata_broker::Broker;
+use strata_broker::{Broker, Topic};
 use strata_tiering::Tiering;
 use tokio::sync::watch;
 
@@ -51,8 +51,10 @@ pub struct Live {
     pub name: String,
     pub shape: Shape,
     codec: Codec,
-    /// Held while records are applied: by the background task or a read.
-    applying: tokio::sync::Mutex<()>,
+    /// Held while records are applied (by the background task or a
+    /// read), with the topic object the state was built from: another
+    /// object under the name (deleted and created again) starts it afresh.
+    applying: tokio::sync::Mutex<Option<Weak<Topic>>>,
 }
 
 impl std::fmt::Debug for Live {
@@ -95,7 +97,7 @@ impl Materialized {
             name: name.to_string(),
             shape,
             codec,
-            applying: tokio::sync::Mutex::new(()),
+            applying: tokio::sync::Mutex::new(None),
         });
         self.live.write().insert(name.to_string(), live);
         Ok(())
@@ -110,7 +112,7 @@ impl Materialized {
     pub async fn forget(&self, name: &str) -> Result<()> {
         let live = self.live.write().remove(name);
         // A read or pass applying right now finishes first.
-        let _done = match &live {
+        let _applying = match &live {
             Some(live) => Some(live.applying.lock().await),
             None => None,
         };
@@ -142,8 +144,17 @@ impl Materialized {
         tiering: &Tiering,
         stopping: Option<&watch::Receiver<bool>>,
     ) -> Result<Vec<(u32, u64)>> {
-        let _applying = live.applying.lock().await;
+        let mut applying = live.applying.lock().await;
         let topic = broker.topic(&live.shape.topic)?;
+        let replaced = applying
+            .as_ref()
+            .is_some_and(|seen| !std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&topic)));
+        if replaced || self.ahead_of(live, &topic).await? {
+            tracing::info!(view = %live.name, "the view's topic was created again; its state starts afresh");
+            let (state, name) = (self.state.clone(), live.name.clone());
+            blocking(move || state.drop_view(&name)).await?;
+        }
+        *applying = Some(Arc::downgrade(&topic));
         let mut offsets = Vec::with_capacity(topic.partitions().len());
         for partition in topic.partitions() {
             let id = partition.id();
@@ -173,6 +184,19 @@ impl Materialized {
             offsets.push((id, next.max(end)));
         }
         Ok(offsets)
+    }
+
+    /// Whether the state has applied offsets a partition of `topic` does
+    /// not have: it was built from another topic of the same name.
+    async fn ahead_of(&self, live: &Live, topic: &Topic) -> Result<bool> {
+        for partition in topic.partitions() {
+            let (state, name, id) = (self.state.clone(), live.name.clone(), partition.id());
+            let progress = blocking(move || state.progress(&name, id)).await?;
+            if progress.is_some_and(|p| p > partition.log_end_offset()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Reads `live`: catches up, then runs its final query over the state
