@@ -11,6 +11,7 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::bench::ensure_topic;
 use crate::bench_query::{Dataset, duckdb_median, load, median};
 use crate::client::Client;
 
@@ -42,6 +43,10 @@ pub struct ServeBench {
     /// The cold tier's directory (`<data_dir>/cold`) for DuckDB.
     #[arg(long)]
     cold_dir: Option<String>,
+    /// Records produced to a topic with three materialized views and to
+    /// one without, to compare ingest (0: skip the views).
+    #[arg(long, default_value_t = 2_000_000)]
+    view_records: u64,
 }
 
 pub async fn run(client: &Client, args: ServeBench) -> Result<()> {
@@ -132,6 +137,10 @@ pub async fn run(client: &Client, args: ServeBench) -> Result<()> {
         );
     }
 
+    if args.view_records > 0 {
+        views(client, &args).await?;
+    }
+
     let described = client.get_json(&format!("/v1/topics/{topic}")).await?;
     let cold: u64 = described["partitions"]
         .as_array()
@@ -155,6 +164,144 @@ pub async fn run(client: &Client, args: ServeBench) -> Result<()> {
         100.0 * index / cold.max(1) as f64
     );
     Ok(())
+}
+
+/// Ingest into a topic with three materialized views against one without
+/// (same records, same run), the views' lag once ingest stops, and reads
+/// of a 10,000-row view: whole and one key.
+async fn views(client: &Client, args: &ServeBench) -> Result<()> {
+    const KEYS: u64 = 10_000;
+    let (plain, viewed) = (
+        format!("{}-plain", args.topic),
+        format!("{}-viewed", args.topic),
+    );
+    ensure_topic(client, &plain, args.partitions).await?;
+    ensure_topic(client, &viewed, args.partitions).await?;
+    let definitions = [
+        (
+            "bench_per_key",
+            format!(
+                "SELECT key, count(*) AS n, sum(json_get_int(value, 'n')) AS total FROM \"{viewed}\" GROUP BY key"
+            ),
+        ),
+        (
+            "bench_per_hour",
+            format!(
+                "SELECT date_trunc('hour', \"timestamp\") AS hour, count(*) AS n FROM \"{viewed}\" GROUP BY 1 ORDER BY hour"
+            ),
+        ),
+        (
+            "bench_per_page",
+            format!(
+                "SELECT json_get_str(value, 'page') AS page, count(*) AS n, max(\"offset\") AS last FROM \"{viewed}\" GROUP BY page"
+            ),
+        ),
+    ];
+    for (name, sql) in &definitions {
+        let response = client
+            .request(Method::POST, "/v1/views")
+            .json(&json!({"name": name, "sql": sql, "materialized": true}))
+            .send()
+            .await?;
+        if !response.status().is_success() && response.status() != reqwest::StatusCode::CONFLICT {
+            bail!("creating view {name}: {}", response.text().await?);
+        }
+    }
+    let plain_rate = produce_all(client, &plain, args.view_records, KEYS).await?;
+    let viewed_rate = produce_all(client, &viewed, args.view_records, KEYS).await?;
+    let stopped = Instant::now();
+    loop {
+        let metrics = client
+            .send(client.request(Method::GET, "/metrics"))
+            .await?
+            .text()
+            .await?;
+        let behind: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("strata_view_lag_records") && l.contains("bench_per_"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum();
+        if behind == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "ingest with 3 materialized views: {viewed_rate:.0} records/s, without: {plain_rate:.0} records/s ({:.2}x); views caught up {:.2} s after ingest stopped",
+        viewed_rate / plain_rate,
+        stopped.elapsed().as_secs_f64()
+    );
+    let mut times = Vec::new();
+    for n in 0..u64::from(args.lookups / 2).max(1) {
+        let key = format!("user-{:04}", n.wrapping_mul(0x9e37_79b9) % KEYS);
+        let path = format!("/v1/views/bench_per_key?key={key}");
+        let started = Instant::now();
+        let body: Value = client
+            .send(client.request(Method::GET, &path))
+            .await?
+            .json()
+            .await?;
+        times.push(started.elapsed().as_secs_f64());
+        if body["rows"].as_array().map_or(0, Vec::len) != 1 {
+            bail!("{path}: {body}");
+        }
+    }
+    report("materialized view, one key", &mut times);
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        let body: Value = client
+            .send(client.request(Method::GET, "/v1/views/bench_per_key"))
+            .await?
+            .json()
+            .await?;
+        times.push(started.elapsed().as_secs_f64());
+        if body["rows"].as_array().map_or(0, Vec::len) as u64 != KEYS {
+            bail!(
+                "bench_per_key holds {} rows",
+                body["rows"].as_array().map_or(0, Vec::len)
+            );
+        }
+    }
+    report("materialized view, all 10,000 rows (json)", &mut times);
+    Ok(())
+}
+
+/// Produces `records` (of `keys` keys) to `topic`, 8 requests of 1,000 in
+/// flight; returns records per second.
+async fn produce_all(client: &Client, topic: &str, records: u64, keys: u64) -> Result<f64> {
+    let started = Instant::now();
+    let path = format!("/v1/topics/{topic}/records");
+    let mut sent = 0;
+    let span = 30 * 86_400_000;
+    let start_ms = 1_767_225_600_000 - span;
+    while sent < records {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            if sent >= records {
+                break;
+            }
+            let count = 1000.min(records - sent);
+            let body = crate::bench_query::body(sent, count, records, keys, start_ms, span);
+            let (client, path) = (client.clone(), path.clone());
+            tasks.push(tokio::spawn(async move {
+                client
+                    .send(
+                        client
+                            .request(Method::POST, &path)
+                            .header("content-type", "application/json")
+                            .body(body),
+                    )
+                    .await
+                    .map(|_| ())
+            }));
+            sent += count;
+        }
+        for task in tasks {
+            task.await??;
+        }
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
 }
 
 /// One lookup's seconds; fails unless the index answered with `rows` rows.

@@ -91,6 +91,10 @@ pub struct Output {
     pub rest: mpsc::Receiver<Result<Bytes>>,
 }
 
+/// Most committed records a materialized view's read applies itself;
+/// further behind (a view being built), the read runs the view's SQL.
+pub const MAX_VIEW_CATCH_UP: u64 = 1_000_000;
+
 /// The response header of a materialized view's read: which records it
 /// reflects, as `<topic>/<partition>=<next offset>,...`.
 pub const VIEW_OFFSETS_HEADER: &str = "strata-view-offsets";
@@ -359,7 +363,16 @@ impl QueryService {
                     .into(),
             ));
         }
-        let Some(live) = live else {
+        // A view still being built over a long history is computed from
+        // its SQL meanwhile (the same rows; a key read waits for it).
+        let building = |live: &Arc<crate::materialized::Live>| {
+            key.is_none()
+                && self
+                    .materialized
+                    .behind(live, &self.broker)
+                    .is_ok_and(|n| n > MAX_VIEW_CATCH_UP)
+        };
+        let Some(live) = live.filter(|l| !building(l)) else {
             // The view's own SQL, not `SELECT * FROM view`: the optimizer
             // drops an ORDER BY without LIMIT inside a subquery, so the
             // rows came back in partition order although the same SQL

@@ -145,6 +145,13 @@ impl Materialized {
         stopping: Option<&watch::Receiver<bool>>,
     ) -> Result<Vec<(u32, u64)>> {
         let mut applying = live.applying.lock().await;
+        if !self
+            .get(&live.name)
+            .is_some_and(|now| std::ptr::eq(Arc::as_ptr(&now), live))
+        {
+            // Deleted (and perhaps created again) since this began.
+            return Err(QueryError::ViewNotFound(live.name.clone()));
+        }
         let topic = broker.topic(&live.shape.topic)?;
         let replaced = applying
             .as_ref()
@@ -184,6 +191,17 @@ impl Materialized {
             offsets.push((id, next.max(end)));
         }
         Ok(offsets)
+    }
+
+    /// Committed records of `live`'s topic its state does not reflect yet.
+    pub fn behind(&self, live: &Live, broker: &Broker) -> Result<u64> {
+        let topic = broker.topic(&live.shape.topic)?;
+        let mut behind = 0;
+        for p in topic.partitions() {
+            let done = self.state.progress(&live.name, p.id())?.unwrap_or(0);
+            behind += p.end_offset().saturating_sub(done);
+        }
+        Ok(behind)
     }
 
     /// Whether the state has applied offsets a partition of `topic` does
