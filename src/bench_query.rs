@@ -251,7 +251,7 @@ pub(crate) async fn load(client: &Client, args: &Dataset) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn offload(client: &Client, topic: &str) -> Result<()> {
+pub(crate) async fn offload(client: &Client, topic: &str) -> Result<u64> {
     let started = Instant::now();
     let summary = client
         .send(client.request(
@@ -265,7 +265,8 @@ pub(crate) async fn offload(client: &Client, topic: &str) -> Result<()> {
         "offloaded in {:.1} s: {summary}",
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    let summary: serde_json::Value = serde_json::from_str(&summary)?;
+    Ok(summary["records"].as_u64().unwrap_or(0))
 }
 
 /// Records `first..first+count` of `total`, their timestamps spread evenly

@@ -29,6 +29,13 @@ fn views() -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            "key_pages",
+            format!(
+                "SELECT key, json_get_str(value, 'page') AS page, count(*) AS n \
+                 FROM {TOPIC} GROUP BY key, page ORDER BY key, page"
+            ),
+        ),
+        (
             "top_pages",
             format!(
                 "SELECT json_get_str(value, 'page') AS page, count(*) AS n, max(\"offset\") AS last \
@@ -181,6 +188,23 @@ async fn materialized_views_equal_their_sql_across_offload_restarts_and_a_lost_s
         one["rows"].as_array().unwrap().iter().collect::<Vec<_>>(),
         k3
     );
+    // Two grouping columns, the key first: that key's rows.
+    let (status, one, _) = read_view(&server, "/v1/views/key_pages?key=k3").await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    let (_, all, _) = read_view(&server, "/v1/views/key_pages").await;
+    let k3: Vec<&Value> = all["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r[0] == "k3")
+        .collect();
+    assert!(k3.len() > 1);
+    assert_eq!(
+        one["rows"].as_array().unwrap().iter().collect::<Vec<_>>(),
+        k3
+    );
+    let (_, none, _) = read_view(&server, "/v1/views/key_pages?key=never").await;
+    assert_eq!(none["rows"], json!([]));
     let (status, body, _) = read_view(&server, "/v1/views/per_hour?key=k3").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 

@@ -228,7 +228,9 @@ impl Materialized {
         key: Option<&str>,
     ) -> Result<ViewRead> {
         let offsets = self.catch_up(live, engine, broker, tiering, None).await?;
-        let state = tokio::task::block_in_place(|| self.state.read(&live.name, &live.codec))?;
+        let first = key.filter(|_| live.shape.key_first);
+        let state =
+            tokio::task::block_in_place(|| self.state.read(&live.name, &live.codec, first))?;
         let batches = engine
             .execute_over(&live.shape.final_sql(key), shape::STATE_TABLE, state)
             .await?;

@@ -192,8 +192,9 @@ impl ViewState {
         txn.commit().map_err(|e| err("committing", e))
     }
 
-    /// The whole state of `view` as one batch of the partial schema.
-    pub fn read(&self, view: &str, codec: &Codec) -> Result<RecordBatch> {
+    /// The state of `view` as one batch of the partial schema: every group,
+    /// or with `first`, the groups whose first grouping value is `first`.
+    pub fn read(&self, view: &str, codec: &Codec, first: Option<&str>) -> Result<RecordBatch> {
         let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
         let name = table(view);
         let state = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
@@ -201,10 +202,29 @@ impl ViewState {
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(err("reading", e)),
         };
+        // Rows sort by their first grouping value first: one key's groups
+        // share the prefix that value encodes to.
+        let prefix = match first {
+            Some(text) => {
+                let field = codec.schema.field(0);
+                let value = ScalarValue::try_from_string(text.to_string(), field.data_type())?;
+                let first_only =
+                    RowConverter::new(vec![SortField::new(field.data_type().clone())])?;
+                let rows = first_only.convert_columns(&[value.to_array()?])?;
+                rows.row(0).as_ref().to_vec()
+            }
+            None => Vec::new(),
+        };
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         if let Some(state) = state {
-            for entry in state.iter().map_err(|e| err("reading", e))? {
+            let range = state
+                .range(prefix.as_slice()..)
+                .map_err(|e| err("reading", e))?;
+            for entry in range {
                 let (k, v) = entry.map_err(|e| err("reading", e))?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
                 keys.push(k.value().to_vec());
                 values.push(v.value().to_vec());
             }
