@@ -20,12 +20,13 @@ use crate::error::{QueryError, Result};
 use crate::format::{Encoder, Format, Shape};
 use crate::key_index::{KeyIndex, Lookup};
 use crate::materialized::Materialized;
-use crate::materialized::shape::{Shape as ViewShape, analyze};
+use crate::materialized::shape::{STATE_TABLE, Shape as ViewShape, analyze};
 use crate::pin;
 use crate::scan::{self, BatchStream, ScanSpec};
 use crate::sql::{MAX_SNAPSHOT_KEYS, SqlConfig, SqlEngine, snapshot_keys_sql, snapshot_sql};
 use crate::sql_limits::QUERY_THREAD_STACK;
 use crate::views::{View, ViewStore};
+use datafusion::common::tree_node::TreeNode;
 
 /// Limits of the query service.
 #[derive(Debug, Clone)]
@@ -206,9 +207,20 @@ impl QueryService {
     ) -> Result<tokio::task::JoinHandle<()>> {
         let (keys, broker, tiering) =
             (self.keys.clone(), self.broker.clone(), self.tiering.clone());
-        Ok(self
-            .query_runtime()?
-            .spawn(keys.maintain(broker, tiering, stopping)))
+        let views = self.materialized.clone().maintain(
+            self.sql.clone(),
+            broker.clone(),
+            tiering.clone(),
+            stopping.clone(),
+        );
+        let index = self.config.key_index;
+        Ok(self.query_runtime()?.spawn(async move {
+            if index {
+                tokio::join!(keys.maintain(broker, tiering, stopping), views);
+            } else {
+                views.await;
+            }
+        }))
     }
 
     /// Every record of the request's window, partition by partition in
@@ -329,12 +341,12 @@ impl QueryService {
         };
         let views = self.views.clone();
         let stored = view.clone();
-        // Any state left by an earlier view of this name goes first.
-        self.materialized.forget(name).await?;
         tokio::task::spawn_blocking(move || views.create(stored))
             .await
             .map_err(|e| QueryError::Internal(format!("storing the view failed: {e}")))??;
         if let Some((shape, schema)) = kept {
+            // Any state left by an earlier view of this name goes first.
+            self.materialized.forget(name).await?;
             self.materialized.register(name, shape, schema)?;
         }
         Ok(view)
@@ -585,6 +597,30 @@ async fn materialize(
         )));
     }
     let partial = engine.check(&shape.partial_sql(0, 0, 0)).await?;
+    // Over the state, the final query must only project, order and
+    // limit: an aggregate or window left in it is one the rewrite did not
+    // know (it would aggregate groups, not records).
+    let empty = datafusion::arrow::record_batch::RecordBatch::new_empty(partial.clone());
+    let plan = engine
+        .plan_over(&shape.final_sql(None), STATE_TABLE, empty)
+        .await?;
+    let mut left = None;
+    plan.apply(|node| {
+        if matches!(
+            node,
+            datafusion::logical_expr::LogicalPlan::Aggregate(_)
+                | datafusion::logical_expr::LogicalPlan::Window(_)
+        ) {
+            left = Some(node.display().to_string());
+            return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })?;
+    if let Some(node) = left {
+        return Err(refuse(format!(
+            "only count, sum, min, max and avg can be kept ({node})"
+        )));
+    }
     Ok((shape, partial))
 }
 

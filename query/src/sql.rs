@@ -105,19 +105,42 @@ impl SqlEngine {
         Ok(DataFrame::new(ctx.state(), plan).execute_stream().await?)
     }
 
-    /// Runs `sql` over one in-memory table `name` holding `batch` (a
+    /// Plans `sql` over one in-memory table `name` holding `batch` (a
     /// materialized view's state); no topic or view is visible to it.
+    pub async fn plan_over(
+        &self,
+        sql: &str,
+        name: &str,
+        batch: datafusion::arrow::record_batch::RecordBatch,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        Ok(self
+            .over(name, batch)?
+            .state()
+            .create_logical_plan(sql)
+            .await?)
+    }
+
+    /// Runs `sql` over one in-memory table (see [`Self::plan_over`]).
     pub async fn execute_over(
         &self,
         sql: &str,
         name: &str,
         batch: datafusion::arrow::record_batch::RecordBatch,
     ) -> Result<SendableRecordBatchStream> {
+        let ctx = self.over(name, batch)?;
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        Ok(DataFrame::new(ctx.state(), plan).execute_stream().await?)
+    }
+
+    fn over(
+        &self,
+        name: &str,
+        batch: datafusion::arrow::record_batch::RecordBatch,
+    ) -> Result<SessionContext> {
         let ctx = self.session()?;
         let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         ctx.register_table(name, Arc::new(table))?;
-        let plan = ctx.state().create_logical_plan(sql).await?;
-        Ok(DataFrame::new(ctx.state(), plan).execute_stream().await?)
+        Ok(ctx)
     }
 
     async fn plan(

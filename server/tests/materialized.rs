@@ -36,6 +36,15 @@ fn views() -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            // An alias that shadows a column: GROUP BY names the column,
+            // ORDER BY the output (as DataFusion resolves them).
+            "shadow",
+            format!(
+                "SELECT upper(key) AS key, count(*) AS n FROM {TOPIC} \
+                 WHERE key IS NOT NULL GROUP BY key ORDER BY key DESC LIMIT 10"
+            ),
+        ),
+        (
             "top_pages",
             format!(
                 "SELECT json_get_str(value, 'page') AS page, count(*) AS n, max(\"offset\") AS last \

@@ -3,7 +3,7 @@
 //! reads, so a partition offloaded before it was indexed is read from the
 //! cold tier) and applies them in order, a batch per transaction.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,8 +36,9 @@ pub(crate) async fn run(
 ) {
     let mut failing = false;
     let mut swept: Option<Instant> = None;
+    let mut known = Known::new();
     while !*stopping.borrow() {
-        let busy = match pass(&index, &broker, &tiering, &mut swept, &stopping).await {
+        let busy = match pass(&index, &broker, &tiering, &mut swept, &stopping, &mut known).await {
             Ok(busy) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!("the key index is being updated again");
@@ -64,6 +65,11 @@ pub(crate) async fn run(
     }
 }
 
+/// Each partition's progress as last read or written, by topic: a pass
+/// touches only partitions whose end moved past it, so an idle index of
+/// thousands of partitions costs a comparison per partition.
+type Known = HashMap<String, Vec<Option<u64>>>;
+
 /// One pass over every topic; true when records were applied.
 async fn pass(
     index: &Arc<KeyIndex>,
@@ -71,10 +77,13 @@ async fn pass(
     tiering: &Arc<Tiering>,
     swept: &mut Option<Instant>,
     stopping: &watch::Receiver<bool>,
+    known: &mut Known,
 ) -> Result<bool> {
     let topics = broker.topics();
     if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
         sweep(index, &topics).await?;
+        let live: HashSet<&str> = topics.iter().map(|t| t.name()).collect();
+        known.retain(|name, _| live.contains(name.as_str()));
         *swept = Some(Instant::now());
     }
     let mut busy = false;
@@ -87,18 +96,34 @@ async fn pass(
                 index.reset(topic.name()).await?;
             }
             index.verify(topic);
+            known.remove(topic.name());
         }
+        let progress = match known.get_mut(topic.name()) {
+            Some(p) if p.len() == topic.partitions().len() => p,
+            _ => {
+                let loaded = load_progress(index, topic).await?;
+                known
+                    .entry(topic.name().to_string())
+                    .insert_entry(loaded)
+                    .into_mut()
+            }
+        };
         let mut behind = 0;
-        for partition in topic.partitions() {
+        for (partition, done) in topic.partitions().iter().zip(progress.iter_mut()) {
             if *stopping.borrow() {
                 return Ok(false);
             }
+            let end = partition.end_offset();
+            if done.is_some_and(|d| d >= end) {
+                continue;
+            }
             // One partition that cannot be read (a cold file that fails,
             // a topic deleted meanwhile) holds up no other.
-            match step(index, tiering, topic, partition).await {
-                Ok((applied, left)) => {
+            match step(index, tiering, topic, partition, *done).await {
+                Ok((applied, left, now)) => {
                     busy |= applied;
                     behind += left;
+                    *done = Some(now);
                 }
                 Err(error) => {
                     tracing::debug!(%error, topic = topic.name(), partition = partition.id(),
@@ -120,6 +145,30 @@ async fn pass(
     Ok(busy)
 }
 
+/// Every partition's progress from the store, in one read; partitions
+/// never indexed that hold nothing yet are marked indexed (in one
+/// transaction), so that lookups of them need not scan.
+async fn load_progress(index: &Arc<KeyIndex>, topic: &Topic) -> Result<Vec<Option<u64>>> {
+    let (store, name) = (index.store.clone(), topic.name().to_string());
+    let count = topic.partitions().len() as u32;
+    let mut progress = blocking(move || store.progress_of(&name, count)).await?;
+    let empty: Vec<u32> = topic
+        .partitions()
+        .iter()
+        .zip(&progress)
+        .filter(|(p, done)| done.is_none() && p.end_offset() == 0)
+        .map(|(p, _)| p.id())
+        .collect();
+    if !empty.is_empty() {
+        let (store, name, marked) = (index.store.clone(), topic.name().to_string(), empty.clone());
+        blocking(move || store.mark_indexed(&name, &marked)).await?;
+        for id in empty {
+            progress[id as usize] = Some(0);
+        }
+    }
+    Ok(progress)
+}
+
 /// Drops the index of topics that no longer exist.
 async fn sweep(index: &Arc<KeyIndex>, topics: &[Arc<Topic>]) -> Result<()> {
     let store = index.store.clone();
@@ -137,19 +186,18 @@ async fn sweep(index: &Arc<KeyIndex>, topics: &[Arc<Topic>]) -> Result<()> {
     Ok(())
 }
 
-/// Applies up to [`RECORDS_PER_STEP`] committed records of one partition;
-/// returns whether any were, and how many committed records are left.
+/// Applies up to [`RECORDS_PER_STEP`] committed records of one partition
+/// from `progress` on; returns whether any were, how many committed
+/// records are left, and the partition's progress now.
 async fn step(
     index: &Arc<KeyIndex>,
     tiering: &Arc<Tiering>,
     topic: &Topic,
     partition: &Arc<Partition>,
-) -> Result<(bool, u64)> {
+    progress: Option<u64>,
+) -> Result<(bool, u64, u64)> {
     let id = partition.id();
     let name = topic.name().to_string();
-    let store = index.store.clone();
-    let at = name.clone();
-    let progress = blocking(move || store.progress(&at, id)).await?;
     let pinned = pin_partition(tiering, &name, partition).await?;
     let (start, end) = (pinned.start_offset(), pinned.end_offset());
     // An index ahead of the log (a follower whose high watermark is not
@@ -162,7 +210,7 @@ async fn step(
             let (store, at) = (index.store.clone(), name.clone());
             blocking(move || store.apply(&at, id, end, &[])).await?;
         }
-        return Ok((false, 0));
+        return Ok((false, 0, from.max(progress.unwrap_or(0))));
     }
     let to = end.min(from + RECORDS_PER_STEP);
     let spec = ScanSpec {
@@ -194,7 +242,7 @@ async fn step(
         let (store, at) = (index.store.clone(), name.clone());
         blocking(move || store.apply(&at, id, to, &[])).await?;
     }
-    Ok((true, end - to))
+    Ok((true, end - to, to))
 }
 
 /// Runs blocking index work off the async threads.

@@ -137,6 +137,41 @@ impl IndexStore {
             .map(|v| v.value()))
     }
 
+    /// The progress of partitions `0..count` of `topic`, in one read.
+    pub fn progress_of(&self, topic: &str, count: u32) -> Result<Vec<Option<u64>>> {
+        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let table = match txn.open_table(PROGRESS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; count as usize]),
+            Err(e) => return Err(err("reading", e)),
+        };
+        (0..count)
+            .map(|p| {
+                Ok(table
+                    .get(name(topic, p).as_str())
+                    .map_err(|e| err("reading", e))?
+                    .map(|v| v.value()))
+            })
+            .collect()
+    }
+
+    /// Marks `partitions` of `topic`, which hold nothing yet, as indexed
+    /// (progress 0), in one transaction.
+    pub fn mark_indexed(&self, topic: &str, partitions: &[u32]) -> Result<()> {
+        let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
+        {
+            let mut progress = txn.open_table(PROGRESS).map_err(|e| err("writing", e))?;
+            for &p in partitions {
+                progress
+                    .insert(name(topic, p).as_str(), 0)
+                    .map_err(|e| err("writing", e))?;
+            }
+        }
+        txn.commit().map_err(|e| err("committing", e))?;
+        *self.synced.lock() = (Instant::now(), false);
+        Ok(())
+    }
+
     /// Every (topic, partition) the index holds.
     pub fn partitions(&self) -> Result<Vec<(String, u32)>> {
         let txn = self.db.begin_read().map_err(|e| err("reading", e))?;

@@ -134,17 +134,15 @@ impl Materialized {
         Ok(())
     }
 
-    /// Applies every partition's committed records to `live`'s state;
-    /// returns the next offset of each partition it now reflects.
-    pub async fn catch_up(
+    /// Checks, holding `live`'s lock (`applying`), that the view is still
+    /// the one kept and which topic object its state follows; starts the
+    /// state afresh when the topic was deleted and created again.
+    async fn topic_of(
         &self,
         live: &Live,
-        engine: &SqlEngine,
         broker: &Broker,
-        tiering: &Tiering,
-        stopping: Option<&watch::Receiver<bool>>,
-    ) -> Result<Vec<(u32, u64)>> {
-        let mut applying = live.applying.lock().await;
+        applying: &mut Option<Weak<Topic>>,
+    ) -> Result<Arc<Topic>> {
         if !self
             .get(&live.name)
             .is_some_and(|now| std::ptr::eq(Arc::as_ptr(&now), live))
@@ -162,33 +160,80 @@ impl Materialized {
             blocking(move || state.drop_view(&name)).await?;
         }
         *applying = Some(Arc::downgrade(&topic));
-        let mut offsets = Vec::with_capacity(topic.partitions().len());
+        Ok(topic)
+    }
+
+    /// Applies the next chunk of `partition` below `end` (from `start`),
+    /// holding `live`'s lock; returns the partition's progress when there
+    /// was nothing left to apply.
+    async fn step(
+        &self,
+        live: &Live,
+        engine: &SqlEngine,
+        partition: u32,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<u64>> {
+        let (state, name) = (self.state.clone(), live.name.clone());
+        let next = blocking(move || state.progress(&name, partition))
+            .await?
+            .unwrap_or(0);
+        let from = next.max(start);
+        if from >= end {
+            return Ok(Some(next.max(end)));
+        }
+        let to = end.min(from + OFFSETS_PER_CHUNK);
+        let sql = live.shape.partial_sql(partition, from, to);
+        let batches: Vec<RecordBatch> = engine.execute(&sql).await?.try_collect().await?;
+        let merges = &live.shape.merges;
+        tokio::task::block_in_place(|| {
+            self.state
+                .apply(&live.name, &live.codec, merges, partition, to, &batches)
+        })?;
+        Ok(None)
+    }
+
+    /// The (start, end) of each partition of `topic` as it is now: every
+    /// record acknowledged before now is below its end.
+    async fn bounds(tiering: &Tiering, topic: &Topic) -> Result<Vec<(u32, u64, u64)>> {
+        let mut out = Vec::with_capacity(topic.partitions().len());
         for partition in topic.partitions() {
-            let id = partition.id();
-            // Everything acknowledged before now is below this end.
             let pinned = pin_partition(tiering, topic.name(), partition).await?;
-            let (start, end) = (pinned.start_offset(), pinned.end_offset());
-            drop(pinned);
-            let (state, name) = (self.state.clone(), live.name.clone());
-            let mut next = blocking(move || state.progress(&name, id))
-                .await?
-                .unwrap_or(0);
-            while next.max(start) < end {
-                if stopping.is_some_and(|s| *s.borrow()) {
+            out.push((partition.id(), pinned.start_offset(), pinned.end_offset()));
+        }
+        Ok(out)
+    }
+
+    /// Applies every partition's committed records to `live`'s state, a
+    /// chunk per hold of its lock (reads and deletion wait for one chunk at
+    /// most); returns the next offset of each partition it now reflects.
+    pub async fn catch_up(
+        &self,
+        live: &Live,
+        engine: &SqlEngine,
+        broker: &Broker,
+        tiering: &Tiering,
+        stopping: &watch::Receiver<bool>,
+    ) -> Result<Vec<(u32, u64)>> {
+        let topic = self
+            .topic_of(live, broker, &mut *live.applying.lock().await)
+            .await?;
+        let mut offsets = Vec::with_capacity(topic.partitions().len());
+        for (id, start, end) in Self::bounds(tiering, &topic).await? {
+            loop {
+                if *stopping.borrow() {
                     return Ok(offsets);
                 }
-                let from = next.max(start);
-                let to = end.min(from + OFFSETS_PER_CHUNK);
-                let sql = live.shape.partial_sql(id, from, to);
-                let batches: Vec<RecordBatch> = engine.execute(&sql).await?.try_collect().await?;
-                let merges = &live.shape.merges;
-                tokio::task::block_in_place(|| {
-                    self.state
-                        .apply(&live.name, &live.codec, merges, id, to, &batches)
-                })?;
-                next = to;
+                let mut applying = live.applying.lock().await;
+                let now = self.topic_of(live, broker, &mut applying).await?;
+                if !Arc::ptr_eq(&now, &topic) {
+                    return Ok(offsets);
+                }
+                if let Some(done) = self.step(live, engine, id, start, end).await? {
+                    offsets.push((id, done));
+                    break;
+                }
             }
-            offsets.push((id, next.max(end)));
         }
         Ok(offsets)
     }
@@ -227,10 +272,21 @@ impl Materialized {
         tiering: &Tiering,
         key: Option<&str>,
     ) -> Result<ViewRead> {
-        let offsets = self.catch_up(live, engine, broker, tiering, None).await?;
+        let mut applying = live.applying.lock().await;
+        let topic = self.topic_of(live, broker, &mut applying).await?;
+        let mut offsets = Vec::with_capacity(topic.partitions().len());
+        for (id, start, end) in Self::bounds(tiering, &topic).await? {
+            loop {
+                if let Some(done) = self.step(live, engine, id, start, end).await? {
+                    offsets.push((id, done));
+                    break;
+                }
+            }
+        }
         let first = key.filter(|_| live.shape.key_first);
         let state =
             tokio::task::block_in_place(|| self.state.read(&live.name, &live.codec, first))?;
+        drop(applying);
         let batches = engine
             .execute_over(&live.shape.final_sql(key), shape::STATE_TABLE, state)
             .await?;
@@ -253,11 +309,32 @@ impl Materialized {
             tracing::warn!(%error, "could not drop the state of deleted materialized views");
         }
         let mut failing: HashMap<String, bool> = HashMap::new();
+        // What each view reflected after its last pass (the topic object
+        // and each partition's next offset): an idle view costs one
+        // comparison per partition.
+        let mut reflected: HashMap<usize, Reflected> = HashMap::new();
         while !*stopping.borrow() {
             let views: Vec<Arc<Live>> = self.live.read().values().cloned().collect();
+            reflected.retain(|kept, _| views.iter().any(|v| Arc::as_ptr(v) as usize == *kept));
             for live in views {
+                let idle = broker.topic(&live.shape.topic).is_ok_and(|topic| {
+                    reflected
+                        .get(&(Arc::as_ptr(&live) as usize))
+                        .is_some_and(|(seen, offsets)| {
+                            std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&topic))
+                                && offsets.len() == topic.partitions().len()
+                                && topic
+                                    .partitions()
+                                    .iter()
+                                    .zip(offsets)
+                                    .all(|(p, (_, next))| p.end_offset() <= *next)
+                        })
+                });
+                if idle {
+                    continue;
+                }
                 let result = self
-                    .catch_up(&live, &engine, &broker, &tiering, Some(&stopping))
+                    .catch_up(&live, &engine, &broker, &tiering, &stopping)
                     .await;
                 let was = failing
                     .insert(live.name.clone(), result.is_err())
@@ -266,15 +343,20 @@ impl Materialized {
                     Err(error) if !was => tracing::warn!(%error, view = %live.name,
                         "a materialized view cannot be updated; its reads catch up themselves"),
                     Ok(offsets) => {
-                        let behind: u64 = broker.topic(&live.shape.topic).map_or(0, |t| {
-                            t.partitions()
+                        if let Ok(topic) = broker.topic(&live.shape.topic) {
+                            let behind: u64 = topic
+                                .partitions()
                                 .iter()
                                 .zip(&offsets)
                                 .map(|(p, (_, next))| p.end_offset().saturating_sub(*next))
-                                .sum()
-                        });
-                        metrics::gauge!("strata_view_lag_records", "view" => live.name.clone())
-                            .set(behind as f64);
+                                .sum();
+                            metrics::gauge!("strata_view_lag_records", "view" => live.name.clone())
+                                .set(behind as f64);
+                            reflected.insert(
+                                Arc::as_ptr(&live) as usize,
+                                (Arc::downgrade(&topic), offsets),
+                            );
+                        }
                     }
                     Err(_) => {}
                 }
@@ -286,6 +368,10 @@ impl Materialized {
         }
     }
 }
+
+/// The topic object a view's state followed at its last pass, and each
+/// partition's next offset then.
+type Reflected = (Weak<Topic>, Vec<(u32, u64)>);
 
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,

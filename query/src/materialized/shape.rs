@@ -38,8 +38,8 @@ pub struct Shape {
     pub groups: usize,
     /// How each partial column after them merges.
     pub merges: Vec<Merge>,
-    /// The partial aggregate; `{range}` stands for the chunk's predicate.
-    partial: String,
+    /// The partial aggregate, before and after the chunk's predicate.
+    partial: (String, String),
     /// The final query's projection and its `ORDER BY ... LIMIT ...`.
     projection: String,
     tail: String,
@@ -48,15 +48,40 @@ pub struct Shape {
     pub key_first: bool,
 }
 
+/// The columns of a topic's table.
+const COLUMNS: [&str; 6] = [
+    "partition",
+    "offset",
+    "timestamp",
+    "key",
+    "value",
+    "headers",
+];
+
+/// Functions whose value depends on when they run: frozen into the state
+/// at the moment a chunk is applied, they would not match the SQL run later.
+const VOLATILE: [&str; 9] = [
+    "now",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "localtime",
+    "localtimestamp",
+    "random",
+    "uuid",
+    "to_unixtime",
+];
+
 /// The table the final query reads.
 pub const STATE_TABLE: &str = "strata_view_state";
 
 impl Shape {
     /// The partial aggregate over offsets `from..to` of `partition`.
     pub fn partial_sql(&self, partition: u32, from: u64, to: u64) -> String {
-        let range =
-            format!("\"partition\" = {partition} AND \"offset\" >= {from} AND \"offset\" < {to}");
-        self.partial.replace("{range}", &range)
+        format!(
+            "{}\"partition\" = {partition} AND \"offset\" >= {from} AND \"offset\" < {to}{}",
+            self.partial.0, self.partial.1
+        )
     }
 
     /// The final query over [`STATE_TABLE`]; with `key`, only its row.
@@ -108,9 +133,13 @@ pub fn analyze(sql: &str, output: &[String]) -> Result<Shape, String> {
         return Err("it must read a topic, not a subquery or table function".into());
     };
     let topic = match name.0.as_slice() {
+        // Unquoted names are lower-cased, as DataFusion does.
         [part] => part
             .as_ident()
-            .map(|i| i.value.clone())
+            .map(|i| match i.quote_style {
+                None => i.value.to_lowercase(),
+                Some(_) => i.value.clone(),
+            })
             .ok_or("the topic must be a plain name")?,
         _ => return Err("the topic must be a plain name".into()),
     };
@@ -148,13 +177,19 @@ pub fn analyze(sql: &str, output: &[String]) -> Result<Shape, String> {
                 }
                 _ => g.clone(),
             },
-            Expr::Identifier(id) => projected
+            // A topic column of that name wins over an alias, as in DataFusion.
+            Expr::Identifier(id) if !COLUMNS.contains(&id.value.as_str()) => projected
                 .iter()
                 .find(|(alias, _)| alias.as_deref() == Some(id.value.as_str()))
                 .map_or_else(|| g.clone(), |(_, e)| e.clone()),
             _ => g.clone(),
         };
         groups.push(resolved.to_string());
+    }
+    for e in grouped.iter().chain(select.selection.as_ref()) {
+        if let ControlFlow::Break(why) = e.clone().visit(&mut Checker) {
+            return Err(why);
+        }
     }
     let mut rewriter = Rewriter {
         groups: groups.clone(),
@@ -179,7 +214,9 @@ pub fn analyze(sql: &str, output: &[String]) -> Result<Shape, String> {
         projection.push(format!("{expr} AS {}", quote(&name)));
     }
     let key_first = groups[0] == "key"
-        && projected[0].1.to_string() == "key"
+        && projected
+            .first()
+            .is_some_and(|(_, e)| e.to_string() == "key")
         && output.first().is_some_and(|n| n == "key");
     rewriter.outputs = output.to_vec();
     let mut tail = String::new();
@@ -209,10 +246,13 @@ pub fn analyze(sql: &str, output: &[String]) -> Result<Shape, String> {
         .collect();
     items.extend(rewriter.partials);
     Ok(Shape {
-        partial: format!(
-            "SELECT {} FROM {} WHERE {where_clause}{{range}} GROUP BY {group_list}",
-            items.join(", "),
-            quote(&topic)
+        partial: (
+            format!(
+                "SELECT {} FROM {} WHERE {where_clause}",
+                items.join(", "),
+                quote(&topic)
+            ),
+            format!(" GROUP BY {group_list}"),
         ),
         topic,
         groups: groups.len(),
@@ -302,6 +342,13 @@ impl VisitorMut for Rewriter {
     type Break = String;
 
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<String> {
+        if let Expr::Identifier(id) = expr
+            && self.outputs.contains(&id.value)
+        {
+            // An ORDER BY naming an output column means that column, as in
+            // DataFusion (outputs are set only for ORDER BY).
+            return ControlFlow::Continue(());
+        }
         let text = expr.to_string();
         if let Some(i) = self.groups.iter().position(|g| *g == text) {
             *expr = Expr::Identifier(Ident::with_quote('"', format!("__g{i}")));
@@ -310,13 +357,7 @@ impl VisitorMut for Rewriter {
         match expr {
             Expr::Function(f) => match self.aggregate(f) {
                 Ok(Some(finalizer)) => *expr = finalizer,
-                Ok(None) if f.over.is_some() => {
-                    return ControlFlow::Break(format!(
-                        "window function {} is not supported",
-                        f.name
-                    ));
-                }
-                Ok(None) => {}
+                Ok(None) => return Checker.pre_visit_expr(expr),
                 Err(why) => return ControlFlow::Break(why),
             },
             Expr::Identifier(id) if !id.value.starts_with("__") => {
@@ -338,12 +379,38 @@ impl VisitorMut for Rewriter {
                         .join(".")
                 ));
             }
-            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
-                return ControlFlow::Break("subqueries are not supported".into());
-            }
-            _ => {}
+            _ => return Checker.pre_visit_expr(expr),
         }
         ControlFlow::Continue(())
+    }
+}
+
+/// Refuses what cannot be applied a chunk at a time anywhere in a view:
+/// subqueries (another table's contents, frozen), window functions and
+/// functions of the time of evaluation.
+struct Checker;
+
+impl VisitorMut for Checker {
+    type Break = String;
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<String> {
+        match expr {
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+                ControlFlow::Break("subqueries are not supported".into())
+            }
+            Expr::Function(f) if f.over.is_some() => {
+                ControlFlow::Break(format!("window function {} is not supported", f.name))
+            }
+            Expr::Function(f)
+                if VOLATILE.contains(&f.name.to_string().to_ascii_lowercase().as_str()) =>
+            {
+                ControlFlow::Break(format!(
+                    "{}() is not supported: a kept view cannot depend on when it is computed",
+                    f.name
+                ))
+            }
+            _ => ControlFlow::Continue(()),
+        }
     }
 }
 
@@ -378,7 +445,7 @@ mod tests {
         let read = shape.final_sql(Some("o'k"));
         assert!(read.contains("WHERE \"__g0\" = 'o''k'"), "{read}");
         assert!(
-            read.ends_with("ORDER BY n DESC, \"__g0\" LIMIT 5"),
+            read.ends_with("ORDER BY n DESC, key LIMIT 5"),
             "{read}"
         );
     }
