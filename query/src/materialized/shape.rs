@@ -444,10 +444,7 @@ mod tests {
         );
         let read = shape.final_sql(Some("o'k"));
         assert!(read.contains("WHERE \"__g0\" = 'o''k'"), "{read}");
-        assert!(
-            read.ends_with("ORDER BY n DESC, key LIMIT 5"),
-            "{read}"
-        );
+        assert!(read.ends_with("ORDER BY n DESC, key LIMIT 5"), "{read}");
     }
 
     #[test]
