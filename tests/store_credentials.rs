@@ -97,11 +97,14 @@ async fn refused_credentials_show_in_readiness_and_the_log() {
     );
     let (status, _) = server.api.get("/health").await;
     assert!(status.is_success(), "liveness stays up");
-    let log = server.log();
-    assert!(
-        log.contains("readiness: the object store does not answer"),
-        "the log says so: {log}"
-    );
+    // The child's output is read on another thread: the line the server
+    // logged before answering may not have been collected yet.
+    let log = eventually(Duration::from_secs(30), "the log to say so", || async {
+        let log = server.log();
+        log.contains("readiness: the object store does not answer")
+            .then_some(log)
+    })
+    .await;
     assert!(!log.contains(SECRET), "the secret leaked into the log");
     assert!(
         !ready.to_string().contains(SECRET),
