@@ -225,18 +225,8 @@ pub(crate) async fn load(client: &Client, args: &Dataset) -> Result<()> {
             }
             let count = batch.min(end - sent);
             let body = body(sent, count, args.records, args.keys, start_ms, span);
-            let (client, path) = (client.clone(), format!("/v1/topics/{}/records", args.topic));
-            tasks.push(tokio::spawn(async move {
-                client
-                    .send(
-                        client
-                            .request(Method::POST, &path)
-                            .header("content-type", "application/json")
-                            .body(body),
-                    )
-                    .await
-                    .map(|_| ())
-            }));
+            let path = format!("/v1/topics/{}/records", args.topic);
+            tasks.push(spawn_post(client, path, body));
             sent += count;
         }
         for task in tasks {
@@ -249,6 +239,26 @@ pub(crate) async fn load(client: &Client, args: &Dataset) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Posts `body` (a produce request) to `path` in a task of its own.
+pub(crate) fn spawn_post(
+    client: &Client,
+    path: String,
+    body: Bytes,
+) -> tokio::task::JoinHandle<Result<()>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .send(
+                client
+                    .request(Method::POST, &path)
+                    .header("content-type", "application/json")
+                    .body(body),
+            )
+            .await
+            .map(|_| ())
+    })
 }
 
 pub(crate) async fn offload(client: &Client, topic: &str) -> Result<u64> {

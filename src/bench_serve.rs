@@ -289,18 +289,7 @@ async fn produce_all(client: &Client, topic: &str, records: u64, keys: u64) -> R
             }
             let count = 1000.min(records - sent);
             let body = crate::bench_query::body(sent, count, records, keys, start_ms, span);
-            let (client, path) = (client.clone(), path.clone());
-            tasks.push(tokio::spawn(async move {
-                client
-                    .send(
-                        client
-                            .request(Method::POST, &path)
-                            .header("content-type", "application/json")
-                            .body(body),
-                    )
-                    .await
-                    .map(|_| ())
-            }));
+            tasks.push(crate::bench_query::spawn_post(client, path.clone(), body));
             sent += count;
         }
         for task in tasks {

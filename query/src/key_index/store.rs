@@ -27,8 +27,23 @@ use crate::error::{QueryError, Result};
 /// Longest a commit stays volatile (see the contract).
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
-/// `<topic>/<partition>` → the next offset to apply.
-const PROGRESS: TableDefinition<&str, u64> = TableDefinition::new("progress");
+/// `<topic>/<partition>` → the next offset to apply (the materialized
+/// views' database has one too, `<view>/<partition>` → ...).
+pub(crate) const PROGRESS: TableDefinition<&str, u64> = TableDefinition::new("progress");
+
+/// The entry `at` of `db`'s [`PROGRESS`] table (`None`: absent).
+pub(crate) fn read_progress(db: &Database, at: &str) -> Result<Option<u64>> {
+    let txn = db.begin_read().map_err(|e| err("reading", e))?;
+    let table = match txn.open_table(PROGRESS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(err("reading", e)),
+    };
+    Ok(table
+        .get(at)
+        .map_err(|e| err("reading", e))?
+        .map(|v| v.value()))
+}
 
 /// Prefix of the per-partition tables' names.
 const KEYS: &str = "keys/";
@@ -125,16 +140,7 @@ impl IndexStore {
 
     /// How far `partition` of `topic` has been applied (`None`: never).
     pub fn progress(&self, topic: &str, partition: u32) -> Result<Option<u64>> {
-        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
-        let table = match txn.open_table(PROGRESS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(err("reading", e)),
-        };
-        Ok(table
-            .get(name(topic, partition).as_str())
-            .map_err(|e| err("reading", e))?
-            .map(|v| v.value()))
+        read_progress(&self.db, &name(topic, partition))
     }
 
     /// The progress of partitions `0..count` of `topic`, in one read.

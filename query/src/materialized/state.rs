@@ -23,10 +23,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 
 use super::shape::Merge;
 use crate::error::{QueryError, Result};
-use crate::key_index::store::{err, open_database};
-
-/// `<view>/<partition>` → the next offset to apply.
-const PROGRESS: TableDefinition<&str, u64> = TableDefinition::new("progress");
+use crate::key_index::store::{PROGRESS, err, open_database, read_progress};
 
 fn table(view: &str) -> String {
     format!("view/{view}")
@@ -125,16 +122,7 @@ impl ViewState {
 
     /// How far `view` has applied `partition` (`None`: not at all).
     pub fn progress(&self, view: &str, partition: u32) -> Result<Option<u64>> {
-        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
-        let table = match txn.open_table(PROGRESS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(err("reading", e)),
-        };
-        Ok(table
-            .get(format!("{view}/{partition}").as_str())
-            .map_err(|e| err("reading", e))?
-            .map(|v| v.value()))
+        read_progress(&self.db, &format!("{view}/{partition}"))
     }
 
     /// Merges the partial rows of `batches` (offsets `..to` of
