@@ -224,9 +224,17 @@ impl Materialized {
                 if *stopping.borrow() {
                     return Ok(offsets);
                 }
-                let mut applying = live.applying.lock().await;
-                let now = self.topic_of(live, broker, &mut applying).await?;
-                if !Arc::ptr_eq(&now, &topic) {
+                let applying = live.applying.lock().await;
+                // Still the view kept, over the same topic object (checked
+                // in full once per pass: a check per chunk read every
+                // partition's progress, quadratic in partitions).
+                let current = self
+                    .get(&live.name)
+                    .is_some_and(|now| std::ptr::eq(Arc::as_ptr(&now), live));
+                let same = applying
+                    .as_ref()
+                    .is_some_and(|seen| std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&topic)));
+                if !current || !same {
                     return Ok(offsets);
                 }
                 if let Some(done) = self.step(live, engine, id, start, end).await? {
