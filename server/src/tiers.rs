@@ -228,6 +228,13 @@ pub async fn describe_topic(
     let me = app.membership.id().to_string();
     let mut partitions = Vec::with_capacity(topic.partitions().len());
     let mut unindexed = 0;
+    // One read of the index for the whole topic (a topic may have
+    // thousands of partitions).
+    let indexed = app
+        .query
+        .key_index()
+        .progress_of(topic.name(), topic.partitions().len() as u32)
+        .unwrap_or_default();
     for p in topic.partitions() {
         let state = app.replication.state(topic.name(), p.id());
         let (leader, replicas, isr, leader_epoch) = match &state {
@@ -240,8 +247,7 @@ pub async fn describe_topic(
             None => (json!(me), json!([me]), json!([me]), 0),
         };
         let pinned = pin_partition(tiering, topic.name(), p).await?;
-        let indexed = app.query.key_index().progress(topic.name(), p.id());
-        let indexed = indexed.ok().flatten().unwrap_or(0);
+        let indexed = indexed.get(p.id() as usize).copied().flatten().unwrap_or(0);
         unindexed += pinned
             .end_offset()
             .saturating_sub(indexed.max(pinned.start_offset()));

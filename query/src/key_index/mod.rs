@@ -79,10 +79,10 @@ impl KeyIndex {
         self.store.bytes()
     }
 
-    /// The next offset of `partition` the index will apply (`None`: not
-    /// indexed yet).
-    pub fn progress(&self, topic: &str, partition: u32) -> Result<Option<u64>> {
-        self.store.progress(topic, partition)
+    /// The next offset the index will apply of each of partitions
+    /// `0..count` of `topic` (`None`: not indexed yet), in one read.
+    pub fn progress_of(&self, topic: &str, count: u32) -> Result<Vec<Option<u64>>> {
+        self.store.progress_of(topic, count)
     }
 
     /// Keeps the index up to date until `stopping` (see [`maintain`]).
