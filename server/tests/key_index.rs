@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use strata_test_support::{TestServer, eventually};
+use strata_test_support::{Rng, TestServer, eventually};
 
 /// A record as produced, with where it landed.
 #[derive(Debug, Clone)]
@@ -21,18 +21,6 @@ struct Produced {
     timestamp: i64,
     key: String,
     value: Value,
-}
-
-/// A small deterministic generator (xorshift), so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 const KEYS: u64 = 150;
@@ -209,14 +197,7 @@ async fn lookups_equal_an_oracle_across_tiers_restarts_and_a_lost_index() {
         &mut log,
     )
     .await;
-    let (status, body) = server
-        .api
-        .post(
-            &format!("/v1/topics/{topic}/tiering/run?roll=true"),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    server.api.offload(topic).await;
     produce_random(
         &server,
         topic,
@@ -322,14 +303,7 @@ async fn a_key_whose_records_retention_removed_is_gone() {
         server.api.produce(topic, chunk).await;
     }
     until_indexed(&server, topic).await;
-    let (status, body) = server
-        .api
-        .post(
-            &format!("/v1/topics/{topic}/tiering/run?roll=true"),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    server.api.offload(topic).await;
     let (_, described) = server.api.get(&format!("/v1/topics/{topic}")).await;
     assert_eq!(
         described["partitions"][0]["start_offset"], 600,

@@ -6,7 +6,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use strata_test_support::TestServer;
+use strata_test_support::{Rng, TestServer};
 
 const TOPIC: &str = "mv";
 
@@ -53,17 +53,6 @@ fn views() -> Vec<(&'static str, String)> {
             ),
         ),
     ]
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 async fn produce_random(server: &TestServer, rng: &mut Rng, count: usize) {
@@ -172,14 +161,7 @@ async fn materialized_views_equal_their_sql_across_offload_restarts_and_a_lost_s
     }
     check_views(&server, "after creation").await;
     produce_random(&server, &mut rng, 1500).await;
-    let (status, body) = server
-        .api
-        .post(
-            &format!("/v1/topics/{TOPIC}/tiering/run?roll=true"),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    server.api.offload(TOPIC).await;
     produce_random(&server, &mut rng, 400).await;
     check_views(&server, "after offload").await;
 

@@ -170,6 +170,19 @@ impl Api {
         (status, value)
     }
 
+    /// Offloads `topic` now (`tiering/run?roll=true`), panicking unless 200;
+    /// returns the summary.
+    pub async fn offload(&self, topic: &str) -> Value {
+        let (status, body) = self
+            .post(
+                &format!("/v1/topics/{topic}/tiering/run?roll=true"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "offload of {topic}: {body}");
+        body
+    }
+
     /// Reads a whole partition from `offset` to its current end.
     pub async fn consume_all(&self, topic: &str, partition: u32, mut offset: u64) -> Vec<Value> {
         let mut out = Vec::new();
@@ -253,6 +266,20 @@ where
         );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A small deterministic generator (xorshift), so that a randomized test
+/// replays from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
     }
 }
 
