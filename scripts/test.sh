@@ -51,11 +51,14 @@ if ! command -v openssl >/dev/null 2>&1; then
 fi
 
 venv=target/test-venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import pyarrow, moto, schemathesis" 2>/dev/null; then
-  echo "== installing the test tools (moto S3 server, pyarrow, schemathesis) into $venv"
+# The lake tests read the Delta tables with delta-rs (the deltalake package)
+# and DuckDB's delta extension, whose wheel carries the extension binary
+# (loaded from the file, never downloaded).
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import pyarrow, moto, schemathesis, deltalake, duckdb, duckdb_extension_delta" 2>/dev/null; then
+  echo "== installing the test tools (moto S3 server, pyarrow, schemathesis, deltalake, DuckDB) into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[s3]==5.2.5" flask flask-cors pyarrow \
-    "schemathesis==4.32.5"
+    "schemathesis==4.32.5" "deltalake==1.6.6" "duckdb==1.5.5" "duckdb-extension-delta==1.5.5"
 fi
 export STRATA_TEST_PYTHON="$PWD/$venv/bin/python"
 

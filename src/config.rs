@@ -108,6 +108,8 @@ struct TieringFile {
     offload_after_ms: Option<u64>,
     /// Pause between background offload passes (default 5000).
     offload_interval_ms: Option<u64>,
+    /// Publish each topic's cold tier as a Delta Lake table (default true).
+    delta_table: Option<bool>,
 }
 
 impl ServeConfig {
@@ -145,6 +147,9 @@ impl ServeConfig {
             }
             if let Some(ms) = file.tiering.offload_interval_ms {
                 tiering.interval = Duration::from_millis(ms.max(10));
+            }
+            if let Some(on) = file.tiering.delta_table {
+                tiering.delta_table = on;
             }
         }
         if let Some(l) = &args.listen {

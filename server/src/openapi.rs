@@ -96,6 +96,12 @@ pub struct TopicDescription {
     pub name: String,
     pub config: TopicConfig,
     pub partitions: Vec<PartitionDescription>,
+    /// `[{"kind": "latest_by_key", "records_behind": N}]`.
+    pub indexes: Vec<Value>,
+    /// The cold tier as a Delta Lake table: `{"format": "delta",
+    /// "version": N, "location": "<url>"}` (`version` `null` until the
+    /// first publish); `null` when tables are off.
+    pub table: Option<Value>,
 }
 
 /// One partition of [`TopicDescription`].

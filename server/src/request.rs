@@ -149,12 +149,13 @@ impl Params {
         }
     }
 
-    /// A boolean parameter (`true`, `false`, or present without a value
-    /// for true), `false` when absent.
+    /// A boolean parameter, `true` or `false` (nothing else: the OpenAPI
+    /// document says boolean, so an empty value is refused too), `false`
+    /// when absent.
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.get(name) {
             None | Some("false") => Ok(false),
-            Some("true") | Some("") => Ok(true),
+            Some("true") => Ok(true),
             Some(other) => Err(ApiError::invalid_request(format!(
                 "{name} must be true or false, got {other:?}"
             ))),

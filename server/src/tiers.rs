@@ -276,10 +276,14 @@ pub async fn describe_topic(
             "leader_epoch": leader_epoch,
         }));
     }
+    let table = tiering
+        .table_info(topic.name())
+        .map(|t| json!({"format": t.format, "version": t.version, "location": t.location}));
     Ok(json!({
         "name": topic.name(),
         "config": topic.config(),
         "partitions": partitions,
         "indexes": [{"kind": "latest_by_key", "records_behind": unindexed}],
+        "table": table,
     }))
 }

@@ -22,15 +22,18 @@ impl Tiering {
         // Let offloads already running finish (their commits would
         // otherwise recreate objects after the deletion), and hold
         // every partition's offload lock while deleting.
-        let locks: Vec<_> = self
+        // In partition order, as every holder of several takes them
+        // (`Tiering::lock_partitions`).
+        let mut locks: Vec<_> = self
             .offloading
             .lock()
             .iter()
             .filter(|((t, _), _)| t == topic)
-            .map(|(_, lock)| lock.clone())
+            .map(|((_, p), lock)| (*p, lock.clone()))
             .collect();
+        locks.sort_by_key(|(p, _)| *p);
         let mut held = Vec::with_capacity(locks.len());
-        for lock in &locks {
+        for (_, lock) in &locks {
             held.push(lock.lock().await);
         }
         let prefix = format!("{}/", self.cold.root.topic(topic));

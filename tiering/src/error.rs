@@ -27,6 +27,9 @@ pub enum TieringError {
     /// versioned object) this one wanted, or it vanished while being read.
     #[error("{path} was written concurrently by another writer")]
     Conflict { path: String },
+    /// The topic's Delta table could not be read or committed to.
+    #[error("delta table: {0}")]
+    Table(String),
     /// A local segment does not continue where the cold tier ends.
     #[error("{0}")]
     Gap(String),

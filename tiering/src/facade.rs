@@ -35,6 +35,8 @@ pub struct TieringConfig {
     /// that reads which listed it just before can finish; reads pinned
     /// before the drop keep it longer (see [`PinnedManifest`]).
     pub object_delete_grace: Duration,
+    /// Publish each topic's cold tier as a Delta Lake table ([`crate::delta`]).
+    pub delta_table: bool,
 }
 
 impl Default for TieringConfig {
@@ -44,6 +46,7 @@ impl Default for TieringConfig {
             offload_after: Duration::ZERO,
             crash_at: None,
             object_delete_grace: Duration::from_secs(60),
+            delta_table: true,
         }
     }
 }
@@ -58,6 +61,8 @@ pub enum CrashPoint {
     AfterUpload,
     /// Once the manifest is committed, before local retention.
     AfterCommit,
+    /// Once a Delta table commit is stored, before this process notes it.
+    AfterTableCommit,
 }
 
 impl std::str::FromStr for CrashPoint {
@@ -68,8 +73,9 @@ impl std::str::FromStr for CrashPoint {
             "during_upload" => Ok(Self::DuringUpload),
             "after_upload" => Ok(Self::AfterUpload),
             "after_commit" => Ok(Self::AfterCommit),
+            "after_table_commit" => Ok(Self::AfterTableCommit),
             other => Err(TieringError::Config(format!(
-                "unknown crash point {other:?}; expected during_upload, after_upload or after_commit"
+                "unknown crash point {other:?}; expected during_upload, after_upload, after_commit or after_table_commit"
             ))),
         }
     }
@@ -94,7 +100,7 @@ pub struct Tiering {
     /// Multipart uploads in progress, so a crash's can be aborted.
     pub(crate) uploads: Arc<UploadJournal>,
     /// Topics whose description this process has stored.
-    pub(crate) described: Mutex<std::collections::HashSet<String>>,
+    pub(crate) described: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
     /// Topics whose cold data is deleted while their local deletion is
     /// still under way: never offloaded again (a topic re-created under the
     /// same name is another `Topic`, and is offloaded).
@@ -103,6 +109,8 @@ pub struct Tiering {
     /// deleted once their grace period ends and no read that may still
     /// use them is running.
     pub(crate) pending_deletes: Mutex<Vec<(i64, object_store::path::Path)>>,
+    /// The topics' Delta tables, as far as this process knows them.
+    pub(crate) tables: crate::delta::Tables,
     /// Reads of the cold tier in progress, by start time.
     pub(crate) readers: Arc<Readers>,
     /// Which partitions this node offloads; every one when unset. Weak:
@@ -110,6 +118,21 @@ pub struct Tiering {
     pub(crate) scope: parking_lot::RwLock<Option<std::sync::Weak<dyn OffloadScope>>>,
     /// This node's name: the owner of the topics it creates.
     pub(crate) owner: String,
+}
+
+/// What a topic's Delta table lists, as far as start-up could read it.
+pub(crate) enum InTable {
+    Files(std::collections::HashSet<String>),
+    Unknown,
+}
+
+impl InTable {
+    fn may_list(&self, relative: &str) -> bool {
+        match self {
+            Self::Files(files) => files.contains(relative),
+            Self::Unknown => true,
+        }
+    }
 }
 
 /// Which partitions a node offloads. In a cluster only a partition's
@@ -150,12 +173,14 @@ impl Tiering {
             cache: crate::read_cache::ReadCache::default(),
             uploads,
             pending_deletes: Mutex::default(),
+            tables: crate::delta::Tables::default(),
             readers: Arc::default(),
             scope: parking_lot::RwLock::new(None),
             owner: owner.to_string(),
         });
         tiering.restore_missing_topics(&[]).await?;
         for topic in tiering.broker.topics() {
+            let in_table = tiering.files_in_table(topic.name()).await;
             for p in topic.partitions() {
                 let manifest = tiering.manifests.load(topic.name(), p.id()).await?;
                 if manifest.end_offset < p.start_offset() && !manifest.files.is_empty() {
@@ -167,7 +192,7 @@ impl Tiering {
                         "offsets between the cold tier and local disk are missing"
                     );
                 }
-                tiering.remove_orphans(&manifest).await?;
+                tiering.remove_orphans(&manifest, in_table.as_ref()).await?;
                 tiering.remember(manifest);
             }
         }
@@ -196,11 +221,32 @@ impl Tiering {
         Ok(())
     }
 
+    /// What the topic's table lists, at start-up: files it may still list
+    /// must not be deleted before a publish removes them. `None` when it
+    /// has no table; when it cannot be read, every file counts as listed.
+    async fn files_in_table(&self, topic: &str) -> Option<InTable> {
+        if !self.config.delta_table {
+            return None;
+        }
+        match self.table_files(topic).await {
+            Ok(files) => files.map(|f| InTable::Files(f.into_keys().collect())),
+            Err(error) => {
+                tracing::warn!(topic, %error, "could not read the topic's Delta table; its orphaned files wait for the next publish");
+                Some(InTable::Unknown)
+            }
+        }
+    }
+
     /// Deletes data files of a partition that its manifest does not list:
     /// uploads a crash left uncommitted, and files whose deletion after
     /// retention was still pending when the server stopped. Until then a
-    /// glob over the topic's files could see them.
-    pub(crate) async fn remove_orphans(&self, manifest: &Manifest) -> Result<()> {
+    /// glob over the topic's files could see them. Those the topic's table
+    /// may list (`in_table`) are deleted only once it no longer does.
+    pub(crate) async fn remove_orphans(
+        &self,
+        manifest: &Manifest,
+        in_table: Option<&InTable>,
+    ) -> Result<()> {
         use futures::TryStreamExt;
         let dir = self
             .cold
@@ -215,6 +261,17 @@ impl Tiering {
         for object in listed {
             let path = object.location.to_string();
             if path.ends_with(".parquet") && !committed.contains(path.as_str()) {
+                let relative =
+                    crate::delta::actions::relative_path(&self.cold.root, &manifest.topic, &path);
+                if in_table.is_some_and(|t| t.may_list(relative)) {
+                    self.drop_objects(
+                        &manifest.topic,
+                        manifest.partition,
+                        manifest.version,
+                        vec![object.location],
+                    );
+                    continue;
+                }
                 tracing::info!(%path, "removing an orphaned cold file");
                 object_store::ObjectStoreExt::delete(self.cold.store.as_ref(), &object.location)
                     .await?;
@@ -331,6 +388,7 @@ impl Tiering {
     pub(crate) fn forget_topic(&self, topic: &str, prefix: &str) {
         self.committed.lock().retain(|(t, _), _| t != topic);
         self.described.lock().remove(topic);
+        self.tables.forget(topic);
         self.cache.forget(prefix);
     }
 
@@ -357,6 +415,9 @@ impl Tiering {
         // Renewed on its own clock: a pass over a large backlog can take
         // longer than the lease lasts.
         let renewing = tokio::spawn(Self::renew_lease(self.clone(), stopping.clone()));
+        // On its own clock too: a slow table commit must not hold offloads
+        // up, nor a long offload pass the table.
+        let publishing = tokio::spawn(Self::publish_in_background(self.clone(), stopping.clone()));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.interval) => {}
@@ -374,7 +435,24 @@ impl Tiering {
             }
         }
         renewing.abort();
+        publishing.abort();
         self.lease.release().await;
+    }
+
+    async fn publish_in_background(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+        if !self.config.delta_table {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.interval) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            tokio::select! {
+                _ = self.publish_all() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
     }
 
     async fn renew_lease(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {

@@ -16,10 +16,14 @@
 //! its files with [`Tiering::scan_file`]; the server reads records by offset
 //! and time through [`partition_reads`]. Objects that retention drops are
 //! deleted only once no read that began before the drop is still running.
+//! Each topic's cold tier is also published as a Delta Lake table
+//! ([`delta`]), which follows the manifests.
+//!
 //! The crate knows nothing of HTTP.
 
 pub mod cold_read;
 mod deletion;
+pub mod delta;
 pub mod error;
 pub mod facade;
 pub mod lease;
@@ -36,6 +40,7 @@ pub mod store;
 pub mod upload;
 pub mod versioned;
 
+pub use delta::TableInfo;
 pub use error::{Result, TieringError};
 pub use facade::{CrashPoint, OffloadScope, Tiering, TieringConfig};
 pub use offload::OffloadSummary;

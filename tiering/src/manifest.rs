@@ -290,10 +290,15 @@ impl ManifestStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        // Manifests first: a deletion cut short leaves unreferenced data
-        // files, never a manifest that lists deleted ones.
+        // Manifests first, then the Delta table's log: a deletion cut
+        // short leaves unreferenced data files, never a manifest or a
+        // table that lists deleted ones.
         let topic_dir = self.root.topic(topic);
-        for prefix in [topic_dir.clone().join("_manifest"), topic_dir] {
+        for prefix in [
+            topic_dir.clone().join("_manifest"),
+            topic_dir.clone().join("_delta_log"),
+            topic_dir,
+        ] {
             let locations = self
                 .store
                 .list(Some(&prefix))

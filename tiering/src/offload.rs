@@ -40,7 +40,7 @@ impl std::ops::AddAssign for OffloadSummary {
 impl Tiering {
     /// Offloads every sealed segment of a topic not yet in the cold tier
     /// (sealing the active segments first when `roll`), and returns when
-    /// they are committed.
+    /// they are committed, and published to the topic's table.
     pub async fn offload_topic(&self, topic: &str, roll: bool) -> Result<OffloadSummary> {
         let topic = self.broker.topic(topic)?;
         if roll {
@@ -60,6 +60,7 @@ impl Tiering {
         for (_, result) in results {
             summary += result?;
         }
+        self.publish_table(&topic).await?;
         Ok(summary)
     }
 
@@ -149,12 +150,18 @@ impl Tiering {
         }
         let mut manifest = self.manifest(topic.name(), p.id()).await?;
         let mut summary = OffloadSummary::default();
-        if !self.described.lock().contains(topic.name()) {
-            self.manifests
-                .put_topic_meta(topic.meta(), &self.owner)
-                .await?;
-            self.described.lock().insert(topic.name().to_string());
-        }
+        // Once per topic and process, by one partition while the others
+        // wait: two writes of the same object at once raced on the local
+        // store (one's fsync found the file replaced under it).
+        let described = self
+            .described
+            .lock()
+            .entry(topic.name().to_string())
+            .or_default()
+            .clone();
+        described
+            .get_or_try_init(|| self.manifests.put_topic_meta(topic.meta(), &self.owner))
+            .await?;
         // Space management: a nearly full data disk cannot wait for a segment
         // to fill or age, nor keep local copies of what is cold already.
         let space = self.broker.disk_space();

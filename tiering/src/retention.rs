@@ -31,13 +31,16 @@ impl Tiering {
         self.commit(&next).await?;
         let start_offset = next.start_offset;
         let next = self.remember(next);
-        // Stamped once readers can no longer get the old manifest: a read
-        // pinned before this moment may still use the dropped files.
-        let dropped_at = strata_broker::timestamp::now_ms();
-        self.pending_deletes.lock().extend(
+        // From now on readers can no longer get the old manifest (a read
+        // pinned before may still use the dropped files).
+        self.drop_objects(
+            topic.name(),
+            p.id(),
+            next.version,
             expired
                 .into_iter()
-                .map(|f| (dropped_at, object_store::path::Path::from(f.path))),
+                .map(|f| object_store::path::Path::from(f.path))
+                .collect(),
         );
         delete_local_below(p, start_offset).await?;
         tracing::info!(

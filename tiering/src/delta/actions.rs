@@ -1,0 +1,190 @@
+//! The Delta Lake shape of a topic's cold tier, without I/O: the table's
+//! columns, where its objects are, and the log actions that add or remove
+//! one cold file.
+
+use std::collections::HashMap;
+
+use deltalake_core::kernel::{Action, Add, DataType, MapType, Remove, StructField, Transaction};
+
+use crate::manifest::ColdFile;
+use crate::paths::ColdRoot;
+
+/// The table's columns: those of every cold file ([`crate::schema::schema`])
+/// in Delta's types. `timestamp` is Delta's `timestamp` (µs, UTC): readers
+/// cast the files' milliseconds up, losslessly.
+pub fn columns() -> Vec<StructField> {
+    vec![
+        StructField::new("partition", DataType::INTEGER, false),
+        StructField::new("offset", DataType::LONG, false),
+        StructField::new("timestamp", DataType::TIMESTAMP, false),
+        StructField::new("key", DataType::STRING, true),
+        StructField::new("value", DataType::STRING, false),
+        StructField::new(
+            "headers",
+            MapType::new(DataType::STRING, DataType::STRING, true),
+            false,
+        ),
+    ]
+}
+
+/// The application id under which a partition's publishing progress (the
+/// manifest version its files were last published at) is kept in the
+/// table's log, as a Delta `txn` action.
+pub fn app_id(topic: &str, partition: u32) -> String {
+    format!("strata/{topic}/{partition}")
+}
+
+/// The id's progress as Delta records it.
+pub fn progress(topic: &str, partition: u32, manifest_version: u64, now_ms: i64) -> Transaction {
+    Transaction {
+        app_id: app_id(topic, partition),
+        version: i64::try_from(manifest_version).unwrap_or(i64::MAX),
+        last_updated: Some(now_ms),
+    }
+}
+
+/// The partition a table path (`<partition>/<first>-<last>.parquet`,
+/// relative to the table's root) belongs to, if it is one of Strata's.
+pub fn partition_of(relative: &str) -> Option<u32> {
+    relative.split_once('/')?.0.parse().ok()
+}
+
+/// Where a topic's table lives, as a URL for delta-rs over a store whose
+/// root is the bucket's (S3) or the process's (memory). delta-rs reaches
+/// every object through the store Strata hands it, by this URL's path; the
+/// `memory` scheme is one it has a log store for without its own cloud
+/// crates, and one whose listings it trusts to be sorted, as S3's and
+/// memory's are. (A local directory's are not: it gets a `file` URL.)
+pub fn internal_url(root: &ColdRoot, topic: &str) -> Option<url::Url> {
+    url::Url::parse(&format!("memory:///{}", root.topic(topic))).ok()
+}
+
+/// Where a topic's table lives, for people and other engines: the object
+/// store's URL (without credentials) and the topic.
+pub fn location(store_url: &str, topic: &str) -> String {
+    format!("{}/{topic}", store_url.trim_end_matches('/'))
+}
+
+/// A data file's path relative to its table's root.
+pub fn relative_path<'a>(root: &ColdRoot, topic: &str, path: &'a str) -> &'a str {
+    let prefix = root.topic(topic);
+    let prefix = prefix.as_ref();
+    match path.strip_prefix(prefix) {
+        Some(rest) if prefix.is_empty() => rest,
+        Some(rest) => rest.strip_prefix('/').unwrap_or(rest),
+        None => path,
+    }
+}
+
+/// The action that adds a cold file, with the statistics readers prune by:
+/// its record count, and the bounds of `partition`, `offset` and
+/// `timestamp` (from the manifest, exact), none of which has nulls.
+pub fn add(relative: &str, partition: u32, file: &ColdFile, now_ms: i64) -> Action {
+    Action::Add(Add {
+        path: relative.to_string(),
+        partition_values: HashMap::new(),
+        size: i64::try_from(file.bytes).unwrap_or(i64::MAX),
+        modification_time: now_ms,
+        data_change: true,
+        stats: Some(stats(partition, file)),
+        ..Add::default()
+    })
+}
+
+/// The action that removes a file from the table (before it is deleted).
+pub fn remove(relative: &str, size: i64, now_ms: i64) -> Action {
+    Action::Remove(Remove {
+        path: relative.to_string(),
+        data_change: true,
+        deletion_timestamp: Some(now_ms),
+        extended_file_metadata: Some(true),
+        partition_values: Some(HashMap::new()),
+        size: Some(size),
+        ..Remove::default()
+    })
+}
+
+/// Delta's per-file statistics (the `stats` JSON of an `add`).
+fn stats(partition: u32, file: &ColdFile) -> String {
+    serde_json::json!({
+        "numRecords": file.records,
+        "minValues": {
+            "partition": partition,
+            "offset": file.first_offset,
+            "timestamp": timestamp(file.min_timestamp),
+        },
+        "maxValues": {
+            "partition": partition,
+            "offset": file.last_offset,
+            "timestamp": timestamp(file.max_timestamp),
+        },
+        "nullCount": {"partition": 0, "offset": 0, "timestamp": 0, "value": 0},
+    })
+    .to_string()
+}
+
+/// A timestamp as Delta's statistics write it: ISO 8601 in UTC, to the
+/// millisecond (the precision the files hold, so the bounds are exact).
+fn timestamp(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> ColdFile {
+        ColdFile {
+            path: "lake/clicks/2/00000000000000000010-00000000000000000019.parquet".into(),
+            first_offset: 10,
+            last_offset: 19,
+            min_timestamp: 1_700_000_000_123,
+            max_timestamp: 1_700_000_001_456,
+            records: 10,
+            bytes: 4096,
+        }
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_topic() {
+        let root = ColdRoot::new("lake");
+        let file = file();
+        let rel = relative_path(&root, "clicks", &file.path);
+        assert_eq!(rel, "2/00000000000000000010-00000000000000000019.parquet");
+        assert_eq!(partition_of(rel), Some(2));
+        assert_eq!(partition_of("_delta_log/0.json"), None);
+        let bare = ColdRoot::new("");
+        assert_eq!(relative_path(&bare, "t", "t/0/x.parquet"), "0/x.parquet");
+        assert_eq!(
+            internal_url(&root, "clicks").unwrap().path(),
+            "/lake/clicks"
+        );
+        assert_eq!(location("s3://b/lake/", "clicks"), "s3://b/lake/clicks");
+    }
+
+    #[test]
+    fn statistics_bound_offsets_and_times_exactly() {
+        let Action::Add(add) = add("2/f.parquet", 2, &file(), 5) else {
+            panic!("not an add")
+        };
+        let stats: serde_json::Value = serde_json::from_str(add.stats.as_deref().unwrap()).unwrap();
+        assert_eq!(stats["numRecords"], 10);
+        assert_eq!(stats["minValues"]["offset"], 10);
+        assert_eq!(stats["maxValues"]["offset"], 19);
+        assert_eq!(stats["minValues"]["timestamp"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(stats["maxValues"]["timestamp"], "2023-11-14T22:13:21.456Z");
+        assert_eq!(stats["maxValues"]["partition"], 2);
+        assert_eq!(add.size, 4096);
+        assert!(add.data_change);
+    }
+
+    #[test]
+    fn progress_is_the_manifest_version() {
+        let txn = progress("clicks", 3, 42, 7);
+        assert_eq!(txn.app_id, "strata/clicks/3");
+        assert_eq!(txn.version, 42);
+    }
+}

@@ -1,0 +1,473 @@
+//! Each topic's cold tier as a Delta Lake table at `<root>/<topic>/`, so
+//! that any Delta reader (delta-rs, DuckDB, Spark, Trino) sees a snapshot
+//! of it with no Strata process running.
+//!
+//! The manifests stay the source of truth; the table follows them. A
+//! publish diffs each partition's manifest against the files the table
+//! lists under `<partition>/` and commits the difference (adds, removes)
+//! in one Delta commit, with a `txn` action per partition
+//! (`strata/<topic>/<partition>` → manifest version) recording how far the
+//! table follows it. Replaying a publish after a crash finds no difference,
+//! so it commits nothing: each cold file is in the table exactly once.
+//! Commits go through delta-rs's default log store, which creates
+//! `_delta_log/<version>.json` with the object store's conditional put, as
+//! the manifests do; delta-rs also writes checkpoints (every 100 versions)
+//! and expires old log entries (after 30 days), so reading the log stays
+//! cheap.
+//!
+//! An object a manifest drops (retention) is deleted only after the table
+//! has removed it ([`Tiering::drop_objects`]), and then only after the
+//! usual grace period, so a reader of the latest table version never meets
+//! a missing file and one that just read the previous version can finish.
+
+pub mod actions;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake_core::operations::create::CreateBuilder;
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use object_store::path::Path;
+use parking_lot::Mutex;
+use strata_broker::Topic;
+
+use crate::error::{Result, TieringError};
+use crate::facade::Tiering;
+use crate::manifest::{ColdFile, Manifest};
+use crate::store::Backend;
+
+type PartitionKey = (String, u32);
+
+/// What this process knows of the topics' tables.
+#[derive(Default)]
+pub(crate) struct Tables {
+    /// Each topic's table as last loaded or committed (`None`: not loaded);
+    /// its async lock serialises publishing the topic.
+    open: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<DeltaTable>>>>>,
+    /// The manifest version each partition's files were last published at.
+    published: Mutex<HashMap<PartitionKey, u64>>,
+    /// Each topic's newest table version this process has seen.
+    versions: Mutex<HashMap<String, u64>>,
+    /// Objects a partition's manifest dropped at a version: deleted only
+    /// once the table follows that version.
+    awaiting: Mutex<Vec<(PartitionKey, u64, Path)>>,
+}
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables")
+            .field("open", &self.open.lock().len())
+            .field("versions", &*self.versions.lock())
+            .field("awaiting", &self.awaiting.lock().len())
+            .finish()
+    }
+}
+
+impl Tables {
+    /// Forgets a deleted topic.
+    pub(crate) fn forget(&self, topic: &str) {
+        self.open.lock().remove(topic);
+        self.published.lock().retain(|(t, _), _| t != topic);
+        self.versions.lock().remove(topic);
+        self.awaiting.lock().retain(|((t, _), _, _)| t != topic);
+    }
+}
+
+/// A topic's table, as its description shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Always `"delta"`.
+    pub format: &'static str,
+    /// The table's root: the object store's URL and the topic.
+    pub location: String,
+    /// The newest table version this server has published or read; `None`
+    /// until it has (a topic with nothing offloaded yet has no table).
+    pub version: Option<u64>,
+}
+
+impl From<DeltaTableError> for TieringError {
+    fn from(error: DeltaTableError) -> Self {
+        match error {
+            DeltaTableError::ObjectStore { source } => Self::Store(source),
+            other => Self::Table(other.to_string()),
+        }
+    }
+}
+
+impl Tiering {
+    /// The table `topic` is published as, when tables are on.
+    pub fn table_info(&self, topic: &str) -> Option<TableInfo> {
+        self.config.delta_table.then(|| TableInfo {
+            format: "delta",
+            location: actions::location(&self.cold.url, topic),
+            version: self.tables.versions.lock().get(topic).copied(),
+        })
+    }
+
+    /// Hands over objects that version `version` of a partition's manifest
+    /// no longer lists, for deletion after the grace period: at once, or,
+    /// when tables are on, once the table follows that version.
+    pub(crate) fn drop_objects(&self, topic: &str, partition: u32, version: u64, paths: Vec<Path>) {
+        if self.config.delta_table {
+            let key = (topic.to_string(), partition);
+            self.tables
+                .awaiting
+                .lock()
+                .extend(paths.into_iter().map(|path| (key.clone(), version, path)));
+        } else {
+            let now = strata_broker::timestamp::now_ms();
+            self.pending_deletes
+                .lock()
+                .extend(paths.into_iter().map(|path| (now, path)));
+        }
+    }
+
+    /// Publishes the cold tier of `topic`'s partitions that this node
+    /// offloads to the topic's Delta table (creating it on first use).
+    ///
+    /// # Contract
+    ///
+    /// When this returns `Ok`, the table lists exactly the files of those
+    /// partitions' manifests as they were when it began, each once. A
+    /// publish is one atomic Delta commit, or none when the table is
+    /// already up to date; one cut short by a crash is redone by the next.
+    /// Objects the manifests dropped are queued for deletion only once the
+    /// commit that removes them from the table has succeeded.
+    pub async fn publish_table(&self, topic: &Arc<Topic>) -> Result<()> {
+        if !self.config.delta_table {
+            return Ok(());
+        }
+        let name = topic.name();
+        // The common case, a topic whose table is up to date, costs no
+        // lock and no request.
+        let current = topic.partitions().iter().all(|p| {
+            !self.offloads(name, p.id())
+                || self.cached(name, p.id()).is_some_and(|m| {
+                    m.version == 0
+                        || self
+                            .tables
+                            .published
+                            .lock()
+                            .get(&(name.to_string(), p.id()))
+                            == Some(&m.version)
+                })
+        });
+        if current {
+            self.release_published(name);
+            return Ok(());
+        }
+        // Offloads and retention of the topic wait (the manifests hold
+        // still during the diff), and so does its deletion, which must not
+        // meet a table commit that re-creates its log afterwards.
+        let _held = self.lock_partitions(topic).await;
+        if self.is_deleting(topic) {
+            return Ok(());
+        }
+        let mut manifests = Vec::new();
+        for p in topic.partitions() {
+            if self.offloads(name, p.id()) {
+                let manifest = self.manifest(name, p.id()).await?;
+                // Version 0: never committed, nothing to publish.
+                if manifest.version > 0 {
+                    manifests.push(manifest);
+                }
+            }
+        }
+        let pending: Vec<&Arc<Manifest>> = {
+            let published = self.tables.published.lock();
+            manifests
+                .iter()
+                .filter(|m| published.get(&(name.to_string(), m.partition)) != Some(&m.version))
+                .collect()
+        };
+        self.report_publish_lag(name, &manifests);
+        if pending.is_empty() {
+            self.release_published(name);
+            return Ok(());
+        }
+        let slot = self
+            .tables
+            .open
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        let table = match slot.as_mut() {
+            Some(table) => {
+                table.update_incremental(None).await?;
+                table
+            }
+            None => slot.insert(self.load_or_create_table(name).await?),
+        };
+        let version = self.commit_difference(name, table, &pending).await?;
+        self.tables
+            .versions
+            .lock()
+            .insert(name.to_string(), version);
+        {
+            let mut published = self.tables.published.lock();
+            for m in &pending {
+                published.insert((name.to_string(), m.partition), m.version);
+            }
+        }
+        self.release_published(name);
+        self.report_publish_lag(name, &manifests);
+        metrics::gauge!("strata_table_version", "topic" => name.to_string()).set(version as f64);
+        Ok(())
+    }
+
+    /// Commits what the table lacks or has too much of for `pending`'s
+    /// manifests, with their progress; returns the table's version after.
+    async fn commit_difference(
+        &self,
+        name: &str,
+        table: &mut DeltaTable,
+        pending: &[&Arc<Manifest>],
+    ) -> Result<u64> {
+        let now = strata_broker::timestamp::now_ms();
+        let mut listed: HashMap<u32, HashMap<String, i64>> = HashMap::new();
+        for file in table.snapshot()?.log_data() {
+            let path = file.path().into_owned();
+            if let Some(partition) = actions::partition_of(&path) {
+                listed
+                    .entry(partition)
+                    .or_default()
+                    .insert(path, file.size());
+            }
+        }
+        let (mut adds, mut removes, mut progress) = (Vec::new(), Vec::new(), Vec::new());
+        for manifest in pending {
+            let files: HashMap<&str, &ColdFile> = manifest
+                .files
+                .iter()
+                .map(|f| (actions::relative_path(&self.cold.root, name, &f.path), f))
+                .collect();
+            let in_table = listed.remove(&manifest.partition).unwrap_or_default();
+            for (path, file) in &files {
+                if !in_table.contains_key(*path) {
+                    adds.push(actions::add(path, manifest.partition, file, now));
+                }
+            }
+            for (path, size) in &in_table {
+                if !files.contains_key(path.as_str()) {
+                    removes.push(actions::remove(path, *size, now));
+                }
+            }
+            progress.push(actions::progress(
+                name,
+                manifest.partition,
+                manifest.version,
+                now,
+            ));
+        }
+        let version = table.version().unwrap_or_default();
+        if adds.is_empty() && removes.is_empty() {
+            // Already there (a publish redone after a crash): committing
+            // only the progress would grow the log for nothing.
+            return Ok(version);
+        }
+        let operation = if removes.is_empty() {
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            }
+        } else {
+            DeltaOperation::Delete { predicate: None }
+        };
+        let (added, removed) = (adds.len(), removes.len());
+        adds.append(&mut removes);
+        let properties = progress
+            .into_iter()
+            .fold(CommitProperties::default(), |p, txn| {
+                p.with_application_transaction(txn)
+            });
+        let committed = CommitBuilder::from(properties)
+            .with_actions(adds)
+            .build(Some(table.snapshot()?), table.log_store(), operation)
+            .await?;
+        self.crash_point(crate::facade::CrashPoint::AfterTableCommit);
+        table.state = Some(committed.snapshot());
+        self.make_commit_durable(name, committed.version()).await?;
+        let label = || name.to_string();
+        metrics::counter!("strata_table_commits_total", "topic" => label()).increment(1);
+        metrics::counter!("strata_table_files_added_total", "topic" => label())
+            .increment(added as u64);
+        metrics::counter!("strata_table_files_removed_total", "topic" => label())
+            .increment(removed as u64);
+        tracing::debug!(
+            topic = name,
+            version = committed.version(),
+            added,
+            removed,
+            "published to the table"
+        );
+        Ok(committed.version())
+    }
+
+    /// The topic's table, created (empty, with the records' columns) when
+    /// there is none yet.
+    async fn load_or_create_table(&self, name: &str) -> Result<DeltaTable> {
+        let mut table = self.table_handle(name)?;
+        match table.load().await {
+            Ok(()) => return Ok(table),
+            Err(DeltaTableError::NotATable(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Another node may create it at the same moment: the loser's
+        // conditional put fails, and its next publish loads the table.
+        let created = CreateBuilder::new()
+            .with_log_store(table.log_store())
+            .with_table_name(name)
+            .with_comment(format!("the cold tier of Strata topic {name}"))
+            .with_columns(actions::columns())
+            .with_save_mode(SaveMode::Ignore)
+            .await?;
+        self.make_commit_durable(name, created.version().unwrap_or_default())
+            .await?;
+        tracing::info!(topic = name, "created the topic's Delta table");
+        Ok(created)
+    }
+
+    /// The topic's table, not loaded: through this tier's store, or, on a
+    /// local directory, as delta-rs reads local tables (a `file` URL over
+    /// the file system's root, so that it sorts the directory's listings).
+    fn table_handle(&self, name: &str) -> Result<DeltaTable> {
+        let no_location =
+            || TieringError::Internal(format!("no table location for topic {name:?}"));
+        let (store, url): (Arc<dyn object_store::ObjectStore>, url::Url) = match &self.cold.backend
+        {
+            Backend::Local { root } => (
+                Arc::new(object_store::local::LocalFileSystem::new()),
+                url::Url::from_file_path(root.join(name)).map_err(|()| no_location())?,
+            ),
+            Backend::S3 { .. } | Backend::Memory => (
+                self.cold.store.clone(),
+                actions::internal_url(&self.cold.root, name).ok_or_else(no_location)?,
+            ),
+        };
+        Ok(DeltaTableBuilder::from_url(url.clone())?
+            .with_storage_backend(store, url)
+            .build()?)
+    }
+
+    /// Makes a table commit durable where the store does not by itself (a
+    /// local directory: fsynced with its directory), before the next one
+    /// is written: a lost commit below a stored one would break the table.
+    async fn make_commit_durable(&self, name: &str, version: u64) -> Result<()> {
+        let path = self
+            .cold
+            .root
+            .topic(name)
+            .join("_delta_log")
+            .join(format!("{version:020}.json"));
+        self.cold.make_durable(&path).await
+    }
+
+    /// Queues for deletion the dropped objects of `topic` whose partitions
+    /// the table now follows.
+    fn release_published(&self, topic: &str) {
+        let due: Vec<Path> = {
+            let published = self.tables.published.lock();
+            let mut awaiting = self.tables.awaiting.lock();
+            let (due, later): (Vec<_>, Vec<_>) =
+                awaiting.drain(..).partition(|(key, version, _)| {
+                    key.0 == topic && published.get(key).is_some_and(|p| p >= version)
+                });
+            *awaiting = later;
+            due.into_iter().map(|(_, _, path)| path).collect()
+        };
+        if !due.is_empty() {
+            // The grace period starts now: a reader may have just read the
+            // version that still listed them.
+            let now = strata_broker::timestamp::now_ms();
+            self.pending_deletes
+                .lock()
+                .extend(due.into_iter().map(|path| (now, path)));
+        }
+    }
+
+    fn report_publish_lag(&self, topic: &str, manifests: &[Arc<Manifest>]) {
+        let published = self.tables.published.lock();
+        let behind: u64 = manifests
+            .iter()
+            .map(|m| {
+                let done = published
+                    .get(&(topic.to_string(), m.partition))
+                    .copied()
+                    .unwrap_or(0);
+                m.version.saturating_sub(done)
+            })
+            .sum();
+        metrics::gauge!("strata_table_publish_lag_versions", "topic" => topic.to_string())
+            .set(behind as f64);
+    }
+
+    /// Publishes every topic's table (the background publisher's pass).
+    pub async fn publish_all(&self) {
+        for topic in self.broker.topics() {
+            if let Err(error) = self.publish_table(&topic).await {
+                metrics::counter!("strata_table_publish_errors_total", "topic" => topic.name().to_string())
+                    .increment(1);
+                tracing::warn!(topic = topic.name(), %error, "could not publish the Delta table; will retry");
+            }
+        }
+    }
+
+    /// The files the topic's table lists now, relative to its root (and
+    /// the table, kept for the next publish); `None` when it has no table.
+    pub(crate) async fn table_files(&self, name: &str) -> Result<Option<HashMap<String, i64>>> {
+        let mut table = self.table_handle(name)?;
+        match table.load().await {
+            Ok(()) => {}
+            Err(DeltaTableError::NotATable(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let files = table
+            .snapshot()?
+            .log_data()
+            .into_iter()
+            .map(|f| (f.path().into_owned(), f.size()))
+            .collect();
+        if let Some(version) = table.version() {
+            self.tables
+                .versions
+                .lock()
+                .insert(name.to_string(), version);
+        }
+        self.tables.open.lock().insert(
+            name.to_string(),
+            Arc::new(tokio::sync::Mutex::new(Some(table))),
+        );
+        Ok(Some(files))
+    }
+
+    /// Locks the offloads of every partition of `topic`, in partition
+    /// order (the one order every holder of several takes them in).
+    pub(crate) async fn lock_partitions(
+        &self,
+        topic: &Topic,
+    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let locks: Vec<_> = {
+            let mut offloading = self.offloading.lock();
+            topic
+                .partitions()
+                .iter()
+                .map(|p| {
+                    offloading
+                        .entry((topic.name().to_string(), p.id()))
+                        .or_default()
+                        .clone()
+                })
+                .collect()
+        };
+        let mut held = Vec::with_capacity(locks.len());
+        for lock in locks {
+            held.push(lock.lock_owned().await);
+        }
+        held
+    }
+}
