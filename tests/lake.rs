@@ -55,6 +55,21 @@ if not location.startswith("s3://"):
 print(json.dumps(out))
 "#;
 
+/// The Arrow schema pyarrow reads from the first data file under
+/// `sys.argv[1]`: the `timestamp` type, and the Parquet field ids of the
+/// columns and of the `headers` map's key and value.
+const FILE_SCHEMA: &str = r#"
+import glob, json, sys
+import pyarrow.parquet as pq
+path = sorted(glob.glob(sys.argv[1] + "/[0-9]*/*.parquet"))[0]
+s = pq.read_schema(path)
+fid = lambda f: (f.metadata or {}).get(b"PARQUET:field_id", b"").decode()
+kv = s.field("headers").type
+print(json.dumps({"timestamp": str(s.field("timestamp").type),
+                  "ids": [fid(s.field(n)) for n in s.names],
+                  "map_ids": [fid(kv.key_field), fid(kv.item_field)]}))
+"#;
+
 fn read_table(python: &Path, location: &str) -> Value {
     serde_json::from_str(&run_python(python, READ_TABLE, Path::new(location))).expect("json")
 }
@@ -207,6 +222,14 @@ async fn other_engines_read_the_cold_tier_as_a_delta_table() {
         );
         if store.is_none() {
             assert_rows(&read, "duckdb", &want);
+            // The files themselves are what table readers expect.
+            let files = run_python(&python, FILE_SCHEMA, &dir.path().join("cold/clicks"));
+            let files: Value = serde_json::from_str(&files).unwrap();
+            assert_eq!(
+                files,
+                json!({"timestamp": "timestamp[us, tz=UTC]",
+                       "ids": ["1", "2", "3", "4", "5", "6"], "map_ids": ["7", "8"]})
+            );
         }
     }
 }

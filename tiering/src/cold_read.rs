@@ -11,9 +11,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream};
@@ -110,8 +111,10 @@ pub async fn read_records(
     Ok(out)
 }
 
-/// A stream of record batches decoded from one cold file.
-pub type ColdBatchStream = ParquetRecordBatchStream<ParquetObjectReader>;
+/// A stream of record batches decoded from one cold file, timestamps in
+/// milliseconds ([`crate::schema::from_file_batch`]).
+pub type ColdBatchStream =
+    futures::stream::BoxStream<'static, parquet::errors::Result<RecordBatch>>;
 
 /// A cold file opened for a scan, with what its statistics pruned.
 pub struct OpenedScan {
@@ -174,12 +177,19 @@ pub async fn scan_file(
         return Ok(None);
     }
     let (reader, mut metadata) = cache.open(store, file).await?;
+    // The time bounds in the file's unit, for its statistics.
+    let per_ms = crate::schema::units_per_ms(metadata.schema());
+    let (from, to) = (
+        scan.from_ms.map(|t| t.saturating_mul(per_ms)),
+        scan.to_ms.map(|t| t.saturating_mul(per_ms)),
+    );
     if scan.string_views {
-        let options = ArrowReaderOptions::new().with_schema(crate::schema::view_schema());
+        let read = crate::schema::read_schema(metadata.schema(), true);
+        let options = ArrowReaderOptions::new().with_schema(read);
         metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), options)?;
     }
     let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
-    let mut plan = plan_rows(builder.metadata(), lo..hi, scan.from_ms, scan.to_ms, &[]);
+    let mut plan = plan_rows(builder.metadata(), lo..hi, from, to, &[]);
     if !scan.keys.is_empty() && scan.keys.len() <= MAX_BLOOM_KEYS {
         let mut absent = Vec::new();
         for &group in &plan.groups {
@@ -193,13 +203,7 @@ pub async fn scan_file(
             }
         }
         if !absent.is_empty() {
-            plan = plan_rows(
-                builder.metadata(),
-                lo..hi,
-                scan.from_ms,
-                scan.to_ms,
-                &absent,
-            );
+            plan = plan_rows(builder.metadata(), lo..hi, from, to, &absent);
         }
     }
     // Batches of large records hold fewer rows, like consume windows.
@@ -217,7 +221,12 @@ pub async fn scan_file(
         .with_row_selection(selection)
         .with_projection(mask)
         .with_batch_size(batch_rows)
-        .build()?;
+        .build()?
+        .map(|batch| {
+            crate::schema::from_file_batch(batch?)
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+        .boxed();
     Ok(Some(OpenedScan {
         batches,
         row_groups,
@@ -236,17 +245,18 @@ struct RowPlan {
 }
 
 /// The rows of `wanted` (as row numbers of the file) whose row group and
-/// page statistics allow `from_ms..to_ms`, outside the row groups `skip`.
+/// page statistics allow `from..to` (in the file's timestamp unit),
+/// outside the row groups `skip`.
 fn plan_rows(
     meta: &ParquetMetaData,
     wanted: Range<u64>,
-    from_ms: Option<i64>,
-    to_ms: Option<i64>,
+    from: Option<i64>,
+    to: Option<i64>,
     skip: &[usize],
 ) -> RowPlan {
     let overlaps = |min: Option<i64>, max: Option<i64>| {
-        !(from_ms.is_some_and(|from| max.is_some_and(|max| max < from))
-            || to_ms.is_some_and(|to| min.is_some_and(|min| min >= to)))
+        !(from.is_some_and(|from| max.is_some_and(|max| max < from))
+            || to.is_some_and(|to| min.is_some_and(|min| min >= to)))
     };
     let mut plan = RowPlan::default();
     let mut group_start = 0u64;
@@ -327,16 +337,19 @@ pub async fn offset_for_timestamp(
     target: i64,
 ) -> Result<Option<(u64, i64)>> {
     for file in files.iter().filter(|f| f.max_timestamp >= target) {
+        let per_ms = crate::schema::units_per_ms(cache.open(store, file).await?.1.schema());
+        let in_file = target.saturating_mul(per_ms);
         // The first five Parquet leaf columns are the Arrow columns of the same
         // index (only `headers`, last, has two leaves).
         let pick = |rg: &RowGroupMetaData| match rg.column(col::TIMESTAMP).statistics() {
-            Some(Statistics::Int64(s)) => s.max_opt().is_none_or(|&max| max >= target),
+            Some(Statistics::Int64(s)) => s.max_opt().is_none_or(|&max| max >= in_file),
             _ => true,
         };
         let Some(mut stream) = open(store, cache, file, pick).await? else {
             continue;
         };
         while let Some(batch) = stream.try_next().await? {
+            let batch = crate::schema::from_file_batch(batch)?;
             let offsets = batch.column(col::OFFSET).as_primitive::<Int64Type>();
             let stamps = batch
                 .column(col::TIMESTAMP)
@@ -407,5 +420,97 @@ mod tests {
         assert_eq!(plan.groups, vec![2]);
         assert_eq!(plan.ranges, vec![0..5]);
         assert_eq!(plan.rows, 5);
+    }
+
+    /// Files of both generations (milliseconds without field ids, written
+    /// before; microseconds with them) read back alike on every path:
+    /// windows, scans with time bounds and string views, time lookups.
+    #[tokio::test]
+    async fn millisecond_and_microsecond_files_read_alike() {
+        use crate::schema::{ArrowBatchBuilder, file_schema, schema, to_file_batch};
+        use parquet::arrow::ArrowWriter;
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let mut builder = ArrowBatchBuilder::new();
+        for offset in 0..50u64 {
+            let value = format!("{{\"n\":{offset}}}");
+            let headers = [("h".to_string(), "v".to_string())];
+            let stamp = 1_700_000_000_000 + offset as i64 * 7;
+            builder
+                .push_parts(0, offset, stamp, Some("k"), &value, &headers)
+                .unwrap();
+        }
+        let batch = builder.finish().unwrap();
+        let mut files = Vec::new();
+        for (name, micros) in [("ms.parquet", false), ("us.parquet", true)] {
+            let (file_schema, written) = if micros {
+                (file_schema(), to_file_batch(&batch).unwrap())
+            } else {
+                (schema(), batch.clone())
+            };
+            let mut bytes = Vec::new();
+            let mut writer = ArrowWriter::try_new(&mut bytes, file_schema, None).unwrap();
+            writer.write(&written).unwrap();
+            writer.close().unwrap();
+            let path = object_store::path::Path::from(name);
+            let size = bytes.len() as u64;
+            object_store::ObjectStoreExt::put(store.as_ref(), &path, bytes.into())
+                .await
+                .unwrap();
+            files.push(ColdFile {
+                path: name.into(),
+                first_offset: 0,
+                last_offset: 49,
+                min_timestamp: 1_700_000_000_000,
+                max_timestamp: 1_700_000_000_343,
+                records: 50,
+                bytes: size,
+            });
+        }
+        let cache = ReadCache::default();
+        let mut seen = Vec::new();
+        for file in &files {
+            let records = read_records(&store, &cache, std::slice::from_ref(file), 0, 100, 1 << 20)
+                .await
+                .unwrap();
+            let stamps: Vec<i64> = records.iter().map(|r| r.timestamp).collect();
+            let scan = FileScan {
+                file,
+                offsets: 0..50,
+                from_ms: Some(1_700_000_000_070),
+                to_ms: Some(1_700_000_000_140),
+                columns: &[col::OFFSET, col::TIMESTAMP, col::VALUE],
+                string_views: true,
+                keys: &[],
+            };
+            let opened = scan_file(&store, &cache, &scan, 1024)
+                .await
+                .unwrap()
+                .unwrap();
+            let batches: Vec<RecordBatch> = opened.batches.try_collect().await.unwrap();
+            let scanned: Vec<i64> = batches
+                .iter()
+                .flat_map(|b| {
+                    let at = b.schema().index_of("timestamp").unwrap();
+                    b.column(at)
+                        .as_primitive::<TimestampMillisecondType>()
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            let found = offset_for_timestamp(
+                &store,
+                &cache,
+                std::slice::from_ref(file),
+                1_700_000_000_100,
+            )
+            .await
+            .unwrap();
+            seen.push((stamps, scanned.contains(&1_700_000_000_105), found));
+        }
+        assert_eq!(seen[0].0.len(), 50);
+        assert_eq!(seen[0].0[3], 1_700_000_000_021);
+        assert!(seen[0].1, "the time-bounded scan finds the row");
+        assert_eq!(seen[0].2, Some((15, 1_700_000_000_105)));
+        assert_eq!(seen[0], seen[1], "both generations read alike");
     }
 }

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use crate::error::{Result, TieringError};
 use crate::manifest::ColdFile;
 use crate::paths::DataFilePath;
-use crate::schema::{ArrowBatchBuilder, schema};
+use crate::schema::{ArrowBatchBuilder, file_schema, to_file_batch};
 use crate::upload::{FileUpload, UPLOAD_PART_BYTES};
 
 /// Rows per Parquet row group.
@@ -220,9 +220,9 @@ fn encode_segment(
     tx: mpsc::Sender<Bytes>,
 ) -> Result<(Stats, u64)> {
     let sink = ChunkSink::new(tx);
-    let mut writer = ArrowWriter::try_new(sink, schema(), Some(writer_properties()))?;
+    let mut writer = ArrowWriter::try_new(sink, file_schema(), Some(writer_properties()))?;
     let stats = read_segment(partition, base, end, &mut |batch| {
-        writer.write(&batch)?;
+        writer.write(&to_file_batch(&batch)?)?;
         if writer.in_progress_size() >= ROW_GROUP_BYTES {
             writer.flush()?;
         }

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use parking_lot::Mutex;
@@ -112,10 +112,19 @@ impl ReadCache {
             return Ok((reader, metadata));
         }
         let options = ArrowReaderOptions::new().with_page_index(true);
-        let metadata = ArrowReaderMetadata::load_async(&mut reader, options).await?;
+        let mut metadata = ArrowReaderMetadata::load_async(&mut reader, options.clone()).await?;
         // Reads index columns by position: a file of another shape is refused
-        // here rather than read as if it were one of ours.
-        if metadata.schema().fields() != crate::schema::schema().fields() {
+        // here rather than read as if it were one of ours. Files of the
+        // current shape are decoded without their field ids (see
+        // `schema::read_schema`); older ones (milliseconds) as they are.
+        let fields = metadata.schema().fields();
+        if fields == crate::schema::file_schema().fields() {
+            let read = crate::schema::read_schema(metadata.schema(), false);
+            metadata = ArrowReaderMetadata::try_new(
+                metadata.metadata().clone(),
+                options.with_schema(read),
+            )?;
+        } else if fields != crate::schema::schema().fields() {
             return Err(TieringError::CorruptFile {
                 path: file.path.clone(),
                 message: format!("unexpected columns {:?}", metadata.schema().fields()),
@@ -165,6 +174,7 @@ impl ReadCache {
                 .with_row_selection(selection)
                 .with_batch_size(rows.max(1))
                 .build()?
+                .map(|batch| crate::schema::from_file_batch(batch?))
                 .try_collect()
                 .await?;
         let batches: Arc<[RecordBatch]> = batches.into();

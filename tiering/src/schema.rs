@@ -1,12 +1,13 @@
 //! The Arrow shape of a topic's records, one owner for every crate: the
-//! column indexes ([`col`]), the schema of cold files and range reads
-//! ([`schema`], [`view_schema`] for SQL), typed access to a batch's rows
-//! ([`RecordColumns`]) and building batches from log records
-//! ([`ArrowBatchBuilder`]).
+//! column indexes ([`col`]), the schema of records in memory and range
+//! reads ([`schema`], [`view_schema`] for SQL) and of cold files
+//! ([`file_schema`], with [`to_file_batch`] and [`from_file_batch`]
+//! between the two), typed access to a batch's rows ([`RecordColumns`])
+//! and building batches from log records ([`ArrowBatchBuilder`]).
 //!
 //! Columns: `partition` int32, `offset` int64, `timestamp` timestamp(ms,
-//! UTC), `key` utf8 (nullable), `value` utf8 (the record's JSON text),
-//! `headers` map<utf8, utf8>.
+//! UTC; µs in cold files), `key` utf8 (nullable), `value` utf8 (the
+//! record's JSON text), `headers` map<utf8, utf8>.
 
 use std::sync::{Arc, LazyLock};
 
@@ -15,8 +16,10 @@ use arrow_array::builder::{
     TimestampMillisecondBuilder,
 };
 use arrow_array::cast::AsArray;
+use arrow_array::types::{TimestampMicrosecondType, TimestampMillisecondType};
 use arrow_array::{
-    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    TimestampMillisecondArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use strata_broker::batch::RecordView;
@@ -87,6 +90,196 @@ pub fn schema() -> SchemaRef {
         ]))
     });
     SCHEMA.clone()
+}
+
+/// The Parquet field ids of [`file_schema`]'s columns (and of the
+/// `headers` map's key and value), so that the files are native Iceberg
+/// data files and readers can match columns by id, not name.
+pub mod field_id {
+    pub const PARTITION: i32 = 1;
+    pub const OFFSET: i32 = 2;
+    pub const TIMESTAMP: i32 = 3;
+    pub const KEY: i32 = 4;
+    pub const VALUE: i32 = 5;
+    pub const HEADERS: i32 = 6;
+    pub const HEADER_KEY: i32 = 7;
+    pub const HEADER_VALUE: i32 = 8;
+}
+
+/// Microseconds per millisecond: the unit step between [`schema`] and
+/// [`file_schema`].
+const MICROS_PER_MILLI: i64 = 1000;
+
+/// The schema cold files are written in: [`schema`] with `timestamp` in
+/// microseconds, the unit Delta Lake and Iceberg use (Spark's Iceberg
+/// reader crashed on millisecond files), and a Parquet field id on every
+/// column. The values stay whole milliseconds. Files written before hold
+/// milliseconds and no ids; both are read ([`from_file_batch`]).
+pub fn file_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let with_id = |field: &Field, id: i32| {
+            field.clone().with_metadata(
+                [(
+                    parquet::arrow::PARQUET_FIELD_ID_META_KEY.to_string(),
+                    id.to_string(),
+                )]
+                .into(),
+            )
+        };
+        let memory = schema();
+        let ids = [
+            field_id::PARTITION,
+            field_id::OFFSET,
+            field_id::TIMESTAMP,
+            field_id::KEY,
+            field_id::VALUE,
+            field_id::HEADERS,
+        ];
+        let fields: Vec<Field> = memory
+            .fields()
+            .iter()
+            .zip(ids)
+            .map(|(field, id)| match field.data_type() {
+                DataType::Timestamp(_, tz) => with_id(
+                    &field
+                        .as_ref()
+                        .clone()
+                        .with_data_type(DataType::Timestamp(TimeUnit::Microsecond, tz.clone())),
+                    id,
+                ),
+                DataType::Map(entries, sorted) => {
+                    let DataType::Struct(kv) = entries.data_type() else {
+                        return with_id(field, id);
+                    };
+                    let kv: Vec<Field> = kv
+                        .iter()
+                        .zip([field_id::HEADER_KEY, field_id::HEADER_VALUE])
+                        .map(|(f, id)| with_id(f, id))
+                        .collect();
+                    let entries = entries
+                        .as_ref()
+                        .clone()
+                        .with_data_type(DataType::Struct(kv.into()));
+                    with_id(
+                        &field
+                            .as_ref()
+                            .clone()
+                            .with_data_type(DataType::Map(Arc::new(entries), *sorted)),
+                        id,
+                    )
+                }
+                _ => with_id(field, id),
+            })
+            .collect();
+        Arc::new(Schema::new(fields))
+    });
+    SCHEMA.clone()
+}
+
+/// How many of a cold file's timestamp units make one millisecond, by the
+/// file's Arrow schema: 1000 for files of [`file_schema`], 1 for the
+/// millisecond files written before.
+pub fn units_per_ms(file: &Schema) -> i64 {
+    match file.field_with_name("timestamp").map(|f| f.data_type()) {
+        Ok(DataType::Timestamp(TimeUnit::Microsecond, _)) => MICROS_PER_MILLI,
+        _ => 1,
+    }
+}
+
+/// `batch` (of [`schema`]) as it is written to a cold file ([`file_schema`]).
+pub fn to_file_batch(batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    let millis = columns[col::TIMESTAMP]
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or_else(|| TieringError::Internal("a batch without millisecond timestamps".into()))?;
+    let micros: TimestampMicrosecondArray = millis
+        .unary::<_, TimestampMicrosecondType>(|ms| ms.saturating_mul(MICROS_PER_MILLI))
+        .with_timezone_opt(millis.timezone());
+    columns[col::TIMESTAMP] = Arc::new(micros);
+    // The map's key and value carry their field ids in its type.
+    let file = file_schema();
+    let headers = file.field(col::HEADERS).data_type();
+    columns[col::HEADERS] =
+        arrow_array::make_array(retype(columns[col::HEADERS].to_data(), headers)?);
+    Ok(RecordBatch::try_new(file, columns)?)
+}
+
+/// `data` as type `to`, which differs from its own only in the metadata
+/// of nested fields (no copy: the buffers stay).
+fn retype(data: arrow_data::ArrayData, to: &DataType) -> Result<arrow_data::ArrayData> {
+    let children = match to {
+        DataType::Map(entries, _) => data
+            .child_data()
+            .iter()
+            .map(|child| retype(child.clone(), entries.data_type()))
+            .collect::<Result<Vec<_>>>()?,
+        DataType::Struct(fields) => data
+            .child_data()
+            .iter()
+            .zip(fields.iter())
+            .map(|(child, field)| retype(child.clone(), field.data_type()))
+            .collect::<Result<Vec<_>>>()?,
+        _ => return Ok(data),
+    };
+    Ok(data
+        .into_builder()
+        .data_type(to.clone())
+        .child_data(children)
+        .build()?)
+}
+
+/// A batch decoded from a cold file with [`read_schema`] (any projection
+/// of its columns), with `timestamp`, if there, in milliseconds whatever
+/// the file's unit: the batches of [`schema`] (or [`view_schema`]) that
+/// readers expect. Microseconds that are not whole milliseconds (a file
+/// another writer made) round toward the past, as request timestamps do.
+pub fn from_file_batch(batch: RecordBatch) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let Ok(at) = schema.index_of("timestamp") else {
+        return Ok(batch);
+    };
+    let Some(micros) = batch
+        .column(at)
+        .as_primitive_opt::<TimestampMicrosecondType>()
+    else {
+        return Ok(batch);
+    };
+    let millis: TimestampMillisecondArray = micros
+        .unary::<_, TimestampMillisecondType>(|us| us.div_euclid(MICROS_PER_MILLI))
+        .with_timezone_opt(micros.timezone());
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[at] = fields[at]
+        .clone()
+        .with_data_type(millis.data_type().clone());
+    let mut columns = batch.columns().to_vec();
+    columns[at] = Arc::new(millis);
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// The schema to decode a cold file with: [`schema`] (or, for SQL, which
+/// wants `key` and `value` as views, [`view_schema`]) in the file's
+/// timestamp unit, without the file's field ids, so that what is decoded
+/// differs from what readers expect only in that unit ([`from_file_batch`]).
+pub fn read_schema(file: &Schema, views: bool) -> SchemaRef {
+    let memory = if views { view_schema() } else { schema() };
+    if units_per_ms(file) == 1 {
+        return memory;
+    }
+    let fields: Vec<Field> = memory
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Timestamp(_, tz) => f
+                .as_ref()
+                .clone()
+                .with_data_type(DataType::Timestamp(TimeUnit::Microsecond, tz.clone())),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// Typed access to the rows of a batch of [`schema`] (as read back from a
@@ -312,5 +505,66 @@ impl ArrowBatchBuilder {
 impl Default for ArrowBatchBuilder {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(field: &Field) -> Option<&str> {
+        field
+            .metadata()
+            .get(parquet::arrow::PARQUET_FIELD_ID_META_KEY)
+            .map(String::as_str)
+    }
+
+    #[test]
+    fn files_are_microseconds_with_a_field_id_on_every_column() {
+        let file = file_schema();
+        let ids: Vec<_> = file.fields().iter().map(|f| id(f)).collect();
+        let want: Vec<Option<&str>> = ["1", "2", "3", "4", "5", "6"].map(Some).into();
+        assert_eq!(ids, want);
+        assert_eq!(units_per_ms(&file), 1000);
+        assert_eq!(units_per_ms(&schema()), 1);
+        let DataType::Map(entries, _) = file.field(col::HEADERS).data_type() else {
+            panic!("headers is a map")
+        };
+        let DataType::Struct(kv) = entries.data_type() else {
+            panic!("entries are a struct")
+        };
+        assert_eq!(id(&kv[0]), Some("7"));
+        assert_eq!(id(&kv[1]), Some("8"));
+    }
+
+    #[test]
+    fn batches_go_to_files_and_back_unchanged() {
+        let mut builder = ArrowBatchBuilder::new();
+        let headers = [("a".to_string(), "b".to_string())];
+        builder
+            .push_parts(3, 10, 1_700_000_000_123, Some("k"), "{}", &headers)
+            .unwrap();
+        builder.push_parts(3, 11, -5, None, "1", &[]).unwrap();
+        let batch = builder.finish().unwrap();
+        let file = to_file_batch(&batch).unwrap();
+        assert_eq!(file.schema(), file_schema());
+        let stamps = file
+            .column(col::TIMESTAMP)
+            .as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(
+            stamps.values().to_vec(),
+            vec![1_700_000_000_123_000, -5_000]
+        );
+        // As read back: the file's columns without their ids, then converted.
+        let read = RecordBatch::try_new(
+            read_schema(&file_schema(), false),
+            file.columns()
+                .iter()
+                .zip(read_schema(&file_schema(), false).fields())
+                .map(|(c, f)| arrow_array::make_array(retype(c.to_data(), f.data_type()).unwrap()))
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(from_file_batch(read).unwrap(), batch);
     }
 }
