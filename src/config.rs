@@ -110,6 +110,10 @@ struct TieringFile {
     offload_interval_ms: Option<u64>,
     /// Publish each topic's cold tier as a Delta Lake table (default true).
     delta_table: Option<bool>,
+    /// Merge adjacent small cold files (default true).
+    compaction: Option<bool>,
+    /// The size compaction merges small files up to (default 128 MiB).
+    compact_target_bytes: Option<u64>,
 }
 
 impl ServeConfig {
@@ -150,6 +154,12 @@ impl ServeConfig {
             }
             if let Some(on) = file.tiering.delta_table {
                 tiering.delta_table = on;
+            }
+            if let Some(on) = file.tiering.compaction {
+                tiering.compaction = on;
+            }
+            if let Some(bytes) = file.tiering.compact_target_bytes {
+                tiering.compact_target_bytes = bytes.max(1 << 20);
             }
         }
         if let Some(l) = &args.listen {

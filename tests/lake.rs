@@ -5,6 +5,7 @@
 //! file from the table before deleting it, and a reader of the version
 //! before can still finish; a crash between a manifest commit and the
 //! table's, or right after the table's, leaves nothing lost or doubled.
+//! Compaction merges small files under the readers' feet, crash or not.
 
 use std::path::Path;
 use std::time::Duration;
@@ -382,4 +383,148 @@ async fn deleting_a_topic_deletes_its_table_and_a_new_one_starts_empty() {
     );
     assert_rows(&read, "delta_rs", &want);
     server.terminate();
+}
+
+/// A server whose background passes (offload, publish, compaction) run
+/// every 100 ms.
+fn spawn_eager(dir: &Path, env: &[(&str, &str)]) -> ChildServer {
+    spawn_configured(dir, "[tiering]\noffload_interval_ms = 100\n", env)
+}
+
+/// A server over `dir/data` with the config file `toml`.
+fn spawn_configured(dir: &Path, toml: &str, env: &[(&str, &str)]) -> ChildServer {
+    let config = dir.join("strata.toml");
+    std::fs::write(&config, toml).unwrap();
+    let config = config.display().to_string();
+    let data = dir.join("data");
+    ChildServer::spawn_with_env(binary(), &data, &["--config", &config], env)
+}
+
+async fn cold_files(server: &ChildServer, topic: &str) -> u64 {
+    let (_, d) = server.api.get(&format!("/v1/topics/{topic}")).await;
+    d["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["cold"]["files"].as_u64().unwrap())
+        .sum()
+}
+
+/// Many small files (a segment of 4 KiB each) of a topic whose records
+/// are all offloaded.
+async fn small_files(server: &ChildServer, topic: &str, records: i64) -> Vec<Value> {
+    server
+        .api
+        .create_topic(
+            topic,
+            2,
+            json!({"segment_bytes": 4096, "local_retention_bytes": 0}),
+        )
+        .await;
+    produce(
+        server,
+        topic,
+        0,
+        records,
+        strata_server::broker::timestamp::now_ms(),
+    )
+    .await;
+    offload(server, topic).await;
+    records_of(server, topic).await
+}
+
+async fn records_of(server: &ChildServer, topic: &str) -> Vec<Value> {
+    records(server, topic, 2).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_merges_small_files_under_the_readers() {
+    let python = test_python().expect("the test needs deltalake and DuckDB: run scripts/test.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_eager(dir.path(), &[]);
+    let want = small_files(&server, "small", 4000).await;
+    assert_eq!(want.len(), 4000);
+    // At least 16 files a partition: merged whatever their size.
+    let files = eventually(
+        Duration::from_secs(60),
+        "compaction merges the small files",
+        || async {
+            let files = cold_files(&server, "small").await;
+            (files <= 4).then_some(files)
+        },
+    )
+    .await;
+    assert!(files >= 2, "one file or more per partition: {files}");
+    assert_eq!(
+        records_of(&server, "small").await,
+        want,
+        "every record once"
+    );
+    // The table follows: its newest version lists the merged files only.
+    eventually(
+        Duration::from_secs(30),
+        "the table follows the compaction",
+        || async {
+            let read = read_table(
+                &python,
+                &dir.path().join("data/cold/small").display().to_string(),
+            );
+            (read["delta_rs"]["files"].as_u64() == Some(files)).then_some(())
+        },
+    )
+    .await;
+    server.terminate();
+    let read = read_table(
+        &python,
+        &dir.path().join("data/cold/small").display().to_string(),
+    );
+    assert_rows(&read, "delta_rs", &want);
+    assert_rows(&read, "duckdb", &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_in_the_middle_of_a_compaction_lose_and_double_nothing() {
+    let python = test_python().expect("the test needs deltalake and DuckDB: run scripts/test.sh");
+    for step in ["before_compaction_commit", "after_compaction_commit"] {
+        let dir = tempfile::tempdir().unwrap();
+        // No compaction yet: the files stay small until the next server.
+        let server = spawn_configured(dir.path(), "[tiering]\ncompaction = false\n", &[]);
+        let want = small_files(&server, "crashy", 4000).await;
+        let before = cold_files(&server, "crashy").await;
+        assert!(before >= 32, "{step}: {before} files");
+        server.terminate();
+
+        // The first compaction aborts the process at `step`.
+        let server = spawn_eager(dir.path(), &[("STRATA_CRASH_AT", step)]);
+        assert!(
+            !server.wait_exit().success(),
+            "{step}: the crash point fired"
+        );
+
+        let server = spawn_eager(dir.path(), &[]);
+        assert_eq!(records_of(&server, "crashy").await, want, "{step}");
+        eventually(
+            Duration::from_secs(60),
+            "compaction completes after the crash",
+            || async { (cold_files(&server, "crashy").await <= 4).then_some(()) },
+        )
+        .await;
+        assert_eq!(records_of(&server, "crashy").await, want, "{step}");
+        let files = cold_files(&server, "crashy").await;
+        eventually(Duration::from_secs(30), "the table follows", || async {
+            let read = read_table(
+                &python,
+                &dir.path().join("data/cold/crashy").display().to_string(),
+            );
+            (read["delta_rs"]["files"].as_u64() == Some(files)).then_some(())
+        })
+        .await;
+        server.terminate();
+        let read = read_table(
+            &python,
+            &dir.path().join("data/cold/crashy").display().to_string(),
+        );
+        assert_rows(&read, "delta_rs", &want);
+        assert_rows(&read, "duckdb", &want);
+    }
 }

@@ -37,6 +37,11 @@ pub struct TieringConfig {
     pub object_delete_grace: Duration,
     /// Publish each topic's cold tier as a Delta Lake table ([`crate::delta`]).
     pub delta_table: bool,
+    /// Merge adjacent small cold files ([`crate::compaction`]).
+    pub compaction: bool,
+    /// The size compaction merges small files up to (files under half of
+    /// it are small).
+    pub compact_target_bytes: u64,
 }
 
 impl Default for TieringConfig {
@@ -47,6 +52,8 @@ impl Default for TieringConfig {
             crash_at: None,
             object_delete_grace: Duration::from_secs(60),
             delta_table: true,
+            compaction: true,
+            compact_target_bytes: 128 << 20,
         }
     }
 }
@@ -63,6 +70,10 @@ pub enum CrashPoint {
     AfterCommit,
     /// Once a Delta table commit is stored, before this process notes it.
     AfterTableCommit,
+    /// Once a compaction's merged file is stored, before the manifest commit.
+    BeforeCompactionCommit,
+    /// Once a compaction's manifest is committed, before anything else.
+    AfterCompactionCommit,
 }
 
 impl std::str::FromStr for CrashPoint {
@@ -74,8 +85,11 @@ impl std::str::FromStr for CrashPoint {
             "after_upload" => Ok(Self::AfterUpload),
             "after_commit" => Ok(Self::AfterCommit),
             "after_table_commit" => Ok(Self::AfterTableCommit),
+            "before_compaction_commit" => Ok(Self::BeforeCompactionCommit),
+            "after_compaction_commit" => Ok(Self::AfterCompactionCommit),
             other => Err(TieringError::Config(format!(
-                "unknown crash point {other:?}; expected during_upload, after_upload, after_commit or after_table_commit"
+                "unknown crash point {other:?}; expected during_upload, after_upload, after_commit, \
+                 after_table_commit, before_compaction_commit or after_compaction_commit"
             ))),
         }
     }
@@ -418,6 +432,7 @@ impl Tiering {
         // On its own clock too: a slow table commit must not hold offloads
         // up, nor a long offload pass the table.
         let publishing = tokio::spawn(Self::publish_in_background(self.clone(), stopping.clone()));
+        let compacting = tokio::spawn(Self::compact_in_background(self.clone(), stopping.clone()));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.interval) => {}
@@ -436,7 +451,26 @@ impl Tiering {
         }
         renewing.abort();
         publishing.abort();
+        compacting.abort();
         self.lease.release().await;
+    }
+
+    async fn compact_in_background(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+        if !self.config.compaction {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.interval) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            // Abandoning a merge at shutdown is safe: it is committed whole
+            // or not at all.
+            tokio::select! {
+                _ = self.compact_all() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
     }
 
     async fn publish_in_background(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {

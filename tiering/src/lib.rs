@@ -17,11 +17,13 @@
 //! and time through [`partition_reads`]. Objects that retention drops are
 //! deleted only once no read that began before the drop is still running.
 //! Each topic's cold tier is also published as a Delta Lake table
-//! ([`delta`]), which follows the manifests.
+//! ([`delta`]), which follows the manifests; [`compaction`] merges small
+//! files.
 //!
 //! The crate knows nothing of HTTP.
 
 pub mod cold_read;
+pub mod compaction;
 mod deletion;
 pub mod delta;
 pub mod error;
@@ -40,6 +42,7 @@ pub mod store;
 pub mod upload;
 pub mod versioned;
 
+pub use compaction::CompactionSummary;
 pub use delta::TableInfo;
 pub use error::{Result, TieringError};
 pub use facade::{CrashPoint, OffloadScope, Tiering, TieringConfig};

@@ -132,6 +132,47 @@ impl Manifest {
         Some((next, removed))
     }
 
+    /// The next version with the files at `run` (adjacent, at least two)
+    /// replaced by `merged`, which must hold exactly their offsets and
+    /// records (compaction); `None` when the files at `run` are not
+    /// `expected` any more (retention or another compaction got there
+    /// first).
+    pub fn with_merged(
+        &self,
+        run: std::ops::Range<usize>,
+        expected: &[ColdFile],
+        merged: ColdFile,
+    ) -> Result<Option<Self>> {
+        let Some(current) = self.files.get(run.clone()) else {
+            return Ok(None);
+        };
+        if current != expected {
+            return Ok(None);
+        }
+        let (Some(first), Some(last)) = (current.first(), current.last()) else {
+            return Ok(None);
+        };
+        let records: u64 = current.iter().map(|f| f.records).sum();
+        if merged.first_offset != first.first_offset
+            || merged.last_offset != last.last_offset
+            || merged.records != records
+        {
+            return Err(TieringError::Internal(format!(
+                "merged file {} holds {}..={} ({} records), not {}..={} ({records})",
+                merged.path,
+                merged.first_offset,
+                merged.last_offset,
+                merged.records,
+                first.first_offset,
+                last.last_offset
+            )));
+        }
+        let mut next = self.clone();
+        next.version += 1;
+        next.files.splice(run, [merged]);
+        Ok(Some(next))
+    }
+
     /// Files holding offsets at or after `offset`, in order.
     pub fn files_from(&self, offset: u64) -> &[ColdFile] {
         let first = self.files.partition_point(|f| f.last_offset < offset);

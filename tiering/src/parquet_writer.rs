@@ -74,12 +74,14 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-/// Summary of a converted segment, before it is committed.
+/// Summary of an encoded file, before it is committed.
 #[derive(Debug, Clone, Copy)]
 struct Stats {
     records: u64,
     min_timestamp: i64,
     max_timestamp: i64,
+    /// The file's size.
+    bytes: u64,
 }
 
 /// Writes the records of one sealed `segment` of `partition` as a Parquet
@@ -91,14 +93,73 @@ struct Stats {
 /// blocking thread, which hands finished chunks of the file to this task
 /// for upload: the async runtime's workers stay free to serve requests.
 pub async fn write_segment(
-    mut upload: FileUpload,
+    upload: FileUpload,
     path: &DataFilePath,
     partition: Arc<Partition>,
     segment: &SegmentInfo,
 ) -> Result<ColdFile> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
     let (base, end) = (segment.base_offset, segment.end_offset);
-    let encoder = tokio::task::spawn_blocking(move || encode_segment(&partition, base, end, tx));
+    let stats = encode_and_upload(upload, end - base, move |tx| {
+        encode_segment(&partition, base, end, tx)
+    })
+    .await?;
+    Ok(ColdFile {
+        path: path.0.to_string(),
+        first_offset: base,
+        last_offset: end - 1,
+        min_timestamp: stats.min_timestamp,
+        max_timestamp: stats.max_timestamp,
+        records: stats.records,
+        bytes: stats.bytes,
+    })
+}
+
+/// Writes the records of `files` (adjacent files of one partition, in
+/// offset order) as one Parquet file at `path` through `upload`, and
+/// returns its manifest entry: compaction's rewrite. `batches` yields the
+/// files' record batches (of [`crate::schema::schema`]) in offset order;
+/// they are encoded on a blocking thread as a segment's are, so memory
+/// stays bounded by a batch, a row group and a few upload parts.
+pub async fn write_merged(
+    upload: FileUpload,
+    path: &DataFilePath,
+    files: &[ColdFile],
+    mut batches: mpsc::Receiver<RecordBatch>,
+) -> Result<ColdFile> {
+    let (Some(first), Some(last)) = (files.first(), files.last()) else {
+        return Err(TieringError::Internal("nothing to merge".into()));
+    };
+    let records = files.iter().map(|f| f.records).sum();
+    let stats = encode_and_upload(upload, records, move |tx| {
+        encode_batches(tx, &mut |emit| {
+            while let Some(batch) = batches.blocking_recv() {
+                emit(batch)?;
+            }
+            Ok(())
+        })
+    })
+    .await?;
+    Ok(ColdFile {
+        path: path.0.to_string(),
+        first_offset: first.first_offset,
+        last_offset: last.last_offset,
+        min_timestamp: files.iter().map(|f| f.min_timestamp).min().unwrap_or(0),
+        max_timestamp: files.iter().map(|f| f.max_timestamp).max().unwrap_or(0),
+        records: stats.records,
+        bytes: stats.bytes,
+    })
+}
+
+/// Runs `encode` (which sends the file's chunks) on a blocking thread and
+/// uploads what it sends; finishes the upload only if it encoded exactly
+/// `records` records, else aborts it.
+async fn encode_and_upload(
+    mut upload: FileUpload,
+    records: u64,
+    encode: impl FnOnce(mpsc::Sender<Bytes>) -> Result<Stats> + Send + 'static,
+) -> Result<Stats> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1);
+    let encoder = tokio::task::spawn_blocking(move || encode(tx));
     let uploaded: Result<()> = async {
         while let Some(chunk) = rx.recv().await {
             upload.put(chunk).await?;
@@ -109,38 +170,25 @@ pub async fn write_segment(
     // An upload that gave up reads no more chunks: closing the channel makes
     // the encoder's next hand-off fail instead of waiting for ever.
     drop(rx);
-    let encoded = encoder.await.unwrap_or_else(|e| {
-        Err(TieringError::Internal(format!(
-            "segment encoder failed: {e}"
-        )))
-    });
+    let encoded = encoder
+        .await
+        .unwrap_or_else(|e| Err(TieringError::Internal(format!("encoder failed: {e}"))));
     let finished = match (uploaded, encoded) {
-        (Ok(()), Ok((stats, bytes))) if stats.records == end - base => {
-            upload.finish().await.map(|()| (stats, bytes))
-        }
-        (Ok(()), Ok((stats, _))) => Err(TieringError::Internal(format!(
-            "segment {base}..{end} yielded {} records",
+        (Ok(()), Ok(stats)) if stats.records == records => upload.finish().await.map(|()| stats),
+        (Ok(()), Ok(stats)) => Err(TieringError::Internal(format!(
+            "{} records were encoded, {records} expected",
             stats.records
         ))),
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
-    let (stats, bytes) = match finished {
-        Ok(done) => done,
+    match finished {
+        Ok(stats) => Ok(stats),
         Err(e) => {
             // Don't leave parts of an unfinished multipart upload behind.
             upload.abort().await;
-            return Err(e);
+            Err(e)
         }
-    };
-    Ok(ColdFile {
-        path: path.0.to_string(),
-        first_offset: base,
-        last_offset: end - 1,
-        min_timestamp: stats.min_timestamp,
-        max_timestamp: stats.max_timestamp,
-        records: stats.records,
-        bytes,
-    })
+    }
 }
 
 /// A `Write` that ships the Parquet file in chunks of exactly
@@ -218,10 +266,35 @@ fn encode_segment(
     base: u64,
     end: u64,
     tx: mpsc::Sender<Bytes>,
-) -> Result<(Stats, u64)> {
+) -> Result<Stats> {
+    let mut read = None;
+    let mut stats = encode_batches(tx, &mut |emit| {
+        read = Some(read_segment(partition, base, end, emit)?);
+        Ok(())
+    })?;
+    if let Some(read) = read {
+        stats.min_timestamp = read.min_timestamp;
+        stats.max_timestamp = read.max_timestamp;
+    }
+    Ok(stats)
+}
+
+/// Where a producer of batches hands each one.
+type Emit<'a> = &'a mut dyn FnMut(RecordBatch) -> Result<()>;
+
+/// Encodes the batches `produce` hands over (of [`crate::schema::schema`],
+/// in offset order) as one Parquet file, sent in chunks; returns how many
+/// records it holds and its size (the timestamps are the producer's to
+/// know).
+fn encode_batches(
+    tx: mpsc::Sender<Bytes>,
+    produce: &mut dyn FnMut(Emit<'_>) -> Result<()>,
+) -> Result<Stats> {
     let sink = ChunkSink::new(tx);
     let mut writer = ArrowWriter::try_new(sink, file_schema(), Some(writer_properties()))?;
-    let stats = read_segment(partition, base, end, &mut |batch| {
+    let mut records = 0u64;
+    produce(&mut |batch| {
+        records += batch.num_rows() as u64;
         writer.write(&to_file_batch(&batch)?)?;
         if writer.in_progress_size() >= ROW_GROUP_BYTES {
             writer.flush()?;
@@ -232,7 +305,12 @@ fn encode_segment(
     let mut sink = writer.into_inner()?;
     sink.ship()
         .map_err(|e| TieringError::Internal(format!("handing the file to the upload: {e}")))?;
-    Ok((stats, sink.written))
+    Ok(Stats {
+        records,
+        min_timestamp: i64::MAX,
+        max_timestamp: i64::MIN,
+        bytes: sink.written,
+    })
 }
 
 /// Reads offsets `[base, end)` and hands them to `emit` as record batches.
@@ -248,6 +326,7 @@ fn read_segment(
         records: 0,
         min_timestamp: i64::MAX,
         max_timestamp: i64::MIN,
+        bytes: 0,
     };
     let mut failure = None;
     let id = partition.id();

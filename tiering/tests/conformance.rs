@@ -711,6 +711,104 @@ async fn a_failed_upload_fails_the_offload_and_the_next_pass_completes() {
 }
 
 /// Every scenario on the store at `url`, each under a prefix of its own.
+/// Compaction merges adjacent small files into fewer, bigger ones, with
+/// every record still there once (values, keys, timestamps); a read pinned
+/// before keeps the old files until it ends; the Delta table follows; a
+/// second compaction finds nothing to do.
+async fn compaction(url: &str) {
+    let config = TieringConfig {
+        object_delete_grace: Duration::ZERO,
+        compact_target_bytes: 256 << 10,
+        ..TieringConfig::default()
+    };
+    let f = fixture_with(url, config).await;
+    let overrides = TopicConfigOverrides {
+        segment_bytes: Some(4096),
+        local_retention_bytes: Some(0),
+        ..Default::default()
+    };
+    f.broker.create_topic("merge", Some(1), &overrides).unwrap();
+    let records: Vec<serde_json::Value> = (0..800)
+        .map(|i| {
+            json!({"key": format!("k{}", i % 7), "value": {"i": i, "pad": "x".repeat(40)},
+                   "timestamp": 1_700_000_000_000i64 + i * 1000})
+        })
+        .collect();
+    for chunk in records.chunks(20) {
+        produce(&f.broker, "merge", chunk);
+    }
+    let before = f.tiering.offload_topic("merge", true).await.unwrap().files;
+    assert!(before >= 20, "small segments make many files: {before}");
+    let pinned = f.tiering.pin_manifest("merge", 0).await.unwrap();
+    let old = pinned.manifest.files.clone();
+
+    let summary = f.tiering.compact_topic("merge").await.unwrap();
+    assert!(summary.merges >= 1 && summary.files_in >= 16, "{summary:?}");
+    let after = f.tiering.pin_manifest("merge", 0).await.unwrap();
+    assert_eq!(
+        after.manifest.files.len() as u64,
+        before - summary.files_in + summary.merges,
+        "{summary:?}"
+    );
+    assert!(after.manifest.files.len() < old.len());
+    let got = read_records(&f.tiering, "merge", 0, 0, 10_000, 64 << 20).await;
+    assert_eq!(got.len(), 800, "every record once");
+    for (i, record) in got.iter().enumerate() {
+        assert_eq!(record.offset, i as u64);
+        assert_eq!(record.key, Some(format!("k{}", i % 7)));
+        assert_eq!(record.timestamp, 1_700_000_000_000 + i as i64 * 1000);
+        let value: serde_json::Value = serde_json::from_str(&record.value).unwrap();
+        assert_eq!(value["i"], i);
+    }
+    // The read pinned before still reads the files it listed.
+    let merged_away: Vec<&ColdFile> = old
+        .iter()
+        .filter(|f| !after.manifest.files.contains(f))
+        .collect();
+    assert_eq!(merged_away.len() as u64, summary.files_in);
+    let gone = object_store::path::Path::from(merged_away[0].path.as_str());
+    f.tiering.offload_topic("merge", false).await.unwrap();
+    f.cold.store.head(&gone).await.expect("a pinned file stays");
+    let pinned_read = f
+        .tiering
+        .read_pinned_records(&pinned, 0, 10_000, 64 << 20)
+        .await
+        .unwrap();
+    assert_eq!(pinned_read.len(), 800);
+    // The table lists the new files, not the old ones.
+    let listed: std::collections::HashSet<String> = f
+        .tiering
+        .table_files("merge")
+        .await
+        .unwrap()
+        .expect("a table")
+        .into_keys()
+        .collect();
+    // Table paths are relative to the topic: `<partition>/<file>`.
+    let relative = |path: &str| {
+        let mut parts = path.rsplit('/');
+        let name = parts.next().unwrap_or_default();
+        format!("{}/{name}", parts.next().unwrap_or_default())
+    };
+    let want: std::collections::HashSet<String> = after
+        .manifest
+        .files
+        .iter()
+        .map(|f| relative(&f.path))
+        .collect();
+    assert_eq!(listed, want);
+    drop((pinned, after));
+    f.tiering.offload_topic("merge", false).await.unwrap();
+    assert!(
+        matches!(
+            f.cold.store.head(&gone).await,
+            Err(object_store::Error::NotFound { .. })
+        ),
+        "replaced and unpinned, past its (zero) grace period: deleted"
+    );
+    assert_eq!(f.tiering.compact_topic("merge").await.unwrap().merges, 0);
+}
+
 async fn suite(url: &str) {
     let at = |scenario: &str| match url.strip_suffix("://") {
         Some(scheme) => format!("{scheme}://{scenario}"),
@@ -722,6 +820,7 @@ async fn suite(url: &str) {
     retention(&at("retention")).await;
     pinned_reads_outlive_retention(&at("pinned")).await;
     a_recreated_topic_keeps_its_files(&at("recreated")).await;
+    compaction(&at("compaction")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,38 @@ pub fn partition_of(relative: &str) -> Option<u32> {
     relative.split_once('/')?.0.parse().ok()
 }
 
+/// The offsets a data file holds (`first..=last`), from its name
+/// (`<partition>/<first:020>-<last:020>.parquet`, relative or not).
+pub fn offsets_of(path: &str) -> Option<(u64, u64)> {
+    let name = path.rsplit('/').next()?.strip_suffix(".parquet")?;
+    let (first, last) = name.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+/// Whether `range` (`first..=last`) is covered by `others`' ranges: a file
+/// that only rearranges records other files of the same commit held
+/// (compaction), which Delta marks `dataChange: false`.
+pub fn covered(range: (u64, u64), others: &[(u64, u64)]) -> bool {
+    let mut sorted = others.to_vec();
+    sorted.sort_unstable();
+    let mut next = range.0;
+    for (first, last) in sorted {
+        if first > next {
+            break;
+        }
+        if last >= next {
+            match last.checked_add(1) {
+                Some(after) => next = after,
+                None => return true,
+            }
+        }
+        if next > range.1 {
+            return true;
+        }
+    }
+    next > range.1
+}
+
 /// Where a topic's table lives, as a URL for delta-rs over a store whose
 /// root is the bucket's (S3) or the process's (memory). delta-rs reaches
 /// every object through the store Strata hands it, by this URL's path; the
@@ -79,23 +111,31 @@ pub fn relative_path<'a>(root: &ColdRoot, topic: &str, path: &'a str) -> &'a str
 /// The action that adds a cold file, with the statistics readers prune by:
 /// its record count, and the bounds of `partition`, `offset` and
 /// `timestamp` (from the manifest, exact), none of which has nulls.
-pub fn add(relative: &str, partition: u32, file: &ColdFile, now_ms: i64) -> Action {
+/// `data_change` is false for a file that rearranges records (compaction).
+pub fn add(
+    relative: &str,
+    partition: u32,
+    file: &ColdFile,
+    now_ms: i64,
+    data_change: bool,
+) -> Action {
     Action::Add(Add {
         path: relative.to_string(),
         partition_values: HashMap::new(),
         size: i64::try_from(file.bytes).unwrap_or(i64::MAX),
         modification_time: now_ms,
-        data_change: true,
+        data_change,
         stats: Some(stats(partition, file)),
         ..Add::default()
     })
 }
 
-/// The action that removes a file from the table (before it is deleted).
-pub fn remove(relative: &str, size: i64, now_ms: i64) -> Action {
+/// The action that removes a file from the table (before it is deleted);
+/// `data_change` is false when the commit's adds hold its records.
+pub fn remove(relative: &str, size: i64, now_ms: i64, data_change: bool) -> Action {
     Action::Remove(Remove {
         path: relative.to_string(),
-        data_change: true,
+        data_change,
         deletion_timestamp: Some(now_ms),
         extended_file_metadata: Some(true),
         partition_values: Some(HashMap::new()),
@@ -167,7 +207,7 @@ mod tests {
 
     #[test]
     fn statistics_bound_offsets_and_times_exactly() {
-        let Action::Add(add) = add("2/f.parquet", 2, &file(), 5) else {
+        let Action::Add(add) = add("2/f.parquet", 2, &file(), 5, true) else {
             panic!("not an add")
         };
         let stats: serde_json::Value = serde_json::from_str(add.stats.as_deref().unwrap()).unwrap();
@@ -179,6 +219,23 @@ mod tests {
         assert_eq!(stats["maxValues"]["partition"], 2);
         assert_eq!(add.size, 4096);
         assert!(add.data_change);
+    }
+
+    #[test]
+    fn rearranged_files_are_told_from_new_and_dropped_ones() {
+        assert_eq!(
+            offsets_of("2/00000000000000000010-00000000000000000019.parquet"),
+            Some((10, 19))
+        );
+        assert_eq!(offsets_of("2/x.parquet"), None);
+        // A merged file covers the files it replaced, and they it.
+        assert!(covered((0, 29), &[(10, 19), (0, 9), (20, 29)]));
+        assert!(covered((10, 19), &[(0, 29)]));
+        // Records no file of the commit holds: a change.
+        assert!(!covered((0, 39), &[(0, 9), (10, 19)]));
+        assert!(!covered((0, 9), &[(5, 20)]));
+        assert!(!covered((0, 9), &[]));
+        assert!(covered((5, u64::MAX), &[(0, u64::MAX)]));
     }
 
     #[test]

@@ -239,6 +239,8 @@ impl Tiering {
             }
         }
         let (mut adds, mut removes, mut progress) = (Vec::new(), Vec::new(), Vec::new());
+        // Whether any add brings new records, any remove drops records.
+        let (mut changes, mut deletes) = (false, false);
         for manifest in pending {
             let files: HashMap<&str, &ColdFile> = manifest
                 .files
@@ -246,15 +248,37 @@ impl Tiering {
                 .map(|f| (actions::relative_path(&self.cold.root, name, &f.path), f))
                 .collect();
             let in_table = listed.remove(&manifest.partition).unwrap_or_default();
-            for (path, file) in &files {
-                if !in_table.contains_key(*path) {
-                    adds.push(actions::add(path, manifest.partition, file, now));
-                }
+            let added: Vec<(&str, &ColdFile)> = files
+                .iter()
+                .filter(|(path, _)| !in_table.contains_key(**path))
+                .map(|(path, file)| (*path, *file))
+                .collect();
+            let removed: Vec<(&str, i64)> = in_table
+                .iter()
+                .filter(|(path, _)| !files.contains_key(path.as_str()))
+                .map(|(path, size)| (path.as_str(), *size))
+                .collect();
+            // Files that only rearrange records (compaction) are no change
+            // of data: streaming readers of the table skip them.
+            let added_ranges: Vec<(u64, u64)> = added
+                .iter()
+                .map(|(_, f)| (f.first_offset, f.last_offset))
+                .collect();
+            let removed_ranges: Vec<(u64, u64)> = removed
+                .iter()
+                .filter_map(|(path, _)| actions::offsets_of(path))
+                .collect();
+            for (path, file) in added {
+                let change =
+                    !actions::covered((file.first_offset, file.last_offset), &removed_ranges);
+                changes |= change;
+                adds.push(actions::add(path, manifest.partition, file, now, change));
             }
-            for (path, size) in &in_table {
-                if !files.contains_key(path.as_str()) {
-                    removes.push(actions::remove(path, *size, now));
-                }
+            for (path, size) in removed {
+                let change = !actions::offsets_of(path)
+                    .is_some_and(|range| actions::covered(range, &added_ranges));
+                deletes |= change;
+                removes.push(actions::remove(path, size, now, change));
             }
             progress.push(actions::progress(
                 name,
@@ -269,14 +293,19 @@ impl Tiering {
             // only the progress would grow the log for nothing.
             return Ok(version);
         }
-        let operation = if removes.is_empty() {
+        let operation = if deletes {
+            DeltaOperation::Delete { predicate: None }
+        } else if changes {
             DeltaOperation::Write {
                 mode: SaveMode::Append,
                 partition_by: None,
                 predicate: None,
             }
         } else {
-            DeltaOperation::Delete { predicate: None }
+            DeltaOperation::Optimize {
+                predicate: None,
+                target_size: i64::try_from(self.config.compact_target_bytes).unwrap_or(i64::MAX),
+            }
         };
         let (added, removed) = (adds.len(), removes.len());
         adds.append(&mut removes);
@@ -417,9 +446,10 @@ impl Tiering {
         }
     }
 
-    /// The files the topic's table lists now, relative to its root (and
-    /// the table, kept for the next publish); `None` when it has no table.
-    pub(crate) async fn table_files(&self, name: &str) -> Result<Option<HashMap<String, i64>>> {
+    /// The files the topic's table lists now, relative to its root, with
+    /// their sizes (the table is kept for the next publish); `None` when it
+    /// has no table.
+    pub async fn table_files(&self, name: &str) -> Result<Option<HashMap<String, i64>>> {
         let mut table = self.table_handle(name)?;
         match table.load().await {
             Ok(()) => {}
