@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Query(crate::bench_query::QueryBench),
     /// Key lookups, one key's history and SQL by key over a long, mostly cold history.
     Serve(crate::bench_serve::ServeBench),
+    /// The cold tier as a Delta table: a one-day query over many small files, then over them compacted, and DuckDB's delta_scan.
+    Lake(crate::bench_lake::LakeBench),
 }
 
 #[derive(Args)]
@@ -48,6 +50,10 @@ pub struct OffloadBench {
     /// more compressible records and less work for zstd.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=32))]
     vocabulary: u64,
+    /// Publish the Delta table as the offload goes, with the compactor
+    /// running beside it (`false`: the cold tier alone).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    lake: bool,
 }
 
 #[derive(Args)]
@@ -112,6 +118,7 @@ pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
         BenchCommand::Offload(args) => offload(args).await,
         BenchCommand::Query(args) => crate::bench_query::run(&client, args).await,
         BenchCommand::Serve(args) => crate::bench_serve::run(&client, args).await,
+        BenchCommand::Lake(args) => crate::bench_lake::run(&client, args).await,
     }
 }
 
@@ -462,22 +469,35 @@ async fn offload(args: OffloadBench) -> Result<()> {
         Some(url) => url.clone(),
         None => format!("file://{}/cold", dir.path().display()),
     };
-    let tiering = Tiering::open(
-        broker.clone(),
-        ColdStore::open(&url)?,
-        TieringConfig::default(),
-        "bench",
-    )
-    .await?;
+    let config = TieringConfig {
+        delta_table: args.lake,
+        compaction: args.lake,
+        ..TieringConfig::default()
+    };
+    let tiering = Tiering::open(broker.clone(), ColdStore::open(&url)?, config, "bench").await?;
     let rss_before = peak_rss_mib();
     let (started, cpu_before) = (Instant::now(), cpu_seconds());
+    // The compactor's passes run beside the offload, as in a server.
+    let compactor = args.lake.then(|| {
+        let tiering = tiering.clone();
+        tokio::spawn(async move {
+            loop {
+                tiering.compact_all().await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    });
     let summary = tiering.offload_topic("bench-offload", false).await?;
     let secs = started.elapsed().as_secs_f64();
+    if let Some(compactor) = compactor {
+        compactor.abort();
+    }
     let cpu = cpu_seconds() - cpu_before;
     println!(
-        "bench offload: {} records in {} files in {secs:.2} s: {:.0} records/s, {:.0} MB/s of segments, \
+        "bench offload (lake {}): {} records in {} files in {secs:.2} s: {:.0} records/s, {:.0} MB/s of segments, \
          compression {:.1}x (segments {:.0} MB -> Parquet {:.0} MB), CPU {cpu:.2} s ({:.0} % of the time), \
          peak RSS {} MiB (before offload {} MiB)",
+        args.lake,
         summary.records,
         summary.files,
         summary.records as f64 / secs,

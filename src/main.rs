@@ -3,6 +3,7 @@
 //! dispatches.
 
 mod bench;
+mod bench_lake;
 mod bench_query;
 mod bench_serve;
 mod client;
