@@ -115,15 +115,7 @@ async fn produce(server: &ChildServer, topic: &str, from: i64, n: i64, at_ms: i6
 }
 
 async fn offload(server: &ChildServer, topic: &str) -> Value {
-    let (status, body) = server
-        .api
-        .post(
-            &format!("/v1/topics/{topic}/tiering/run?roll=true"),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+    server.api.offload(topic).await
 }
 
 async fn table_of(server: &ChildServer, topic: &str) -> Value {

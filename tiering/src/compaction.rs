@@ -195,13 +195,16 @@ impl Tiering {
             .clone();
         let _only_one = lock.lock().await;
         let current = self.manifest(name, partition).await?;
-        let next = match self.is_deleting(topic) {
+        let next = match self.is_deleting(topic) || !self.offloads(name, partition) {
             true => None,
-            false => current.with_merged(run, &files, merged.clone())?,
+            false => current.with_merged(&files, merged.clone())?,
         };
         let Some(next) = next else {
-            // The run changed meanwhile: the new file is nobody's.
-            object_store::ObjectStoreExt::delete(self.cold.store.as_ref(), &path.0).await?;
+            // The run changed meanwhile: the new file is nobody's, unless
+            // another compaction of the same run committed it already.
+            if !current.files.iter().any(|f| f.path == merged.path) {
+                object_store::ObjectStoreExt::delete(self.cold.store.as_ref(), &path.0).await?;
+            }
             return Ok(None);
         };
         if let Err(e) = self.commit(&next).await {

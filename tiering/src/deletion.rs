@@ -36,6 +36,9 @@ impl Tiering {
         for (_, lock) in &locks {
             held.push(lock.lock().await);
         }
+        // And no Delta commit of the topic runs or starts (one would
+        // re-create the log this deletes).
+        let _table = self.hold_table(topic).await;
         let prefix = format!("{}/", self.cold.root.topic(topic));
         // Its objects go with the topic; a queued deletion could
         // otherwise hit a re-created topic's file of the same name.

@@ -140,15 +140,6 @@ pub(crate) enum InTable {
     Unknown,
 }
 
-impl InTable {
-    fn may_list(&self, relative: &str) -> bool {
-        match self {
-            Self::Files(files) => files.contains(relative),
-            Self::Unknown => true,
-        }
-    }
-}
-
 /// Which partitions a node offloads. In a cluster only a partition's
 /// leader does (its followers hold the same records); a single server
 /// offloads every partition.
@@ -277,14 +268,20 @@ impl Tiering {
             if path.ends_with(".parquet") && !committed.contains(path.as_str()) {
                 let relative =
                     crate::delta::actions::relative_path(&self.cold.root, &manifest.topic, &path);
-                if in_table.is_some_and(|t| t.may_list(relative)) {
-                    self.drop_objects(
-                        &manifest.topic,
-                        manifest.partition,
-                        manifest.version,
-                        vec![object.location],
-                    );
-                    continue;
+                match in_table {
+                    // The table cannot be read: the file stays until a
+                    // start that can read it.
+                    Some(InTable::Unknown) => continue,
+                    Some(InTable::Files(files)) if files.contains(relative) => {
+                        self.drop_objects(
+                            &manifest.topic,
+                            manifest.partition,
+                            manifest.version,
+                            vec![object.location],
+                        );
+                        continue;
+                    }
+                    _ => {}
                 }
                 tracing::info!(%path, "removing an orphaned cold file");
                 object_store::ObjectStoreExt::delete(self.cold.store.as_ref(), &object.location)
@@ -455,37 +452,35 @@ impl Tiering {
         self.lease.release().await;
     }
 
-    async fn compact_in_background(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
-        if !self.config.compaction {
-            return;
-        }
+    /// Runs `pass` every `interval` until `stopping` turns true (cutting
+    /// a pass short then: publishing and compaction are safe to abandon at
+    /// any point, each commit being whole or absent).
+    async fn every_interval<F: std::future::Future<Output = ()>>(
+        &self,
+        mut stopping: watch::Receiver<bool>,
+        mut pass: impl FnMut() -> F,
+    ) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.interval) => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
-            // Abandoning a merge at shutdown is safe: it is committed whole
-            // or not at all.
             tokio::select! {
-                _ = self.compact_all() => {}
+                _ = pass() => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
     }
 
-    async fn publish_in_background(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
-        if !self.config.delta_table {
-            return;
+    async fn compact_in_background(self: Arc<Self>, stopping: watch::Receiver<bool>) {
+        if self.config.compaction {
+            self.every_interval(stopping, || self.compact_all()).await;
         }
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(self.config.interval) => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
-            tokio::select! {
-                _ = self.publish_all() => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
+    }
+
+    async fn publish_in_background(self: Arc<Self>, stopping: watch::Receiver<bool>) {
+        if self.config.delta_table {
+            self.every_interval(stopping, || self.publish_all()).await;
         }
     }
 

@@ -132,17 +132,20 @@ impl Manifest {
         Some((next, removed))
     }
 
-    /// The next version with the files at `run` (adjacent, at least two)
-    /// replaced by `merged`, which must hold exactly their offsets and
-    /// records (compaction); `None` when the files at `run` are not
-    /// `expected` any more (retention or another compaction got there
-    /// first).
-    pub fn with_merged(
-        &self,
-        run: std::ops::Range<usize>,
-        expected: &[ColdFile],
-        merged: ColdFile,
-    ) -> Result<Option<Self>> {
+    /// The next version with the adjacent files `expected` replaced by
+    /// `merged`, which must hold exactly their offsets and records
+    /// (compaction); `None` when they are not all there, adjacent, any
+    /// more (retention or another compaction got there first). They are
+    /// found by content, not position: retention may have dropped files
+    /// before them meanwhile.
+    pub fn with_merged(&self, expected: &[ColdFile], merged: ColdFile) -> Result<Option<Self>> {
+        let Some(start) = expected
+            .first()
+            .and_then(|first| self.files.iter().position(|f| f == first))
+        else {
+            return Ok(None);
+        };
+        let run = start..start + expected.len();
         let Some(current) = self.files.get(run.clone()) else {
             return Ok(None);
         };
@@ -446,6 +449,29 @@ mod tests {
         assert_eq!(removed.len(), 2);
         kept.check("x").unwrap();
         assert!(m.without_expired(0).is_none());
+    }
+
+    /// Regression (review): a merge is found by its files, not their
+    /// position, so retention dropping a file before the run meanwhile
+    /// does not throw the merge away.
+    #[test]
+    fn merges_replace_their_run_wherever_it_now_is() {
+        let mut m = Manifest::empty("t", 0);
+        for first in (0..40).step_by(10) {
+            m = m.with_file(file(first, first + 9)).unwrap();
+        }
+        let run = m.files[1..3].to_vec();
+        let mut dropped = m.clone();
+        dropped.files.remove(0);
+        dropped.start_offset = 10;
+        let merged = file(10, 29);
+        let next = dropped.with_merged(&run, merged.clone()).unwrap().unwrap();
+        assert_eq!(next.files, vec![merged.clone(), file(30, 39)]);
+        next.check("x").unwrap();
+        // Gone or changed: no merge.
+        assert!(next.with_merged(&run, merged.clone()).unwrap().is_none());
+        // A merged file that does not hold exactly the run's records.
+        assert!(dropped.with_merged(&run, file(10, 28)).is_err());
     }
 
     #[tokio::test]

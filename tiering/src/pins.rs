@@ -71,6 +71,24 @@ impl Tiering {
         })
     }
 
+    /// Whether the manifest of the partition `path` belongs to (as cached)
+    /// lists it.
+    pub(crate) fn lists(&self, path: &object_store::path::Path) -> bool {
+        let mut parts = path.as_ref().rsplit('/');
+        let (Some(_file), Some(partition), Some(topic)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let Ok(partition) = partition.parse::<u32>() else {
+            return false;
+        };
+        self.committed
+            .lock()
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|m| m.files.iter().any(|f| f.path == path.as_ref()))
+    }
+
     /// Deletes dropped objects whose grace period has passed and that no
     /// running read can still use (every read began after the drop).
     pub(crate) async fn delete_due_objects(&self) {
@@ -86,6 +104,11 @@ impl Tiering {
             due.into_iter().map(|(_, path)| path).collect()
         };
         for path in due {
+            if self.lists(&path) {
+                // Committed again since it was dropped (the same offsets
+                // offloaded or merged once more): live.
+                continue;
+            }
             if let Err(e) =
                 object_store::ObjectStoreExt::delete(self.cold.store.as_ref(), &path).await
             {

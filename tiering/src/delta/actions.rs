@@ -9,9 +9,10 @@ use deltalake_core::kernel::{Action, Add, DataType, MapType, Remove, StructField
 use crate::manifest::ColdFile;
 use crate::paths::ColdRoot;
 
-/// The table's columns: those of every cold file ([`crate::schema::schema`])
-/// in Delta's types. `timestamp` is Delta's `timestamp` (µs, UTC): readers
-/// cast the files' milliseconds up, losslessly.
+/// The table's columns: those of every cold file
+/// ([`crate::schema::file_schema`]) in Delta's types; `timestamp` is
+/// Delta's `timestamp` (µs, UTC), as the files hold it (older millisecond
+/// files are cast up by readers, losslessly).
 pub fn columns() -> Vec<StructField> {
     vec![
         StructField::new("partition", DataType::INTEGER, false),

@@ -158,20 +158,19 @@ impl Tiering {
             self.release_published(name);
             return Ok(());
         }
-        // Offloads and retention of the topic wait (the manifests hold
-        // still during the diff), and so does its deletion, which must not
-        // meet a table commit that re-creates its log afterwards.
-        let _held = self.lock_partitions(topic).await;
-        if self.is_deleting(topic) {
-            return Ok(());
-        }
+        // The manifests of all partitions as of one moment (offloads and
+        // retention wait while they are read, not during the commit: a
+        // slow store must not hold offloads up).
         let mut manifests = Vec::new();
-        for p in topic.partitions() {
-            if self.offloads(name, p.id()) {
-                let manifest = self.manifest(name, p.id()).await?;
-                // Version 0: never committed, nothing to publish.
-                if manifest.version > 0 {
-                    manifests.push(manifest);
+        {
+            let _held = self.lock_partitions(topic).await;
+            for p in topic.partitions() {
+                if self.offloads(name, p.id()) {
+                    let manifest = self.manifest(name, p.id()).await?;
+                    // Version 0: never committed, nothing to publish.
+                    if manifest.version > 0 {
+                        manifests.push(manifest);
+                    }
                 }
             }
         }
@@ -194,7 +193,13 @@ impl Tiering {
             .entry(name.to_string())
             .or_default()
             .clone();
+        // Held through the commit; a deletion of the topic takes it too
+        // (after marking the topic), so no commit re-creates the log of a
+        // deleted topic.
         let mut slot = slot.lock().await;
+        if self.is_deleting(topic) {
+            return Ok(());
+        }
         let table = match slot.as_mut() {
             Some(table) => {
                 table.update_incremental(None).await?;
@@ -202,6 +207,33 @@ impl Tiering {
             }
             None => slot.insert(self.load_or_create_table(name).await?),
         };
+        // A node whose view of a partition is older than what the table
+        // already follows (another node led it since) must not roll the
+        // table back: it forgets its view and reloads it next time. Only in
+        // a cluster: a single server is the table's one writer (and each
+        // check reads the log's `txn` actions).
+        let clustered = self.scope.read().is_some();
+        let mut current = Vec::with_capacity(pending.len());
+        for manifest in pending {
+            if !clustered {
+                current.push(manifest);
+                continue;
+            }
+            let app = actions::app_id(name, manifest.partition);
+            let followed = table
+                .snapshot()?
+                .transaction_version(table.log_store().as_ref(), app)
+                .await?
+                .and_then(|v| u64::try_from(v).ok());
+            if followed.is_some_and(|v| v > manifest.version) {
+                self.committed
+                    .lock()
+                    .remove(&(name.to_string(), manifest.partition));
+                continue;
+            }
+            current.push(manifest);
+        }
+        let pending = current;
         let version = self.commit_difference(name, table, &pending).await?;
         self.tables
             .versions
@@ -407,7 +439,12 @@ impl Tiering {
                     key.0 == topic && published.get(key).is_some_and(|p| p >= version)
                 });
             *awaiting = later;
-            due.into_iter().map(|(_, _, path)| path).collect()
+            due.into_iter()
+                .map(|(_, _, path)| path)
+                // Written again since it was dropped (a retried upload of
+                // the same offsets): it is live, not garbage.
+                .filter(|path| !self.lists(path))
+                .collect()
         };
         if !due.is_empty() {
             // The grace period starts now: a reader may have just read the
@@ -473,6 +510,22 @@ impl Tiering {
             Arc::new(tokio::sync::Mutex::new(Some(table))),
         );
         Ok(Some(files))
+    }
+
+    /// Waits for a publish of `topic` in progress to end, and holds
+    /// further ones off while the guard lives (topic deletion).
+    pub(crate) async fn hold_table(
+        &self,
+        topic: &str,
+    ) -> tokio::sync::OwnedMutexGuard<Option<DeltaTable>> {
+        let slot = self
+            .tables
+            .open
+            .lock()
+            .entry(topic.to_string())
+            .or_default()
+            .clone();
+        slot.lock_owned().await
     }
 
     /// Locks the offloads of every partition of `topic`, in partition
