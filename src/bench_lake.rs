@@ -82,7 +82,7 @@ pub async fn run(client: &Client, args: LakeBench) -> Result<()> {
             )
             .await?;
         let body: serde_json::Value = response.json().await?;
-        if body["rows"][0]["n"].as_u64().unwrap_or(0) == 0 {
+        if body["rows"][0][0].as_u64().unwrap_or(0) == 0 {
             bail!("the one-day query found nothing: {body}");
         }
         times.push(started.elapsed().as_secs_f64());

@@ -47,11 +47,17 @@ pub const ROW_GROUP_BYTES: usize = 64 << 20;
 /// False-positive rate of the `key` column's bloom filters.
 pub const KEY_BLOOM_FPP: f64 = 0.01;
 
-fn writer_properties() -> WriterProperties {
+/// Rows per row group of a file compaction writes: smaller than an
+/// offloaded segment's, because a merged file spans a longer time and
+/// engines that prune by row-group statistics only (not the page index)
+/// read a whole row group for a time filter.
+pub const MERGED_ROW_GROUP_ROWS: usize = 128 * 1024;
+
+fn writer_properties(row_group_rows: usize) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_max_row_group_row_count(Some(row_group_rows))
         .set_sorting_columns(Some(vec![SortingColumn {
             column_idx: crate::schema::col::OFFSET as i32,
             descending: false,
@@ -131,7 +137,7 @@ pub async fn write_merged(
     };
     let records = files.iter().map(|f| f.records).sum();
     let stats = encode_and_upload(upload, records, move |tx| {
-        encode_batches(tx, &mut |emit| {
+        encode_batches(tx, MERGED_ROW_GROUP_ROWS, &mut |emit| {
             while let Some(batch) = batches.blocking_recv() {
                 emit(batch)?;
             }
@@ -268,7 +274,7 @@ fn encode_segment(
     tx: mpsc::Sender<Bytes>,
 ) -> Result<Stats> {
     let mut read = None;
-    let mut stats = encode_batches(tx, &mut |emit| {
+    let mut stats = encode_batches(tx, ROW_GROUP_ROWS, &mut |emit| {
         read = Some(read_segment(partition, base, end, emit)?);
         Ok(())
     })?;
@@ -288,10 +294,12 @@ type Emit<'a> = &'a mut dyn FnMut(RecordBatch) -> Result<()>;
 /// know).
 fn encode_batches(
     tx: mpsc::Sender<Bytes>,
+    row_group_rows: usize,
     produce: &mut dyn FnMut(Emit<'_>) -> Result<()>,
 ) -> Result<Stats> {
     let sink = ChunkSink::new(tx);
-    let mut writer = ArrowWriter::try_new(sink, file_schema(), Some(writer_properties()))?;
+    let mut writer =
+        ArrowWriter::try_new(sink, file_schema(), Some(writer_properties(row_group_rows)))?;
     let mut records = 0u64;
     produce(&mut |batch| {
         records += batch.num_rows() as u64;
