@@ -114,10 +114,6 @@ async fn produce(server: &ChildServer, topic: &str, from: i64, n: i64, at_ms: i6
     }
 }
 
-async fn offload(server: &ChildServer, topic: &str) -> Value {
-    server.api.offload(topic).await
-}
-
 async fn table_of(server: &ChildServer, topic: &str) -> Value {
     let (status, body) = server.api.get(&format!("/v1/topics/{topic}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -183,16 +179,16 @@ async fn other_engines_read_the_cold_tier_as_a_delta_table() {
 
         let now = strata_server::broker::timestamp::now_ms();
         produce(&server, "clicks", 0, 400, now).await;
-        let first = offload(&server, "clicks").await;
+        let first = server.api.offload("clicks").await;
         assert_eq!(first["records"], 400, "{first}");
         let v1 = table_of(&server, "clicks").await["version"]
             .as_u64()
             .expect("a version");
         // Publishing again with nothing new commits nothing.
-        offload(&server, "clicks").await;
+        server.api.offload("clicks").await;
         assert_eq!(table_of(&server, "clicks").await["version"], v1);
         produce(&server, "clicks", 400, 300, now).await;
-        offload(&server, "clicks").await;
+        server.api.offload("clicks").await;
         let v2 = table_of(&server, "clicks").await["version"]
             .as_u64()
             .unwrap();
@@ -243,7 +239,7 @@ async fn retention_removes_files_from_the_table_before_deleting_them() {
     let table_dir = dir.path().join("cold/aging");
     let old = strata_server::broker::timestamp::now_ms();
     produce(&server, "aging", 0, 200, old).await;
-    offload(&server, "aging").await;
+    server.api.offload("aging").await;
     let before = table_of(&server, "aging").await["version"]
         .as_u64()
         .unwrap();
@@ -260,7 +256,7 @@ async fn retention_removes_files_from_the_table_before_deleting_them() {
         Duration::from_secs(30),
         "retention drops the old files",
         || async {
-            offload(&server, "aging").await;
+            server.api.offload("aging").await;
             let (_, d) = server.api.get("/v1/topics/aging").await;
             let starts: Vec<u64> = d["partitions"]
                 .as_array()
@@ -321,7 +317,7 @@ async fn crashes_around_a_table_commit_lose_and_double_nothing() {
         );
 
         let server = ChildServer::spawn(binary(), dir.path(), &[]);
-        offload(&server, "crashy").await;
+        server.api.offload("crashy").await;
         let version = table_of(&server, "crashy").await["version"].as_u64();
         assert!(version.is_some(), "{step}: published after the restart");
         assert_eq!(records(&server, "crashy", 2).await, want, "{step}");
@@ -350,7 +346,7 @@ async fn deleting_a_topic_deletes_its_table_and_a_new_one_starts_empty() {
         strata_server::broker::timestamp::now_ms(),
     )
     .await;
-    offload(&server, "again").await;
+    server.api.offload("again").await;
     let (status, _) = server.api.delete("/v1/topics/again").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let log = dir.path().join("cold/again/_delta_log");
@@ -366,7 +362,7 @@ async fn deleting_a_topic_deletes_its_table_and_a_new_one_starts_empty() {
         strata_server::broker::timestamp::now_ms(),
     )
     .await;
-    offload(&server, "again").await;
+    server.api.offload("again").await;
     let want = records(&server, "again", 2).await;
     assert_eq!(want.len(), 50);
     let read = read_table(
@@ -404,7 +400,7 @@ async fn cold_files(server: &ChildServer, topic: &str) -> u64 {
 
 /// Many small files (a segment of 4 KiB each) of a topic whose records
 /// are all offloaded.
-async fn small_files(server: &ChildServer, topic: &str, records: i64) -> Vec<Value> {
+async fn small_files(server: &ChildServer, topic: &str, count: i64) -> Vec<Value> {
     server
         .api
         .create_topic(
@@ -417,15 +413,11 @@ async fn small_files(server: &ChildServer, topic: &str, records: i64) -> Vec<Val
         server,
         topic,
         0,
-        records,
+        count,
         strata_server::broker::timestamp::now_ms(),
     )
     .await;
-    offload(server, topic).await;
-    records_of(server, topic).await
-}
-
-async fn records_of(server: &ChildServer, topic: &str) -> Vec<Value> {
+    server.api.offload(topic).await;
     records(server, topic, 2).await
 }
 
@@ -455,7 +447,7 @@ async fn compaction_merges_small_files_under_the_readers() {
     .await;
     assert!(files >= 2, "one file or more per partition: {files}");
     assert_eq!(
-        records_of(&server, "small").await,
+        records(&server, "small", 2).await,
         want,
         "every record once"
     );
@@ -501,14 +493,14 @@ async fn crashes_in_the_middle_of_a_compaction_lose_and_double_nothing() {
         );
 
         let server = spawn_eager(dir.path(), &[]);
-        assert_eq!(records_of(&server, "crashy").await, want, "{step}");
+        assert_eq!(records(&server, "crashy", 2).await, want, "{step}");
         eventually(
             Duration::from_secs(60),
             "compaction completes after the crash",
             || async { (cold_files(&server, "crashy").await <= 4).then_some(()) },
         )
         .await;
-        assert_eq!(records_of(&server, "crashy").await, want, "{step}");
+        assert_eq!(records(&server, "crashy", 2).await, want, "{step}");
         let files = cold_files(&server, "crashy").await;
         eventually(Duration::from_secs(30), "the table follows", || async {
             let read = read_table(

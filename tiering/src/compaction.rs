@@ -140,6 +140,14 @@ impl Tiering {
         if !self.config.compaction || !self.offloads(name, partition) || self.is_deleting(topic) {
             return Ok(None);
         }
+        // Every pass asks every partition: one with nothing to merge (the
+        // common case) costs no pin.
+        if self
+            .cached(name, partition)
+            .is_some_and(|m| pick_run(&m.files, self.config.compact_target_bytes).is_none())
+        {
+            return Ok(None);
+        }
         // Pinned: retention cannot delete the files while they are read.
         let pinned = self.pin_manifest(name, partition).await?;
         let Some(run) = pick_run(&pinned.manifest.files, self.config.compact_target_bytes) else {

@@ -372,16 +372,13 @@ impl Tiering {
     /// The topic's table, created (empty, with the records' columns) when
     /// there is none yet.
     async fn load_or_create_table(&self, name: &str) -> Result<DeltaTable> {
-        let mut table = self.table_handle(name)?;
-        match table.load().await {
-            Ok(()) => return Ok(table),
-            Err(DeltaTableError::NotATable(_)) => {}
-            Err(e) => return Err(e.into()),
+        if let Some(table) = self.load_table(name).await? {
+            return Ok(table);
         }
         // Another node may create it at the same moment: the loser's
         // conditional put fails, and its next publish loads the table.
         let created = CreateBuilder::new()
-            .with_log_store(table.log_store())
+            .with_log_store(self.table_handle(name)?.log_store())
             .with_table_name(name)
             .with_comment(format!("the cold tier of Strata topic {name}"))
             .with_columns(actions::columns())
@@ -391,6 +388,16 @@ impl Tiering {
             .await?;
         tracing::info!(topic = name, "created the topic's Delta table");
         Ok(created)
+    }
+
+    /// The topic's table as stored now; `None` when it has none.
+    async fn load_table(&self, name: &str) -> Result<Option<DeltaTable>> {
+        let mut table = self.table_handle(name)?;
+        match table.load().await {
+            Ok(()) => Ok(Some(table)),
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The topic's table, not loaded: through this tier's store, or, on a
@@ -484,15 +491,11 @@ impl Tiering {
     }
 
     /// The files the topic's table lists now, relative to its root, with
-    /// their sizes (the table is kept for the next publish); `None` when it
-    /// has no table.
+    /// their sizes; `None` when it has no table.
     pub async fn table_files(&self, name: &str) -> Result<Option<HashMap<String, i64>>> {
-        let mut table = self.table_handle(name)?;
-        match table.load().await {
-            Ok(()) => {}
-            Err(DeltaTableError::NotATable(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
+        let Some(table) = self.load_table(name).await? else {
+            return Ok(None);
+        };
         let files = table
             .snapshot()?
             .log_data()
@@ -505,10 +508,8 @@ impl Tiering {
                 .lock()
                 .insert(name.to_string(), version);
         }
-        self.tables.open.lock().insert(
-            name.to_string(),
-            Arc::new(tokio::sync::Mutex::new(Some(table))),
-        );
+        // Not kept as the publisher's table: replacing its slot would
+        // leave a publish in progress and a deletion on different locks.
         Ok(Some(files))
     }
 
