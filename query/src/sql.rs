@@ -132,14 +132,37 @@ impl SqlEngine {
         Ok(DataFrame::new(ctx.state(), plan).execute_stream().await?)
     }
 
+    /// Runs `sql` over one in-memory table `name` of `batches` (records
+    /// of a topic read once for several materialized views).
+    pub async fn execute_over_all(
+        &self,
+        sql: &str,
+        name: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        batches: Vec<datafusion::arrow::record_batch::RecordBatch>,
+    ) -> Result<SendableRecordBatchStream> {
+        let ctx = self.over_all(name, schema, batches)?;
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        Ok(DataFrame::new(ctx.state(), plan).execute_stream().await?)
+    }
+
     fn over(
         &self,
         name: &str,
         batch: datafusion::arrow::record_batch::RecordBatch,
     ) -> Result<SessionContext> {
+        self.over_all(name, batch.schema(), vec![batch])
+    }
+
+    fn over_all(
+        &self,
+        name: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        batches: Vec<datafusion::arrow::record_batch::RecordBatch>,
+    ) -> Result<SessionContext> {
         let ctx = self.session()?;
-        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-        ctx.register_table(name, Arc::new(table))?;
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        ctx.register_table(TableReference::bare(name), Arc::new(table))?;
         Ok(ctx)
     }
 

@@ -27,6 +27,67 @@ use crate::error::{QueryError, Result};
 /// Longest a commit stays volatile (see the contract).
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
+/// Commits of derived data (the key index, the views' state) that are
+/// made durable at most [`SYNC_EVERY`] apart: an fsync per commit would
+/// cost more than applying the records again after a crash. A redb commit
+/// without durability is still atomic; a crash returns the database to
+/// its last durable commit.
+#[derive(Debug)]
+pub(crate) struct LazySync {
+    /// When commits were last made durable, and whether any were made
+    /// since without being durable.
+    state: Mutex<(Instant, bool)>,
+}
+
+impl LazySync {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: Mutex::new((Instant::now(), false)),
+        }
+    }
+
+    /// Begins a write transaction of `db`, durable only when the last
+    /// durable commit is [`SYNC_EVERY`] old; pass the returned flag to
+    /// [`LazySync::committed`] once it commits.
+    pub(crate) fn begin(&self, db: &Database) -> Result<(redb::WriteTransaction, bool)> {
+        let mut txn = db.begin_write().map_err(|e| err("writing", e))?;
+        let durable = self.state.lock().0.elapsed() >= SYNC_EVERY;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|e| err("writing", e))?;
+        }
+        Ok((txn, durable))
+    }
+
+    /// Records a commit (`durable`: made durable, with everything before).
+    pub(crate) fn committed(&self, durable: bool) {
+        let mut state = self.state.lock();
+        *state = if durable {
+            (Instant::now(), false)
+        } else {
+            (state.0, true)
+        };
+    }
+
+    /// Makes every commit of `db` so far durable.
+    pub(crate) fn sync(&self, db: &Database) -> Result<()> {
+        let txn = db.begin_write().map_err(|e| err("writing", e))?;
+        txn.commit().map_err(|e| err("committing", e))?;
+        self.committed(true);
+        Ok(())
+    }
+
+    /// [`LazySync::sync`] when a commit has stayed volatile for
+    /// [`SYNC_EVERY`] (a database gone idle keeps the contract).
+    pub(crate) fn sync_if_due(&self, db: &Database) -> Result<()> {
+        let (at, dirty) = *self.state.lock();
+        if dirty && at.elapsed() >= SYNC_EVERY {
+            self.sync(db)?;
+        }
+        Ok(())
+    }
+}
+
 /// `<topic>/<partition>` → the next offset to apply (the materialized
 /// views' database has one too, `<view>/<partition>` → ...).
 pub(crate) const PROGRESS: TableDefinition<&str, u64> = TableDefinition::new("progress");
@@ -105,9 +166,7 @@ pub struct PartitionHits {
 pub struct IndexStore {
     db: Database,
     path: PathBuf,
-    /// When commits were last made durable, and whether any were made
-    /// since without being durable.
-    synced: Mutex<(Instant, bool)>,
+    synced: LazySync,
 }
 
 impl std::fmt::Debug for IndexStore {
@@ -129,7 +188,7 @@ impl IndexStore {
         Ok(Self {
             db,
             path,
-            synced: Mutex::new((Instant::now(), false)),
+            synced: LazySync::new(),
         })
     }
 
@@ -174,7 +233,7 @@ impl IndexStore {
             }
         }
         txn.commit().map_err(|e| err("committing", e))?;
-        *self.synced.lock() = (Instant::now(), false);
+        self.synced.committed(true);
         Ok(())
     }
 
@@ -201,12 +260,7 @@ impl IndexStore {
         to: u64,
         batches: &[RecordBatch],
     ) -> Result<()> {
-        let mut txn = self.db.begin_write().map_err(|e| err("writing", e))?;
-        let durable = self.synced.lock().0.elapsed() >= SYNC_EVERY;
-        if !durable {
-            txn.set_durability(Durability::None)
-                .map_err(|e| err("writing", e))?;
-        }
+        let (txn, durable) = self.synced.begin(&self.db)?;
         let at = name(topic, partition);
         {
             let table_name = keys_table(&at);
@@ -266,12 +320,7 @@ impl IndexStore {
                 .map_err(|e| err("writing", e))?;
         }
         txn.commit().map_err(|e| err("committing", e))?;
-        let mut synced = self.synced.lock();
-        *synced = if durable {
-            (Instant::now(), false)
-        } else {
-            (synced.0, true)
-        };
+        self.synced.committed(durable);
         Ok(())
     }
 
@@ -300,26 +349,19 @@ impl IndexStore {
             }
         }
         txn.commit().map_err(|e| err("committing", e))?;
-        *self.synced.lock() = (Instant::now(), false);
+        self.synced.committed(true);
         Ok(())
     }
 
     /// Makes every commit so far durable.
     pub fn sync(&self) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
-        txn.commit().map_err(|e| err("committing", e))?;
-        *self.synced.lock() = (Instant::now(), false);
-        Ok(())
+        self.synced.sync(&self.db)
     }
 
     /// [`IndexStore::sync`] when a commit has stayed volatile for
     /// [`SYNC_EVERY`] (an index gone idle keeps the contract).
     pub fn sync_if_due(&self) -> Result<()> {
-        let (at, dirty) = *self.synced.lock();
-        if dirty && at.elapsed() >= SYNC_EVERY {
-            self.sync()?;
-        }
-        Ok(())
+        self.synced.sync_if_due(&self.db)
     }
 
     /// What the index holds for `keys` in each of `partitions`, all read

@@ -22,10 +22,10 @@
 pub mod shape;
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -44,7 +44,7 @@ use crate::sql::SqlEngine;
 /// Most offsets of one partition one partial query covers.
 const OFFSETS_PER_CHUNK: u64 = 64 * 1024;
 /// Pause between maintenance passes.
-const IDLE: Duration = Duration::from_millis(50);
+const IDLE: Duration = Duration::from_millis(150);
 
 /// One materialized view being kept.
 pub struct Live {
@@ -246,6 +246,125 @@ impl Materialized {
         Ok(offsets)
     }
 
+    /// [`Materialized::catch_up`] for several views of one topic at once:
+    /// each chunk of records is read once, then each view's partial query
+    /// runs over it in memory. A view ahead of the others waits for them
+    /// (one chunk each). Returns each view's next offsets, in the order of
+    /// `lives`; a view that was deleted or whose topic was replaced gets
+    /// `None` (the next pass takes it alone).
+    pub async fn catch_up_together(
+        &self,
+        lives: &[Arc<Live>],
+        engine: &SqlEngine,
+        broker: &Broker,
+        tiering: &Tiering,
+        stopping: &watch::Receiver<bool>,
+    ) -> Result<Vec<Option<Offsets>>> {
+        let mut offsets = vec![None; lives.len()];
+        let Some(first) = lives.first() else {
+            return Ok(offsets);
+        };
+        let topic = broker.topic(&first.shape.topic)?;
+        let mut kept = Vec::with_capacity(lives.len());
+        for (i, live) in lives.iter().enumerate() {
+            let seen = self
+                .topic_of(live, broker, &mut *live.applying.lock().await)
+                .await;
+            if seen.is_ok_and(|seen| Arc::ptr_eq(&seen, &topic)) {
+                kept.push(i);
+                offsets[i] = Some(Vec::new());
+            }
+        }
+        // The only place more than one view's lock is held: in one order.
+        kept.sort_by(|a, b| lives[*a].name.cmp(&lives[*b].name));
+        let table = format!("\"{}\"", topic.name().replace('"', "\"\""));
+        for (id, start, end) in Self::bounds(tiering, &topic).await? {
+            loop {
+                if *stopping.borrow() {
+                    return Ok(offsets);
+                }
+                let mut guards = Vec::with_capacity(kept.len());
+                for &i in &kept {
+                    guards.push(lives[i].applying.lock().await);
+                }
+                // Still the views kept, over the same topic object.
+                kept.retain(|&i| {
+                    let live = &lives[i];
+                    let current = self
+                        .get(&live.name)
+                        .is_some_and(|now| Arc::ptr_eq(&now, live));
+                    if !current {
+                        offsets[i] = None;
+                    }
+                    current
+                });
+                let same = guards.iter().all(|applying| {
+                    applying
+                        .as_ref()
+                        .is_some_and(|seen| std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&topic)))
+                });
+                if !same {
+                    return Ok(offsets);
+                }
+                let mut next = Vec::with_capacity(kept.len());
+                for &i in &kept {
+                    let (state, name) = (self.state.clone(), lives[i].name.clone());
+                    let done = blocking(move || state.progress(&name, id))
+                        .await?
+                        .unwrap_or(0);
+                    next.push((i, done));
+                }
+                let Some(from) = next
+                    .iter()
+                    .map(|(_, done)| (*done).max(start))
+                    .filter(|from| *from < end)
+                    .min()
+                else {
+                    for (i, done) in next {
+                        if let Some(offsets) = &mut offsets[i] {
+                            offsets.push((id, done.max(end)));
+                        }
+                    }
+                    break;
+                };
+                let to = end.min(from + OFFSETS_PER_CHUNK);
+                let sql = format!(
+                    "SELECT * FROM {table} WHERE \"partition\" = {id} AND \"offset\" >= {from} AND \"offset\" < {to}"
+                );
+                let read = engine.execute(&sql).await?;
+                let schema = read.schema();
+                let records: Vec<RecordBatch> = read.try_collect().await?;
+                for (i, done) in next {
+                    if done.max(start) != from {
+                        continue;
+                    }
+                    let live = &lives[i];
+                    let batches: Vec<RecordBatch> = engine
+                        .execute_over_all(
+                            &live.shape.partial_sql(id, from, to),
+                            topic.name(),
+                            schema.clone(),
+                            records.clone(),
+                        )
+                        .await?
+                        .try_collect()
+                        .await?;
+                    tokio::task::block_in_place(|| {
+                        self.state.apply(
+                            &live.name,
+                            &live.codec,
+                            &live.shape.merges,
+                            id,
+                            to,
+                            &batches,
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(offsets)
+    }
+
     /// Committed records of `live`'s topic its state does not reflect yet.
     pub fn behind(&self, live: &Live, broker: &Broker) -> Result<u64> {
         let topic = broker.topic(&live.shape.topic)?;
@@ -321,9 +440,16 @@ impl Materialized {
         // and each partition's next offset): an idle view costs one
         // comparison per partition.
         let mut reflected: HashMap<usize, Reflected> = HashMap::new();
+        // When each view last reflected every committed record (or was
+        // first seen): its lag in seconds is the time since.
+        let mut current: HashMap<usize, Instant> = HashMap::new();
         while !*stopping.borrow() {
             let views: Vec<Arc<Live>> = self.live.read().values().cloned().collect();
             reflected.retain(|kept, _| views.iter().any(|v| Arc::as_ptr(v) as usize == *kept));
+            current.retain(|kept, _| views.iter().any(|v| Arc::as_ptr(v) as usize == *kept));
+            // The views with records to apply, by topic: a topic's chunk
+            // is read once for all its views.
+            let mut busy: BTreeMap<String, Vec<Arc<Live>>> = BTreeMap::new();
             for live in views {
                 let idle = broker.topic(&live.shape.topic).is_ok_and(|topic| {
                     reflected
@@ -338,48 +464,99 @@ impl Materialized {
                                     .all(|(p, (_, next))| p.end_offset() <= *next)
                         })
                 });
-                if idle {
-                    continue;
+                if !idle {
+                    busy.entry(live.shape.topic.clone()).or_default().push(live);
                 }
-                let result = self
-                    .catch_up(&live, &engine, &broker, &tiering, &stopping)
-                    .await;
-                let was = failing
-                    .insert(live.name.clone(), result.is_err())
-                    .unwrap_or(false);
-                match result {
-                    Err(error) if !was => tracing::warn!(%error, view = %live.name,
-                        "a materialized view cannot be updated; its reads catch up themselves"),
-                    Ok(offsets) => {
-                        if let Ok(topic) = broker.topic(&live.shape.topic) {
-                            let behind: u64 = topic
-                                .partitions()
-                                .iter()
-                                .zip(&offsets)
-                                .map(|(p, (_, next))| p.end_offset().saturating_sub(*next))
-                                .sum();
-                            metrics::gauge!("strata_view_lag_records", "view" => live.name.clone())
-                                .set(behind as f64);
-                            reflected.insert(
-                                Arc::as_ptr(&live) as usize,
-                                (Arc::downgrade(&topic), offsets),
-                            );
+            }
+            for lives in busy.into_values() {
+                let results: Vec<Option<Result<Offsets>>> = if lives.len() == 1 {
+                    vec![Some(
+                        self.catch_up(&lives[0], &engine, &broker, &tiering, &stopping)
+                            .await,
+                    )]
+                } else {
+                    match self
+                        .catch_up_together(&lives, &engine, &broker, &tiering, &stopping)
+                        .await
+                    {
+                        Ok(offsets) => offsets.into_iter().map(|o| o.map(Ok)).collect(),
+                        // One view's failure must not hold the others
+                        // back: each goes alone this pass.
+                        Err(_) => {
+                            let mut alone = Vec::with_capacity(lives.len());
+                            for live in &lives {
+                                alone.push(Some(
+                                    self.catch_up(live, &engine, &broker, &tiering, &stopping)
+                                        .await,
+                                ));
+                            }
+                            alone
                         }
                     }
-                    Err(_) => {}
+                };
+                for (live, result) in lives.iter().zip(results) {
+                    let Some(result) = result else {
+                        continue;
+                    };
+                    let was = failing
+                        .insert(live.name.clone(), result.is_err())
+                        .unwrap_or(false);
+                    match result {
+                        Err(error) if !was => tracing::warn!(%error, view = %live.name,
+                            "a materialized view cannot be updated; its reads catch up themselves"),
+                        Ok(offsets) => {
+                            if let Ok(topic) = broker.topic(&live.shape.topic) {
+                                let behind: u64 = topic
+                                    .partitions()
+                                    .iter()
+                                    .zip(&offsets)
+                                    .map(|(p, (_, next))| p.end_offset().saturating_sub(*next))
+                                    .sum();
+                                metrics::gauge!("strata_view_lag_records", "view" => live.name.clone())
+                                    .set(behind as f64);
+                                let since = current
+                                    .entry(Arc::as_ptr(live) as usize)
+                                    .or_insert_with(Instant::now);
+                                let seconds = if behind == 0 {
+                                    *since = Instant::now();
+                                    0.0
+                                } else {
+                                    since.elapsed().as_secs_f64()
+                                };
+                                metrics::gauge!("strata_view_lag_seconds", "view" => live.name.clone())
+                                    .set(seconds);
+                                reflected.insert(
+                                    Arc::as_ptr(live) as usize,
+                                    (Arc::downgrade(&topic), offsets),
+                                );
+                            }
+                        }
+                        Err(_) => {}
+                    }
                 }
+            }
+            let state = self.state.clone();
+            if let Err(error) = blocking(move || state.sync_if_due()).await {
+                tracing::warn!(%error, "the materialized views' state could not be synced");
             }
             tokio::select! {
                 () = tokio::time::sleep(IDLE) => {}
                 _ = stopping.changed() => {}
             }
         }
+        let state = self.state.clone();
+        if let Err(error) = blocking(move || state.sync()).await {
+            tracing::warn!(%error, "the materialized views' state could not be synced at shutdown");
+        }
     }
 }
 
+/// Each partition's next offset a view's state reflects.
+type Offsets = Vec<(u32, u64)>;
+
 /// The topic object a view's state followed at its last pass, and each
 /// partition's next offset then.
-type Reflected = (Weak<Topic>, Vec<(u32, u64)>);
+type Reflected = (Weak<Topic>, Offsets);
 
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
