@@ -275,9 +275,17 @@ impl ViewState {
             }
             None => Vec::new(),
         };
-        // The flushed rows overlaid with the pending ones, in key order.
-        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        // The flushed rows overlaid with the pending ones, merged in key
+        // order (a pending row replaces the flushed one).
+        let (mut keys, mut values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
         let all = self.pending.lock();
+        let mut pending = all
+            .get(view)
+            .map(|p| p.rows.range(prefix.clone()..))
+            .into_iter()
+            .flatten()
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .peekable();
         let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
         if let Some(state) = open_state(&txn, view)? {
             let range = state
@@ -285,27 +293,37 @@ impl ViewState {
                 .map_err(|e| err("reading", e))?;
             for entry in range {
                 let (k, v) = entry.map_err(|e| err("reading", e))?;
-                if !k.value().starts_with(&prefix) {
-                    break;
-                }
-                rows.insert(k.value().to_vec(), v.value().to_vec());
-            }
-        }
-        if let Some(pending) = all.get(view) {
-            for (k, v) in pending.rows.range(prefix.clone()..) {
+                let k = k.value();
                 if !k.starts_with(&prefix) {
                     break;
                 }
-                rows.insert(k.clone(), v.clone());
+                while let Some((pk, pv)) = pending.next_if(|(pk, _)| pk.as_slice() < k) {
+                    keys.push(pk.clone());
+                    values.push(pv.clone());
+                }
+                match pending.next_if(|(pk, _)| pk.as_slice() == k) {
+                    Some((pk, pv)) => {
+                        keys.push(pk.clone());
+                        values.push(pv.clone());
+                    }
+                    None => {
+                        keys.push(k.to_vec());
+                        values.push(v.value().to_vec());
+                    }
+                }
             }
+        }
+        for (pk, pv) in pending {
+            keys.push(pk.clone());
+            values.push(pv.clone());
         }
         drop(all);
         let (kp, vp) = (codec.keys.parser(), codec.values.parser());
-        let mut columns = codec.keys.convert_rows(rows.keys().map(|k| kp.parse(k)))?;
+        let mut columns = codec.keys.convert_rows(keys.iter().map(|k| kp.parse(k)))?;
         columns.extend(
             codec
                 .values
-                .convert_rows(rows.values().map(|v| vp.parse(v)))?,
+                .convert_rows(values.iter().map(|v| vp.parse(v)))?,
         );
         Ok(RecordBatch::try_new(codec.schema.clone(), columns)?)
     }
@@ -467,6 +485,34 @@ mod tests {
         assert_eq!(state.progress("v", 0).unwrap(), Some(30));
         let a = state.read("v", &codec, Some("a")).unwrap();
         assert_eq!(a.column(1).as_ref(), ints(&[Some(4)]).as_ref());
+        // Pending rows before, between, after and over the flushed ones.
+        state
+            .apply(
+                "v",
+                &codec,
+                &merges,
+                0,
+                40,
+                &[batch(&["0", "bb", "d"], &[1, 1, 1], &[0, 0, 0])],
+            )
+            .unwrap();
+        let all = state.read("v", &codec, None).unwrap();
+        assert_eq!(
+            all.column(0).as_ref(),
+            strings(&[
+                Some("0"),
+                Some("a"),
+                Some("b"),
+                Some("bb"),
+                Some("c"),
+                Some("d")
+            ])
+            .as_ref()
+        );
+        assert_eq!(
+            all.column(1).as_ref(),
+            ints(&[Some(1), Some(4), Some(4), Some(1), Some(4), Some(1)]).as_ref()
+        );
         // A crash before the next flush: the flushed state and progress
         // come back together.
         drop(state);
