@@ -24,7 +24,7 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -66,6 +66,12 @@ fn writer_properties(row_group_rows: usize) -> WriterProperties {
         // Offsets, timestamps and JSON values rarely repeat: dictionaries only cost time.
         .set_column_dictionary_enabled(ColumnPath::from("offset"), false)
         .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
+        // Offsets rise by one and timestamps mostly by little: stored as
+        // deltas they take a few bits a value instead of 8 bytes, so a
+        // time-range read decompresses a fraction of what it did (zstd of
+        // plain 8-byte values was most of a one-day query's time).
+        .set_column_encoding(ColumnPath::from("offset"), Encoding::DELTA_BINARY_PACKED)
+        .set_column_encoding(ColumnPath::from("timestamp"), Encoding::DELTA_BINARY_PACKED)
         .set_column_dictionary_enabled(ColumnPath::from("value"), false)
         // Nothing prunes by the JSON text: its min/max would cost a string
         // comparison per row and bytes in every page header for nothing.
