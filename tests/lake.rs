@@ -465,6 +465,31 @@ async fn compaction_merges_small_files_under_the_readers() {
     )
     .await;
     server.terminate();
+    // A compaction's commit is checkpointed: a reader starts from the
+    // merged files, not from every small file's add (regression guard).
+    let log = dir.path().join("data/cold/small/_delta_log");
+    let last: Value = serde_json::from_slice(
+        &std::fs::read(log.join("_last_checkpoint")).expect("a checkpoint after compaction"),
+    )
+    .expect("_last_checkpoint is JSON");
+    let version = last["version"].as_u64().expect("its version");
+    assert!(
+        log.join(format!("{version:020}.checkpoint.parquet"))
+            .exists(),
+        "{last}"
+    );
+    let newest = std::fs::read_dir(&log)
+        .expect("the log")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".json")?.parse::<u64>().ok()
+        })
+        .max()
+        .expect("commits");
+    assert!(
+        newest - version < 4 && version > 0,
+        "the checkpoint ({version}) is of a compaction, near the newest commit ({newest})"
+    );
     let read = read_table(
         &python,
         &dir.path().join("data/cold/small").display().to_string(),

@@ -204,6 +204,22 @@ impl ColdStore {
         self.fsync_local(path, true).await
     }
 
+    /// [`ColdStore::make_durable`] for an object that may not exist (one
+    /// another library wrote, or not); returns whether it did.
+    pub async fn make_durable_if_present(&self, path: &object_store::path::Path) -> Result<bool> {
+        let Some(root) = self.local_root() else {
+            return Ok(true);
+        };
+        if !tokio::fs::try_exists(root.join(path.as_ref()))
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(false);
+        }
+        self.make_durable(path).await?;
+        Ok(true)
+    }
+
     /// Makes the removal or creation of entries in directory `dir` durable
     /// (fsyncs it on `file://`; a no-op elsewhere).
     pub async fn make_dir_durable(&self, dir: &object_store::path::Path) -> Result<()> {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::operations::create::CreateBuilder;
-use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::protocol::{DeltaOperation, SaveMode, checkpoints};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use object_store::path::Path;
 use parking_lot::Mutex;
@@ -353,6 +353,19 @@ impl Tiering {
         self.crash_point(crate::facade::CrashPoint::AfterTableCommit);
         table.state = Some(committed.snapshot());
         self.make_commit_durable(name, committed.version()).await?;
+        if !changes && !deletes {
+            // A compaction: the checkpoint a reader starts from lists the
+            // merged files (and the small ones' removes) instead of
+            // hundreds of adds with their statistics. Only an
+            // optimisation: a failure leaves readers the commits.
+            match checkpoints::create_checkpoint(table, None).await {
+                Ok(()) => {}
+                Err(error) => tracing::warn!(topic = name, %error,
+                    "could not write a checkpoint of the table after compaction"),
+            }
+        }
+        self.make_checkpoint_durable(name, committed.version())
+            .await?;
         let label = || name.to_string();
         metrics::counter!("strata_table_commits_total", "topic" => label()).increment(1);
         metrics::counter!("strata_table_files_added_total", "topic" => label())
@@ -433,6 +446,23 @@ impl Tiering {
             .join("_delta_log")
             .join(format!("{version:020}.json"));
         self.cold.make_durable(&path).await
+    }
+
+    /// Makes the checkpoint of `version` durable on `file://`, when there
+    /// is one (delta-rs writes one every 100 versions, and compaction one
+    /// after its commit): the checkpoint before `_last_checkpoint`, which
+    /// points readers to it.
+    async fn make_checkpoint_durable(&self, name: &str, version: u64) -> Result<()> {
+        let log = self.cold.root.topic(name).join("_delta_log");
+        let checkpoint = log
+            .clone()
+            .join(format!("{version:020}.checkpoint.parquet"));
+        if self.cold.make_durable_if_present(&checkpoint).await? {
+            self.cold
+                .make_durable_if_present(&log.join("_last_checkpoint"))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Queues for deletion the dropped objects of `topic` whose partitions
