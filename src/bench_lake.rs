@@ -175,12 +175,47 @@ async fn wait_for_compaction(client: &Client, topic: &str, before: u64) -> Resul
                 "compaction: {before} files -> {files} in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
-            return Ok(());
+            return wait_for_table(client, topic).await;
         }
         if started.elapsed() > Duration::from_secs(600) {
             bail!("compaction left {files} files after 10 minutes");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the table has published every manifest version (the
+/// compaction's commit, and its checkpoint) and its version holds still.
+async fn wait_for_table(client: &Client, topic: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        let described: serde_json::Value = client
+            .send(client.request(Method::GET, &format!("/v1/topics/{topic}")))
+            .await?
+            .json()
+            .await?;
+        let version = described["table"]["version"].as_u64();
+        let metrics = client
+            .send(client.request(Method::GET, "/metrics"))
+            .await?
+            .text()
+            .await?;
+        let lag = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("strata_table_publish_lag_versions")
+                    && l.contains(&format!("topic=\"{topic}\""))
+            })
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
+        if lag == Some(0.0) && version.is_some() && version == last {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the table did not catch up with the compaction in 2 minutes");
+        }
+        last = version;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
