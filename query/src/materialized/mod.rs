@@ -241,6 +241,9 @@ impl Materialized {
                     offsets.push((id, done));
                     break;
                 }
+                // A long catch-up (a view built over a long history) is
+                // flushed as it goes, not only at the end of its pass.
+                tokio::task::block_in_place(|| self.state.sync_if_due())?;
             }
         }
         Ok(offsets)
@@ -360,6 +363,7 @@ impl Materialized {
                         )
                     })?;
                 }
+                tokio::task::block_in_place(|| self.state.sync_if_due())?;
             }
         }
         Ok(offsets)
