@@ -160,6 +160,10 @@ impl ViewState {
         let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
         let state = open_state(&txn, view)?;
         let pending = all.entry(view.to_string()).or_default();
+        // Merged here first and taken into `pending` only once every batch
+        // merged: an error leaves the state as it was (progress and rows
+        // move together, as a transaction would).
+        let mut staged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for batch in batches {
             if batch.num_columns() != codec.schema.fields().len() {
                 return Err(QueryError::Internal(
@@ -175,7 +179,10 @@ impl ViewState {
             let (mut held, mut olds) = (Vec::new(), Vec::new());
             for row in 0..batch.num_rows() {
                 let key = keys.row(row);
-                let old = match pending.rows.get(key.as_ref()) {
+                let old = match staged
+                    .get(key.as_ref())
+                    .or_else(|| pending.rows.get(key.as_ref()))
+                {
                     Some(old) => Some(old.clone()),
                     None => match &state {
                         Some(state) => state
@@ -208,11 +215,10 @@ impl ViewState {
                     Some((_, merged)) => merged,
                     None => fresh.row(row),
                 };
-                pending
-                    .rows
-                    .insert(keys.row(row).as_ref().to_vec(), value.as_ref().to_vec());
+                staged.insert(keys.row(row).as_ref().to_vec(), value.as_ref().to_vec());
             }
         }
+        pending.rows.append(&mut staged);
         pending.progress.insert(partition, to);
         Ok(())
     }
@@ -434,6 +440,26 @@ mod tests {
             )
             .unwrap()
         };
+        // A chunk that fails part-way changes nothing (regression guard:
+        // its first batch's rows must not be merged without its progress).
+        let wrong = RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new("__g0", arrow::datatypes::DataType::Utf8, true),
+            ])),
+            vec![strings(&[Some("a")])],
+        )
+        .unwrap();
+        let failed = state.apply(
+            "v",
+            &codec,
+            &merges,
+            0,
+            10,
+            &[batch(&["a", "c"], &[2, 1], &[5, 7]), wrong],
+        );
+        assert!(failed.is_err());
+        assert_eq!(state.progress("v", 0).unwrap(), None);
+        assert_eq!(state.read("v", &codec, None).unwrap().num_rows(), 0);
         state
             .apply(
                 "v",
