@@ -196,18 +196,12 @@ async fn wait_for_table(client: &Client, topic: &str) -> Result<()> {
             .json()
             .await?;
         let version = described["table"]["version"].as_u64();
-        let metrics = client
-            .send(client.request(Method::GET, "/metrics"))
-            .await?
-            .text()
+        let lag = client
+            .metric(
+                "strata_table_publish_lag_versions",
+                &format!("topic=\"{topic}\""),
+            )
             .await?;
-        let lag = metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("strata_table_publish_lag_versions")
-                    && l.contains(&format!("topic=\"{topic}\""))
-            })
-            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
         if lag == Some(0.0) && version.is_some() && version == last {
             return Ok(());
         }

@@ -152,16 +152,9 @@ pub async fn run(client: &Client, args: ServeBench) -> Result<()> {
         .as_array()
         .map(|ps| ps.iter().filter_map(|p| p["cold"]["bytes"].as_u64()).sum())
         .unwrap_or(0);
-    let metrics = client
-        .send(client.request(Method::GET, "/metrics"))
+    let index = client
+        .metric("strata_key_index_bytes", "")
         .await?
-        .text()
-        .await?;
-    let index = metrics
-        .lines()
-        .find(|l| l.starts_with("strata_key_index_bytes"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     println!(
         "key index {:.1} MiB, cold tier {:.1} MiB: {:.1} %",
@@ -224,16 +217,10 @@ async fn views(client: &Client, args: &ServeBench) -> Result<()> {
         viewed_rates.push(produce_all(client, &viewed, args.view_records, KEYS).await?);
         let stopped = Instant::now();
         loop {
-            let metrics = client
-                .send(client.request(Method::GET, "/metrics"))
+            let behind = client
+                .metric("strata_view_lag_records", "bench_per_")
                 .await?
-                .text()
-                .await?;
-            let behind: f64 = metrics
-                .lines()
-                .filter(|l| l.starts_with("strata_view_lag_records") && l.contains("bench_per_"))
-                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-                .sum();
+                .unwrap_or(0.0);
             if behind == 0.0 {
                 break;
             }

@@ -133,4 +133,20 @@ impl Client {
             .json()
             .await?)
     }
+
+    /// The sum of the samples in the server's `/metrics` whose line starts
+    /// with `name` and contains `label`; `None` when there is none.
+    pub async fn metric(&self, name: &str, label: &str) -> Result<Option<f64>> {
+        let text = self
+            .send(self.request(Method::GET, "/metrics"))
+            .await?
+            .text()
+            .await?;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .collect();
+        Ok((!values.is_empty()).then(|| values.iter().sum()))
+    }
 }

@@ -186,17 +186,10 @@ impl Tiering {
             self.release_published(name);
             return Ok(());
         }
-        let slot = self
-            .tables
-            .open
-            .lock()
-            .entry(name.to_string())
-            .or_default()
-            .clone();
         // Held through the commit; a deletion of the topic takes it too
         // (after marking the topic), so no commit re-creates the log of a
         // deleted topic.
-        let mut slot = slot.lock().await;
+        let mut slot = self.hold_table(name).await;
         if self.is_deleting(topic) {
             return Ok(());
         }
@@ -543,8 +536,10 @@ impl Tiering {
         Ok(Some(files))
     }
 
-    /// Waits for a publish of `topic` in progress to end, and holds
-    /// further ones off while the guard lives (topic deletion).
+    /// The slot of `topic`'s table, locked: waits for a publish in
+    /// progress to end and holds further ones off while the guard lives
+    /// (a publish holds it through its commit, topic deletion through the
+    /// deletion).
     pub(crate) async fn hold_table(
         &self,
         topic: &str,
