@@ -14,6 +14,7 @@ use object_store::ObjectStoreExt;
 
 use serde_json::json;
 use strata_broker::{BrokerConfig, TopicConfigOverrides};
+use strata_test_support::eventually;
 use strata_test_support::storage::{Storage, produce};
 use strata_tiering::cold_read::FileScan;
 use strata_tiering::manifest::{ColdFile, ManifestStore};
@@ -809,6 +810,99 @@ async fn compaction(url: &str) {
     assert_eq!(f.tiering.compact_topic("merge").await.unwrap().merges, 0);
 }
 
+/// The `remove` actions of the table's newest checkpoint, and its version
+/// (`None`: no checkpoint yet).
+async fn checkpoint_removes(f: &Storage, topic: &str) -> Option<(u64, usize)> {
+    let log = f.cold.root.topic(topic).join("_delta_log");
+    let last = f
+        .cold
+        .store
+        .get(&log.clone().join("_last_checkpoint"))
+        .await
+        .ok()?;
+    let last: serde_json::Value = serde_json::from_slice(&last.bytes().await.unwrap()).unwrap();
+    let version = last["version"].as_u64().expect("a checkpoint version");
+    let file = format!("{version:020}.checkpoint.parquet");
+    let bytes = f.cold.store.get(&log.join(file.as_str())).await.unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes.bytes().await.unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut removes = 0;
+    for batch in reader {
+        let batch = batch.unwrap();
+        let remove = batch.column_by_name("remove").expect("a remove column");
+        removes += remove.len() - remove.null_count();
+    }
+    Some((version, removes))
+}
+
+/// The table keeps a removed file's tombstone for the deletion grace
+/// period, not Delta's default week: once it has passed, a publish writes
+/// a checkpoint without the compaction's removes, so readers stop reading
+/// them (regression guard: DuckDB's `delta_scan` spent most of a query on
+/// them).
+async fn expired_removes_leave_the_checkpoint(url: &str) {
+    let config = TieringConfig {
+        object_delete_grace: Duration::from_secs(1),
+        compact_target_bytes: 256 << 10,
+        ..TieringConfig::default()
+    };
+    let f = fixture_with(url, config).await;
+    let overrides = TopicConfigOverrides {
+        segment_bytes: Some(4096),
+        local_retention_bytes: Some(0),
+        ..Default::default()
+    };
+    f.broker.create_topic("tidy", Some(1), &overrides).unwrap();
+    let records: Vec<serde_json::Value> = (0..1200)
+        .map(|i| json!({"key": format!("k{i}"), "value": {"i": i, "pad": "x".repeat(40)}}))
+        .collect();
+    for chunk in records.chunks(20) {
+        produce(&f.broker, "tidy", chunk);
+    }
+    f.tiering.offload_topic("tidy", true).await.unwrap();
+    let summary = f.tiering.compact_topic("tidy").await.unwrap();
+    assert!(summary.files_in >= 16, "{summary:?}");
+    f.tiering.offload_topic("tidy", false).await.unwrap();
+    let compacted = f.tiering.table_info("tidy").and_then(|t| t.version);
+    let compacted = compacted.expect("the table follows the compaction");
+    let (version, removes) = eventually(
+        Duration::from_secs(30),
+        "a checkpoint without the expired removes",
+        || async {
+            f.tiering.offload_topic("tidy", false).await.unwrap();
+            checkpoint_removes(&f, "tidy")
+                .await
+                .filter(|(_, removes)| *removes == 0)
+        },
+    )
+    .await;
+    assert!(version >= compacted, "{version} < {compacted}");
+    assert_eq!(removes, 0);
+    // The table says how long it keeps them.
+    let log = f.cold.root.topic("tidy").join("_delta_log");
+    let created = f
+        .cold
+        .store
+        .get(&log.join("00000000000000000000.json"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let created = String::from_utf8_lossy(&created);
+    assert!(
+        created.contains(r#""delta.deletedFileRetentionDuration":"interval 1 seconds""#),
+        "{created}"
+    );
+    // Every record is still there once.
+    let got = read_records(&f.tiering, "tidy", 0, 0, 10_000, 64 << 20).await;
+    assert_eq!(got.len(), 1200);
+}
+
 async fn suite(url: &str) {
     let at = |scenario: &str| match url.strip_suffix("://") {
         Some(scheme) => format!("{scheme}://{scenario}"),
@@ -821,6 +915,7 @@ async fn suite(url: &str) {
     pinned_reads_outlive_retention(&at("pinned")).await;
     a_recreated_topic_keeps_its_files(&at("recreated")).await;
     compaction(&at("compaction")).await;
+    expired_removes_leave_the_checkpoint(&at("tidy")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

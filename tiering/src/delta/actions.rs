@@ -3,6 +3,7 @@
 //! one cold file.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use deltalake_core::kernel::{Action, Add, DataType, MapType, Remove, StructField, Transaction};
 
@@ -28,6 +29,25 @@ pub fn columns() -> Vec<StructField> {
     ]
 }
 
+/// The table property that says how long a removed file stays readable.
+pub const RETENTION_PROPERTY: &str = "delta.deletedFileRetentionDuration";
+
+/// [`RETENTION_PROPERTY`]'s value for Strata's deletion grace period:
+/// Strata deletes a file the table removed once `grace` has passed (and no
+/// read pins it), so that is how long the table keeps its tombstone; a
+/// checkpoint drops tombstones older than that ([`Delta`'s protocol]).
+/// Whole seconds, rounded up ([`retention`]).
+///
+/// [`Delta`'s protocol]: https://github.com/delta-io/delta/blob/master/PROTOCOL.md#checkpoints
+pub fn retention_interval(grace: Duration) -> String {
+    format!("interval {} seconds", retention(grace).as_secs())
+}
+
+/// The retention [`retention_interval`] states.
+pub fn retention(grace: Duration) -> Duration {
+    Duration::from_secs(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
+}
+
 /// The application id under which a partition's publishing progress (the
 /// manifest version its files were last published at) is kept in the
 /// table's log, as a Delta `txn` action.
@@ -40,6 +60,17 @@ pub fn progress(topic: &str, partition: u32, manifest_version: u64, now_ms: i64)
     Transaction {
         app_id: app_id(topic, partition),
         version: i64::try_from(manifest_version).unwrap_or(i64::MAX),
+        last_updated: Some(now_ms),
+    }
+}
+
+/// A commit's marker that holds nothing else: the kernel writes one
+/// checkpoint per version, so a checkpoint of a version that has one
+/// needs a new version first. Its application id is no partition's.
+pub fn checkpoint_marker(topic: &str, now_ms: i64) -> Transaction {
+    Transaction {
+        app_id: format!("strata/{topic}/checkpoint"),
+        version: now_ms,
         last_updated: Some(now_ms),
     }
 }
@@ -187,6 +218,19 @@ mod tests {
             records: 10,
             bytes: 4096,
         }
+    }
+
+    #[test]
+    fn the_retention_is_the_grace_in_whole_seconds_rounded_up() {
+        assert_eq!(retention_interval(Duration::ZERO), "interval 0 seconds");
+        assert_eq!(
+            retention_interval(Duration::from_secs(60)),
+            "interval 60 seconds"
+        );
+        assert_eq!(
+            retention_interval(Duration::from_millis(1500)),
+            "interval 2 seconds"
+        );
     }
 
     #[test]

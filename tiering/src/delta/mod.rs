@@ -19,6 +19,11 @@
 //! has removed it ([`Tiering::drop_objects`]), and then only after the
 //! usual grace period, so a reader of the latest table version never meets
 //! a missing file and one that just read the previous version can finish.
+//! The table says so: its `delta.deletedFileRetentionDuration` is that
+//! grace period, and once a removal's grace has passed the next publish
+//! writes a checkpoint ("tidy"), which leaves out the expired tombstones.
+//! Without it every reader would go on reading a compaction's thousand
+//! removes for Delta's default week.
 
 pub mod actions;
 
@@ -29,6 +34,7 @@ use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode, checkpoints};
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parking_lot::Mutex;
 use strata_broker::Topic;
@@ -53,6 +59,11 @@ pub(crate) struct Tables {
     /// Objects a partition's manifest dropped at a version: deleted only
     /// once the table follows that version.
     awaiting: Mutex<Vec<(PartitionKey, u64, Path)>>,
+    /// Each topic's due tidy checkpoints: when the oldest and the newest
+    /// tombstones not yet left out of a checkpoint expire (ms). Kept in
+    /// memory only: after a restart, delta-rs's checkpoint every 100
+    /// versions leaves them out.
+    tidy: Mutex<HashMap<String, (i64, i64)>>,
 }
 
 impl std::fmt::Debug for Tables {
@@ -72,6 +83,37 @@ impl Tables {
         self.published.lock().retain(|(t, _), _| t != topic);
         self.versions.lock().remove(topic);
         self.awaiting.lock().retain(|((t, _), _, _)| t != topic);
+        self.tidy.lock().remove(topic);
+    }
+
+    /// Notes tombstones written at `now_ms` that expire `retention` later.
+    fn schedule_tidy(&self, topic: &str, now_ms: i64, retention: std::time::Duration) {
+        let due = now_ms.saturating_add(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let mut tidy = self.tidy.lock();
+        let entry = tidy.entry(topic.to_string()).or_insert((due, due));
+        *entry = (entry.0.min(due), entry.1.max(due));
+    }
+
+    /// Whether a tidy checkpoint of `topic` is due at `now_ms`.
+    fn tidy_due(&self, topic: &str, now_ms: i64) -> bool {
+        self.tidy
+            .lock()
+            .get(topic)
+            .is_some_and(|(first, _)| *first < now_ms)
+    }
+
+    /// Records a tidy checkpoint written at `now_ms`: tombstones that had
+    /// not expired yet make the next one due when they do.
+    fn tidied(&self, topic: &str, now_ms: i64) {
+        let mut tidy = self.tidy.lock();
+        match tidy.get(topic).copied() {
+            Some((_, last)) if last >= now_ms => {
+                tidy.insert(topic.to_string(), (last, last));
+            }
+            _ => {
+                tidy.remove(topic);
+            }
+        }
     }
 }
 
@@ -140,6 +182,12 @@ impl Tiering {
             return Ok(());
         }
         let name = topic.name();
+        if self
+            .tables
+            .tidy_due(name, strata_broker::timestamp::now_ms())
+        {
+            self.tidy_table(topic).await;
+        }
         // The common case, a topic whose table is up to date, costs no
         // lock and no request.
         let current = topic.partitions().iter().all(|p| {
@@ -327,10 +375,7 @@ impl Tiering {
                 predicate: None,
             }
         } else {
-            DeltaOperation::Optimize {
-                predicate: None,
-                target_size: i64::try_from(self.config.compact_target_bytes).unwrap_or(i64::MAX),
-            }
+            self.housekeeping()
         };
         let (added, removed) = (adds.len(), removes.len());
         adds.append(&mut removes);
@@ -346,13 +391,23 @@ impl Tiering {
         self.crash_point(crate::facade::CrashPoint::AfterTableCommit);
         table.state = Some(committed.snapshot());
         self.make_commit_durable(name, committed.version()).await?;
+        if removed > 0 {
+            self.tables.schedule_tidy(
+                name,
+                now,
+                actions::retention(self.config.object_delete_grace),
+            );
+        }
         if !changes && !deletes {
             // A compaction: the checkpoint a reader starts from lists the
             // merged files (and the small ones' removes) instead of
             // hundreds of adds with their statistics. Only an
             // optimisation: a failure leaves readers the commits.
             match checkpoints::create_checkpoint(table, None).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    metrics::counter!("strata_table_checkpoints_total", "topic" => name.to_string())
+                        .increment(1)
+                }
                 Err(error) => tracing::warn!(topic = name, %error,
                     "could not write a checkpoint of the table after compaction"),
             }
@@ -375,11 +430,81 @@ impl Tiering {
         Ok(committed.version())
     }
 
-    /// The topic's table, created (empty, with the records' columns) when
-    /// there is none yet.
+    /// Writes a checkpoint of `topic`'s table now that tombstones have
+    /// expired (see the module's doc). Only an optimisation: a failure is
+    /// logged, and the checkpoint is tried again at the next publish.
+    async fn tidy_table(&self, topic: &Arc<Topic>) {
+        let name = topic.name();
+        let now = strata_broker::timestamp::now_ms();
+        let mut slot = self.hold_table(name).await;
+        if self.is_deleting(topic) {
+            return;
+        }
+        let result = async {
+            let table = match slot.as_mut() {
+                Some(table) => {
+                    table.update_incremental(None).await?;
+                    table
+                }
+                None => slot.insert(self.load_or_create_table(name).await?),
+            };
+            if self
+                .has_checkpoint(name, table.version().unwrap_or_default())
+                .await
+            {
+                let marker = actions::checkpoint_marker(name, now);
+                let committed = CommitBuilder::from(
+                    CommitProperties::default().with_application_transaction(marker),
+                )
+                .build(
+                    Some(table.snapshot()?),
+                    table.log_store(),
+                    self.housekeeping(),
+                )
+                .await?;
+                table.state = Some(committed.snapshot());
+                self.make_commit_durable(name, committed.version()).await?;
+            }
+            checkpoints::create_checkpoint(table, None).await?;
+            self.make_checkpoint_durable(name, table.version().unwrap_or_default())
+                .await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.tables.tidied(name, now);
+                metrics::counter!("strata_table_checkpoints_total", "topic" => name.to_string())
+                    .increment(1);
+            }
+            Err(error) => tracing::warn!(topic = name, %error,
+                "could not write a checkpoint of the table without its expired removes"),
+        }
+    }
+
+    /// The topic's table, created (empty, with the records' columns, its
+    /// file retention the grace period) when there is none yet; one
+    /// created with another retention gets this one.
     async fn load_or_create_table(&self, name: &str) -> Result<DeltaTable> {
+        let grace = self.config.object_delete_grace;
         if let Some(table) = self.load_table(name).await? {
-            return Ok(table);
+            if table
+                .snapshot()?
+                .table_config()
+                .deleted_file_retention_duration
+                == Some(actions::retention(grace))
+            {
+                return Ok(table);
+            }
+            let updated = table
+                .set_tbl_properties()
+                .with_properties(HashMap::from([(
+                    actions::RETENTION_PROPERTY.to_string(),
+                    actions::retention_interval(grace),
+                )]))
+                .await?;
+            self.make_commit_durable(name, updated.version().unwrap_or_default())
+                .await?;
+            return Ok(updated);
         }
         // Another node may create it at the same moment: the loser's
         // conditional put fails, and its next publish loads the table.
@@ -388,6 +513,10 @@ impl Tiering {
             .with_table_name(name)
             .with_comment(format!("the cold tier of Strata topic {name}"))
             .with_columns(actions::columns())
+            .with_configuration([(
+                actions::RETENTION_PROPERTY,
+                Some(actions::retention_interval(grace)),
+            )])
             .with_save_mode(SaveMode::Ignore)
             .await?;
         self.make_commit_durable(name, created.version().unwrap_or_default())
@@ -441,16 +570,40 @@ impl Tiering {
         self.cold.make_durable(&path).await
     }
 
+    /// The operation of commits that change no data: compaction, and the
+    /// marker of a tidy checkpoint.
+    fn housekeeping(&self) -> DeltaOperation {
+        DeltaOperation::Optimize {
+            predicate: None,
+            target_size: i64::try_from(self.config.compact_target_bytes).unwrap_or(i64::MAX),
+        }
+    }
+
+    fn checkpoint_path(&self, name: &str, version: u64) -> Path {
+        let log = self.cold.root.topic(name).join("_delta_log");
+        log.join(format!("{version:020}.checkpoint.parquet"))
+    }
+
+    /// Whether `version` of the table has a checkpoint.
+    async fn has_checkpoint(&self, name: &str, version: u64) -> bool {
+        self.cold
+            .store
+            .head(&self.checkpoint_path(name, version))
+            .await
+            .is_ok()
+    }
+
     /// Makes the checkpoint of `version` durable on `file://`, when there
     /// is one (delta-rs writes one every 100 versions, and compaction one
     /// after its commit): the checkpoint before `_last_checkpoint`, which
     /// points readers to it.
     async fn make_checkpoint_durable(&self, name: &str, version: u64) -> Result<()> {
-        let log = self.cold.root.topic(name).join("_delta_log");
-        let checkpoint = log
-            .clone()
-            .join(format!("{version:020}.checkpoint.parquet"));
-        if self.cold.make_durable_if_present(&checkpoint).await? {
+        if self
+            .cold
+            .make_durable_if_present(&self.checkpoint_path(name, version))
+            .await?
+        {
+            let log = self.cold.root.topic(name).join("_delta_log");
             self.cold
                 .make_durable_if_present(&log.join("_last_checkpoint"))
                 .await?;
