@@ -15,12 +15,13 @@ port=18186
 server="http://127.0.0.1:$port"
 work=$(mktemp -d /tmp/strata-bench-serve.XXXXXX)
 python=target/test-venv/bin/python
-if [ -x "$python" ] && ! "$python" -c 'import duckdb' 2>/dev/null; then
-  target/test-venv/bin/pip install --quiet duckdb || true
+# pytz: DuckDB's Python API needs it to return timestamps with a time zone.
+if [ -x "$python" ] && ! "$python" -c 'import duckdb, pytz' 2>/dev/null; then
+  target/test-venv/bin/pip install --quiet duckdb pytz || true
 fi
 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/data" 2>>"$work/server.log" &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; [ -n "${KEEP_INDEX:-}" ] && cp "$work/data/index/keys.redb" "$KEEP_INDEX"; rm -rf "$work"' EXIT
 for _ in $(seq 300); do curl -sf "$server/health" >/dev/null && break; sleep 0.1; done
 
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"

@@ -16,6 +16,8 @@
 //!   are committed, for `snapshot?key=` lookups;
 //! - [`materialized`]: materialized views, kept up to date as records
 //!   arrive;
+//! - `derived_db`: the redb databases both keep (opening, rebuilding a
+//!   damaged file, compacting);
 //! - [`sql`]: the SQL engine (DataFusion with JSON functions, a shared
 //!   memory pool that spills, no DDL or DML);
 //! - [`sql_limits`]: how long and how deep a SQL text may be, checked
@@ -26,6 +28,7 @@
 //! - [`service`]: the query runtime and its limits (the server crate
 //!   serves its routes).
 
+mod derived_db;
 pub mod error;
 pub mod format;
 pub mod key_index;

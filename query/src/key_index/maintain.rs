@@ -138,6 +138,7 @@ async fn pass(
     let bytes = blocking(move || {
         // An idle index makes its last commits durable too.
         store.sync_if_due()?;
+        store.compact_if_due()?;
         Ok(store.bytes())
     })
     .await?;

@@ -13,7 +13,7 @@
 //!   truth: a damaged file is deleted and rebuilt.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -22,6 +22,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use strata_tiering::schema::RecordColumns;
 
 use super::entry::{self, Entry};
+use crate::derived_db::DerivedDb;
 use crate::error::{QueryError, Result};
 
 /// Longest a commit stays volatile (see the contract).
@@ -121,37 +122,6 @@ pub(crate) fn err(what: &str, e: impl std::fmt::Display) -> QueryError {
     QueryError::Internal(format!("the index failed {what}: {e}"))
 }
 
-/// Opens (or creates) a redb database of derived data at `path`. A file
-/// that does not open because it is damaged (or of another format) is
-/// deleted and started afresh; "already open" and I/O errors other than
-/// unreadable data are returned.
-pub(crate) fn open_database(path: &Path) -> Result<Database> {
-    // redb can panic instead of failing on some damaged files: either
-    // way the file is damaged and is rebuilt.
-    let opened = std::panic::catch_unwind(|| Database::create(path))
-        .unwrap_or_else(|_| Err(redb::DatabaseError::RepairAborted));
-    let db = match opened {
-        Ok(db) => db,
-        // Not damage: the file stays.
-        Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => return Err(err("opening", e)),
-        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
-            if !matches!(
-                e.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-            ) =>
-        {
-            return Err(err("opening", e));
-        }
-        Err(error) => {
-            tracing::warn!(%error, path = %path.display(),
-                "derived data does not open; rebuilding it from the log");
-            std::fs::remove_file(path).map_err(|e| err("removing a damaged file", e))?;
-            Database::create(path).map_err(|e| err("creating its file", e))?
-        }
-    };
-    Ok(db)
-}
-
 /// What the index holds for some keys in one partition.
 #[derive(Debug)]
 pub struct PartitionHits {
@@ -163,18 +133,10 @@ pub struct PartitionHits {
 }
 
 /// The node's key index (see the module doc).
+#[derive(Debug)]
 pub struct IndexStore {
-    db: Database,
-    path: PathBuf,
+    db: DerivedDb,
     synced: LazySync,
-}
-
-impl std::fmt::Debug for IndexStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IndexStore")
-            .field("path", &self.path)
-            .finish()
-    }
 }
 
 impl IndexStore {
@@ -183,28 +145,31 @@ impl IndexStore {
     /// maintainer rebuilds it from the log and the cold tier.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
-        let path = dir.join("keys.redb");
-        let db = open_database(&path)?;
         Ok(Self {
-            db,
-            path,
+            db: DerivedDb::open(&dir.join("keys.redb"))?,
             synced: LazySync::new(),
         })
     }
 
     /// Bytes the index takes on disk.
     pub fn bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+        self.db.bytes()
+    }
+
+    /// Compacts the file when it is mostly free space (see
+    /// [`DerivedDb::compact_if_due`]).
+    pub fn compact_if_due(&self) -> Result<bool> {
+        self.db.compact_if_due()
     }
 
     /// How far `partition` of `topic` has been applied (`None`: never).
     pub fn progress(&self, topic: &str, partition: u32) -> Result<Option<u64>> {
-        read_progress(&self.db, &name(topic, partition))
+        read_progress(&self.db.get(), &name(topic, partition))
     }
 
     /// The progress of partitions `0..count` of `topic`, in one read.
     pub fn progress_of(&self, topic: &str, count: u32) -> Result<Vec<Option<u64>>> {
-        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let txn = self.db.get().begin_read().map_err(|e| err("reading", e))?;
         let table = match txn.open_table(PROGRESS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; count as usize]),
@@ -223,7 +188,7 @@ impl IndexStore {
     /// Marks `partitions` of `topic`, which hold nothing yet, as indexed
     /// (progress 0), in one transaction.
     pub fn mark_indexed(&self, topic: &str, partitions: &[u32]) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
+        let txn = self.db.get().begin_write().map_err(|e| err("writing", e))?;
         {
             let mut progress = txn.open_table(PROGRESS).map_err(|e| err("writing", e))?;
             for &p in partitions {
@@ -239,7 +204,7 @@ impl IndexStore {
 
     /// Every (topic, partition) the index holds.
     pub fn partitions(&self) -> Result<Vec<(String, u32)>> {
-        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let txn = self.db.get().begin_read().map_err(|e| err("reading", e))?;
         let tables = txn.list_tables().map_err(|e| err("reading", e))?;
         Ok(tables
             .filter_map(|t| {
@@ -260,7 +225,7 @@ impl IndexStore {
         to: u64,
         batches: &[RecordBatch],
     ) -> Result<()> {
-        let (txn, durable) = self.synced.begin(&self.db)?;
+        let (txn, durable) = self.synced.begin(&self.db.get())?;
         let at = name(topic, partition);
         {
             let table_name = keys_table(&at);
@@ -327,7 +292,7 @@ impl IndexStore {
     /// Forgets a partition (`None`: every partition of the topic), so that it
     /// is indexed again from its start.
     pub fn reset(&self, topic: &str, partition: Option<u32>) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
+        let txn = self.db.get().begin_write().map_err(|e| err("writing", e))?;
         {
             let doomed: Vec<String> = match partition {
                 Some(p) => vec![name(topic, p)],
@@ -355,13 +320,13 @@ impl IndexStore {
 
     /// Makes every commit so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.synced.sync(&self.db)
+        self.synced.sync(&self.db.get())
     }
 
     /// [`IndexStore::sync`] when a commit has stayed volatile for
     /// [`SYNC_EVERY`] (an index gone idle keeps the contract).
     pub fn sync_if_due(&self) -> Result<()> {
-        self.synced.sync_if_due(&self.db)
+        self.synced.sync_if_due(&self.db.get())
     }
 
     /// What the index holds for `keys` in each of `partitions`, all read
@@ -372,7 +337,7 @@ impl IndexStore {
         partitions: &[u32],
         keys: &[&str],
     ) -> Result<Vec<PartitionHits>> {
-        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let txn = self.db.get().begin_read().map_err(|e| err("reading", e))?;
         let progress = match txn.open_table(PROGRESS) {
             Ok(t) => Some(t),
             Err(redb::TableError::TableDoesNotExist(_)) => None,

@@ -30,11 +30,12 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use parking_lot::Mutex;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::shape::Merge;
+use crate::derived_db::DerivedDb;
 use crate::error::{QueryError, Result};
-use crate::key_index::store::{PROGRESS, SYNC_EVERY, err, open_database, read_progress};
+use crate::key_index::store::{PROGRESS, SYNC_EVERY, err, read_progress};
 
 fn table(view: &str) -> String {
     format!("view/{view}")
@@ -42,7 +43,7 @@ fn table(view: &str) -> String {
 
 /// The materialized views' state (see the module doc).
 pub struct ViewState {
-    db: Database,
+    db: DerivedDb,
     /// Rows and progress applied since the last flush, by view: the
     /// state is the database overlaid with them.
     pending: Mutex<HashMap<String, Pending>>,
@@ -125,11 +126,11 @@ fn open_state(
 }
 
 impl ViewState {
-    /// Opens (or creates) the state in `dir` (see [`open_database`]).
+    /// Opens (or creates) the state in `dir` (see [`DerivedDb::open`]).
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
         Ok(Self {
-            db: open_database(&dir.join("views.redb"))?,
+            db: DerivedDb::open(&dir.join("views.redb"))?,
             pending: Mutex::default(),
             flushed: Mutex::new(Instant::now()),
         })
@@ -141,7 +142,7 @@ impl ViewState {
         if let Some(&next) = pending.get(view).and_then(|p| p.progress.get(&partition)) {
             return Ok(Some(next));
         }
-        read_progress(&self.db, &format!("{view}/{partition}"))
+        read_progress(&self.db.get(), &format!("{view}/{partition}"))
     }
 
     /// Merges the partial rows of `batches` (offsets `..to` of
@@ -157,7 +158,7 @@ impl ViewState {
         batches: &[RecordBatch],
     ) -> Result<()> {
         let mut all = self.pending.lock();
-        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let txn = self.db.get().begin_read().map_err(|e| err("reading", e))?;
         let state = open_state(&txn, view)?;
         let pending = all.entry(view.to_string()).or_default();
         // Merged here first and taken into `pending` only once every batch
@@ -231,7 +232,7 @@ impl ViewState {
             *self.flushed.lock() = Instant::now();
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
+        let txn = self.db.get().begin_write().map_err(|e| err("writing", e))?;
         {
             let mut progress = txn.open_table(PROGRESS).map_err(|e| err("writing", e))?;
             for (view, held) in pending.iter() {
@@ -261,6 +262,7 @@ impl ViewState {
     pub fn sync_if_due(&self) -> Result<()> {
         if self.flushed.lock().elapsed() >= SYNC_EVERY {
             self.sync()?;
+            self.db.compact_if_due()?;
         }
         Ok(())
     }
@@ -292,7 +294,7 @@ impl ViewState {
             .flatten()
             .take_while(|(k, _)| k.starts_with(&prefix))
             .peekable();
-        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let txn = self.db.get().begin_read().map_err(|e| err("reading", e))?;
         if let Some(state) = open_state(&txn, view)? {
             let range = state
                 .range(prefix.as_slice()..)
@@ -338,7 +340,7 @@ impl ViewState {
     pub fn drop_view(&self, view: &str) -> Result<()> {
         let mut pending = self.pending.lock();
         pending.remove(view);
-        let txn = self.db.begin_write().map_err(|e| err("writing", e))?;
+        let txn = self.db.get().begin_write().map_err(|e| err("writing", e))?;
         {
             let name = table(view);
             txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&name))
@@ -355,7 +357,7 @@ impl ViewState {
     /// Names of the views that have state.
     pub fn views(&self) -> Result<Vec<String>> {
         let mut names: BTreeSet<String> = self.pending.lock().keys().cloned().collect();
-        let txn = self.db.begin_read().map_err(|e| err("reading", e))?;
+        let txn = self.db.get().begin_read().map_err(|e| err("reading", e))?;
         let tables = txn.list_tables().map_err(|e| err("reading", e))?;
         names.extend(tables.filter_map(|t| t.name().strip_prefix("view/").map(str::to_string)));
         Ok(names.into_iter().collect())
