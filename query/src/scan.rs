@@ -5,7 +5,7 @@
 use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, Scalar};
+use arrow::array::{Array, BooleanArray, RecordBatch, Scalar};
 use arrow::array::{RecordBatchOptions, TimestampMillisecondArray};
 use arrow::compute::filter_record_batch;
 use arrow::compute::kernels::boolean::and;
@@ -15,7 +15,7 @@ use datafusion::physical_plan::metrics::Count;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use strata_broker::batch::RecordView;
 use strata_tiering::Tiering;
-use strata_tiering::cold_read::FileScan;
+use strata_tiering::cold_read::{FileScan, key_matches};
 use strata_tiering::schema::{ArrowBatchBuilder, schema, view_schema};
 use tokio::sync::mpsc;
 
@@ -149,22 +149,7 @@ impl ScanSpec {
             }
         }
         if let (false, Some(i)) = (self.keys.is_empty(), position(col::KEY)) {
-            let keys = batch.column(i);
-            // A null key never matches.
-            let wanted = |key: Option<&str>| {
-                Some(key.is_some_and(|k| self.keys.binary_search_by(|w| w.as_str().cmp(k)).is_ok()))
-            };
-            let matches: BooleanArray = if let Some(view) = keys.as_string_view_opt() {
-                view.iter().map(wanted).collect()
-            } else if let Some(text) = keys.as_string_opt::<i32>() {
-                text.iter().map(wanted).collect()
-            } else {
-                return Err(QueryError::Internal(format!(
-                    "a cold batch has a key column of type {}",
-                    keys.data_type()
-                )));
-            };
-            combine(matches)?;
+            combine(key_matches(batch.column(i).as_ref(), &self.keys)?)?;
         }
         let batch = match mask {
             Some(mask) => filter_record_batch(&batch, &mask)?,

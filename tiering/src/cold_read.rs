@@ -11,12 +11,15 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use arrow_array::BooleanArray;
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter, RowSelection,
+};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream};
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
@@ -142,9 +145,10 @@ pub struct FileScan<'a> {
     pub columns: &'a [usize],
     /// Decode `key` and `value` as `Utf8View` ([`crate::schema::view_schema`]).
     pub string_views: bool,
-    /// Only rows with one of these keys are wanted: row groups whose `key`
-    /// bloom filter rules all of them out are skipped (rows of the groups
-    /// read still need filtering). Empty: any key.
+    /// Only rows with one of these keys (sorted, no repeats) are
+    /// returned: row groups whose `key` bloom filter rules all of them out
+    /// are skipped, and in the others the `key` column is decoded first,
+    /// the rest only where it matches. Empty: any key.
     pub keys: &'a [String],
 }
 
@@ -216,6 +220,20 @@ pub async fn scan_file(
         scan.columns.iter().copied(),
     );
     let selection = RowSelection::from_consecutive_ranges(plan.ranges.into_iter(), plan.rows);
+    if !scan.keys.is_empty() {
+        // The `key` column is decoded first and the other columns only in
+        // the pages that hold a wanted key: one key's history in a file of
+        // millions of rows decodes a page per match, not every value.
+        let keys = scan.keys.to_vec();
+        let only_key = ProjectionMask::roots(
+            builder.metadata().file_metadata().schema_descr(),
+            [col::KEY],
+        );
+        let predicate = ArrowPredicateFn::new(only_key, move |batch: RecordBatch| {
+            key_matches(batch.column(0), &keys)
+        });
+        builder = builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
+    }
     let batches = builder
         .with_row_groups(plan.groups)
         .with_row_selection(selection)
@@ -233,6 +251,30 @@ pub async fn scan_file(
         row_groups_total,
         rows,
     }))
+}
+
+/// Which rows of a `key` column (`Utf8` or `Utf8View`) hold one of
+/// `keys` (sorted); a null key is null (a filter drops it).
+pub fn key_matches(
+    column: &dyn arrow_array::Array,
+    keys: &[String],
+) -> std::result::Result<BooleanArray, arrow_schema::ArrowError> {
+    // A bit at a time over the strings in place (`from_unary`): this runs
+    // over every row of every file a key read opens.
+    let wanted = |key: &str| match keys {
+        [only] => key == only,
+        _ => keys.binary_search_by(|w| w.as_str().cmp(key)).is_ok(),
+    };
+    if let Some(view) = column.as_string_view_opt() {
+        Ok(BooleanArray::from_unary(view, wanted))
+    } else if let Some(text) = column.as_string_opt::<i32>() {
+        Ok(BooleanArray::from_unary(text, wanted))
+    } else {
+        Err(arrow_schema::ArrowError::InvalidArgumentError(format!(
+            "a key column of type {}",
+            column.data_type()
+        )))
+    }
 }
 
 /// Row groups to read and the row ranges within them (counted across the
