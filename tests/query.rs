@@ -1159,3 +1159,105 @@ async fn oracle_before_round_two(first: &[Value], server: &ChildServer) -> Vec<V
     }
     out
 }
+
+/// Reads of a key skip the partitions it cannot be in while every keyed
+/// record is where the default partitioner puts it; one record placed
+/// explicitly elsewhere takes that away, durably, before it is appended,
+/// so it is found, also after kill -9 (issue #12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_reads_skip_partitions_the_key_cannot_be_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(binary(), dir.path(), &[]);
+    let topic = "placed";
+    server
+        .api
+        .create_topic(
+            topic,
+            4,
+            json!({"segment_bytes": 16384, "local_retention_bytes": 0}),
+        )
+        .await;
+    let mut records: Vec<Value> = (0..400)
+        .map(
+            |i| json!({"key": format!("k{}", i % 40), "value": {"i": i}, "timestamp": BASE_MS + i}),
+        )
+        .collect();
+    let (cold, hot) = records.split_at(300);
+    produce(&server.api, topic, cold).await;
+    offload(&server.api, topic).await;
+    produce(&server.api, topic, hot).await;
+    // Every read of `key` against the records produced, and how many
+    // partitions the SQL scan skipped.
+    async fn check(api: &Api, topic: &str, key: &str, records: &[Value]) -> u64 {
+        let want: Vec<&Value> = records.iter().filter(|r| r["key"] == key).collect();
+        let (status, body) = get_raw(
+            api,
+            &format!("/v1/topics/{topic}/range?key={key}&format=ndjson"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let got = parse_body("ndjson", &body);
+        let mut got_values: Vec<&Value> = got.iter().map(|r| &r["value"]).collect();
+        let mut want_values: Vec<&Value> = want.iter().map(|r| &r["value"]).collect();
+        got_values.sort_by_key(|v| v.to_string());
+        want_values.sort_by_key(|v| v.to_string());
+        assert_eq!(got_values, want_values, "range?key={key}");
+        let count = json!({"sql": format!("SELECT count(*) FROM {topic} WHERE key = '{key}'"), "format": "json"});
+        let (_, body) = api.post("/v1/query", &count).await;
+        assert_eq!(body["rows"], json!([[want.len()]]), "SQL count of {key}");
+        let analyze = json!({"sql": format!("EXPLAIN ANALYZE SELECT count(*) FROM {topic} WHERE key = '{key}'"), "format": "json"});
+        let (status, body) = api.post("/v1/query", &analyze).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let plan = body.to_string();
+        let at = plan
+            .find("partitions_pruned=")
+            .expect("the scan reports pruning")
+            + "partitions_pruned=".len();
+        plan[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count: {plan}"))
+    }
+    assert_eq!(
+        check(&server.api, topic, "k7", &records).await,
+        3,
+        "only k7's partition is read"
+    );
+    assert_eq!(
+        check(&server.api, topic, "never-written", &records).await,
+        3
+    );
+    // k7 explicitly into a partition its hash does not pick.
+    let (_, described) = server
+        .api
+        .post(
+            "/v1/query",
+            &json!({"sql": format!("SELECT DISTINCT \"partition\" FROM {topic} WHERE key = 'k7'"), "format": "json"}),
+        )
+        .await;
+    let home = described["rows"][0][0].as_u64().expect("k7's partition");
+    let elsewhere = json!({"key": "k7", "value": {"i": "elsewhere"}, "timestamp": BASE_MS + 1000, "partition": (home + 1) % 4});
+    server
+        .api
+        .produce(topic, std::slice::from_ref(&elsewhere))
+        .await;
+    records.push(elsewhere);
+    assert_eq!(check(&server.api, topic, "k7", &records).await, 2);
+    // The mark stays gone across a crash; other partitions keep theirs.
+    server.kill9();
+    let server = ChildServer::spawn(binary(), dir.path(), &[]);
+    assert_eq!(check(&server.api, topic, "k7", &records).await, 2);
+    let other = (0..40)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            strata_server::broker::partitioner::partition_for_key(k.as_bytes(), 4) as u64
+                == (home + 2) % 4
+        })
+        .expect("a key of another partition");
+    assert_eq!(
+        check(&server.api, topic, &other, &records).await,
+        2,
+        "{other}: the changed partition is read too"
+    );
+}

@@ -157,6 +157,18 @@ impl Broker {
         let staged = self.config.data_dir.join("staging").join(&name);
         let _ = fs::remove_dir_all(&staged);
         fs::create_dir_all(&staged).context(|| format!("creating {}", staged.display()))?;
+        if start_offsets.is_empty() && !meta.config.is_replicated() {
+            // A new topic that only its leader appends to: every partition
+            // starts with the mark that its keys are where the default
+            // partitioner puts them (see Partition::keys_by_default_partitioner).
+            for p in 0..partitions {
+                let dir = staged.join(p.to_string());
+                fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+                let mark = dir.join(crate::partition::KEYS_BY_DEFAULT_FILE);
+                write_atomic(&mark, partitions.to_string().as_bytes())?;
+                sync_dir(&dir)?;
+            }
+        }
         for (p, &start) in start_offsets.iter().enumerate() {
             let dir = staged.join(p.to_string());
             fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;

@@ -25,7 +25,7 @@
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
@@ -116,6 +116,11 @@ struct Failure {
 /// How often a partition stopped by a full disk tries to take writes again.
 const RECOVERY_BACKOFF: Duration = Duration::from_secs(1);
 
+/// The file whose presence says that every keyed record of the partition
+/// is where the default partitioner puts its key; it holds the topic's
+/// partition count in decimal (see [`Partition::keys_by_default_partitioner`]).
+pub const KEYS_BY_DEFAULT_FILE: &str = "keys-by-default-partitioner";
+
 /// Where an appended batch landed; [`Partition::wait_durable`] takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -154,6 +159,12 @@ pub struct Partition {
     writable: AtomicBool,
     /// Bytes of all segments on local disk, appended but unwritten included.
     local_bytes: AtomicU64,
+    /// The partition count of [`KEYS_BY_DEFAULT_FILE`] while it exists; 0
+    /// once it is gone (or never was).
+    keys_by_default: AtomicU32,
+    /// Held while the mark is being removed, so that no append of a
+    /// record that needs it gone overtakes the removal.
+    unmarking: Mutex<()>,
     fsync_seconds: metrics::Histogram,
 }
 
@@ -217,6 +228,10 @@ impl Partition {
         let (end_tx, _) = watch::channel(next_offset);
         let local_bytes = segments.iter().map(|s| s.info().size_bytes).sum::<u64>();
         let epochs = LeaderEpochs::load(dir)?;
+        let keys_by_default = fs::read_to_string(dir.join(KEYS_BY_DEFAULT_FILE))
+            .ok()
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0);
         Ok(Self {
             id,
             dir: dir.to_path_buf(),
@@ -240,6 +255,8 @@ impl Partition {
             closed: AtomicBool::new(false),
             writable: AtomicBool::new(true),
             local_bytes: AtomicU64::new(local_bytes),
+            keys_by_default: AtomicU32::new(keys_by_default),
+            unmarking: Mutex::new(()),
             fsync_seconds: metrics::histogram!("strata_fsync_seconds"),
         })
     }
@@ -247,6 +264,44 @@ impl Partition {
     /// The partition number.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// `Some(n)` when every keyed record this partition ever held, in
+    /// either tier, is where the default partitioner puts its key among
+    /// `n` partitions (murmur2, as Kafka's), so a read of some keys may
+    /// skip it when none of them hashes here.
+    ///
+    /// # Contract
+    ///
+    /// Only a partition created empty, of a topic that is not replicated,
+    /// starts with the mark ([`KEYS_BY_DEFAULT_FILE`], written with the
+    /// topic); it is removed, durably, before any record whose key hashes
+    /// elsewhere is appended, and never comes back. A reader that reads it
+    /// after pinning the partition therefore sees no such record below
+    /// its pinned end while it says `Some`.
+    pub fn keys_by_default_partitioner(&self) -> Option<u32> {
+        match self.keys_by_default.load(Ordering::SeqCst) {
+            0 => None,
+            count => Some(count),
+        }
+    }
+
+    /// Removes the mark of [`Partition::keys_by_default_partitioner`];
+    /// durable when it returns.
+    pub(crate) fn unmark_keys_by_default(&self) -> Result<()> {
+        let _one = self.unmarking.lock();
+        if self.keys_by_default.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        let path = self.dir.join(KEYS_BY_DEFAULT_FILE);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(e).context(|| format!("removing {}", path.display()));
+        }
+        sync_dir(&self.dir)?;
+        self.keys_by_default.store(0, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Bytes of this partition's segments on local disk.

@@ -278,6 +278,16 @@ impl Topic {
             if !wanted(p) {
                 continue;
             }
+            // A key placed where the default partitioner would not put it
+            // takes its partition's mark away first (reads of a key skip
+            // marked partitions its hash does not pick).
+            let partition = &self.partitions[p as usize];
+            if let (Some(key), Some(count)) = (&record.key, partition.keys_by_default_partitioner())
+                && partition_for_key(key.as_bytes(), count) != p
+                && let Err(e) = partition.unmark_keys_by_default()
+            {
+                return (based, Err(e));
+            }
             let builder = builders[p as usize].get_or_insert_with(|| match tag {
                 Some(tag) => BatchBuilder::with_producer(64 * 1024, tag),
                 None => BatchBuilder::with_capacity(64 * 1024),

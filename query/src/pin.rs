@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use strata_broker::cursor::PinnedLog;
+use strata_broker::partitioner::partition_for_key;
 use strata_broker::{Broker, Partition};
 use strata_tiering::{ColdStats, PinnedManifest, Tiering};
 
@@ -28,9 +29,23 @@ pub struct PinnedPartition {
     pub id: u32,
     hot: PinnedLog,
     cold: PinnedManifest,
+    /// [`Partition::keys_by_default_partitioner`], read once pinned.
+    keys_by_default: Option<u32>,
 }
 
 impl PinnedPartition {
+    /// Whether the read can skip this partition for `keys`: it holds every
+    /// keyed record where the default partitioner puts it, and none of
+    /// `keys` hashes here (false for no keys: any key is wanted).
+    pub fn holds_none_of(&self, keys: &[String]) -> bool {
+        self.keys_by_default.is_some_and(|count| {
+            !keys.is_empty()
+                && keys
+                    .iter()
+                    .all(|k| partition_for_key(k.as_bytes(), count) != self.id)
+        })
+    }
+
     /// One past the last offset the read can see.
     pub fn end_offset(&self) -> u64 {
         self.hot.end_offset()
@@ -168,9 +183,13 @@ pub async fn pin_partition(
     // Hot first, then cold: see the module doc.
     let hot = partition.pin();
     let cold = tiering.pin_manifest(topic, partition.id()).await?;
+    // After pinning: the mark goes away before a record that breaks it
+    // is appended (see its contract).
+    let keys_by_default = partition.keys_by_default_partitioner();
     Ok(PinnedPartition {
         id: partition.id(),
         hot,
         cold,
+        keys_by_default,
     })
 }

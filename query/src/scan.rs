@@ -34,6 +34,9 @@ pub struct ScanMetrics {
     pub cold_rows: Count,
     /// Records read from local segments.
     pub hot_records: Count,
+    /// Partitions skipped because none of the wanted keys can be there
+    /// ([`PinnedPartition::holds_none_of`]).
+    pub partitions_pruned: Count,
 }
 
 /// Rows per batch a scan yields.
@@ -202,6 +205,10 @@ pub fn scan_partition(
     spec: Arc<ScanSpec>,
     metrics: ScanMetrics,
 ) -> BatchStream {
+    if part.holds_none_of(&spec.keys) {
+        metrics.partitions_pruned.add(1);
+        return stream::empty().boxed();
+    }
     let (tx, rx) = mpsc::channel::<Result<RecordBatch>>(2);
     let task = tokio::spawn(async move {
         let mut left = spec.limit.unwrap_or(u64::MAX);

@@ -518,6 +518,7 @@ impl ExecutionPlan for TopicScanExec {
             row_groups_pruned: counter("row_groups_pruned"),
             cold_rows: counter("cold_rows_decoded"),
             hot_records: counter("hot_records_read"),
+            partitions_pruned: counter("partitions_pruned"),
         };
         let batches = scan::scan_partition(self.tiering.clone(), part, self.spec.clone(), metrics)
             .map_err(DataFusionError::from);
