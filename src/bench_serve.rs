@@ -134,7 +134,8 @@ pub async fn run(client: &Client, args: ServeBench) -> Result<()> {
     }
     let ours = report("sql WHERE key = …, latest", &mut times);
     if let (Some(python), Some(cold)) = (&args.duckdb_python, &args.cold_dir) {
-        let glob = format!("read_parquet('{cold}/{topic}/**/*.parquet')");
+        // The partitions' files, not the Delta log's checkpoints beside them.
+        let glob = format!("read_parquet('{cold}/{topic}/[0-9]*/*.parquet')");
         let t = duckdb_median(python, &sql(&glob, &key(0)), usize::from(args.runs))?;
         println!(
             "duckdb sql WHERE key = …, latest (cold files only): median {:.1} ms; duckdb / strata = {:.1}",

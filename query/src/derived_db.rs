@@ -37,10 +37,19 @@ impl DerivedDb {
     /// open because it is damaged (or of another format) is deleted and
     /// started afresh; "already open" and I/O errors other than
     /// unreadable data are returned.
-    pub(crate) fn open(path: &Path) -> Result<Self> {
+    ///
+    /// `cache_bytes` bounds redb's page cache (its default is 1 GiB, which
+    /// a catch-up of 100 M records over 1 M keys filled: the server's peak
+    /// RSS was 766 MiB); pages beyond it are read through the OS's.
+    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Self> {
+        let create = || {
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(path)
+        };
         // redb can panic instead of failing on some damaged files: either
         // way the file is damaged and is rebuilt.
-        let opened = std::panic::catch_unwind(|| Database::create(path))
+        let opened = std::panic::catch_unwind(create)
             .unwrap_or_else(|_| Err(redb::DatabaseError::RepairAborted));
         let db = match opened {
             Ok(db) => db,
@@ -58,7 +67,7 @@ impl DerivedDb {
                 tracing::warn!(%error, path = %path.display(),
                     "derived data does not open; rebuilding it from the log");
                 std::fs::remove_file(path).map_err(|e| err("removing a damaged file", e))?;
-                Database::create(path).map_err(|e| err("creating its file", e))?
+                create().map_err(|e| err("creating its file", e))?
             }
         };
         Ok(Self {
@@ -140,7 +149,7 @@ mod tests {
     /// not durable (as the key index applies a catch-up), then one
     /// durable commit: mostly free pages.
     fn fragmented(dir: &Path) -> DerivedDb {
-        let db = DerivedDb::open(&dir.join("d.redb")).unwrap();
+        let db = DerivedDb::open(&dir.join("d.redb"), 1 << 20).unwrap();
         for round in 0..20u8 {
             let mut txn = db.get().begin_write().unwrap();
             txn.set_durability(Durability::None).unwrap();

@@ -25,6 +25,9 @@ use super::entry::{self, Entry};
 use crate::derived_db::DerivedDb;
 use crate::error::{QueryError, Result};
 
+/// redb's page cache for the index (see [`DerivedDb::open`]).
+const CACHE_BYTES: usize = 96 << 20;
+
 /// Longest a commit stays volatile (see the contract).
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
@@ -146,7 +149,7 @@ impl IndexStore {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
         Ok(Self {
-            db: DerivedDb::open(&dir.join("keys.redb"))?,
+            db: DerivedDb::open(&dir.join("keys.redb"), CACHE_BYTES)?,
             synced: LazySync::new(),
         })
     }
@@ -252,6 +255,11 @@ impl IndexStore {
                         })
                         .or_insert(row);
                 }
+                // In key order: neighbouring keys share B-tree pages, so
+                // each page is copied once per chunk rather than once per
+                // key (a chunk touches most pages of a big index).
+                let mut newest: Vec<(&str, usize)> = newest.into_iter().collect();
+                newest.sort_unstable_by_key(|&(key, _)| key);
                 for (key, row) in newest {
                     let order = (columns.timestamp(row), columns.offset(row));
                     let stored = table.get(key).map_err(|e| err("reading", e))?;

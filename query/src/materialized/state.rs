@@ -37,6 +37,9 @@ use crate::derived_db::DerivedDb;
 use crate::error::{QueryError, Result};
 use crate::key_index::store::{PROGRESS, SYNC_EVERY, err, read_progress};
 
+/// redb's page cache for the views' state (see [`DerivedDb::open`]).
+const CACHE_BYTES: usize = 32 << 20;
+
 fn table(view: &str) -> String {
     format!("view/{view}")
 }
@@ -130,7 +133,7 @@ impl ViewState {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| err("creating its directory", e))?;
         Ok(Self {
-            db: DerivedDb::open(&dir.join("views.redb"))?,
+            db: DerivedDb::open(&dir.join("views.redb"), CACHE_BYTES)?,
             pending: Mutex::default(),
             flushed: Mutex::new(Instant::now()),
         })
