@@ -717,14 +717,12 @@ async fn a_failed_upload_fails_the_offload_and_the_next_pass_completes() {
     }
 }
 
-/// Every scenario on the store at `url`, each under a prefix of its own.
-/// Compaction merges adjacent small files into fewer, bigger ones, with
-/// every record still there once (values, keys, timestamps); a read pinned
-/// before keeps the old files until it ends; the Delta table follows; a
-/// second compaction finds nothing to do.
-async fn compaction(url: &str) {
+/// A fixture that deletes dropped files after `grace` and merges small
+/// files up to 256 KiB, with `topic`: one partition of 4 KiB segments,
+/// none kept locally once offloaded.
+async fn compacting(url: &str, grace: Duration, topic: &str) -> Storage {
     let config = TieringConfig {
-        object_delete_grace: Duration::ZERO,
+        object_delete_grace: grace,
         compact_target_bytes: 256 << 10,
         ..TieringConfig::default()
     };
@@ -734,7 +732,16 @@ async fn compaction(url: &str) {
         local_retention_bytes: Some(0),
         ..Default::default()
     };
-    f.broker.create_topic("merge", Some(1), &overrides).unwrap();
+    f.broker.create_topic(topic, Some(1), &overrides).unwrap();
+    f
+}
+
+/// Compaction merges adjacent small files into fewer, bigger ones, with
+/// every record still there once (values, keys, timestamps); a read pinned
+/// before keeps the old files until it ends; the Delta table follows; a
+/// second compaction finds nothing to do.
+async fn compaction(url: &str) {
+    let f = compacting(url, Duration::ZERO, "merge").await;
     let records: Vec<serde_json::Value> = (0..800)
         .map(|i| {
             json!({"key": format!("k{}", i % 7), "value": {"i": i, "pad": "x".repeat(40)},
@@ -851,18 +858,7 @@ async fn checkpoint_removes(f: &Storage, topic: &str) -> Option<(u64, usize)> {
 /// them (regression guard: DuckDB's `delta_scan` spent most of a query on
 /// them).
 async fn expired_removes_leave_the_checkpoint(url: &str) {
-    let config = TieringConfig {
-        object_delete_grace: Duration::from_secs(1),
-        compact_target_bytes: 256 << 10,
-        ..TieringConfig::default()
-    };
-    let f = fixture_with(url, config).await;
-    let overrides = TopicConfigOverrides {
-        segment_bytes: Some(4096),
-        local_retention_bytes: Some(0),
-        ..Default::default()
-    };
-    f.broker.create_topic("tidy", Some(1), &overrides).unwrap();
+    let f = compacting(url, Duration::from_secs(1), "tidy").await;
     let records: Vec<serde_json::Value> = (0..1200)
         .map(|i| json!({"key": format!("k{i}"), "value": {"i": i, "pad": "x".repeat(40)}}))
         .collect();
@@ -909,6 +905,7 @@ async fn expired_removes_leave_the_checkpoint(url: &str) {
     assert_eq!(got.len(), 1200);
 }
 
+/// Every scenario on the store at `url`, each under a prefix of its own.
 async fn suite(url: &str) {
     let at = |scenario: &str| match url.strip_suffix("://") {
         Some(scheme) => format!("{scheme}://{scenario}"),
