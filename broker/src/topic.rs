@@ -280,10 +280,16 @@ impl Topic {
             }
             // A key placed where the default partitioner would not put it
             // takes its partition's mark away first (reads of a key skip
-            // marked partitions its hash does not pick).
+            // marked partitions its hash does not pick). Only an explicit
+            // partition can do that: `assignment` comes from `assign`,
+            // which hashes every other keyed record (no hash here on the
+            // usual path).
             let partition = &self.partitions[p as usize];
-            if let (Some(key), Some(count)) = (&record.key, partition.keys_by_default_partitioner())
-                && partition_for_key(key.as_bytes(), count) != p
+            if let (Some(_), Some(key), Some(count)) = (
+                record.partition,
+                &record.key,
+                partition.keys_by_default_partitioner(),
+            ) && partition_for_key(key.as_bytes(), count) != p
                 && let Err(e) = partition.unmark_keys_by_default()
             {
                 return (based, Err(e));

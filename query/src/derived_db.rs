@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use redb::{CompactionMode, Database};
 
-use crate::error::Result;
-use crate::key_index::store::err;
+use crate::error::{QueryError, Result};
+
+/// An error of a derived database (`what` it was doing when it failed).
+pub(crate) fn err(what: &str, e: impl std::fmt::Display) -> QueryError {
+    QueryError::Internal(format!("the index failed {what}: {e}"))
+}
 
 /// How often a database is checked for space to reclaim.
 pub const COMPACT_CHECK_EVERY: Duration = Duration::from_secs(10);

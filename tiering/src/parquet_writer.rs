@@ -6,7 +6,8 @@
 //! [`ROW_GROUP_ROWS`] rows (or [`ROW_GROUP_BYTES`] encoded, for large
 //! records): large enough to compress and write at full speed, small
 //! enough that a time or offset filter skips most of a big file; pages
-//! (~1 MiB) give finer pruning inside a row group. The `key` column has a
+//! (~1 MiB; `value`'s [`VALUE_PAGE_BYTES`]) give finer pruning inside a
+//! row group. The `key` column has a
 //! bloom filter per row group, so a reader looking for one key skips the
 //! row groups that cannot hold it.
 //!

@@ -1,7 +1,8 @@
 //! Keeping the key index up to date: a loop that follows every local
 //! partition's committed records (the same pinned union read as range
 //! reads, so a partition offloaded before it was indexed is read from the
-//! cold tier) and applies them in order, a batch per transaction.
+//! cold tier) and applies them in order, a step of up to
+//! [`RECORDS_PER_STEP`] records per transaction.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

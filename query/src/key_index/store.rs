@@ -22,8 +22,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use strata_tiering::schema::RecordColumns;
 
 use super::entry::{self, Entry};
-use crate::derived_db::DerivedDb;
-use crate::error::{QueryError, Result};
+use crate::derived_db::{DerivedDb, err};
+use crate::error::Result;
 
 /// redb's page cache for the index (see [`DerivedDb::open`]).
 const CACHE_BYTES: usize = 96 << 20;
@@ -119,10 +119,6 @@ fn name(topic: &str, partition: u32) -> String {
 
 fn keys_table(name: &str) -> String {
     format!("{KEYS}{name}")
-}
-
-pub(crate) fn err(what: &str, e: impl std::fmt::Display) -> QueryError {
-    QueryError::Internal(format!("the index failed {what}: {e}"))
 }
 
 /// What the index holds for some keys in one partition.

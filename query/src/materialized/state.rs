@@ -33,9 +33,9 @@ use parking_lot::Mutex;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use super::shape::Merge;
-use crate::derived_db::DerivedDb;
+use crate::derived_db::{DerivedDb, err};
 use crate::error::{QueryError, Result};
-use crate::key_index::store::{PROGRESS, SYNC_EVERY, err, read_progress};
+use crate::key_index::store::{PROGRESS, SYNC_EVERY, read_progress};
 
 /// redb's page cache for the views' state (see [`DerivedDb::open`]).
 const CACHE_BYTES: usize = 32 << 20;
