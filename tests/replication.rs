@@ -827,3 +827,245 @@ async fn a_joining_node_takes_its_share_and_a_drained_one_gives_all_up() {
         assert_eq!(seen.len(), acked.len(), "{name}");
     }
 }
+
+/// Consumer-group offsets and views are cluster-wide (API.md "Cluster"):
+/// whichever node commits or creates them, every node answers the same;
+/// commits through two nodes at once are both kept; and they outlive the
+/// loss of the node that made them, disk included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_views_are_the_same_on_every_node_and_outlive_one() {
+    let mut cluster = Cluster::start(&["n1", "n2", "n3"]);
+    cluster.settle(3).await;
+    cluster
+        .api("n1")
+        .create_topic("events", 2, json!({"replication_factor": 3}))
+        .await;
+    for name in ["n1", "n2", "n3"] {
+        eventually(Duration::from_secs(10), "the topic everywhere", || async {
+            (cluster.api(name).get("/v1/topics/events").await.0 == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    let records: Vec<Value> = (0..6)
+        .map(|i| json!({"key": format!("k{}", i % 3), "value": {"i": i}}))
+        .collect();
+    produce_until_acked(
+        cluster.api("n2"),
+        "events",
+        "events-1",
+        &records,
+        Duration::from_secs(20),
+    )
+    .await;
+    let offsets = |commits: &[(u32, u64)]| json!({"offsets": commits.iter().map(|(p, o)| json!({"topic": "events", "partition": p, "offset": o})).collect::<Vec<_>>()});
+    let committed = |api: Api, group: &'static str| async move {
+        let (status, body) = api.get(&format!("/v1/groups/{group}/offsets")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["partition"].as_u64().unwrap(),
+                    c["offset"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // A commit through one node is what every node answers next.
+    let (status, body) = cluster
+        .api("n1")
+        .post("/v1/groups/readers/offsets", &offsets(&[(0, 2)]))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    for name in ["n1", "n2", "n3"] {
+        assert_eq!(
+            committed(cluster.api(name).clone(), "readers").await,
+            [(0, 2)]
+        );
+    }
+    // Commits through three nodes at once: none is lost.
+    let (first, second, third) = (offsets(&[(0, 3)]), offsets(&[(1, 1)]), offsets(&[(1, 2)]));
+    let (a, b, c) = tokio::join!(
+        cluster.api("n1").post("/v1/groups/readers/offsets", &first),
+        cluster
+            .api("n2")
+            .post("/v1/groups/readers/offsets", &second),
+        cluster.api("n3").post("/v1/groups/racers/offsets", &third),
+    );
+    for (status, body) in [a, b, c] {
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    for name in ["n1", "n2", "n3"] {
+        assert_eq!(
+            committed(cluster.api(name).clone(), "readers").await,
+            [(0, 3), (1, 1)]
+        );
+        assert_eq!(
+            committed(cluster.api(name).clone(), "racers").await,
+            [(1, 2)]
+        );
+    }
+
+    // A view made through one node is read at once through the others.
+    let plain = "SELECT key, count(*) AS n FROM events GROUP BY key ORDER BY key";
+    let expected = json!({"columns": ["key", "n"], "rows": [["k0", 2], ["k1", 2], ["k2", 2]]});
+    for (through, name, materialized) in
+        [("n1", "plain_counts", false), ("n2", "kept_counts", true)]
+    {
+        let (status, body) = cluster
+            .api(through)
+            .post(
+                "/v1/views",
+                &json!({"name": name, "sql": plain, "materialized": materialized}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        for reader in ["n1", "n2", "n3"] {
+            let (status, body) = cluster
+                .api(reader)
+                .get(&format!("/v1/views/{name}?format=json"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{name} through {reader}: {body}");
+            assert_eq!(body, expected, "{name} through {reader}");
+        }
+    }
+    // The same name through another node: taken.
+    let (status, body) = cluster
+        .api("n3")
+        .post("/v1/views", &json!({"name": "plain_counts", "sql": plain}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let names = |body: &Value| -> Vec<String> {
+        body["views"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, listed) = cluster.api("n3").get("/v1/views").await;
+    assert_eq!(names(&listed), ["kept_counts", "plain_counts"], "{listed}");
+
+    // n1, which made the group and the plain view, dies with its disk.
+    cluster.kill9("n1");
+    for name in ["n2", "n3"] {
+        assert_eq!(
+            committed(cluster.api(name).clone(), "readers").await,
+            [(0, 3), (1, 1)]
+        );
+        let (status, body) = cluster
+            .api(name)
+            .get("/v1/views/plain_counts?format=json")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, expected);
+    }
+    // Deleted through n2 while n1 is away: gone from n3 within the refresh.
+    let (status, body) = cluster.api("n2").delete("/v1/views/plain_counts").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    eventually(Duration::from_secs(10), "the deletion on n3", || async {
+        let (status, _) = cluster.api("n3").get("/v1/views/plain_counts").await;
+        (status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+
+    // n1 comes back on an empty disk: it knows the cluster's groups and
+    // views, not the one deleted while it was away.
+    cluster.dirs.insert("n1".into(), TempDir::new().unwrap());
+    cluster.spawn("n1");
+    cluster.settle(3).await;
+    assert_eq!(
+        committed(cluster.api("n1").clone(), "readers").await,
+        [(0, 3), (1, 1)]
+    );
+    let (_, listed) = cluster.api("n1").get("/v1/views").await;
+    assert_eq!(names(&listed), ["kept_counts"], "{listed}");
+    let (status, _) = cluster.api("n1").get("/v1/views/plain_counts").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let body = eventually(
+        Duration::from_secs(20),
+        "n1 to read the kept view",
+        || async {
+            let (status, body) = cluster
+                .api("n1")
+                .get("/v1/views/kept_counts?format=json")
+                .await;
+            (status == StatusCode::OK && body == expected).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(body, expected);
+    // The deleted name is free again, through any node.
+    let (status, body) = cluster
+        .api("n1")
+        .post("/v1/views", &json!({"name": "plain_counts", "sql": plain}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// A data directory from before groups and views were cluster-wide keeps
+/// them, and they become the cluster's: a node that joins later answers
+/// for them (API.md "Cluster").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_from_before_shares_its_groups_and_views() {
+    let root = TempDir::new().unwrap();
+    let store = format!("file://{}", root.path().display());
+    let config = root.path().join("strata.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let old = TempDir::new().unwrap();
+    for dir in ["groups", "views"] {
+        std::fs::create_dir_all(old.path().join(dir)).unwrap();
+    }
+    std::fs::write(
+        old.path().join("groups/legacy.json"),
+        r#"{"offsets": [{"topic": "kept", "partition": 0, "offset": 5}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        old.path().join("views/old_view.json"),
+        r#"{"name": "old_view", "sql": "SELECT 1 AS one", "created_at": "2024-01-01T00:00:00.000Z"}"#,
+    )
+    .unwrap();
+    let args = |name: &'static str| {
+        [
+            "--node-id".to_string(),
+            name.to_string(),
+            "--object-store".to_string(),
+            store.clone(),
+            "--config".to_string(),
+            config.display().to_string(),
+        ]
+    };
+    let spawn = |name: &'static str, dir: &Path| {
+        let args = args(name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ChildServer::spawn(binary(), dir, &args)
+    };
+    let n1 = spawn("n1", old.path());
+    let fresh = TempDir::new().unwrap();
+    let n2 = spawn("n2", fresh.path());
+    eventually(Duration::from_secs(20), "two live nodes", || async {
+        let (_, view) = n1.api.get("/v1/cluster").await;
+        let live = view["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["alive"] == true).count());
+        (live == 2).then_some(())
+    })
+    .await;
+    n1.api
+        .create_topic("kept", 1, json!({"replication_factor": 2}))
+        .await;
+    let offsets = eventually(Duration::from_secs(10), "the group on n2", || async {
+        let (status, body) = n2.api.get("/v1/groups/legacy/offsets").await;
+        (status == StatusCode::OK && body["offsets"].as_array().is_some_and(|o| !o.is_empty()))
+            .then_some(body)
+    })
+    .await;
+    assert_eq!(offsets["offsets"][0]["offset"], 5, "{offsets}");
+    let (status, body) = n2.api.get("/v1/views/old_view?format=json").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"columns": ["one"], "rows": [[1]]}));
+}

@@ -90,6 +90,11 @@ impl GroupStore {
         Ok(())
     }
 
+    /// The names of every group stored here.
+    pub fn names(&self) -> Vec<String> {
+        self.groups.lock().keys().cloned().collect()
+    }
+
     /// The group's committed offsets, or `None` for a group that never committed.
     pub fn offsets(&self, group: &str) -> Option<Vec<CommittedOffset>> {
         self.groups.lock().get(group).map(to_list)

@@ -10,6 +10,8 @@
 //! <root>/_cluster/topics/<topic>/<version:020>.json             a replicated topic
 //! <root>/_cluster/draining/<version:020>.json                    nodes being drained
 //! <root>/_cluster/partitions/<topic>/<partition>/<version:020>.json  a partition's state
+//! <root>/_cluster/groups/<group>/<version:020>.json             a consumer group's offsets
+//! <root>/_cluster/views/<version:020>.json                       every view's definition
 //! ```
 //!
 //! Why each step is safe, whatever crashes where: every write creates one
@@ -373,6 +375,38 @@ impl ControlStore {
         Ok(())
     }
 
+    /// The versions of consumer group `group` ([`crate::groups`]).
+    pub(crate) fn group_versions(&self, group: &str) -> VersionedObjects {
+        self.versions(&["groups", group])
+    }
+
+    /// The newest version of the cluster's view definitions, 0 before the
+    /// first (one LIST: cheap enough to poll).
+    pub async fn views_version(&self) -> Result<u64> {
+        Ok(self.versions(&["views"]).newest().await?)
+    }
+
+    /// The cluster's view definitions and their version (0 and the default
+    /// before the first). The server owns their type: to this crate a
+    /// view is a document.
+    pub async fn views<T: DeserializeOwned + Default>(&self) -> Result<(u64, T)> {
+        Ok(newest(&self.versions(&["views"]))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Writes the view definitions `views` as `version`, where `version - 1`
+    /// is the version the caller read and changed.
+    ///
+    /// # Contract
+    ///
+    /// At most one writer creates any version: on a conflict
+    /// ([`ClusterError::is_conflict`]) reread and apply the change again.
+    /// Durable when it returns `Ok`.
+    pub async fn write_views<T: Serialize>(&self, version: u64, views: &T) -> Result<()> {
+        create_keeping(&self.versions(&["views"]), version, views, KEEP_EPOCHS).await
+    }
+
     fn topic_versions(&self, topic: &str) -> VersionedObjects {
         self.versions(&["topics", topic])
     }
@@ -486,7 +520,9 @@ async fn read<T: DeserializeOwned>(versions: &VersionedObjects, version: u64) ->
     }
 }
 
-async fn newest<T: DeserializeOwned>(versions: &VersionedObjects) -> Result<Option<(u64, T)>> {
+pub(crate) async fn newest<T: DeserializeOwned>(
+    versions: &VersionedObjects,
+) -> Result<Option<(u64, T)>> {
     match versions.read_newest().await? {
         Some((version, bytes)) => Ok(Some((version, decode(versions, version, &bytes)?))),
         None => Ok(None),
@@ -508,7 +544,11 @@ async fn create_keeping<T: Serialize>(
     Ok(())
 }
 
-async fn create<T: Serialize>(versions: &VersionedObjects, version: u64, value: &T) -> Result<()> {
+pub(crate) async fn create<T: Serialize>(
+    versions: &VersionedObjects,
+    version: u64,
+    value: &T,
+) -> Result<()> {
     let bytes =
         serde_json::to_vec_pretty(value).map_err(|e| corrupt(versions, version, &e.to_string()))?;
     Ok(versions.create(version, bytes).await?)

@@ -23,6 +23,8 @@
 //!   watermark, ISR joins and leaves, and KIP-101 truncation (pure logic);
 //! - [`partition_map`]: the replicated topics and their partitions' states,
 //!   as the controller tells every node;
+//! - [`groups`]: consumer-group offsets, cluster-wide (a commit through
+//!   one node is merged with those through others, never lost);
 //! - [`tokens`]: bearer tokens (only their hashes are stored) and
 //!   permissions, kept cluster-wide as one versioned object;
 //! - [`messages`]: what nodes and the controller say to each other, and
@@ -32,6 +34,7 @@
 
 pub mod control;
 pub mod error;
+pub mod groups;
 pub mod identity;
 pub mod liveness;
 pub mod messages;
@@ -43,6 +46,7 @@ pub mod tokens;
 
 pub use control::{ClusterIdentity, ControlStore, ControllerRecord, Registration, TopicRecord};
 pub use error::{ClusterError, Result};
+pub use groups::Groups;
 pub use identity::LocalIdentity;
 pub use liveness::Liveness;
 pub use messages::{ClusterView, Heartbeat, IsrReport, NodeView};

@@ -307,8 +307,18 @@ impl QueryService {
     }
 
     /// Stores a view after checking that its SQL plans (and, materialized,
-    /// that it can be kept up to date incrementally).
+    /// that it can be kept up to date incrementally): [`Self::prepare_view`]
+    /// then [`Self::install_view`].
     pub async fn create_view(&self, name: &str, sql: &str, materialized: bool) -> Result<View> {
+        let view = self.prepare_view(name, sql, materialized).await?;
+        self.install_view(view.clone()).await?;
+        Ok(view)
+    }
+
+    /// Checks a new view without storing it: a valid name that no topic
+    /// or view of this node has, SQL that plans and, materialized, a shape
+    /// that can be kept up to date incrementally.
+    pub async fn prepare_view(&self, name: &str, sql: &str, materialized: bool) -> Result<View> {
         crate::views::check_name(name)?;
         if self.broker.topic(name).is_ok() {
             return Err(QueryError::NameTaken(name.to_string()));
@@ -319,46 +329,82 @@ impl QueryService {
         // Planned on the query runtime, whose threads have the stack for it.
         let engine = self.sql.clone();
         let (checked, broker) = (sql.to_string(), self.broker.clone());
-        let kept = self
-            .query_runtime()?
+        self.query_runtime()?
             .spawn(async move {
                 engine.check(&checked).await?;
                 if materialized {
-                    materialize(&engine, &broker, &checked).await.map(Some)
-                } else {
-                    Ok(None)
+                    materialize(&engine, &broker, &checked).await?;
                 }
+                Ok::<_, QueryError>(())
             })
             .await
             .map_err(|e| QueryError::Internal(format!("checking the view failed: {e}")))??;
-        let view = View {
+        Ok(View {
             name: name.to_string(),
             sql: sql.to_string(),
             created_at: strata_broker::timestamp::format_timestamp(
                 strata_broker::timestamp::now_ms(),
             ),
             materialized,
+        })
+    }
+
+    /// Stores `view` on this node, in place of a different view of the
+    /// same name, and starts keeping it up to date when it is materialized
+    /// (from the log and the cold tier: its state is derived). A view this
+    /// node has already, unchanged, keeps its state.
+    ///
+    /// # Contract
+    ///
+    /// Durable on local disk when it returns `Ok`. A materialized view
+    /// whose SQL this node cannot plan (a topic it does not know yet) is
+    /// stored and computed at each read instead.
+    pub async fn install_view(&self, view: View) -> Result<()> {
+        if self.views.get(&view.name).as_ref() == Some(&view) {
+            return Ok(());
+        }
+        self.remove_view(&view.name).await?;
+        let kept = if view.materialized {
+            let engine = self.sql.clone();
+            let (sql, broker) = (view.sql.clone(), self.broker.clone());
+            let planned = self
+                .query_runtime()?
+                .spawn(async move { materialize(&engine, &broker, &sql).await })
+                .await
+                .map_err(|e| QueryError::Internal(format!("planning the view failed: {e}")))?;
+            match planned {
+                Ok(kept) => Some(kept),
+                Err(error) => {
+                    tracing::warn!(%error, view = %view.name,
+                        "a materialized view cannot be kept; it is computed at each read");
+                    None
+                }
+            }
+        } else {
+            None
         };
         let views = self.views.clone();
-        let stored = view.clone();
-        tokio::task::spawn_blocking(move || views.create(stored))
+        let name = view.name.clone();
+        tokio::task::spawn_blocking(move || views.create(view))
             .await
             .map_err(|e| QueryError::Internal(format!("storing the view failed: {e}")))??;
         if let Some((shape, schema)) = kept {
-            // Any state left by an earlier view of this name goes first.
-            self.materialized.forget(name).await?;
-            self.materialized.register(name, shape, schema)?;
+            self.materialized.register(&name, shape, schema)?;
         }
-        Ok(view)
+        Ok(())
     }
 
-    /// Deletes a view.
-    pub async fn delete_view(&self, name: &str) -> Result<()> {
-        let views = self.views.clone();
-        let deleted = name.to_string();
-        tokio::task::spawn_blocking(move || views.delete(&deleted))
-            .await
-            .map_err(|e| QueryError::Internal(format!("deleting the view failed: {e}")))??;
+    /// Removes view `name` from this node and drops its kept state; a
+    /// no-op when this node has no such view. Durable when it returns.
+    pub async fn remove_view(&self, name: &str) -> Result<()> {
+        if self.views.get(name).is_some() {
+            let views = self.views.clone();
+            let removed = name.to_string();
+            tokio::task::spawn_blocking(move || views.delete(&removed))
+                .await
+                .map_err(|e| QueryError::Internal(format!("deleting the view failed: {e}")))??;
+        }
+        // Any state left by an earlier view of this name goes too.
         self.materialized.forget(name).await
     }
 

@@ -10,6 +10,7 @@
 //!   background offloader and segment roller;
 //! - [`routes`]: every route, one module per resource;
 //! - [`auth`]: bearer tokens and the permission each route needs;
+//! - [`catalog`]: views and consumer-group offsets, cluster-wide;
 //! - [`quota`]: per-token byte rates (`429` with `Retry-After`);
 //! - [`membership`]: this node's part in the cluster (registration,
 //!   controller election, heartbeats; the control objects themselves are
@@ -34,6 +35,7 @@
 
 pub mod api_error;
 pub mod auth;
+pub mod catalog;
 pub mod connections;
 pub mod controller;
 pub mod error;

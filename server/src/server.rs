@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{Auth, AuthConfig};
+use crate::catalog::Catalog;
 use crate::error::{Result, ServerError};
 use crate::membership::{ClusterConfig, Membership};
 use crate::replication::{Replication, ReplicationConfig};
@@ -124,10 +125,14 @@ impl Server {
         let scope: Arc<dyn strata_tiering::OffloadScope> = replication.clone();
         tiering.set_scope(&scope);
         membership.set_replication(replication.clone());
+        let query = Arc::new(query);
+        let catalog = Arc::new(Catalog::new(control.clone(), query.clone(), broker.clone()));
+        catalog.open().await;
         let state = AppState {
+            catalog,
             broker,
             tiering,
-            query: Arc::new(query),
+            query,
             metrics: strata_broker::metrics::prometheus_handle(),
             stopping: stopping_rx,
             membership,
@@ -181,6 +186,7 @@ impl Server {
             .map_err(|e| ServerError::io("reading the listen address", e))?;
         let membership = tokio::spawn(state.membership.clone().run(url, stopping.subscribe()));
         let tokens = tokio::spawn(state.auth.clone().run(stopping.subscribe()));
+        let catalog = tokio::spawn(state.catalog.clone().run(stopping.subscribe()));
         let stop = stopping.clone();
         let draining = async move {
             shutdown.await;
@@ -192,6 +198,7 @@ impl Server {
         let _ = roller.await;
         let _ = membership.await;
         let _ = tokens.await;
+        let _ = catalog.await;
         let _ = indexer.await;
         // Partitions are fsynced before the offloader's last steps (giving
         // up its lease may wait on an object store that is down).

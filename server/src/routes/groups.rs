@@ -1,4 +1,5 @@
-//! `/v1/groups/{group}/offsets`: commit and fetch consumer-group offsets.
+//! `/v1/groups/{group}/offsets`: commit and fetch consumer-group offsets
+//! (cluster-wide: [`crate::catalog`]).
 
 use axum::Extension;
 use axum::body::Body;
@@ -14,7 +15,7 @@ use strata_broker::groups::CommittedOffset;
 use super::AppState;
 use crate::api_error::ApiError;
 use crate::auth::{Need, Principal};
-use crate::request::{ApiPath, MAX_ADMIN_BODY, blocking, json_response, read_body};
+use crate::request::{ApiPath, MAX_ADMIN_BODY, json_response, read_body};
 
 /// `POST /v1/groups/{group}/offsets`.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -64,8 +65,7 @@ pub(super) async fn commit(
         let topic = app.broker.topic(&c.topic)?;
         topic.partition(&c.partition.to_string())?;
     }
-    let broker = app.broker.clone();
-    blocking(move || broker.groups().commit(&group, &commit.offsets)).await?;
+    app.catalog.groups().commit(&group, &commit.offsets).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -82,7 +82,7 @@ pub(super) async fn fetch(
     ApiPath(group): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     check_group(&group)?;
-    let offsets = match app.broker.groups().offsets(&group) {
+    let offsets = match app.catalog.groups().offsets(&group).await? {
         Some(offsets) => offsets,
         // To a token that is not an admin, an unknown group looks like one
         // with nothing it may see: telling them apart would leak names.

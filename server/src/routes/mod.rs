@@ -30,6 +30,7 @@ use utoipa_axum::routes;
 
 use crate::api_error::ApiError;
 use crate::auth::{Auth, authorize};
+use crate::catalog::Catalog;
 use crate::membership::Membership;
 use crate::openapi;
 use crate::quota::Quotas;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Per-token byte rates.
     pub quotas: Arc<Quotas>,
+    /// Views and consumer groups, cluster-wide.
+    pub catalog: Arc<Catalog>,
 }
 
 /// The whole API, and its OpenAPI description served at `/openapi.json`:

@@ -254,7 +254,7 @@ pub(super) async fn create_view(
     }
     check_topics(&app, &principal, &request.sql).await?;
     let view = app
-        .query
+        .catalog
         .create_view(&request.name, &request.sql, request.materialized)
         .await?;
     Ok(json_response(StatusCode::CREATED, json_bytes(&json!(view))))
@@ -269,7 +269,7 @@ pub(super) async fn list_views(
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
     let mut views = Vec::new();
-    for view in app.query.views().list() {
+    for view in app.catalog.views().await {
         if principal.may(Need::Admin)
             || app
                 .query
@@ -310,6 +310,7 @@ pub(super) async fn read_view(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query.as_deref(), &["format", "key"])?;
     let format = format_param(&params, Format::Json)?;
+    app.catalog.know_view(&name).await;
     require_view(&app, &principal, &name).await?;
     let meter = consume_meter(&app, &principal)?;
     Ok(streaming(
@@ -334,8 +335,9 @@ pub(super) async fn delete_view(
     Extension(principal): Extension<Principal>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    app.catalog.know_view(&name).await;
     require_view(&app, &principal, &name).await?;
-    app.query.delete_view(&name).await?;
+    app.catalog.delete_view(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
