@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use strata_test_support::{Api, ChildServer, eventually};
+use strata_test_support::{Api, ChildServer, FaultProxy, eventually};
 use tempfile::TempDir;
 
 fn binary() -> &'static Path {
@@ -33,16 +33,22 @@ struct Cluster {
     config: PathBuf,
     dirs: BTreeMap<String, TempDir>,
     nodes: BTreeMap<String, ChildServer>,
+    /// With [`Cluster::with_links`]: each node advertises the address of a
+    /// proxy in front of it, so that every link towards it (followers'
+    /// fetches, forwarded requests, heartbeats to it) can be cut while
+    /// clients still reach it directly and its own requests go out.
+    links: Option<BTreeMap<String, FaultProxy>>,
 }
 
 impl Cluster {
     fn start(names: &[&str]) -> Self {
-        Self::start_on(names, None)
+        Self::start_on(names, None, false)
     }
 
     /// Nodes sharing `store` (an `s3://` URL), or a `file://` root of
-    /// their own when `None`.
-    fn start_on(names: &[&str], store: Option<String>) -> Self {
+    /// their own when `None`; `with_links`: each behind a proxy that
+    /// [`Cluster::cut_links_to`] cuts.
+    fn start_on(names: &[&str], store: Option<String>, with_links: bool) -> Self {
         let root = TempDir::new().unwrap();
         std::fs::create_dir_all(root.path().join("lake")).unwrap();
         let store =
@@ -55,6 +61,7 @@ impl Cluster {
             config,
             dirs: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            links: with_links.then(BTreeMap::new),
         };
         for name in names {
             cluster
@@ -67,16 +74,36 @@ impl Cluster {
 
     fn spawn(&mut self, name: &str) {
         let dir = self.dirs[name].path().to_path_buf();
-        let args = [
-            "--node-id",
-            name,
-            "--object-store",
-            &self.store,
-            "--config",
-            self.config.to_str().unwrap(),
+        let mut args = vec![
+            "--node-id".to_string(),
+            name.to_string(),
+            "--object-store".to_string(),
+            self.store.clone(),
+            "--config".to_string(),
+            self.config.display().to_string(),
         ];
+        if let Some(links) = &mut self.links {
+            let proxy = links
+                .entry(name.to_string())
+                .or_insert_with(FaultProxy::unrouted);
+            args.extend(["--advertise".to_string(), format!("http://{}", proxy.addr)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let node = ChildServer::spawn(binary(), &dir, &args);
+        if let Some(links) = &self.links {
+            let addr = node.api.base.trim_start_matches("http://");
+            links[name].route_to(addr.parse().expect("the node's address"));
+        }
         self.nodes.insert(name.to_string(), node);
+    }
+
+    /// Cuts every link towards `name` (its outgoing requests still pass).
+    fn cut_links_to(&self, name: &str) {
+        self.links.as_ref().expect("a cluster with links")[name].cut();
+    }
+
+    fn restore_links_to(&self, name: &str) {
+        self.links.as_ref().expect("a cluster with links")[name].restore();
     }
 
     /// Writes each node's log to `$STRATA_TEST_LOGS/<node>.log` when that
@@ -532,6 +559,15 @@ impl Producer {
         .await
     }
 
+    /// Records acknowledged for requests sent and answered within `from..to`.
+    fn acked_within(&self, from: Instant, to: Instant) -> usize {
+        let acked = self.acked.lock().unwrap();
+        acked
+            .iter()
+            .filter(|a| a.sent >= from && a.answered <= to)
+            .count()
+    }
+
     async fn finish(self) -> BTreeMap<(u64, u64), Value> {
         let _ = self.stop.send(true);
         let sent = self.task.await.expect("the producer");
@@ -555,12 +591,15 @@ impl Producer {
 
 /// Jepsen's lesson in small: a steady idempotent producer while the node
 /// leading the most partitions is killed (with and without its data
-/// directory) and paused past the failure timeout. Every acknowledged
-/// record is then read back exactly once, at its offset, from every node,
-/// by consume, range and SQL; service came back within 5 s of each fault.
+/// directory), paused past the failure timeout, and cut off from the
+/// other nodes while it still reaches them (every link towards it cut for
+/// longer than the failure timeout). Every acknowledged record is then
+/// read back exactly once, at its offset, from every node, by consume,
+/// range and SQL; service came back within 5 s of each kill and pause, and
+/// within 10 s of the cut link's repair.
 async fn nemesis(store: Option<String>) {
     let names = ["n1", "n2", "n3"];
-    let mut cluster = Cluster::start_on(&names, store);
+    let mut cluster = Cluster::start_on(&names, store, true);
     cluster.settle(3).await;
     cluster
         .api("n1")
@@ -587,9 +626,35 @@ async fn nemesis(store: Option<String>) {
     let producer = Producer::start(all_apis(&cluster, ""), "jepsen");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut figures = Vec::new();
-    for round in ["kill -9", "kill -9 and wipe", "pause"] {
+    for round in ["kill -9", "kill -9 and wipe", "pause", "cut links"] {
         let any = cluster.nodes.values().next().unwrap().api.clone();
         let victim = busiest_leader(&any, "jepsen").await;
+        if round == "cut links" {
+            // The leader still heartbeats to the controller, so it keeps
+            // leading (as a Kafka leader with its ZooKeeper session does):
+            // its followers cannot fetch, its ISR shrinks below
+            // min_insync_replicas and its partitions refuse writes — never
+            // acknowledge what is not replicated — until the links heal.
+            let cut = Instant::now();
+            cluster.cut_links_to(&victim);
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let repaired = Instant::now();
+            cluster.restore_links_to(&victim);
+            let during = producer.acked_within(cut, repaired);
+            let unavailable = producer
+                .next_ack_after(repaired, Duration::from_secs(20))
+                .await;
+            println!(
+                "round {round:?} on {victim}: {during} records acknowledged during the 4 s cut; produce acknowledged again {unavailable:?} after the links were restored"
+            );
+            assert!(
+                unavailable < Duration::from_secs(10),
+                "{round}: unavailable for {unavailable:?} after the repair"
+            );
+            cluster.settle(3).await;
+            full_isr(&any, "jepsen", 3, Duration::from_secs(30)).await;
+            continue;
+        }
         producer.set_targets(all_apis(&cluster, &victim));
         let fault = Instant::now();
         match round {

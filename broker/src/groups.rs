@@ -1,4 +1,7 @@
-//! Consumer-group offsets, one durable JSON file per group.
+//! Consumer-group offsets of one data directory, one durable JSON file per
+//! group. A server keeps its groups cluster-wide in the object store
+//! (`strata_cluster::groups`) and reads these only to adopt the groups of
+//! a data directory from before that.
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -609,6 +609,7 @@ impl Drop for ChildServer {
 pub struct FaultProxy {
     pub addr: SocketAddr,
     up: Arc<std::sync::atomic::AtomicBool>,
+    target: Arc<Mutex<Option<SocketAddr>>>,
     connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -616,14 +617,24 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts forwarding `127.0.0.1:<ephemeral>` to `target`.
     pub fn start(target: SocketAddr) -> Self {
+        let proxy = Self::unrouted();
+        proxy.route_to(target);
+        proxy
+    }
+
+    /// Starts a proxy that refuses connections until [`FaultProxy::route_to`]:
+    /// an address to give a server before it has one (e.g. a cluster
+    /// node's `--advertise`, so that the links to it can be cut).
+    pub fn unrouted() -> Self {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         listener.set_nonblocking(true).expect("non-blocking proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let target: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let (stop, mut stopped) = oneshot::channel::<()>();
-        let (up2, conns2) = (up.clone(), connections.clone());
+        let (up2, target2, conns2) = (up.clone(), target.clone(), connections.clone());
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -639,10 +650,11 @@ impl FaultProxy {
                         },
                         _ = &mut stopped => return,
                     };
-                    if !up2.load(Ordering::SeqCst) {
+                    let target = *target2.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some(target) = target.filter(|_| up2.load(Ordering::SeqCst)) else {
                         drop(inbound);
                         continue;
-                    }
+                    };
                     let task = tokio::spawn(async move {
                         if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                             let _ =
@@ -659,9 +671,15 @@ impl FaultProxy {
         Self {
             addr,
             up,
+            target,
             connections,
             stop: Some(stop),
         }
+    }
+
+    /// Forwards new connections to `target` from now on.
+    pub fn route_to(&self, target: SocketAddr) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
     }
 
     /// Refuses new connections and breaks the open ones.
