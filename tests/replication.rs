@@ -1134,3 +1134,152 @@ async fn a_data_directory_from_before_shares_its_groups_and_views() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"columns": ["one"], "rows": [[1]]}));
 }
+
+/// Any node answers any read (API.md "Cluster"): with four nodes and two
+/// replicas per partition, every node lacks a replica of some partitions,
+/// yet range reads, SQL, snapshots, key lookups and a materialized view
+/// through every node see every acknowledged record once — the hot tail
+/// observed from the leaders, the rest read from the cold tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reads_partitions_it_holds_no_replica_of() {
+    let names = ["n1", "n2", "n3", "n4"];
+    let cluster = Cluster::start(&names);
+    cluster.settle(4).await;
+    cluster
+        .api("n1")
+        .create_topic("spread", 4, json!({"replication_factor": 2}))
+        .await;
+    let described = eventually(
+        Duration::from_secs(20),
+        "the topic led everywhere",
+        || async {
+            let (status, body) = cluster.api("n1").get("/v1/topics/spread").await;
+            (status == StatusCode::OK
+                && body["partitions"]
+                    .as_array()?
+                    .iter()
+                    .all(|p| p["isr"].as_array().is_some_and(|isr| isr.len() == 2)))
+            .then_some(body)
+        },
+    )
+    .await;
+    for name in names {
+        let held = described["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["replicas"].as_array().unwrap().iter().any(|r| r == name))
+            .count();
+        println!("{name} holds replicas of {held} of 4 partitions");
+    }
+    assert!(
+        names.iter().any(|name| described["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| !p["replicas"].as_array().unwrap().iter().any(|r| r == name))),
+        "some node lacks a replica: {described}"
+    );
+    for name in names {
+        eventually(Duration::from_secs(10), "the topic everywhere", || async {
+            (cluster.api(name).get("/v1/topics/spread").await.0 == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    // A materialized view, made before the records (kept as they arrive).
+    let view_sql = "SELECT key, count(*) AS n FROM spread GROUP BY key ORDER BY key";
+    let (status, body) = cluster
+        .api("n2")
+        .post(
+            "/v1/views",
+            &json!({"name": "spread_counts", "sql": view_sql, "materialized": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+    let mut total = 0;
+    for round in 0..4 {
+        let records: Vec<Value> = (0..10)
+            .map(|i| json!({"key": format!("k{i}"), "value": {"round": round, "i": i}}))
+            .collect();
+        let api = cluster.api(names[round % 4]).clone();
+        produce_until_acked(
+            &api,
+            "spread",
+            &format!("spread-{round}"),
+            &records,
+            Duration::from_secs(20),
+        )
+        .await;
+        for r in &records {
+            latest.insert(r["key"].as_str().unwrap().to_string(), r["value"].clone());
+        }
+        total += records.len();
+        if round == 1 {
+            // The first half goes to the cold tier (each leader offloads
+            // its partitions; the other nodes' runs offload nothing).
+            let mut files = 0;
+            for name in names {
+                let ran = cluster.api(name).offload("spread").await;
+                println!("{name} offloaded: {ran}");
+                files += ran["files"].as_u64().unwrap_or(0);
+            }
+            assert!(files > 0, "something was offloaded");
+        }
+    }
+    let expected_view: Vec<Value> = latest.keys().map(|k| json!([k, 4])).collect();
+
+    for name in names {
+        let api = cluster.api(name);
+        let range = eventually(
+            Duration::from_secs(20),
+            &format!("{name}: every record in range"),
+            || async {
+                let (status, body) = api.get("/v1/topics/spread/range?format=json").await;
+                (status == StatusCode::OK && body["records"].as_array()?.len() == total)
+                    .then_some(body)
+            },
+        )
+        .await;
+        let mut seen: Vec<(u64, u64)> = range["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["partition"].as_u64().unwrap(),
+                    r["offset"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), total, "{name}: each record once");
+        let (status, counted) = api
+            .post(
+                "/v1/query?format=json",
+                &json!({"sql": "SELECT count(*) AS n FROM spread"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{counted}");
+        assert_eq!(counted["rows"][0][0], total as u64, "{name}: SQL count");
+        for (key, value) in &latest {
+            let (status, found) = api
+                .get(&format!("/v1/topics/spread/snapshot?key={key}&format=json"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{found}");
+            assert_eq!(
+                found["records"][0]["value"], *value,
+                "{name}: latest of {key}: {found}"
+            );
+        }
+        let (status, view) = api.get("/v1/views/spread_counts?format=json").await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert_eq!(
+            view["rows"],
+            json!(expected_view),
+            "{name}: the materialized view"
+        );
+    }
+}

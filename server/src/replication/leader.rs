@@ -77,7 +77,9 @@ impl Replication {
 
     /// Answers a follower's fetch: records its position (its ack), moves
     /// the high watermark, waits up to the fetch wait at the log end, and
-    /// returns the batches from its offset.
+    /// returns the batches from its offset. An observer's fetch (a node
+    /// with no replica of the partition) is answered alike, but its
+    /// position counts for nothing.
     pub async fn serve_fetch(
         &self,
         topic: &str,
@@ -87,16 +89,12 @@ impl Replication {
         let partition = self.led(topic, p, request.leader_epoch)?;
         let hw = {
             let mut inner = self.inner.lock();
-            if !inner
+            // A node without a replica observes: it is served, but its
+            // position is no acknowledgement and never counts for the ISR.
+            let observer = !inner
                 .map
                 .state(topic, p)
-                .is_some_and(|s| s.replicas.contains(&request.replica.node))
-            {
-                return Err(ApiError::not_leader(format!(
-                    "{} holds no replica of partition {p} of {topic:?}",
-                    request.replica.node
-                )));
-            }
+                .is_some_and(|s| s.replicas.contains(&request.replica.node));
             let Some(Role::Leader(progress)) = inner.roles.get_mut(&key(topic, p)) else {
                 return Err(ApiError::not_leader("leadership moved".to_string()));
             };
@@ -107,12 +105,18 @@ impl Replication {
                     request.offset
                 )));
             }
-            if progress.on_fetch(&request.replica, request.offset, end, Instant::now()) {
-                tracing::info!(topic, partition = p, replica = %request.replica, "a replica caught up");
+            if observer {
+                None
+            } else {
+                if progress.on_fetch(&request.replica, request.offset, end, Instant::now()) {
+                    tracing::info!(topic, partition = p, replica = %request.replica, "a replica caught up");
+                }
+                Some(progress.high_watermark(end))
             }
-            progress.high_watermark(end)
         };
-        partition.set_high_watermark(Some(hw));
+        if let Some(hw) = hw {
+            partition.set_high_watermark(Some(hw));
+        }
         if request.offset == partition.log_end_offset()
             && partition.end_offset() <= request.high_watermark
         {

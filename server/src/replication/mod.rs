@@ -10,6 +10,11 @@
 //!   where it agrees with the leader (KIP-101), then fetches from the
 //!   leader's log end and appends the batches at their offsets
 //!   ([`follower`]).
+//! - As an **observer** of a partition it holds no replica of, it does
+//!   what a follower does, but its fetches count for nothing: it never
+//!   acknowledges, joins the ISR or leads. It is there so that every read
+//!   on every node sees the whole partition: the hot tail copied, the
+//!   rest in the cold tier.
 //!
 //! Readers everywhere see only what is below the high watermark, so a read
 //! from any replica never returns a record that could still be truncated.
@@ -398,15 +403,12 @@ impl Replication {
             self.inner.lock().roles.insert(k, Role::Leader(progress));
             return;
         }
-        if !state.replicas.contains(&self.id) {
-            if let Some(Role::Follower { task, .. }) = inner.roles.remove(&k) {
-                task.abort();
-            }
-            // What is left here is no longer kept up to date: readers see
-            // the cold tier only (consumes are passed to the leader).
-            partition.set_high_watermark(Some(partition.start_offset()));
-            return;
-        }
+        // A node that holds no replica of the partition observes it: it
+        // copies the leader's hot tail as a follower does, but never
+        // acknowledges, joins the ISR or leads, so that range reads, SQL,
+        // views, snapshots and lookups on any node see every committed
+        // record (the cold tier it reads from the store).
+        let observing = !state.replicas.contains(&self.id);
         let Some(leader) = state.leader.clone() else {
             if let Some(Role::Follower { task, .. }) = inner.roles.insert(k, Role::Waiting) {
                 task.abort();
@@ -436,7 +438,11 @@ impl Replication {
                 state.leader_epoch,
             ))
             .abort_handle();
-        tracing::info!(topic = topic.name(), partition = p, %leader, leader_epoch = state.leader_epoch, "following the partition's leader");
+        if observing {
+            tracing::info!(topic = topic.name(), partition = p, %leader, leader_epoch = state.leader_epoch, "observing the partition's leader (no replica here)");
+        } else {
+            tracing::info!(topic = topic.name(), partition = p, %leader, leader_epoch = state.leader_epoch, "following the partition's leader");
+        }
         inner.roles.insert(
             k,
             Role::Follower {
