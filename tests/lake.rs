@@ -544,3 +544,172 @@ async fn crashes_in_the_middle_of_a_compaction_lose_and_double_nothing() {
         assert_rows(&read, "duckdb", &want);
     }
 }
+
+/// The table of a replicated topic, published by whichever node leads each
+/// partition (docs/cluster.md: only the leader offloads): three nodes
+/// commit to one Delta log, a leader dies by kill -9 and its successor
+/// publishes on; delta-rs and DuckDB, with no Strata process running, read
+/// every acknowledged record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_of_a_replicated_topic_publish_one_table() {
+    let python = test_python().expect("the test needs deltalake and DuckDB: run scripts/test.sh");
+    let root = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", root.path().display());
+    let config = root.path().join("strata.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\nheartbeat_interval_ms = 200\nfailure_timeout_ms = 1500\n",
+    )
+    .unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Option<ChildServer>> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let name = format!("n{}", i + 1);
+            let args = [
+                "--node-id",
+                name.as_str(),
+                "--object-store",
+                store.as_str(),
+                "--config",
+                config.to_str().unwrap(),
+            ];
+            Some(ChildServer::spawn(binary(), dir.path(), &args))
+        })
+        .collect();
+    let first = nodes[0].as_ref().unwrap();
+    eventually(Duration::from_secs(20), "three live nodes", || async {
+        let (_, view) = first.api.get("/v1/cluster").await;
+        let live = view["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["alive"] == true)
+            .count();
+        (live == 3).then_some(())
+    })
+    .await;
+    first
+        .api
+        .create_topic(
+            "orders",
+            3,
+            json!({"replication_factor": 3, "segment_bytes": 4096, "local_retention_bytes": 0}),
+        )
+        .await;
+    let leaders = |server: &ChildServer| {
+        let api = server.api.clone();
+        async move {
+            eventually(
+                Duration::from_secs(20),
+                "every partition led, three in sync",
+                || async {
+                    let (status, body) = api.get("/v1/topics/orders").await;
+                    let parts = body["partitions"].as_array()?;
+                    (status == StatusCode::OK
+                        && parts.iter().all(|p| {
+                            p["leader"].is_string()
+                                && p["isr"].as_array().is_some_and(|isr| isr.len() == 3)
+                        }))
+                    .then(|| {
+                        parts
+                            .iter()
+                            .map(|p| p["leader"].as_str().unwrap().to_string())
+                            .collect::<Vec<_>>()
+                    })
+                },
+            )
+            .await
+        }
+    };
+    leaders(first).await;
+    let now = strata_server::broker::timestamp::now_ms();
+    let produce_through = |server: &ChildServer, from: i64| {
+        let api = server.api.clone();
+        async move {
+            let batch: Vec<Value> = (from..from + 150)
+                .map(|i| json!({"key": format!("k{}", i % 7), "value": {"i": i}, "timestamp": now + i, "partition": i % 3}))
+                .collect();
+            // Refused while a new leader takes over (503, or 404 before
+            // it knows the topic); retried with a key, so never doubled.
+            for (n, chunk) in batch.chunks(50).enumerate() {
+                eventually(
+                    Duration::from_secs(20),
+                    "an acknowledged produce",
+                    || async {
+                        let answer = api
+                            .http
+                            .post(format!("{}/v1/topics/orders/records", api.base))
+                            .header("Idempotency-Key", format!("orders-{from}-{n}"))
+                            .json(&json!({ "records": chunk }))
+                            .send()
+                            .await
+                            .ok()?;
+                        (answer.status() == StatusCode::OK).then_some(())
+                    },
+                )
+                .await;
+            }
+        }
+    };
+    let offload_everywhere = |nodes: &Vec<Option<ChildServer>>| {
+        let apis: Vec<_> = nodes.iter().flatten().map(|n| n.api.clone()).collect();
+        async move {
+            let mut records = 0;
+            for api in apis {
+                records += api.offload("orders").await["records"].as_u64().unwrap_or(0);
+            }
+            records
+        }
+    };
+    produce_through(first, 0).await;
+    let published = offload_everywhere(&nodes).await;
+    assert_eq!(
+        published, 150,
+        "each partition offloaded once, by its leader"
+    );
+
+    // The leader of partition 0 dies; its successor publishes what follows.
+    let led = leaders(first).await;
+    println!("leaders of the partitions: {led:?}");
+    let publishers: std::collections::BTreeSet<_> = led.iter().collect();
+    assert!(publishers.len() >= 2, "several nodes publish: {led:?}");
+    let victim: usize = led[0][1..].parse::<usize>().unwrap() - 1;
+    nodes[victim].take().unwrap().kill9();
+    let survivor = nodes.iter().flatten().next().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "a new leader of partition 0",
+        || async {
+            let (_, body) = survivor.api.get("/v1/topics/orders").await;
+            let leader = body["partitions"][0]["leader"].as_str()?.to_string();
+            (leader != led[0]).then_some(())
+        },
+    )
+    .await;
+    produce_through(survivor, 150).await;
+    // Until the new leader has taken over and offloaded its part.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut published = 0;
+    while published < 150 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {published} of 150 records offloaded after the failover"
+        );
+        match offload_everywhere(&nodes).await {
+            0 => tokio::time::sleep(Duration::from_millis(100)).await,
+            n => published += n,
+        }
+    }
+    assert_eq!(published, 150, "nothing offloaded twice");
+    let want = records(survivor, "orders", 3).await;
+    assert_eq!(want.len(), 300);
+    for node in nodes.into_iter().flatten() {
+        node.terminate();
+    }
+
+    // No Strata process runs now.
+    let read = read_table(&python, &root.path().join("orders").display().to_string());
+    assert_rows(&read, "delta_rs", &want);
+    assert_rows(&read, "duckdb", &want);
+}
