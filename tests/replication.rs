@@ -1054,11 +1054,18 @@ async fn groups_and_views_are_the_same_on_every_node_and_outlive_one() {
         Duration::from_secs(20),
         "n1 to read the kept view",
         || async {
-            let (status, body) = cluster
-                .api("n1")
-                .get("/v1/views/kept_counts?format=json")
-                .await;
-            (status == StatusCode::OK && body == expected).then_some(body)
+            // Read from its state (the header says so), not from its SQL:
+            // n1 planned it once it learnt the topic, after its start.
+            let api = cluster.api("n1");
+            let answer = api
+                .http
+                .get(format!("{}/v1/views/kept_counts?format=json", api.base))
+                .send()
+                .await
+                .ok()?;
+            let kept = answer.headers().contains_key("strata-view-offsets");
+            let body: Value = answer.json().await.ok()?;
+            (kept && body == expected).then_some(body)
         },
     )
     .await;
@@ -1080,20 +1087,32 @@ async fn a_data_directory_from_before_shares_its_groups_and_views() {
     let store = format!("file://{}", root.path().display());
     let config = root.path().join("strata.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    let old = TempDir::new().unwrap();
-    for dir in ["groups", "views"] {
-        std::fs::create_dir_all(old.path().join(dir)).unwrap();
-    }
-    std::fs::write(
-        old.path().join("groups/legacy.json"),
-        r#"{"offsets": [{"topic": "kept", "partition": 0, "offset": 5}]}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        old.path().join("views/old_view.json"),
-        r#"{"name": "old_view", "sql": "SELECT 1 AS one", "created_at": "2024-01-01T00:00:00.000Z"}"#,
-    )
-    .unwrap();
+    // Two nodes that kept groups and views each on its own disk.
+    let legacy = |offsets: &str, view: &str| {
+        let dir = TempDir::new().unwrap();
+        for sub in ["groups", "views"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("groups/legacy.json"),
+            format!(r#"{{"offsets": {offsets}}}"#),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(format!("views/{view}.json")),
+            format!(r#"{{"name": "{view}", "sql": "SELECT 1 AS one", "created_at": "2024-01-01T00:00:00.000Z"}}"#),
+        )
+        .unwrap();
+        dir
+    };
+    let first = legacy(
+        r#"[{"topic": "kept", "partition": 0, "offset": 5}]"#,
+        "old_view",
+    );
+    let second = legacy(
+        r#"[{"topic": "kept", "partition": 0, "offset": 9}, {"topic": "kept", "partition": 1, "offset": 6}]"#,
+        "other_view",
+    );
     let args = |name: &'static str| {
         [
             "--node-id".to_string(),
@@ -1109,30 +1128,61 @@ async fn a_data_directory_from_before_shares_its_groups_and_views() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         ChildServer::spawn(binary(), dir, &args)
     };
-    let n1 = spawn("n1", old.path());
+    // n1 adopts before it listens, so before n2 starts.
+    let n1 = spawn("n1", first.path());
+    let n2 = spawn("n2", second.path());
     let fresh = TempDir::new().unwrap();
-    let n2 = spawn("n2", fresh.path());
-    eventually(Duration::from_secs(20), "two live nodes", || async {
+    let n3 = spawn("n3", fresh.path());
+    eventually(Duration::from_secs(20), "three live nodes", || async {
         let (_, view) = n1.api.get("/v1/cluster").await;
         let live = view["nodes"]
             .as_array()
             .map_or(0, |n| n.iter().filter(|n| n["alive"] == true).count());
-        (live == 2).then_some(())
+        (live == 3).then_some(())
     })
     .await;
     n1.api
-        .create_topic("kept", 1, json!({"replication_factor": 2}))
+        .create_topic("kept", 2, json!({"replication_factor": 3}))
         .await;
-    let offsets = eventually(Duration::from_secs(10), "the group on n2", || async {
-        let (status, body) = n2.api.get("/v1/groups/legacy/offsets").await;
-        (status == StatusCode::OK && body["offsets"].as_array().is_some_and(|o| !o.is_empty()))
+    // The group merged: n1's position of partition 0 (adopted first), n2's
+    // of partition 1; read through the node that had neither.
+    let offsets = eventually(Duration::from_secs(10), "the group on n3", || async {
+        let (status, body) = n3.api.get("/v1/groups/legacy/offsets").await;
+        (status == StatusCode::OK && body["offsets"].as_array().is_some_and(|o| o.len() == 2))
             .then_some(body)
     })
     .await;
-    assert_eq!(offsets["offsets"][0]["offset"], 5, "{offsets}");
-    let (status, body) = n2.api.get("/v1/views/old_view?format=json").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"columns": ["one"], "rows": [[1]]}));
+    let positions: Vec<(u64, u64)> = offsets["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["partition"].as_u64().unwrap(),
+                c["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(positions, [(0, 5), (1, 6)], "{offsets}");
+    for view in ["old_view", "other_view"] {
+        let (status, body) = n3.api.get(&format!("/v1/views/{view}?format=json")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, json!({"columns": ["one"], "rows": [[1]]}));
+    }
+    // Adopted once: a view deleted afterwards is not brought back when a
+    // node that had it restarts.
+    let (status, _) = n3.api.delete("/v1/views/other_view").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(n2.terminate().success());
+    let n2 = spawn("n2", second.path());
+    let (_, listed) = n2.api.get("/v1/views").await;
+    let names: Vec<&str> = listed["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["old_view"], "{listed}");
 }
 
 /// Any node answers any read (API.md "Cluster"): with four nodes and two

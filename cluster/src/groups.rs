@@ -55,8 +55,23 @@ impl Groups {
     ///
     /// Atomic and durable when it returns `Ok`, and then seen by every
     /// node: a commit through another node at the same time is merged, not
-    /// lost. `group` must already be a valid name (it is a path segment).
+    /// lost (on stores with conditional writes; see docs/cluster.md). An
+    /// error may come after the commit took effect: committing the same
+    /// positions again is harmless. `group` must already be a valid name
+    /// (it is a path segment).
     pub async fn commit(&self, group: &str, offsets: &[CommittedOffset]) -> Result<()> {
+        self.update(group, |merged| {
+            for c in offsets {
+                merged.insert((c.topic.clone(), c.partition), c.offset);
+            }
+            true
+        })
+        .await
+    }
+
+    /// Creates the next version of `group` from the newest with `change`
+    /// applied; `change` returns `false` for nothing to write.
+    async fn update(&self, group: &str, change: impl Fn(&mut Offsets) -> bool) -> Result<()> {
         let versions = self.control.group_versions(group);
         let mut guess = self.remembered(group);
         loop {
@@ -64,8 +79,8 @@ impl Groups {
                 Some(known) => known,
                 None => self.read(group).await?.unwrap_or_default(),
             };
-            for c in offsets {
-                merged.insert((c.topic.clone(), c.partition), c.offset);
+            if !change(&mut merged) {
+                return Ok(());
             }
             let record = GroupRecord {
                 offsets: to_list(&merged),
@@ -103,25 +118,31 @@ impl Groups {
             .map(|(_, offsets)| to_list(&offsets)))
     }
 
-    /// Copies the groups of a data directory written before groups were
-    /// cluster-wide into the store, each only if the store has no version
-    /// of it yet (a group committed in the cluster since is newer). Returns
-    /// how many were copied.
+    /// Merges the groups of a data directory written before groups were
+    /// cluster-wide into the store: each (topic, partition) position the
+    /// store's group lacks is added (one committed in the cluster since is
+    /// newer, and stays). Returns how many groups changed.
     pub async fn adopt(&self, local: &GroupStore) -> Result<usize> {
         let mut adopted = 0;
         for group in local.names() {
             let Some(offsets) = local.offsets(&group) else {
                 continue;
             };
-            if self.read(&group).await?.is_some() {
-                continue;
-            }
-            let versions = self.control.group_versions(&group);
-            let record = GroupRecord { offsets };
-            match crate::control::create(&versions, 1, &record).await {
-                Ok(()) => adopted += 1,
-                Err(e) if e.is_conflict() => {}
-                Err(e) => return Err(e),
+            let added = std::sync::atomic::AtomicBool::new(false);
+            self.update(&group, |merged| {
+                let before = merged.len();
+                for c in &offsets {
+                    merged
+                        .entry((c.topic.clone(), c.partition))
+                        .or_insert(c.offset);
+                }
+                let grew = merged.len() > before;
+                added.store(grew, std::sync::atomic::Ordering::Relaxed);
+                grew
+            })
+            .await?;
+            if added.load(std::sync::atomic::Ordering::Relaxed) {
+                adopted += 1;
             }
         }
         Ok(adopted)

@@ -91,6 +91,10 @@ impl LeaderProgress {
     pub fn on_state(&mut self, state: &PartitionState) {
         self.isr = state.isr.clone();
         self.pending.retain(|r| !state.isr.contains(r));
+        // A node moved off the partition (it may go on fetching as an
+        // observer, which records nothing): its lag is no follower's.
+        self.followers
+            .retain(|node, _| state.replicas.iter().any(|r| r == node));
     }
 
     /// The replicas whose acks a produce needs: the recorded ISR and the
@@ -185,6 +189,16 @@ impl LeaderProgress {
             .map(|f| leader_end.saturating_sub(f.log_end))
             .max()
             .unwrap_or(0)
+    }
+
+    /// How long the furthest-behind follower has gone without being caught
+    /// up, at `now` (Kafka's replica lag time; zero with no follower).
+    pub fn max_lag_time(&self, now: Instant) -> Duration {
+        self.followers
+            .values()
+            .map(|f| now.saturating_duration_since(f.caught_up_at))
+            .max()
+            .unwrap_or_default()
     }
 
     /// The replicas this leader counts in sync but the controller has not
@@ -283,6 +297,43 @@ mod tests {
         assert!(p.pending().is_empty());
         assert!(!p.on_fetch(&b, 12, 12, now), "in the ISR already");
         assert_eq!(p.high_watermark(12), 12);
+    }
+
+    #[test]
+    fn lag_time_is_since_the_furthest_behind_follower_last_caught_up() {
+        let (a, b, c) = (replica("a", 1), replica("b", 1), replica("c", 1));
+        let t0 = Instant::now();
+        let mut p =
+            LeaderProgress::new(a.clone(), &state(&[a.clone(), b.clone(), c.clone()]), 0, t0);
+        let t2 = t0 + Duration::from_secs(2);
+        p.on_fetch(&b, 5, 5, t2);
+        p.on_fetch(&c, 3, 5, t2);
+        assert_eq!(
+            p.max_lag_time(t2),
+            Duration::from_secs(2),
+            "c is behind since t0"
+        );
+        p.on_fetch(&c, 5, 5, t2);
+        assert_eq!(p.max_lag_time(t2), Duration::ZERO, "both caught up");
+        let t3 = t0 + Duration::from_secs(3);
+        p.on_fetch(&c, 5, 9, t3);
+        assert_eq!(
+            p.max_lag_time(t3 + Duration::from_secs(1)),
+            Duration::from_secs(2)
+        );
+        // c moved off the partition (it may observe it, recording nothing).
+        let mut moved = state(&[a.clone(), b.clone()]);
+        moved.replicas = vec![a.node.clone(), b.node.clone()];
+        p.on_state(&moved);
+        p.on_fetch(&b, 9, 9, t3);
+        assert_eq!(
+            p.max_lag_time(t3),
+            Duration::ZERO,
+            "no lag kept for a node moved off"
+        );
+        assert_eq!(p.max_lag(9), 0);
+        let alone = LeaderProgress::new(a.clone(), &state(std::slice::from_ref(&a)), 0, t0);
+        assert_eq!(alone.max_lag_time(t2), Duration::ZERO, "no follower");
     }
 
     #[test]

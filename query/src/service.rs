@@ -306,15 +306,6 @@ impl QueryService {
         self.views.get(name).is_some()
     }
 
-    /// Stores a view after checking that its SQL plans (and, materialized,
-    /// that it can be kept up to date incrementally): [`Self::prepare_view`]
-    /// then [`Self::install_view`].
-    pub async fn create_view(&self, name: &str, sql: &str, materialized: bool) -> Result<View> {
-        let view = self.prepare_view(name, sql, materialized).await?;
-        self.install_view(view.clone()).await?;
-        Ok(view)
-    }
-
     /// Checks a new view without storing it: a valid name that no topic
     /// or view of this node has, SQL that plans and, materialized, a shape
     /// that can be kept up to date incrementally.
@@ -357,41 +348,47 @@ impl QueryService {
     /// # Contract
     ///
     /// Durable on local disk when it returns `Ok`. A materialized view
-    /// whose SQL this node cannot plan (a topic it does not know yet) is
-    /// stored and computed at each read instead.
+    /// whose SQL this node cannot plan yet (a topic it does not know yet)
+    /// is stored, computed at each read meanwhile, and kept once
+    /// [`Self::keep_view`] succeeds.
     pub async fn install_view(&self, view: View) -> Result<()> {
         if self.views.get(&view.name).as_ref() == Some(&view) {
             return Ok(());
         }
         self.remove_view(&view.name).await?;
-        let kept = if view.materialized {
-            let engine = self.sql.clone();
-            let (sql, broker) = (view.sql.clone(), self.broker.clone());
-            let planned = self
-                .query_runtime()?
-                .spawn(async move { materialize(&engine, &broker, &sql).await })
-                .await
-                .map_err(|e| QueryError::Internal(format!("planning the view failed: {e}")))?;
-            match planned {
-                Ok(kept) => Some(kept),
-                Err(error) => {
-                    tracing::warn!(%error, view = %view.name,
-                        "a materialized view cannot be kept; it is computed at each read");
-                    None
-                }
-            }
-        } else {
-            None
-        };
         let views = self.views.clone();
-        let name = view.name.clone();
-        tokio::task::spawn_blocking(move || views.create(view))
+        let stored = view.clone();
+        tokio::task::spawn_blocking(move || views.create(stored))
             .await
             .map_err(|e| QueryError::Internal(format!("storing the view failed: {e}")))??;
-        if let Some((shape, schema)) = kept {
-            self.materialized.register(&name, shape, schema)?;
+        if view.materialized
+            && let Err(error) = self.keep_view(&view).await
+        {
+            tracing::warn!(%error, view = %view.name,
+                "a materialized view cannot be kept yet; it is computed at each read");
         }
         Ok(())
+    }
+
+    /// Plans stored materialized view `view` and starts keeping it up to
+    /// date (a no-op when it is kept already).
+    pub async fn keep_view(&self, view: &View) -> Result<()> {
+        if self.keeps(&view.name) {
+            return Ok(());
+        }
+        let engine = self.sql.clone();
+        let (sql, broker) = (view.sql.clone(), self.broker.clone());
+        let (shape, schema) = self
+            .query_runtime()?
+            .spawn(async move { materialize(&engine, &broker, &sql).await })
+            .await
+            .map_err(|e| QueryError::Internal(format!("planning the view failed: {e}")))??;
+        self.materialized.register(&view.name, shape, schema)
+    }
+
+    /// Whether view `name` is materialized and kept up to date here.
+    pub fn keeps(&self, name: &str) -> bool {
+        self.materialized.get(name).is_some()
     }
 
     /// Removes view `name` from this node and drops its kept state; a

@@ -9,17 +9,20 @@
 //!   `_cluster/views/`; each node keeps a copy in its data directory (the
 //!   query service plans, reads and materializes from it) and brings it in
 //!   line with the store every [`REFRESH_EVERY`], at once after its own
-//!   changes, and before answering for a view it does not know. So a view
+//!   changes, and before answering for a name it does not know. So a view
 //!   made through one node is readable at once through every other; a
 //!   deleted one may still be read through another node for up to
 //!   [`REFRESH_EVERY`]. A materialized view's state is derived data: each
-//!   node builds its own from the log and the cold tier.
-//! - A data directory from before these were cluster-wide is adopted: its
-//!   groups that the store does not have, and its views when the store has
-//!   never held any (later, a view the store lacks was deleted while this
-//!   node was away, and goes).
+//!   node builds its own from the log and the cold tier, and one it could
+//!   not plan yet (its topic not here yet) is planned again at each sync.
+//! - A data directory from before these were cluster-wide is adopted once
+//!   (a marker file records it): its groups' positions and its views that
+//!   the store lacks are added to the store. After that, a view the store
+//!   lacks was deleted while this node was away, and goes.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use strata_broker::Broker;
@@ -30,6 +33,11 @@ use tokio::sync::{Mutex, watch};
 
 use crate::api_error::ApiError;
 use crate::auth::REFRESH_EVERY;
+
+/// Marker files in the data directory: its pre-cluster groups, views are
+/// in the store.
+const GROUPS_ADOPTED: &str = "groups-adopted";
+const VIEWS_ADOPTED: &str = "views-adopted";
 
 /// The views of the cluster, as stored in `_cluster/views/`.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -42,38 +50,36 @@ pub struct Catalog {
     control: ControlStore,
     query: Arc<QueryService>,
     broker: Arc<Broker>,
+    data_dir: PathBuf,
     groups: Groups,
-    /// The version of `_cluster/views/` this node's views match (held
-    /// while they are brought in line, so that one change applies at once).
+    /// The version of `_cluster/views/` this node's views match. Held while
+    /// they are brought in line and while this node changes the list, so
+    /// that changes apply one at a time and never go back.
     synced: Mutex<u64>,
-    /// Whether this data directory's own groups are in the store.
-    groups_adopted: Mutex<bool>,
+    groups_adopted: AtomicBool,
+    views_adopted: AtomicBool,
 }
 
 impl Catalog {
     /// The catalog in `control`'s store, served with `query`'s views and
-    /// `broker`'s (pre-cluster) groups.
-    pub fn new(control: ControlStore, query: Arc<QueryService>, broker: Arc<Broker>) -> Self {
+    /// the pre-cluster groups of `broker`, whose data directory is
+    /// `data_dir`.
+    pub fn new(
+        control: ControlStore,
+        query: Arc<QueryService>,
+        broker: Arc<Broker>,
+        data_dir: &Path,
+    ) -> Self {
+        let adopted = |marker: &str| AtomicBool::new(data_dir.join(marker).exists());
         Self {
             groups: Groups::new(control.clone()),
             control,
             query,
             broker,
+            groups_adopted: adopted(GROUPS_ADOPTED),
+            views_adopted: adopted(VIEWS_ADOPTED),
+            data_dir: data_dir.to_path_buf(),
             synced: Mutex::new(0),
-            groups_adopted: Mutex::new(false),
-        }
-    }
-
-    /// At start: adopts this data directory's groups and views and reads
-    /// the cluster's; a store that does not answer yet is retried by
-    /// [`Self::run`].
-    pub async fn open(&self) {
-        let opened = async {
-            self.adopt_groups().await?;
-            self.sync_views().await
-        };
-        if let Err(error) = opened.await {
-            tracing::warn!(%error, "cannot read the cluster's views and groups yet; retrying in the background");
         }
     }
 
@@ -82,37 +88,43 @@ impl Catalog {
         &self.groups
     }
 
+    /// Adopts this data directory's groups (once) and brings this node's
+    /// views in line with the cluster's. At start, and every
+    /// [`REFRESH_EVERY`] from [`Self::run`]; the two are tried apart, so
+    /// that one failing does not hold the other up.
+    pub async fn refresh(&self) -> Result<(), ClusterError> {
+        let groups = self.adopt_groups().await;
+        let views = self.sync_views().await;
+        groups.and(views)
+    }
+
     /// Creates a view cluster-wide and on this node.
     ///
     /// # Contract
     ///
-    /// When this returns `Ok`, the view is durable in the store and on
-    /// this node, and every node answers for it from its next request for
-    /// the view on. Two nodes creating one name at once: one wins, the
-    /// other gets `ViewExists`.
+    /// When this returns `Ok`, the view is durable in the store, and every
+    /// node answers for it from its next request for the view on (this one
+    /// at once, unless storing its copy failed: then it logs why and tries
+    /// again at each sync). Two nodes creating one name at once: one wins,
+    /// the other gets `ViewExists`.
     pub async fn create_view(
         &self,
         name: &str,
         sql: &str,
         materialized: bool,
     ) -> Result<View, ApiError> {
+        // The checks below look at this node's views: bring them up first.
+        self.know_view(name).await;
         let view = self.query.prepare_view(name, sql, materialized).await?;
-        let mut synced = self.synced.lock().await;
-        loop {
-            let (version, mut list) = self.control.views::<ViewList>().await?;
+        self.update_views(|list| {
             if list.views.iter().any(|v| v.name == view.name) {
-                return Err(QueryError::ViewExists(view.name).into());
+                return Err(QueryError::ViewExists(view.name.clone()).into());
             }
             list.views.push(view.clone());
-            match self.control.write_views(version + 1, &list).await {
-                Ok(()) => {
-                    self.apply(&mut synced, version + 1, list).await;
-                    return Ok(view);
-                }
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(view)
     }
 
     /// Deletes a view cluster-wide and on this node (`ViewNotFound` when
@@ -121,16 +133,31 @@ impl Catalog {
     /// # Contract
     ///
     /// Durable in the store when it returns `Ok`; other nodes drop the view
-    /// within [`REFRESH_EVERY`].
+    /// within [`REFRESH_EVERY`] while they can read the store.
     pub async fn delete_view(&self, name: &str) -> Result<(), ApiError> {
-        let mut synced = self.synced.lock().await;
-        loop {
-            let (version, mut list) = self.control.views::<ViewList>().await?;
+        self.update_views(|list| {
             let before = list.views.len();
             list.views.retain(|v| v.name != name);
             if list.views.len() == before {
                 return Err(QueryError::ViewNotFound(name.chars().take(128).collect()).into());
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes the next version of the cluster's views with `change`
+    /// applied to the newest (again on a conflict), then brings this
+    /// node's views in line with it.
+    async fn update_views(
+        &self,
+        change: impl Fn(&mut ViewList) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        self.adopt_views().await?;
+        let mut synced = self.synced.lock().await;
+        loop {
+            let (version, mut list) = self.control.views::<ViewList>().await?;
+            change(&mut list)?;
             match self.control.write_views(version + 1, &list).await {
                 Ok(()) => {
                     self.apply(&mut synced, version + 1, list).await;
@@ -143,19 +170,28 @@ impl Catalog {
     }
 
     /// Brings this node's views in line with the cluster's (one LIST when
-    /// nothing changed), adopting this data directory's views into a store
-    /// that has never held any.
+    /// nothing changed), and plans again the materialized views it could
+    /// not keep yet.
     pub async fn sync_views(&self) -> Result<(), ClusterError> {
-        let mut synced = self.synced.lock().await;
+        self.adopt_views().await?;
+        // Read outside the lock: a slow store holds up no reader.
         let newest = self.control.views_version().await?;
-        if newest == 0 {
-            return self.adopt_views(&mut synced).await;
+        if newest != *self.synced.lock().await {
+            let (version, list) = self.control.views::<ViewList>().await?;
+            let mut synced = self.synced.lock().await;
+            // Another sync or change may have gone further meanwhile.
+            if version > *synced {
+                self.apply(&mut synced, version, list).await;
+            }
         }
-        if newest == *synced {
-            return Ok(());
+        for view in self.query.views().list() {
+            if view.materialized
+                && !self.query.keeps(&view.name)
+                && let Err(error) = self.query.keep_view(&view).await
+            {
+                tracing::debug!(%error, view = %view.name, "the materialized view cannot be kept yet");
+            }
         }
-        let (version, list) = self.control.views::<ViewList>().await?;
-        self.apply(&mut synced, version, list).await;
         Ok(())
     }
 
@@ -179,50 +215,65 @@ impl Catalog {
         self.query.views().list()
     }
 
-    /// Copies this data directory's groups into the store (once).
+    /// Adds this data directory's groups' positions that the store lacks
+    /// (once per data directory).
     async fn adopt_groups(&self) -> Result<(), ClusterError> {
-        let mut adopted = self.groups_adopted.lock().await;
-        if !*adopted {
-            let copied = self.groups.adopt(self.broker.groups()).await?;
-            if copied > 0 {
-                tracing::info!(
-                    groups = copied,
-                    "consumer groups of this data directory are now cluster-wide"
-                );
-            }
-            *adopted = true;
-        }
-        Ok(())
-    }
-
-    async fn adopt_views(&self, synced: &mut u64) -> Result<(), ClusterError> {
-        let local = self.query.views().list();
-        if local.is_empty() {
+        if self.groups_adopted.load(Ordering::Acquire) {
             return Ok(());
         }
-        let count = local.len();
-        // Another node adopting at the same time: keep both sides' views.
-        let mut version = 0;
-        let mut list = ViewList::default();
+        let changed = self.groups.adopt(self.broker.groups()).await?;
+        if changed > 0 {
+            tracing::info!(
+                groups = changed,
+                "consumer groups of this data directory are now cluster-wide"
+            );
+        }
+        self.mark_adopted(GROUPS_ADOPTED, &self.groups_adopted)
+    }
+
+    /// Adds this data directory's views that the store lacks (by name;
+    /// once per data directory), before any sync could take them for
+    /// views deleted while this node was away.
+    async fn adopt_views(&self) -> Result<(), ClusterError> {
+        if self.views_adopted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut synced = self.synced.lock().await;
+        if self.views_adopted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let local = self.query.views().list();
         loop {
+            let (version, mut list) = self.control.views::<ViewList>().await?;
+            let before = list.views.len();
             for view in &local {
                 if !list.views.iter().any(|v| v.name == view.name) {
                     list.views.push(view.clone());
                 }
             }
+            if list.views.len() == before {
+                break;
+            }
+            let added = list.views.len() - before;
             match self.control.write_views(version + 1, &list).await {
-                Ok(()) => break,
-                Err(e) if e.is_conflict() => {
-                    (version, list) = self.control.views::<ViewList>().await?;
+                Ok(()) => {
+                    tracing::info!(
+                        views = added,
+                        "views of this data directory are now cluster-wide"
+                    );
+                    self.apply(&mut synced, version + 1, list).await;
+                    break;
                 }
+                Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(e),
             }
         }
-        tracing::info!(
-            views = count,
-            "views of this data directory are now cluster-wide"
-        );
-        self.apply(synced, version + 1, list).await;
+        self.mark_adopted(VIEWS_ADOPTED, &self.views_adopted)
+    }
+
+    fn mark_adopted(&self, marker: &str, flag: &AtomicBool) -> Result<(), ClusterError> {
+        strata_broker::durable::write_atomic(&self.data_dir.join(marker), b"")?;
+        flag.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -237,7 +288,7 @@ impl Catalog {
                     tracing::warn!(%error, view = %local.name, "cannot remove a deleted view");
                     whole = false;
                 } else {
-                    tracing::info!(view = %local.name, "view deleted through another node");
+                    tracing::info!(view = %local.name, "view deleted or replaced through another node");
                 }
             }
         }
@@ -253,8 +304,8 @@ impl Catalog {
         }
     }
 
-    /// Keeps this node's views in line with the cluster's, and adopts this
-    /// data directory's groups, until `stopping` turns true.
+    /// Calls [`Self::refresh`] every [`REFRESH_EVERY`] until `stopping`
+    /// turns true.
     pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
         let mut failing = false;
         let mut tick = tokio::time::interval(REFRESH_EVERY);
@@ -265,10 +316,7 @@ impl Catalog {
                 _ = stopping.wait_for(|s| *s) => return,
             }
             let done = tokio::select! {
-                done = async {
-                    self.adopt_groups().await?;
-                    self.sync_views().await
-                } => done,
+                done = self.refresh() => done,
                 _ = stopping.wait_for(|s| *s) => return,
             };
             match done {
@@ -279,7 +327,7 @@ impl Catalog {
                 Ok(()) => {}
                 Err(error) if !failing => {
                     failing = true;
-                    tracing::warn!(%error, "cannot reread the views; the last ones read stay in force");
+                    tracing::warn!(%error, "cannot reread the views or adopt the groups; the last views read stay in force");
                 }
                 Err(_) => {}
             }

@@ -126,8 +126,16 @@ impl Server {
         tiering.set_scope(&scope);
         membership.set_replication(replication.clone());
         let query = Arc::new(query);
-        let catalog = Arc::new(Catalog::new(control.clone(), query.clone(), broker.clone()));
-        catalog.open().await;
+        let catalog = Arc::new(Catalog::new(
+            control.clone(),
+            query.clone(),
+            broker.clone(),
+            &data_dir,
+        ));
+        // Retried by the catalog's own task when the store does not answer.
+        if let Err(error) = catalog.refresh().await {
+            tracing::warn!(%error, "cannot read the cluster's views and groups yet; retrying in the background");
+        }
         let state = AppState {
             catalog,
             broker,

@@ -462,6 +462,7 @@ impl Replication {
         let max_lag = self.config.max_lag;
         let mut reports = Vec::new();
         let (mut under_replicated, mut lag) = (0u64, 0u64);
+        let mut lag_time = Duration::ZERO;
         let Inner { roles, map, .. } = &mut *inner;
         for ((topic, partition), role) in roles.iter_mut() {
             let Role::Leader(progress) = role else {
@@ -478,6 +479,7 @@ impl Replication {
             {
                 lag = lag.max(progress.max_lag(p.log_end_offset()));
             }
+            lag_time = lag_time.max(progress.max_lag_time(now));
             let lagging = progress.lagging(now, max_lag);
             let caught_up = progress.pending().to_vec();
             if lagging.is_empty() && caught_up.is_empty() {
@@ -493,6 +495,7 @@ impl Replication {
         }
         metrics::gauge!("strata_cluster_under_replicated_partitions").set(under_replicated as f64);
         metrics::gauge!("strata_cluster_replication_lag_records").set(lag as f64);
+        metrics::gauge!("strata_cluster_replication_lag_seconds").set(lag_time.as_secs_f64());
         reports
     }
 

@@ -48,6 +48,7 @@ pub(super) async fn create(
             "expected {{\"name\", \"partitions\", \"config\"}}: {e}"
         ))
     })?;
+    app.catalog.know_view(&request.name).await;
     if app.query.has_view(&request.name) {
         // SQL would not know which of the two a name means.
         return Err(ApiError::new(
