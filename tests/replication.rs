@@ -106,6 +106,21 @@ impl Cluster {
         self.links.as_ref().expect("a cluster with links")[name].restore();
     }
 
+    /// Creates `topic` through `through` and waits until every running
+    /// node knows it.
+    async fn create_topic(&self, through: &str, topic: &str, partitions: u32, config: Value) {
+        self.api(through)
+            .create_topic(topic, partitions, config)
+            .await;
+        for name in self.nodes.keys() {
+            eventually(Duration::from_secs(10), "the topic everywhere", || async {
+                (self.api(name).get(&format!("/v1/topics/{topic}")).await.0 == StatusCode::OK)
+                    .then_some(())
+            })
+            .await;
+        }
+    }
+
     /// Writes each node's log to `$STRATA_TEST_LOGS/<node>.log` when that
     /// variable is set (for a failure's post-mortem).
     fn keep_logs(&self) {
@@ -281,8 +296,8 @@ async fn three_nodes_replicate_fail_over_and_lose_nothing_acknowledged() {
     // replicas than min_insync_replicas is 503 not_enough_replicas,
     // nothing acknowledged).
     cluster
-        .api("n1")
         .create_topic(
+            "n1",
             "strict",
             1,
             json!({"replication_factor": 3, "min_insync_replicas": 3}),
@@ -609,12 +624,6 @@ async fn nemesis(store: Option<String>) {
             json!({"replication_factor": 3, "min_insync_replicas": 2, "segment_bytes": 8192}),
         )
         .await;
-    for name in names {
-        eventually(Duration::from_secs(10), "the topic everywhere", || async {
-            (cluster.api(name).get("/v1/topics/jepsen").await.0 == StatusCode::OK).then_some(())
-        })
-        .await;
-    }
     let all_apis = |cluster: &Cluster, except: &str| -> Vec<Api> {
         cluster
             .nodes
@@ -767,15 +776,8 @@ async fn a_joining_node_takes_its_share_and_a_drained_one_gives_all_up() {
     let mut cluster = Cluster::start(&["n1", "n2", "n3"]);
     cluster.settle(3).await;
     cluster
-        .api("n1")
-        .create_topic("moving", 6, json!({"replication_factor": 3}))
+        .create_topic("n1", "moving", 6, json!({"replication_factor": 3}))
         .await;
-    for name in ["n1", "n2", "n3"] {
-        eventually(Duration::from_secs(10), "the topic everywhere", || async {
-            (cluster.api(name).get("/v1/topics/moving").await.0 == StatusCode::OK).then_some(())
-        })
-        .await;
-    }
     let apis =
         |cluster: &Cluster| -> Vec<Api> { cluster.nodes.values().map(|n| n.api.clone()).collect() };
     let producer = Producer::start(apis(&cluster), "moving");
@@ -902,15 +904,8 @@ async fn groups_and_views_are_the_same_on_every_node_and_outlive_one() {
     let mut cluster = Cluster::start(&["n1", "n2", "n3"]);
     cluster.settle(3).await;
     cluster
-        .api("n1")
-        .create_topic("events", 2, json!({"replication_factor": 3}))
+        .create_topic("n1", "events", 2, json!({"replication_factor": 3}))
         .await;
-    for name in ["n1", "n2", "n3"] {
-        eventually(Duration::from_secs(10), "the topic everywhere", || async {
-            (cluster.api(name).get("/v1/topics/events").await.0 == StatusCode::OK).then_some(())
-        })
-        .await;
-    }
     let records: Vec<Value> = (0..6)
         .map(|i| json!({"key": format!("k{}", i % 3), "value": {"i": i}}))
         .collect();
@@ -1196,8 +1191,7 @@ async fn every_node_reads_partitions_it_holds_no_replica_of() {
     let cluster = Cluster::start(&names);
     cluster.settle(4).await;
     cluster
-        .api("n1")
-        .create_topic("spread", 4, json!({"replication_factor": 2}))
+        .create_topic("n1", "spread", 4, json!({"replication_factor": 2}))
         .await;
     let described = eventually(
         Duration::from_secs(20),
@@ -1230,12 +1224,6 @@ async fn every_node_reads_partitions_it_holds_no_replica_of() {
             .any(|p| !p["replicas"].as_array().unwrap().iter().any(|r| r == name))),
         "some node lacks a replica: {described}"
     );
-    for name in names {
-        eventually(Duration::from_secs(10), "the topic everywhere", || async {
-            (cluster.api(name).get("/v1/topics/spread").await.0 == StatusCode::OK).then_some(())
-        })
-        .await;
-    }
     // A materialized view, made before the records (kept as they arrive).
     let view_sql = "SELECT key, count(*) AS n FROM spread GROUP BY key ORDER BY key";
     let (status, body) = cluster

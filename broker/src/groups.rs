@@ -27,7 +27,8 @@ struct GroupFile {
     offsets: Vec<CommittedOffset>,
 }
 
-type GroupOffsets = BTreeMap<(String, u32), u64>;
+/// A group's positions by (topic, partition).
+pub type GroupOffsets = BTreeMap<(String, u32), u64>;
 
 /// All groups' committed offsets; every commit is fsynced before it returns.
 #[derive(Debug)]
@@ -104,7 +105,9 @@ impl GroupStore {
     }
 }
 
-fn to_list(offsets: &GroupOffsets) -> Vec<CommittedOffset> {
+/// A group's positions as stored and answered: sorted by topic, then
+/// partition.
+pub fn to_list(offsets: &GroupOffsets) -> Vec<CommittedOffset> {
     offsets
         .iter()
         .map(|((topic, partition), &offset)| CommittedOffset {

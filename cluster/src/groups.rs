@@ -9,19 +9,17 @@
 //! remembers the version it wrote last, so a commit with no other writer
 //! is one create (no listing).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use strata_broker::groups::{CommittedOffset, GroupStore};
+use strata_broker::groups::{CommittedOffset, GroupOffsets as Offsets, GroupStore, to_list};
 
 use crate::control::ControlStore;
 use crate::error::Result;
 
 /// Versions of a group kept behind its newest (older ones are deleted).
 const KEEP_VERSIONS: u64 = 4;
-
-type Offsets = BTreeMap<(String, u32), u64>;
 
 /// One version of a group: every position it has committed.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -181,15 +179,4 @@ impl Groups {
             known.insert(group.to_string(), (version, offsets));
         }
     }
-}
-
-fn to_list(offsets: &Offsets) -> Vec<CommittedOffset> {
-    offsets
-        .iter()
-        .map(|((topic, partition), &offset)| CommittedOffset {
-            topic: topic.clone(),
-            partition: *partition,
-            offset,
-        })
-        .collect()
 }

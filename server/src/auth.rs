@@ -14,12 +14,11 @@
 //! so a forbidden topic and an unknown one get the same `403`: no name
 //! leaks. Tokens live cluster-wide in the control store
 //! (`strata_cluster::tokens`); each node keeps a copy, refreshed every
-//! [`REFRESH_EVERY`] and at once after its own changes. No token appears
+//! [`REFRESH_EVERY`](crate::periodic::REFRESH_EVERY) and at once after its own changes. No token appears
 //! in a log line, a metric or an error message.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderMap, Method, header};
@@ -32,9 +31,7 @@ use tokio::sync::watch;
 
 use crate::api_error::ApiError;
 use crate::membership::Membership;
-
-/// How often a node rereads the cluster's tokens.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+use crate::periodic::{Messages, refresh_every};
 
 /// Whether and how requests are authenticated.
 #[derive(Debug, Clone, Default)]
@@ -281,35 +278,15 @@ impl Auth {
 
     /// Keeps the tokens fresh until `stopping` turns true (nothing to do
     /// with authentication off).
-    pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, stopping: watch::Receiver<bool>) {
         if !self.enabled {
             return;
         }
-        let mut failing = false;
-        let mut tick = tokio::time::interval(REFRESH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
-            let refreshed = tokio::select! {
-                refreshed = self.refresh() => refreshed,
-                _ = stopping.wait_for(|s| *s) => return,
-            };
-            match refreshed {
-                Ok(()) if failing => {
-                    failing = false;
-                    tracing::info!("tokens are read from the object store again");
-                }
-                Ok(()) => {}
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::warn!(%error, "cannot reread the tokens; the last ones read stay in force");
-                }
-                Err(_) => {}
-            }
-        }
+        let messages = Messages {
+            failing: "cannot reread the tokens; the last ones read stay in force",
+            recovered: "tokens are read from the object store again",
+        };
+        refresh_every(stopping, messages, || self.refresh()).await;
     }
 
     /// Makes a token; returns it in clear, once.

@@ -8,11 +8,11 @@
 //! - **Views**: their definitions are one versioned object,
 //!   `_cluster/views/`; each node keeps a copy in its data directory (the
 //!   query service plans, reads and materializes from it) and brings it in
-//!   line with the store every [`REFRESH_EVERY`], at once after its own
+//!   line with the store every [`REFRESH_EVERY`](crate::periodic::REFRESH_EVERY), at once after its own
 //!   changes, and before answering for a name it does not know. So a view
 //!   made through one node is readable at once through every other; a
 //!   deleted one may still be read through another node for up to
-//!   [`REFRESH_EVERY`]. A materialized view's state is derived data: each
+//!   [`REFRESH_EVERY`](crate::periodic::REFRESH_EVERY). A materialized view's state is derived data: each
 //!   node builds its own from the log and the cold tier, and one it could
 //!   not plan yet (its topic not here yet) is planned again at each sync.
 //! - A data directory from before these were cluster-wide is adopted once
@@ -32,7 +32,7 @@ use strata_query::{QueryError, QueryService};
 use tokio::sync::{Mutex, watch};
 
 use crate::api_error::ApiError;
-use crate::auth::REFRESH_EVERY;
+use crate::periodic::{Messages, refresh_every};
 
 /// Marker files in the data directory: its pre-cluster groups, views are
 /// in the store.
@@ -90,7 +90,7 @@ impl Catalog {
 
     /// Adopts this data directory's groups (once) and brings this node's
     /// views in line with the cluster's. At start, and every
-    /// [`REFRESH_EVERY`] from [`Self::run`]; the two are tried apart, so
+    /// [`REFRESH_EVERY`](crate::periodic::REFRESH_EVERY) from [`Self::run`]; the two are tried apart, so
     /// that one failing does not hold the other up.
     pub async fn refresh(&self) -> Result<(), ClusterError> {
         let groups = self.adopt_groups().await;
@@ -133,7 +133,7 @@ impl Catalog {
     /// # Contract
     ///
     /// Durable in the store when it returns `Ok`; other nodes drop the view
-    /// within [`REFRESH_EVERY`] while they can read the store.
+    /// within [`REFRESH_EVERY`](crate::periodic::REFRESH_EVERY) while they can read the store.
     pub async fn delete_view(&self, name: &str) -> Result<(), ApiError> {
         self.update_views(|list| {
             let before = list.views.len();
@@ -304,33 +304,13 @@ impl Catalog {
         }
     }
 
-    /// Calls [`Self::refresh`] every [`REFRESH_EVERY`] until `stopping`
+    /// Calls [`Self::refresh`] every [`REFRESH_EVERY`](crate::periodic::REFRESH_EVERY) until `stopping`
     /// turns true.
-    pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
-        let mut failing = false;
-        let mut tick = tokio::time::interval(REFRESH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stopping.wait_for(|s| *s) => return,
-            }
-            let done = tokio::select! {
-                done = self.refresh() => done,
-                _ = stopping.wait_for(|s| *s) => return,
-            };
-            match done {
-                Ok(()) if failing => {
-                    failing = false;
-                    tracing::info!("views and groups are read from the object store again");
-                }
-                Ok(()) => {}
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::warn!(%error, "cannot reread the views or adopt the groups; the last views read stay in force");
-                }
-                Err(_) => {}
-            }
-        }
+    pub async fn run(self: Arc<Self>, stopping: watch::Receiver<bool>) {
+        let messages = Messages {
+            failing: "cannot reread the views or adopt the groups; the last views read stay in force",
+            recovered: "views and groups are read from the object store again",
+        };
+        refresh_every(stopping, messages, || self.refresh()).await;
     }
 }

@@ -20,6 +20,8 @@
 //! - [`replication`]: this node's replicas: leading, following, the high
 //!   watermark and acknowledgements;
 //! - [`forward`]: requests passed on to the node that must do them;
+//! - [`periodic`]: state reread from the object store in the background
+//!   (tokens, views, groups);
 //! - [`connections`]: the accept loop of HTTP and HTTPS, with handshake,
 //!   header and drain timeouts;
 //! - [`tls`]: HTTPS with rustls, certificates reloaded when their files
@@ -42,6 +44,7 @@ pub mod error;
 pub mod forward;
 pub mod membership;
 pub mod openapi;
+pub mod periodic;
 pub mod quota;
 pub mod render;
 pub mod replication;
