@@ -276,6 +276,12 @@ pub async fn describe_topic(
             "leader_epoch": leader_epoch,
         }));
     }
+    // A topic is indexed from its first lookup by key on.
+    let indexes = if indexed.iter().any(Option::is_some) {
+        json!([{"kind": "latest_by_key", "records_behind": unindexed}])
+    } else {
+        json!([])
+    };
     let table = tiering
         .table_info(topic.name())
         .map(|t| json!({"format": t.format, "version": t.version, "location": t.location}));
@@ -283,7 +289,7 @@ pub async fn describe_topic(
         "name": topic.name(),
         "config": topic.config(),
         "partitions": partitions,
-        "indexes": [{"kind": "latest_by_key", "records_behind": unindexed}],
+        "indexes": indexes,
         "table": table,
     }))
 }

@@ -429,9 +429,9 @@ async fn restart_preserves_everything() {
     let (_, mut described_before) = server.api.get("/v1/topics/keep").await;
     let server = server.restart().await;
     let (_, mut described_after) = server.api.get("/v1/topics/keep").await;
-    // The key index's lag is a moment's figure, not stored state.
+    // The key index (built from a topic's first lookup on) and its lag
+    // are a moment's figures, not stored state.
     for described in [&mut described_before, &mut described_after] {
-        assert_eq!(described["indexes"][0]["kind"], "latest_by_key");
         described["indexes"] = Value::Null;
     }
     assert_eq!(described_before, described_after);

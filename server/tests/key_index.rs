@@ -378,3 +378,50 @@ async fn a_topic_with_empty_partitions_answers_from_the_index() {
         ]
     );
 }
+
+/// A topic is indexed from its first lookup by key on (ingest into topics
+/// nobody looks up pays nothing for the index): before it, the topic's
+/// description lists no index and lookups scan; after it, the index is
+/// built, listed, and answers; and a restart keeps following the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_is_indexed_from_its_first_lookup_on() {
+    let server = TestServer::start().await;
+    let records: Vec<Value> = (0..50)
+        .map(|i| json!({"key": format!("k{}", i % 5), "value": {"i": i}}))
+        .collect();
+    for topic in ["lazy", "looked_up"] {
+        server.api.create_topic(topic, 2, json!({})).await;
+        server.api.produce(topic, &records).await;
+    }
+    // Passes of the index loop go over every topic: once another topic
+    // looked up is indexed, passes ran with "lazy" there.
+    until_indexed(&server, "looked_up").await;
+    let (_, described) = server.api.get("/v1/topics/lazy").await;
+    assert_eq!(described["indexes"], json!([]), "not looked up: no index");
+
+    let (how, rows) = lookup(&server, "lazy", &["k1".to_string()], None).await;
+    assert_eq!(how, "scan", "the first lookup scans");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].3, json!({"i": 46}));
+    until_indexed(&server, "lazy").await;
+    let (_, described) = server.api.get("/v1/topics/lazy").await;
+    assert_eq!(
+        described["indexes"],
+        json!([{"kind": "latest_by_key", "records_behind": 0}])
+    );
+    // After a restart the index goes on following the topic, with no
+    // lookup to start it again.
+    let server = server.restart().await;
+    server.api.produce("lazy", &records[..5]).await;
+    eventually(
+        Duration::from_secs(30),
+        "the index caught up after a restart",
+        || async {
+            let (_, described) = server.api.get("/v1/topics/lazy").await;
+            (described["indexes"][0]["records_behind"] == 0).then_some(())
+        },
+    )
+    .await;
+    let (how, rows) = lookup(&server, "lazy", &["k1".to_string()], None).await;
+    assert_eq!((how.as_str(), &rows[0].3), ("index", &json!({"i": 1})));
+}

@@ -98,16 +98,28 @@ async fn pass(
             index.verify(topic);
             known.remove(topic.name());
         }
+        let wanted = index.is_wanted(topic.name());
         let progress = match known.get_mut(topic.name()) {
-            Some(p) if p.len() == topic.partitions().len() => p,
+            // A topic first looked up since it was loaded: load it again,
+            // marking its empty partitions.
+            Some(p)
+                if p.len() == topic.partitions().len()
+                    && !(wanted && p.iter().all(Option::is_none)) =>
+            {
+                p
+            }
             _ => {
-                let loaded = load_progress(index, topic).await?;
+                let loaded = load_progress(index, topic, wanted).await?;
                 known
                     .entry(topic.name().to_string())
                     .insert_entry(loaded)
                     .into_mut()
             }
         };
+        if !wanted && progress.iter().all(Option::is_none) {
+            // Never looked up by key (here, or before a restart).
+            continue;
+        }
         let mut behind = 0;
         for (partition, done) in topic.partitions().iter().zip(progress.iter_mut()) {
             if *stopping.borrow() {
@@ -146,13 +158,21 @@ async fn pass(
     Ok(busy)
 }
 
-/// Every partition's progress from the store, in one read; partitions
-/// never indexed that hold nothing yet are marked indexed (in one
-/// transaction), so that lookups of them need not scan.
-async fn load_progress(index: &Arc<KeyIndex>, topic: &Topic) -> Result<Vec<Option<u64>>> {
+/// Every partition's progress from the store, in one read; for a topic
+/// looked up by key (`wanted`), partitions never indexed that hold nothing
+/// yet are marked indexed (in one transaction), so that lookups of them
+/// need not scan.
+async fn load_progress(
+    index: &Arc<KeyIndex>,
+    topic: &Topic,
+    wanted: bool,
+) -> Result<Vec<Option<u64>>> {
     let (store, name) = (index.store.clone(), topic.name().to_string());
     let count = topic.partitions().len() as u32;
     let mut progress = blocking(move || store.progress_of(&name, count)).await?;
+    if !wanted {
+        return Ok(progress);
+    }
     let empty: Vec<u32> = topic
         .partitions()
         .iter()

@@ -1,6 +1,8 @@
 //! The key index: each key's latest record, per partition, so that
 //! `snapshot?key=K` answers from one B-tree read instead of a scan of the
-//! whole history (issue #12).
+//! whole history (issue #12). A topic is indexed from its first lookup by
+//! key on (and across restarts after that): the index costs CPU in step
+//! with ingest, which topics nobody looks up by key should not pay.
 //!
 //! - [`entry`]: how one record is stored;
 //! - [`store`]: the redb database and its atomic apply;
@@ -63,6 +65,11 @@ pub struct KeyIndex {
     /// The topic objects the index follows: a topic of the same name that
     /// is another object was deleted and created again.
     verified: Mutex<HashMap<String, Weak<Topic>>>,
+    /// Topics looked up by key since this process started. A topic is
+    /// indexed once it has been looked up (the index keeps its progress
+    /// across restarts): ingest into topics nobody looks up by key pays
+    /// nothing for the index.
+    wanted: Mutex<HashSet<String>>,
 }
 
 impl KeyIndex {
@@ -71,6 +78,7 @@ impl KeyIndex {
         Ok(Self {
             store: Arc::new(IndexStore::open(dir)?),
             verified: Mutex::default(),
+            wanted: Mutex::default(),
         })
     }
 
@@ -93,6 +101,11 @@ impl KeyIndex {
         stopping: watch::Receiver<bool>,
     ) {
         maintain::run(self, broker, tiering, stopping).await;
+    }
+
+    /// Whether `topic` was looked up by key since this process started.
+    fn is_wanted(&self, topic: &str) -> bool {
+        self.wanted.lock().contains(topic)
     }
 
     fn is_verified(&self, topic: &Arc<Topic>) -> bool {
@@ -144,6 +157,12 @@ impl KeyIndex {
         keys: &[String],
     ) -> Result<Lookup> {
         let current = broker.topic(topic)?;
+        if self.wanted.lock().insert(topic.to_string()) {
+            tracing::debug!(
+                topic,
+                "the key index follows the topic from its first lookup on"
+            );
+        }
         if !self.is_verified(&current) {
             return Ok(Lookup::Scan("the topic is not indexed yet"));
         }
