@@ -66,14 +66,22 @@ impl std::ops::AddAssign for CompactionSummary {
     }
 }
 
+/// A file under `target / SMALL_FRACTION` bytes is small. A bigger one
+/// costs a query little (one request and one footer per 16 MiB at the
+/// default target), and a full segment's file is about that big (a 128 MiB
+/// segment compresses to ~20 MiB): rewriting those would encode every
+/// record of a busy topic twice, competing with ingest for the CPU (on
+/// two cores, produce p99 19-21 ms instead of 14 ms) for no gain.
+pub const SMALL_FRACTION: u64 = 8;
+
 /// The run of `files` to merge next, if any: the first run of adjacent
-/// small files (each under half of `target` bytes) of at most `target`
-/// bytes together that holds at least two files and either reaches half
-/// the target or has [`MIN_RUN_FILES`] files. A file of half the target or
-/// more is never rewritten, so each record is rewritten a bounded number
-/// of times.
+/// small files (each under `target / SMALL_FRACTION` bytes) of at most
+/// `target` bytes together that holds at least two files and either
+/// reaches half the target or has [`MIN_RUN_FILES`] files. A file that is
+/// not small is never rewritten, so each record is rewritten a bounded
+/// number of times.
 pub fn pick_run(files: &[ColdFile], target: u64) -> Option<Range<usize>> {
-    let small = |f: &ColdFile| f.bytes < target / 2;
+    let small = |f: &ColdFile| f.bytes < target / SMALL_FRACTION;
     let mut i = 0;
     while i < files.len() {
         if !small(&files[i]) {
@@ -284,14 +292,20 @@ mod tests {
 
     #[test]
     fn runs_are_adjacent_small_files_up_to_the_target() {
+        // Small: under an eighth of the target (12 of 100).
         // Half the target together.
-        assert_eq!(pick_run(&files(&[30, 30, 50]), 100), Some(0..2));
-        assert_eq!(pick_run(&files(&[30, 30]), 100), Some(0..2));
-        // Big files split runs and are never rewritten.
-        assert_eq!(pick_run(&files(&[30, 60, 30]), 100), None);
-        assert_eq!(pick_run(&files(&[60, 30, 30, 60]), 100), Some(1..3));
+        assert_eq!(pick_run(&files(&[10; 6]), 100), Some(0..6));
+        assert_eq!(pick_run(&files(&[11, 11, 11, 11, 11]), 100), Some(0..5));
+        // Big files split runs and are never rewritten: a full segment's
+        // file is not small.
+        assert_eq!(pick_run(&files(&[10, 10, 20, 10, 10]), 100), None);
+        assert_eq!(pick_run(&files(&[20, 20, 20, 20, 20]), 100), None);
+        assert_eq!(
+            pick_run(&files(&[60, 10, 10, 10, 10, 10, 60]), 100),
+            Some(1..6)
+        );
         // At most the target: the rest is the next run.
-        assert_eq!(pick_run(&files(&[40, 40, 40, 40]), 100), Some(0..2));
+        assert_eq!(pick_run(&files(&[11; 12]), 100), Some(0..9));
         // Too little, too few: wait.
         assert_eq!(pick_run(&files(&[1, 1, 1]), 100), None);
         // Many tiny files are merged anyway.

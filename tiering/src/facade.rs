@@ -39,8 +39,8 @@ pub struct TieringConfig {
     pub delta_table: bool,
     /// Merge adjacent small cold files ([`crate::compaction`]).
     pub compaction: bool,
-    /// The size compaction merges small files up to (files under half of
-    /// it are small).
+    /// The size compaction merges small files up to (files under an
+    /// eighth of it are small: [`crate::compaction::SMALL_FRACTION`]).
     pub compact_target_bytes: u64,
 }
 
