@@ -41,6 +41,16 @@ start() { # nodes
   done
   curl -sf -X POST 127.0.0.1:18281/v1/topics \
     -d "{\"name\":\"bench-produce\",\"partitions\":$partitions,\"config\":{\"replication_factor\":$1}}" >/dev/null
+  # Every partition led, with every replica in sync, before producing: a
+  # producer that starts earlier meets refusals it counts as failures.
+  [ "$1" -gt 1 ] || return 0
+  for _ in $(seq 300); do
+    curl -s 127.0.0.1:18281/v1/topics/bench-produce | python3 -c '
+import json, sys
+d, n = json.load(sys.stdin), int(sys.argv[1])
+sys.exit(0 if all(p.get("leader") and len(p.get("isr") or []) == n for p in d["partitions"]) else 1)' "$1" && break
+    sleep 0.1
+  done
 }
 stop() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
