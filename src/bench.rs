@@ -226,7 +226,12 @@ async fn produce(client: &Client, args: ProduceBench) -> Result<()> {
                         let _ = response.bytes().await;
                         latencies.push(sent.elapsed().as_micros() as u64);
                     }
-                    Err(_) => errors += 1,
+                    Err(error) => {
+                        if errors == 0 {
+                            eprintln!("a produce failed: {error:#}");
+                        }
+                        errors += 1
+                    }
                 }
             }
             (latencies, errors)

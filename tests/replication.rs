@@ -1321,3 +1321,59 @@ async fn every_node_reads_partitions_it_holds_no_replica_of() {
         );
     }
 }
+
+/// A node that has not learnt a topic just created through another node
+/// answers a produce for it with a retriable `503`, not a `404` that a
+/// client would take for "no such topic" (regression: `bench produce
+/// --direct` lost ~0.5 % of its requests to 404s right after creating the
+/// topic). Made deterministic by cutting every link to the controller, so
+/// that n3 gets no map with the topic until the links are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_made_elsewhere_a_moment_ago_is_retriable_not_missing() {
+    let cluster = Cluster::start_on(&["n1", "n2", "n3"], None, true);
+    cluster.settle(3).await;
+    let (_, view) = cluster.api("n1").get("/v1/cluster").await;
+    let controller = view["controller"].as_str().unwrap().to_string();
+    let other = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != controller)
+        .unwrap();
+    cluster.cut_links_to(&controller);
+    cluster
+        .api(&controller)
+        .create_topic("fresh", 1, json!({"replication_factor": 2}))
+        .await;
+    let (status, body) = cluster
+        .api(other)
+        .post(
+            "/v1/topics/fresh/records",
+            &json!({"records": [{"value": 1}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("just created")),
+        "{body}"
+    );
+    // A topic that exists nowhere is still a 404.
+    let (status, _) = cluster
+        .api(other)
+        .post(
+            "/v1/topics/never/records",
+            &json!({"records": [{"value": 1}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    cluster.restore_links_to(&controller);
+    produce_until_acked(
+        cluster.api(other),
+        "fresh",
+        "fresh-1",
+        &[json!({"value": 1})],
+        Duration::from_secs(20),
+    )
+    .await;
+}

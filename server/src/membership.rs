@@ -246,6 +246,18 @@ impl Membership {
         })
     }
 
+    /// Whether the cluster has replicated topic `name` although this node
+    /// has no local copy yet: it was made through another node a moment
+    /// ago, and this node creates it from the controller's next map. A
+    /// request for it is then worth retrying, not a `404`. (One read of the
+    /// store; only asked when the topic is not found here.)
+    pub async fn topic_on_its_way(&self, name: &str) -> bool {
+        if self.live_nodes() < 2 {
+            return false;
+        }
+        matches!(self.control.topic_record(name).await, Ok(Some((_, record))) if !record.deleted)
+    }
+
     /// As the controller, creates a replicated topic (its record and each
     /// partition's first state), and applies the new map here.
     pub async fn create_replicated_topic(

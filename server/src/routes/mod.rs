@@ -59,6 +59,27 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
 }
 
+/// The local topic `name`. A replicated topic that the cluster has but
+/// this node has not created yet (made through another node a moment
+/// ago) answers `503` with `Retry-After` instead of `404`: a client's
+/// retry finds it.
+pub(super) async fn local_topic(
+    app: &AppState,
+    name: &str,
+) -> Result<Arc<strata_broker::Topic>, ApiError> {
+    match app.broker.topic(name) {
+        Err(strata_broker::BrokerError::TopicNotFound(_))
+            if app.membership.topic_on_its_way(name).await =>
+        {
+            Err(ApiError::unavailable(
+                format!("topic {name:?} was just created; this node does not know it yet"),
+                1,
+            ))
+        }
+        found => Ok(found?),
+    }
+}
+
 /// The whole API, and its OpenAPI description served at `/openapi.json`:
 /// every route is registered through `routes!`, which collects the
 /// handler's `#[utoipa::path]` entry with it.

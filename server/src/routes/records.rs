@@ -16,7 +16,7 @@ use strata_broker::render::write_int;
 use strata_broker::timestamp::{TimestampWriter, now_ms, parse_timestamp};
 use strata_broker::topic::Ack;
 
-use super::AppState;
+use super::{AppState, local_topic};
 use crate::api_error::ApiError;
 use crate::auth::Principal;
 use crate::forward;
@@ -55,7 +55,7 @@ pub(super) async fn produce(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let topic = app.broker.topic(&topic)?;
+    let topic = local_topic(&app, &topic).await?;
     app.broker.check_local_budget()?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -318,7 +318,7 @@ pub(super) async fn consume(
             app.broker.config().max_wait_ms,
         )?),
     };
-    let topic = app.broker.topic(&topic)?;
+    let topic = local_topic(&app, &topic).await?;
     let partition = topic.partition(&partition)?.clone();
     match app.replication.read_route(&topic, partition.id()) {
         Route::Here => {}
@@ -382,7 +382,7 @@ pub(super) async fn offset_for_timestamp(
         .get("timestamp")
         .ok_or_else(|| ApiError::invalid_request("the timestamp parameter is required"))?;
     let target = parse_timestamp(text).map_err(ApiError::invalid_request)?;
-    let topic = app.broker.topic(&topic)?;
+    let topic = local_topic(&app, &topic).await?;
     let partition = topic.partition(&partition)?;
     let body = tiers::offset_for_timestamp(&app.tiering, &topic, partition, target).await?;
     Ok(json_response(StatusCode::OK, body.to_string().into_bytes()))
