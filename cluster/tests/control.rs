@@ -4,7 +4,10 @@
 //! same versions on the same store.
 
 use futures::future::join_all;
-use strata_cluster::{ControlStore, LocalIdentity, NodeId, PartitionState, Registration, Replica};
+use strata_broker::groups::CommittedOffset;
+use strata_cluster::{
+    ControlStore, Groups, LocalIdentity, NodeId, PartitionState, Registration, Replica,
+};
 use strata_tiering::ColdStore;
 
 fn identity(id: &str, incarnation: u64) -> LocalIdentity {
@@ -216,6 +219,63 @@ async fn partition_states_have_one_writer_per_version(control: &ControlStore) {
     );
 }
 
+fn position(topic: &str, partition: u32, offset: u64) -> CommittedOffset {
+    CommittedOffset {
+        topic: topic.to_string(),
+        partition,
+        offset,
+    }
+}
+
+async fn positions(groups: &Groups, group: &str) -> Vec<(u32, u64)> {
+    groups
+        .offsets(group)
+        .await
+        .expect("offsets")
+        .expect("the group exists")
+        .into_iter()
+        .map(|c| (c.partition, c.offset))
+        .collect()
+}
+
+/// Commits through several nodes at once are all kept, and a node whose
+/// last known version is far behind (every version it knew was deleted as
+/// old since) does not write where no reader looks: its commit is seen.
+async fn group_commits_are_merged_and_never_lost(control: &ControlStore) {
+    let nodes: Vec<Groups> = (0..4).map(|_| Groups::new(control.clone())).collect();
+    let wanted: Vec<[CommittedOffset; 1]> = (0..4).map(|i| [position("t", i, 7)]).collect();
+    let commits = nodes
+        .iter()
+        .zip(&wanted)
+        .map(|(g, p)| g.commit("racers", p));
+    for done in join_all(commits).await {
+        done.expect("commit");
+    }
+    assert_eq!(
+        positions(&nodes[0], "racers").await,
+        [(0, 7), (1, 7), (2, 7), (3, 7)],
+        "every racing commit kept"
+    );
+    // Node 3 last knew the group's version right after its own commit;
+    // node 0 then commits many times, past the versions kept.
+    for offset in 10..30 {
+        nodes[0]
+            .commit("racers", &[position("t", 0, offset)])
+            .await
+            .expect("commit");
+    }
+    nodes[3]
+        .commit("racers", &[position("t", 3, 99)])
+        .await
+        .expect("a commit from a stale node");
+    assert_eq!(
+        positions(&nodes[1], "racers").await,
+        [(0, 29), (1, 7), (2, 7), (3, 99)],
+        "the stale node's commit is seen, and merged with the newer ones"
+    );
+    assert!(nodes[0].offsets("nobody").await.expect("read").is_none());
+}
+
 async fn suite(url: &str) {
     let cold = ColdStore::open(url).expect("open store");
     let at = |name: &str| {
@@ -241,6 +301,7 @@ async fn suite(url: &str) {
     incarnations(&ControlStore::new(&at("incarnations"))).await;
     one_controller_per_epoch(&ControlStore::new(&at("controller"))).await;
     partition_states_have_one_writer_per_version(&ControlStore::new(&at("partitions"))).await;
+    group_commits_are_merged_and_never_lost(&ControlStore::new(&at("groups"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
