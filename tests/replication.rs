@@ -196,6 +196,22 @@ async fn produce_until_acked(
     }
 }
 
+/// The `(partition, offset)` of every entry of a JSON array of records,
+/// acknowledgements or committed positions.
+fn positions(entries: &Value) -> Vec<(u64, u64)> {
+    entries
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|e| {
+            (
+                e["partition"].as_u64().unwrap(),
+                e["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Every record of `topic` as `api` reads it: (partition, offset) → value.
 async fn read_all(api: &Api, topic: &str, partitions: u32) -> BTreeMap<(u64, u64), Value> {
     let mut all = BTreeMap::new();
@@ -921,17 +937,7 @@ async fn groups_and_views_are_the_same_on_every_node_and_outlive_one() {
     let committed = |api: Api, group: &'static str| async move {
         let (status, body) = api.get(&format!("/v1/groups/{group}/offsets")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        body["offsets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                (
-                    c["partition"].as_u64().unwrap(),
-                    c["offset"].as_u64().unwrap(),
-                )
-            })
-            .collect::<Vec<_>>()
+        positions(&body["offsets"])
     };
 
     // A commit through one node is what every node answers next.
@@ -1147,18 +1153,8 @@ async fn a_data_directory_from_before_shares_its_groups_and_views() {
             .then_some(body)
     })
     .await;
-    let positions: Vec<(u64, u64)> = offsets["offsets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["partition"].as_u64().unwrap(),
-                c["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(positions, [(0, 5), (1, 6)], "{offsets}");
+    let merged = positions(&offsets["offsets"]);
+    assert_eq!(merged, [(0, 5), (1, 6)], "{offsets}");
     for view in ["old_view", "other_view"] {
         let (status, body) = n3.api.get(&format!("/v1/views/{view}?format=json")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -1280,17 +1276,7 @@ async fn every_node_reads_partitions_it_holds_no_replica_of() {
             },
         )
         .await;
-        let mut seen: Vec<(u64, u64)> = range["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["partition"].as_u64().unwrap(),
-                    r["offset"].as_u64().unwrap(),
-                )
-            })
-            .collect();
+        let mut seen: Vec<(u64, u64)> = positions(&range["records"]);
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), total, "{name}: each record once");

@@ -155,13 +155,28 @@ impl Catalog {
     ) -> Result<(), ApiError> {
         self.adopt_views().await?;
         let mut synced = self.synced.lock().await;
+        self.write_views(&mut synced, |list| change(list).map(|()| true))
+            .await
+            .map(drop)
+    }
+
+    /// The read, change, create-the-next-version loop of every change to
+    /// the cluster's views, with `synced` held; `change` returns `false`
+    /// for nothing to write. Returns whether a version was written.
+    async fn write_views<E: From<ClusterError>>(
+        &self,
+        synced: &mut u64,
+        change: impl Fn(&mut ViewList) -> Result<bool, E>,
+    ) -> Result<bool, E> {
         loop {
             let (version, mut list) = self.control.views::<ViewList>().await?;
-            change(&mut list)?;
+            if !change(&mut list)? {
+                return Ok(false);
+            }
             match self.control.write_views(version + 1, &list).await {
                 Ok(()) => {
-                    self.apply(&mut synced, version + 1, list).await;
-                    return Ok(());
+                    self.apply(synced, version + 1, list).await;
+                    return Ok(true);
                 }
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(e.into()),
@@ -243,30 +258,19 @@ impl Catalog {
             return Ok(());
         }
         let local = self.query.views().list();
-        loop {
-            let (version, mut list) = self.control.views::<ViewList>().await?;
-            let before = list.views.len();
-            for view in &local {
-                if !list.views.iter().any(|v| v.name == view.name) {
-                    list.views.push(view.clone());
+        let adopted = self
+            .write_views(&mut synced, |list| {
+                let before = list.views.len();
+                for view in &local {
+                    if !list.views.iter().any(|v| v.name == view.name) {
+                        list.views.push(view.clone());
+                    }
                 }
-            }
-            if list.views.len() == before {
-                break;
-            }
-            let added = list.views.len() - before;
-            match self.control.write_views(version + 1, &list).await {
-                Ok(()) => {
-                    tracing::info!(
-                        views = added,
-                        "views of this data directory are now cluster-wide"
-                    );
-                    self.apply(&mut synced, version + 1, list).await;
-                    break;
-                }
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e),
-            }
+                Ok::<_, ClusterError>(list.views.len() > before)
+            })
+            .await?;
+        if adopted {
+            tracing::info!("views of this data directory are now cluster-wide");
         }
         self.mark_adopted(VIEWS_ADOPTED, &self.views_adopted)
     }

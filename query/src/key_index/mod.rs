@@ -157,7 +157,7 @@ impl KeyIndex {
         keys: &[String],
     ) -> Result<Lookup> {
         let current = broker.topic(topic)?;
-        if self.wanted.lock().insert(topic.to_string()) {
+        if !self.is_wanted(topic) && self.wanted.lock().insert(topic.to_string()) {
             tracing::debug!(
                 topic,
                 "the key index follows the topic from its first lookup on"
